@@ -1,0 +1,28 @@
+# The two entry points: `make demo` (install, run the example on the embedded stack)
+# and `make test` (install, run every check and test). Both work on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test protos bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml streamed_job/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ./streamed_job -e '.[dev]'
+	touch $@
+
+demo: install
+	VENV=$(VENV) bash examples/run_demo.sh
+
+protos: install
+	$(PY) proto/generate.py
+
+test: install
+	$(PY) proto/generate.py && git diff --exit-code --stat -- donut/ || { echo "generated code is stale: run make protos and commit" >&2; exit 1; }
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/scheduling.py

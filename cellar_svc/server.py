@@ -1,0 +1,93 @@
+"""Wires the cellar onto a gRPC server, and runs it as a process.
+
+`registration` lets one server host several services (see `donut.rpc.create_server`);
+`create_server` is the cellar alone; `main` is the command line
+(`python -m cellar_svc.server --listen 127.0.0.1:7002 --root DIR`), which stops cleanly on
+SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import grpc
+
+from cellar_svc.servicer import DEFAULT_MAX_FILE_SIZE, CellarServicer
+from cellar_svc.storage import LocalStorage, Storage
+from donut import rpc
+from donut.cellar.v1 import cellar_pb2, cellar_pb2_grpc
+
+SERVICE_NAME = cellar_pb2.DESCRIPTOR.services_by_name["Cellar"].full_name  # donut.cellar.v1.Cellar
+STOP_GRACE_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
+
+
+def registration(
+    storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE
+) -> rpc.Registration:
+    """(add_fn, servicer, full service name) for `donut.rpc.create_server`."""
+    servicer = CellarServicer(storage, max_file_size=max_file_size)
+    return cellar_pb2_grpc.add_CellarServicer_to_server, servicer, SERVICE_NAME
+
+
+def create_server(
+    address: str, storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE
+) -> tuple[grpc.Server, int]:
+    """A cellar-only server, not yet started, and its bound port (useful with port 0)."""
+    return rpc.create_server(address, [registration(storage, max_file_size=max_file_size)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cellar_svc.server", description="Serve the donut cellar over gRPC."
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:7002", help="host:port (default: %(default)s)"
+    )
+    parser.add_argument("--root", required=True, help="directory the files are kept in")
+    parser.add_argument(
+        "--max-file-size",
+        type=int,
+        default=DEFAULT_MAX_FILE_SIZE,
+        help="largest accepted upload, in bytes (default: %(default)s)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log requests' progress")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    try:
+        server, port = create_server(
+            args.listen, LocalStorage(args.root), max_file_size=args.max_file_size
+        )
+    except (OSError, RuntimeError) as e:
+        print(f"cellar: cannot start: {e}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    log.info("cellar serving on port %d, root %s", port, args.root)
+    while not stop.wait(timeout=1.0):
+        pass
+    log.info("cellar stopping")
+    server.stop(STOP_GRACE_SECONDS).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The gRPC face of the cellar: maps `donut.cellar.v1` messages to the `Storage` port and back.
+
+Kept thin on purpose: names are validated and files handled in `storage`, domain errors
+become statuses in `donut.rpc.translate_errors`. What is left here is conversion and the
+stream framing: the Put header comes first, uploads have a size limit, Get sends the info
+first and then chunks of at most MAX_CHUNK bytes.
+
+A Put commits only if the call is still alive once the request stream has ended: the sync
+gRPC server can end the stream of a cancelled call just before it reports the cancellation,
+so Put waits up to `cancel_grace` seconds for that report. (A size declared in the header
+would make this exact; the contract has none yet.)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cellar_svc.storage import FileInfo, FileRef, Storage
+from donut.cellar.v1 import cellar_pb2 as pb
+from donut.cellar.v1 import cellar_pb2_grpc
+from donut.errors import InvalidArgument, Problem, Unavailable
+from donut.rpc import translate_errors
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+DEFAULT_MAX_FILE_SIZE = 5 * GiB
+MAX_CHUNK = MiB
+CANCEL_GRACE_SECONDS = 0.005
+
+_KIND_NAMES: dict[pb.Kind, str] = {
+    pb.KIND_CACHE: "cache",
+    pb.KIND_RESULT: "result",
+    pb.KIND_ARCHIVE: "archive",
+}
+_KIND_VALUES: dict[str, pb.Kind] = {name: value for value, name in _KIND_NAMES.items()}
+
+
+def kind_from_pb(kind: pb.Kind) -> str:
+    if kind == pb.KIND_UNSPECIFIED:
+        raise InvalidArgument([Problem("kind", "required")])
+    if kind not in _KIND_NAMES:
+        raise InvalidArgument([Problem("kind", f"unknown value {kind}")])
+    return _KIND_NAMES[kind]
+
+
+def ref_from_pb(ref: pb.FileRef) -> FileRef:
+    return FileRef(kind=kind_from_pb(ref.kind), scope=ref.scope, job=ref.job, path=ref.path)
+
+
+def ref_to_pb(ref: FileRef) -> pb.FileRef:
+    return pb.FileRef(kind=_KIND_VALUES[ref.kind], scope=ref.scope, job=ref.job, path=ref.path)
+
+
+def info_to_pb(info: FileInfo) -> pb.FileInfo:
+    created_at = Timestamp()
+    created_at.FromNanoseconds(round(info.created_at * 1e9))
+    return pb.FileInfo(
+        ref=ref_to_pb(info.ref), size=info.size, sha256=info.sha256, created_at=created_at
+    )
+
+
+def _cut_off() -> Unavailable:
+    return Unavailable("Put: the upload was cut off before its end")
+
+
+def _size_text(size: int) -> str:
+    for unit, name in ((GiB, "GiB"), (MiB, "MiB")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit} {name} ({size} bytes)"
+    return f"{size} bytes"
+
+
+@translate_errors
+class CellarServicer(cellar_pb2_grpc.CellarServicer):
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        cancel_grace: float = CANCEL_GRACE_SECONDS,
+    ) -> None:
+        self._storage = storage
+        self._max_file_size = max_file_size
+        self._cancel_grace = cancel_grace
+
+    def Put(
+        self, request_iterator: Iterable[pb.PutRequest], context: grpc.ServicerContext
+    ) -> pb.FileInfo:
+        requests = iter(request_iterator)
+        try:
+            first = next(requests, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidArgument("Put: the first message must be the header")
+            info = self._storage.put(ref_from_pb(first.header), self._data(requests, context))
+        except grpc.RpcError:
+            # the client cancelled or went away; storage has dropped the partial file
+            raise _cut_off() from None
+        return info_to_pb(info)
+
+    def _data(
+        self, requests: Iterator[pb.PutRequest], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        size = 0
+        for request in requests:
+            if request.WhichOneof("part") == "header":
+                raise InvalidArgument("Put: only the first message may be the header")
+            size += len(request.data)
+            if size > self._max_file_size:
+                raise InvalidArgument(
+                    f"Put: the file is larger than the limit of {_size_text(self._max_file_size)}"
+                )
+            yield request.data
+        # gRPC may end the request stream of a cancelled call a moment before it reports the
+        # cancellation, so a cut-off upload can look complete: give that report a moment.
+        terminated = threading.Event()
+        if context.add_callback(terminated.set):
+            pass
+        if not context.is_active():
+            raise _cut_off()
+
+    def Get(
+        self, request: pb.GetRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetResponse]:
+        info, chunks = self._storage.open(ref_from_pb(request.ref), request.offset, request.length)
+        try:
+            yield pb.GetResponse(info=info_to_pb(info))
+            for chunk in chunks:
+                for start in range(0, len(chunk), MAX_CHUNK):
+                    yield pb.GetResponse(data=chunk[start : start + MAX_CHUNK])
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def Stat(self, request: pb.FileRef, context: grpc.ServicerContext) -> pb.FileInfo:
+        return info_to_pb(self._storage.stat(ref_from_pb(request)))
+
+    def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
+        files = self._storage.list(kind_from_pb(request.kind), request.scope, request.job)
+        files.sort(key=lambda info: (info.ref.path, info.ref.job))
+        return pb.ListResponse(files=[info_to_pb(info) for info in files])

@@ -1,0 +1,340 @@
+"""Where cellar files live: the `Storage` port the servicer talks to, and `LocalStorage`.
+
+The servicer only sees `Storage`, so an S3/MinIO adapter can later replace the
+local-directory one without touching the RPC layer. The domain types are plain frozen
+dataclasses, not protobuf, and validation (`validate_ref`, `validate_listing`) lives here so
+every adapter refuses the same names with the same messages.
+
+`LocalStorage` layout, under a root directory:
+
+    <root>/<kind>/<scope>/[<job>/]<path>        the files
+    <root>/.meta/<kind>/<scope>/[<job>/]<path>  a JSON sidecar per file: sha256, size, ...
+
+Writes stream into a temp file in the target directory (hashing as they go) and are
+published with `os.replace`, so an interrupted Put leaves nothing visible. The sidecar is a
+cache keyed by the data file's inode/size/mtime: when it is missing or describes another
+version of the file, the file is re-hashed and the sidecar rewritten. Nothing under the
+root may go through a symbolic link, so a planted link cannot lead reads or writes astray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import stat as stat_mod
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+
+from donut.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
+
+log = logging.getLogger(__name__)
+
+KINDS = ("cache", "result", "archive")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_PATH_CHARS = 1024
+MAX_SEGMENT_BYTES = 255
+TEMP_PREFIX = ".cellar-tmp-"  # reserved: user paths may not have segments starting with it
+READ_CHUNK = 1024 * 1024
+_META_DIR = ".meta"
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """Names one file: kind is one of KINDS; job is set for results only; path is relative."""
+
+    kind: str
+    scope: str
+    job: str
+    path: str
+
+    def __str__(self) -> str:
+        job = f"{self.job}/" if self.job else ""
+        return f"{self.kind}/{self.scope}/{job}{self.path}"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    ref: FileRef
+    size: int
+    sha256: str  # lowercase hex
+    created_at: float  # seconds since the epoch, when this version was stored
+
+
+class Storage(Protocol):
+    """The storage port. Errors are donut.errors (InvalidArgument, NotFound, ...)."""
+
+    def put(self, ref: FileRef, chunks: Iterable[bytes]) -> FileInfo:
+        """Stores the chunks as the file, replacing any previous version once all arrived.
+        If `chunks` raises, nothing is stored and the exception propagates."""
+        ...
+
+    def open(
+        self, ref: FileRef, offset: int = 0, length: int = 0
+    ) -> tuple[FileInfo, Iterator[bytes]]:
+        """The file's info and its bytes from offset (length 0: to the end). Iterate the
+        chunks to the end or close the iterator."""
+        ...
+
+    def stat(self, ref: FileRef) -> FileInfo: ...
+
+    def list(self, kind: str, scope: str, job: str = "") -> list[FileInfo]:
+        """Every file of the scope (of one job, or of every job when job is empty), in no
+        particular order; an unknown scope has none."""
+        ...
+
+
+def _kind_scope_job(kind: str, scope: str, job: str, *, listing: bool) -> list[Problem]:
+    if kind not in KINDS:
+        return [Problem("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})")]
+    problems = []
+    if not NAME_PATTERN.match(scope):
+        problems.append(Problem("scope", f"must match {NAME_PATTERN.pattern} (got {scope!r})"))
+    job_required = kind == "result" and not listing
+    if kind != "result" and job:
+        problems.append(Problem("job", f"only results have a job (got {job!r})"))
+    elif (job or job_required) and not NAME_PATTERN.match(job):
+        problems.append(Problem("job", f"must match {NAME_PATTERN.pattern} (got {job!r})"))
+    return problems
+
+
+def _path_problems(path: str) -> list[Problem]:
+    def bad(message: str) -> list[Problem]:
+        return [Problem("path", message)]
+
+    if not path:
+        return bad("required")
+    if "\0" in path:
+        return bad("must not contain NUL")
+    if path.startswith("/"):
+        return bad(f"must be relative, not start with '/' (got {path!r})")
+    if len(path) > MAX_PATH_CHARS:
+        return bad(f"longer than {MAX_PATH_CHARS} characters")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return bad("must be valid UTF-8")
+    segments = path.split("/")
+    if ".." in segments:
+        return bad(f"must not contain '..' segments (got {path!r})")
+    if any(s in ("", ".") for s in segments):
+        return bad(f"must not contain empty or '.' segments (got {path!r})")
+    if any(s.startswith(TEMP_PREFIX) for s in segments):
+        return bad(f"segments starting with {TEMP_PREFIX!r} are reserved (got {path!r})")
+    if any(len(s.encode("utf-8")) > MAX_SEGMENT_BYTES for s in segments):
+        return bad(f"a segment is longer than {MAX_SEGMENT_BYTES} bytes")
+    return []
+
+
+def validate_ref(ref: FileRef) -> None:
+    """Raises InvalidArgument naming each bad field of the reference."""
+    problems = _kind_scope_job(ref.kind, ref.scope, ref.job, listing=False)
+    problems += _path_problems(ref.path)
+    if problems:
+        raise InvalidArgument(problems)
+
+
+def validate_listing(kind: str, scope: str, job: str) -> None:
+    """Raises InvalidArgument naming each bad field of a listing (job may be empty)."""
+    problems = _kind_scope_job(kind, scope, job, listing=True)
+    if problems:
+        raise InvalidArgument(problems)
+
+
+def _validate_range(offset: int, length: int) -> None:
+    problems = []
+    if offset < 0:
+        problems.append(Problem("offset", f"must not be negative (got {offset})"))
+    if length < 0:
+        problems.append(Problem("length", f"must not be negative (got {length})"))
+    if problems:
+        raise InvalidArgument(problems)
+
+
+class LocalStorage:
+    """Storage in a local directory (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        os.makedirs(root, exist_ok=True)
+        self.root = os.path.realpath(root)
+
+    # -- the port --------------------------------------------------------------------------
+
+    def put(self, ref: FileRef, chunks: Iterable[bytes]) -> FileInfo:
+        validate_ref(ref)
+        data_path, meta_path = self._locate(ref)
+        directory = os.path.dirname(data_path)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        except (FileExistsError, NotADirectoryError):
+            raise _conflict(ref) from None
+        try:
+            digest, size = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                st = os.fstat(f.fileno())
+            os.replace(temp, data_path)
+        except BaseException as e:
+            _remove_quietly(temp)
+            if isinstance(e, IsADirectoryError):
+                raise _conflict(ref) from None
+            raise
+        info = FileInfo(ref, size, digest.hexdigest(), time.time())
+        self._write_meta(meta_path, info, st)
+        return info
+
+    def open(
+        self, ref: FileRef, offset: int = 0, length: int = 0
+    ) -> tuple[FileInfo, Iterator[bytes]]:
+        validate_ref(ref)
+        _validate_range(offset, length)
+        f, info = self._open(ref)
+        try:
+            if offset > info.size:
+                raise InvalidArgument(
+                    [Problem("offset", f"{offset} is beyond the end of {ref} ({info.size} bytes)")]
+                )
+            end = info.size if length == 0 else min(info.size, offset + length)
+            f.seek(offset)
+        except BaseException:
+            f.close()
+            raise
+        return info, _read(f, end - offset)
+
+    def stat(self, ref: FileRef) -> FileInfo:
+        validate_ref(ref)
+        f, info = self._open(ref)
+        f.close()
+        return info
+
+    def list(self, kind: str, scope: str, job: str = "") -> list[FileInfo]:
+        validate_listing(kind, scope, job)
+        base = os.path.join(self.root, kind, scope)
+        if kind != "result":
+            tops = [("", base)]
+        elif job:
+            tops = [(job, os.path.join(base, job))]
+        else:
+            names = os.listdir(base) if os.path.isdir(base) else []
+            tops = [(name, os.path.join(base, name)) for name in names if NAME_PATTERN.match(name)]
+        infos = []
+        for top_job, top in tops:
+            if os.path.realpath(top) != top or not os.path.isdir(top):
+                continue  # absent, not a directory, or through a link: holds no files
+            for directory, _, files in os.walk(top):
+                for name in files:
+                    path = os.path.relpath(os.path.join(directory, name), top).replace(os.sep, "/")
+                    if _path_problems(path):
+                        continue  # temp files and strays that no ref can name
+                    try:
+                        infos.append(self.stat(FileRef(kind, scope, top_job, path)))
+                    except (NotFound, PermissionDenied):
+                        continue  # vanished meanwhile, or a symbolic link
+        return infos
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _locate(self, ref: FileRef) -> tuple[str, str]:
+        """The data and sidecar paths of a valid ref, refusing any symbolic link on the way."""
+        parts = [ref.kind, ref.scope, *([ref.job] if ref.job else []), *ref.path.split("/")]
+        data_path = os.path.join(self.root, *parts)
+        meta_path = os.path.join(self.root, _META_DIR, *parts)
+        for p in (data_path, meta_path):
+            # root is canonical, so any difference means a link (or a name that escapes)
+            if os.path.realpath(p) != p:
+                raise PermissionDenied(f"{ref}: goes through a symbolic link; refused")
+        return data_path, meta_path
+
+    def _open(self, ref: FileRef) -> tuple[BinaryIO, FileInfo]:
+        data_path, meta_path = self._locate(ref)
+        try:
+            f = open(data_path, "rb")  # noqa: SIM115 - handed to the caller
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"no such file: {ref}") from None
+        try:
+            st = os.fstat(f.fileno())
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise NotFound(f"no such file: {ref}")
+            return f, self._info(ref, f, st, meta_path)
+        except BaseException:
+            f.close()
+            raise
+
+    def _info(self, ref: FileRef, f: BinaryIO, st: os.stat_result, meta_path: str) -> FileInfo:
+        """The file's info from its sidecar when that describes this very version, else
+        by hashing the file (and refreshing the sidecar)."""
+        meta = _read_meta(meta_path)
+        if meta is not None and [meta.get(k) for k in ("ino", "size", "mtime_ns")] == [
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+        ]:
+            return FileInfo(ref, st.st_size, str(meta["sha256"]), float(meta["created_at"]))
+        digest = hashlib.sha256()
+        while block := f.read(READ_CHUNK):
+            digest.update(block)
+        info = FileInfo(ref, st.st_size, digest.hexdigest(), st.st_mtime)
+        self._write_meta(meta_path, info, st)
+        return info
+
+    def _write_meta(self, meta_path: str, info: FileInfo, st: os.stat_result) -> None:
+        """Atomically writes the sidecar; failures only cost a re-hash later, so they are
+        logged, not raised."""
+        record = {
+            "sha256": info.sha256,
+            "size": info.size,
+            "created_at": info.created_at,
+            "ino": st.st_ino,
+            "mtime_ns": st.st_mtime_ns,
+        }
+        temp = ""
+        try:
+            os.makedirs(os.path.dirname(meta_path), exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=os.path.dirname(meta_path))
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(record, f)
+            os.replace(temp, meta_path)
+        except OSError:
+            log.warning("cannot write the sidecar %s", meta_path, exc_info=True)
+            if temp:
+                _remove_quietly(temp)
+
+
+def _read(f: BinaryIO, remaining: int) -> Iterator[bytes]:
+    with f:
+        while remaining > 0:
+            block = f.read(min(READ_CHUNK, remaining))
+            if not block:
+                return  # cannot happen: versions are replaced, never truncated in place
+            remaining -= len(block)
+            yield block
+
+
+def _read_meta(meta_path: str) -> dict[str, Any] | None:
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _conflict(ref: FileRef) -> FailedPrecondition:
+    return FailedPrecondition(f"{ref}: a file and a directory of the same name would clash")

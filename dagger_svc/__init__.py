@@ -1,0 +1,1 @@
+"""dagger: workflows, jobs and runs; definitions, the scheduler, executors, logs."""

@@ -1,0 +1,1 @@
+"""The pure core: definitions and the DAG state machine, with no I/O."""

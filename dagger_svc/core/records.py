@@ -1,0 +1,146 @@
+"""The state records of workflows and jobs, as kept in etcd (one small key per job).
+
+Frozen dataclasses with `with_*`-style transitions (via dataclasses.replace) and compact
+JSON conversion; no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class JobStatus(str, enum.Enum):
+    WAITING = "waiting"        # some parent has not succeeded yet
+    QUEUED = "queued"          # ready, waiting for a parallelism slot (or a retry backoff)
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"        # downstream of a failure
+    TERMINATED = "terminated"  # cancelled
+    DEAD = "dead"              # its executor lost it
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_JOB_STATUSES
+
+
+FINISHED_JOB_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.TERMINATED, JobStatus.DEAD}
+)
+RETRYABLE_JOB_STATUSES = frozenset(
+    {JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.TERMINATED, JobStatus.DEAD}
+)
+
+
+class WorkflowStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+    DEAD = "dead"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (WorkflowStatus.QUEUED, WorkflowStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt of a job ended, as the executor or the wrapper saw it."""
+
+    exit_code: int | None = None
+    signal: str = ""
+    message: str = ""
+    lost: bool = False  # the executor lost the attempt (pod vanished, scheduler restarted)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.signal and not self.lost
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    number: int
+    status: JobStatus
+    exit_code: int | None = None
+    signal: str = ""
+    message: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _compact(dataclasses.asdict(self), status=self.status.value)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AttemptRecord:
+        return cls(**{**d, "status": JobStatus(d["status"])})
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job's mutable state. The current attempt's fields are at the top; ended
+    attempts are kept in `attempts`."""
+
+    name: str
+    status: JobStatus = JobStatus.WAITING
+    attempt: int = 0          # the current (or last) attempt number; 0 before the first
+    round_start: int = 0      # attempts before this round of retries (workflow retry, lost runs)
+    exit_code: int | None = None
+    signal: str = ""
+    message: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    retry_at: float | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _compact(d, status=self.status.value, attempts=[a.to_dict() for a in self.attempts])
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobRecord:
+        return cls(
+            **{
+                **d,
+                "status": JobStatus(d.get("status", "waiting")),
+                "attempts": tuple(AttemptRecord.from_dict(a) for a in d.get("attempts", ())),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    id: str
+    name: str
+    owner: str = ""
+    status: WorkflowStatus = WorkflowStatus.QUEUED
+    parallelism: int = 1
+    fail_fast: bool = False
+    message: str = ""
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    upload_id: str = ""
+    job_total: int = 0
+    counts: Mapping[str, int] = field(default_factory=dict)  # job status value -> count
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _compact(d, status=self.status.value, counts=dict(self.counts))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WorkflowRecord:
+        return cls(**{**d, "status": WorkflowStatus(d["status"])})
+
+
+def _compact(d: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The dict without empty/default values, to keep etcd values small."""
+    d.update(overrides)
+    return {k: v for k, v in d.items() if v not in (None, "", (), [], {}) and v is not False}

@@ -1,0 +1,349 @@
+"""The DAG state machine of one workflow run: events in, changed records and commands out.
+
+Pure: no clock, no I/O. The scheduler feeds it events (start, a job finished, cancel, a
+timer) with the time on each, persists the changed records in one guarded etcd
+transaction, then carries out the commands (launch, kill). Every event costs O(the jobs
+it touches), never O(the DAG), so large DAGs schedule as fast as small ones.
+"""
+
+from __future__ import annotations
+
+
+import heapq
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from dagger_svc.core.records import (
+    FINISHED_JOB_STATUSES,
+    RETRYABLE_JOB_STATUSES,
+    AttemptRecord,
+    JobRecord,
+    JobStatus,
+    Outcome,
+    WorkflowRecord,
+    WorkflowStatus,
+)
+
+RETRY_BACKOFF_BASE = 1.0  # seconds before the first automatic retry; doubles each time
+RETRY_BACKOFF_MAX = 300.0
+
+
+def retry_backoff(retry_number: int) -> float:
+    """Seconds to wait before automatic retry number `retry_number` (1, 2, ...)."""
+    return min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * 2 ** (retry_number - 1))
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the state machine needs to know of a job's definition."""
+
+    parents: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+    retries: int = 0
+
+
+@dataclass
+class Step:
+    """The result of feeding events: records to persist, then commands to carry out."""
+
+    jobs: dict[str, JobRecord] = field(default_factory=dict)
+    workflow: WorkflowRecord | None = None
+    launch: list[str] = field(default_factory=list)
+    kill: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.workflow or self.launch or self.kill)
+
+    def merge(self, later: Step) -> Step:
+        self.jobs.update(later.jobs)
+        self.workflow = later.workflow or self.workflow
+        self.launch.extend(later.launch)
+        self.kill.extend(later.kill)
+        return self
+
+
+class Run:
+    """One workflow's jobs and the indexes that make each event O(1)-ish."""
+
+    def __init__(
+        self,
+        workflow: WorkflowRecord,
+        plans: Mapping[str, JobPlan],
+        jobs: Mapping[str, JobRecord],
+        cancel_requested: bool = False,
+    ) -> None:
+        self.workflow = workflow
+        self.plans = plans
+        self.jobs: dict[str, JobRecord] = {name: jobs.get(name) or JobRecord(name) for name in plans}
+        self.cancelling = cancel_requested  # the user asked to cancel
+        self.stopping = cancel_requested    # nothing more is launched (cancel or fail-fast)
+        self._counts = Counter(j.status for j in self.jobs.values())
+        self._unmet = {
+            name: sum(self.jobs[p].status is not JobStatus.SUCCEEDED for p in plan.parents)
+            for name, plan in plans.items()
+        }
+        self._ready: deque[str] = deque()
+        self._backoff: list[tuple[float, str]] = []
+        self._running: set[str] = set()
+        for name, job in self.jobs.items():
+            if job.status is JobStatus.QUEUED:
+                if job.retry_at is not None:
+                    heapq.heappush(self._backoff, (job.retry_at, name))
+                else:
+                    self._ready.append(name)
+            elif job.status is JobStatus.RUNNING:
+                self._running.add(name)
+        self._step = Step()
+
+    # ---- queries -------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.workflow.status.finished
+
+    @property
+    def running_jobs(self) -> frozenset[str]:
+        return frozenset(self._running)
+
+    def next_wakeup(self) -> float | None:
+        """When `tick` has work to do (a retry backoff ends), if ever."""
+        return self._backoff[0][0] if self._backoff and not self.stopping else None
+
+    # ---- events --------------------------------------------------------------------
+
+    def start(self, now: float, lost: Iterable[str] = ()) -> Step:
+        """Begin (or resume) the run. `lost` names running jobs whose attempt the
+        executor no longer has (e.g. the scheduler restarted): they run again without
+        using up a retry."""
+        if self.finished:
+            return self._take()
+        if self.workflow.status is WorkflowStatus.QUEUED:
+            self._set_workflow(status=WorkflowStatus.RUNNING, started_at=now, finished_at=None, message="")
+        for name in lost:
+            job = self.jobs[name]
+            if job.status is JobStatus.RUNNING:
+                self._running.discard(name)
+                ended = self._end_attempt(job, JobStatus.DEAD, Outcome(lost=True, message="lost by its executor"), now)
+                self._set_job(replace(ended, status=JobStatus.QUEUED, round_start=job.round_start + 1))
+                self._ready.append(name)
+        for name, job in self.jobs.items():
+            if job.status is JobStatus.WAITING and self._unmet[name] == 0:
+                self._enqueue(name)
+        if self.cancelling:
+            return self.cancel(now)
+        self._fill_slots(now)
+        self._check_finished(now)
+        return self._take()
+
+    def job_finished(self, name: str, attempt: int, outcome: Outcome, now: float) -> Step:
+        job = self.jobs.get(name)
+        if job is None or job.status is not JobStatus.RUNNING or job.attempt != attempt:
+            return self._take()  # a stale or repeated report
+        self._running.discard(name)
+        if outcome.succeeded:
+            self._set_job(self._end_attempt(job, JobStatus.SUCCEEDED, outcome, now))
+            for child in self.plans[name].children:
+                self._unmet[child] -= 1
+                if self._unmet[child] == 0 and self.jobs[child].status is JobStatus.WAITING:
+                    self._enqueue(child)
+        elif self.stopping:
+            self._set_job(self._end_attempt(job, JobStatus.TERMINATED, outcome, now))
+        else:
+            status = JobStatus.DEAD if outcome.lost else JobStatus.FAILED
+            ended = self._end_attempt(job, status, outcome, now)
+            retries_used = job.attempt - job.round_start - 1
+            if retries_used < self.plans[name].retries:
+                retry_at = now + retry_backoff(retries_used + 1)
+                self._set_job(replace(ended, status=JobStatus.QUEUED, retry_at=retry_at))
+                heapq.heappush(self._backoff, (retry_at, name))
+            else:
+                self._set_job(ended)
+                self._skip_descendants(name, now)
+                if self.workflow.fail_fast:
+                    self._stop_everything(now, JobStatus.SKIPPED, "skipped: fail-fast after a failure")
+        if not self.stopping:
+            self._fill_slots(now)
+        self._check_finished(now)
+        return self._take()
+
+    def tick(self, now: float) -> Step:
+        """Moves jobs whose retry backoff has ended back into the ready queue."""
+        while self._backoff and self._backoff[0][0] <= now and not self.stopping:
+            _, name = heapq.heappop(self._backoff)
+            job = self.jobs[name]
+            if job.status is JobStatus.QUEUED and job.retry_at is not None:
+                self._set_job(replace(job, retry_at=None))
+                self._ready.append(name)
+        if not self.stopping and not self.finished:
+            self._fill_slots(now)
+        return self._take()
+
+    def cancel(self, now: float) -> Step:
+        """Kills running jobs and marks every job that has not finished terminated."""
+        if self.finished:
+            return self._take()
+        self.cancelling = True
+        self._stop_everything(now, JobStatus.TERMINATED, "terminated: the workflow was cancelled")
+        self._check_finished(now)
+        return self._take()
+
+    # ---- transitions ---------------------------------------------------------------
+
+    def _stop_everything(self, now: float, status: JobStatus, message: str) -> None:
+        self.stopping = True
+        for name, job in self.jobs.items():
+            if job.status in (JobStatus.WAITING, JobStatus.QUEUED):
+                self._set_job(replace(job, status=status, message=message, retry_at=None, finished_at=now))
+        self._ready.clear()
+        self._backoff.clear()
+        self._step.kill.extend(sorted(self._running))
+
+    def _enqueue(self, name: str) -> None:
+        self._set_job(replace(self.jobs[name], status=JobStatus.QUEUED, message=""))
+        self._ready.append(name)
+
+    def _fill_slots(self, now: float) -> None:
+        while self._ready and len(self._running) < self.workflow.parallelism:
+            name = self._ready.popleft()
+            job = self.jobs[name]
+            if job.status is not JobStatus.QUEUED or job.retry_at is not None:
+                continue
+            self._set_job(
+                replace(
+                    job,
+                    status=JobStatus.RUNNING,
+                    attempt=job.attempt + 1,
+                    exit_code=None,
+                    signal="",
+                    message="",
+                    started_at=now,
+                    finished_at=None,
+                )
+            )
+            self._running.add(name)
+            self._step.launch.append(name)
+
+    def _end_attempt(self, job: JobRecord, status: JobStatus, outcome: Outcome, now: float) -> JobRecord:
+        started = outcome.started_at or job.started_at
+        finished = outcome.finished_at or now
+        message = outcome.message or _describe(status, outcome)
+        attempt = AttemptRecord(
+            number=job.attempt,
+            status=status,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            message=message,
+            started_at=started,
+            finished_at=finished,
+        )
+        return replace(
+            job,
+            status=status,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            message=message,
+            started_at=started,
+            finished_at=finished,
+            attempts=(*job.attempts, attempt),
+        )
+
+    def _skip_descendants(self, name: str, now: float) -> None:
+        todo = deque(self.plans[name].children)
+        while todo:
+            child = todo.popleft()
+            job = self.jobs[child]
+            if job.status in (JobStatus.WAITING, JobStatus.QUEUED):
+                self._set_job(
+                    replace(job, status=JobStatus.SKIPPED, message=f"skipped: upstream job '{name}' did not succeed",
+                            retry_at=None, finished_at=now)
+                )
+                todo.extend(self.plans[child].children)
+
+    def _check_finished(self, now: float) -> None:
+        if self.finished or self._running:
+            return
+        if sum(self._counts[s] for s in FINISHED_JOB_STATUSES) != len(self.jobs):
+            return
+        if self.cancelling:
+            status, message = WorkflowStatus.TERMINATED, "cancelled"
+        elif self._counts[JobStatus.FAILED]:
+            status, message = WorkflowStatus.FAILED, f"{self._counts[JobStatus.FAILED]} job(s) failed"
+        elif self._counts[JobStatus.DEAD]:
+            status, message = WorkflowStatus.DEAD, f"{self._counts[JobStatus.DEAD]} job(s) lost by the executor"
+        else:
+            status, message = WorkflowStatus.DONE, ""
+        self._set_workflow(status=status, finished_at=now, message=message)
+
+    # ---- bookkeeping ---------------------------------------------------------------
+
+    def _set_job(self, job: JobRecord) -> None:
+        old = self.jobs[job.name]
+        if old.status is not job.status:
+            self._counts[old.status] -= 1
+            self._counts[job.status] += 1
+        self.jobs[job.name] = job
+        self._step.jobs[job.name] = job
+        if self._step.workflow is None:
+            self._step.workflow = self.workflow  # counts change with every job change
+
+    def _set_workflow(self, **changes: object) -> None:
+        self.workflow = replace(self.workflow, **changes)  # type: ignore[arg-type]
+        self._step.workflow = self.workflow
+
+    def _take(self) -> Step:
+        step, self._step = self._step, Step()
+        if step.workflow is not None:
+            counts = {s.value: n for s, n in self._counts.items() if n}
+            self.workflow = replace(self.workflow, counts=counts, job_total=len(self.jobs))
+            step.workflow = self.workflow
+        return step
+
+
+def prepare_retry(
+    workflow: WorkflowRecord, jobs: Mapping[str, JobRecord], now: float
+) -> tuple[WorkflowRecord, dict[str, JobRecord]]:
+    """The records that make a finished workflow run again: failed, skipped, terminated
+    and dead jobs go back to waiting (keeping their attempts); succeeded ones stay."""
+    changed = {
+        name: replace(
+            job, status=JobStatus.WAITING, round_start=job.attempt, message="", retry_at=None,
+            exit_code=None, signal="", started_at=None, finished_at=None,
+        )
+        for name, job in jobs.items()
+        if job.status in RETRYABLE_JOB_STATUSES
+    }
+    counts = Counter(job.status.value for job in jobs.values())
+    for job in changed.values():
+        counts[JobStatus.WAITING.value] += 1
+    for name in changed:
+        counts[jobs[name].status.value] -= 1
+    queued = replace(
+        workflow, status=WorkflowStatus.QUEUED, message="", finished_at=None,
+        counts={k: v for k, v in counts.items() if v},
+    )
+    return queued, changed
+
+
+def plans_from(children: Mapping[str, Iterable[str]], retries: Mapping[str, int]) -> dict[str, JobPlan]:
+    """JobPlans from a child map (every job a key) and per-job retry counts."""
+    parents: dict[str, list[str]] = {name: [] for name in children}
+    for name, kids in children.items():
+        for kid in kids:
+            parents[kid].append(name)
+    return {
+        name: JobPlan(parents=tuple(parents[name]), children=tuple(kids), retries=retries.get(name, 0))
+        for name, kids in children.items()
+    }
+
+
+def _describe(status: JobStatus, outcome: Outcome) -> str:
+    if status is JobStatus.SUCCEEDED:
+        return ""
+    if outcome.signal:
+        return f"killed by {outcome.signal}"
+    if outcome.exit_code is not None:
+        return f"exited with code {outcome.exit_code}"
+    return status.value
+
+

@@ -1,0 +1,40 @@
+"""The one interface every executor implements, and what it is told to launch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from dagger_svc.core.definition import JobSpec
+from dagger_svc.core.records import Outcome
+
+
+@dataclass(frozen=True)
+class Launch:
+    workflow_id: str
+    job: str
+    attempt: int
+    spec: JobSpec
+    workflow_dir: str
+    upload_id: str = ""
+
+
+Report = Callable[[str, str, int, Outcome], None]
+"""(workflow id, job, attempt, outcome): how an executor tells the scheduler an attempt ended."""
+
+
+class Executor(Protocol):
+    def launch(self, launch: Launch) -> None:
+        """Starts the attempt; its end is reported through the Report callback (always,
+        including when it could not start)."""
+
+    def kill(self, workflow_id: str, job: str, attempt: int) -> None:
+        """Stops the attempt (SIGTERM, then SIGKILL after a grace period); the end is reported."""
+
+    def lost(self, workflow_id: str, job: str, attempt: int) -> bool:
+        """On resume: True when the attempt is gone (it will be run again); False when the
+        executor still has it and will report its end."""
+
+    def close(self) -> None:
+        """Stops every attempt this executor runs."""

@@ -1,0 +1,169 @@
+"""The embedded default's executor: each job attempt is a process on this host.
+
+The job machinery (inputs, output streaming, outputs) is the `streamed_job` library run
+in-process, so no Python interpreter starts per job: only the user's command is spawned.
+The image is recorded but not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dagger_svc.core.records import Outcome
+from dagger_svc.executors.base import Launch, Report
+from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogStore
+from streamed_job.files import FileProblem, FetchCache, outputs_to_save, prepare_inputs
+from streamed_job.outcome import EXIT_INPUT_FAILED, EXIT_OUTPUT_FAILED, Ended
+from streamed_job.pump import ProcessPump
+from streamed_job.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+JOB_KEY_ENV = "DONUT_JOB_KEY"  # <workflow>/<job>/<attempt>: lets a restarted executor find leftovers
+
+SaveResult = Callable[[str, str, str, Path], None]  # (workflow id, job, relative path, file)
+CacheFetcher = Callable[[str, str, Path], None]     # (upload id, cache path, destination)
+
+
+class LocalExecutor:
+    def __init__(self, logs: LogStore, report: Report, save_result: SaveResult | None = None,
+                 fetch_cache: CacheFetcher | None = None, kill_grace: float = 10.0) -> None:
+        self.logs = logs
+        self.report = report
+        self.save_result = save_result
+        self.fetch_cache = fetch_cache
+        self.pump = ProcessPump(kill_grace=kill_grace)
+        self._slow = ThreadPoolExecutor(max_workers=8, thread_name_prefix="local-files")
+        self._active: dict[str, RunSpec] = {}
+        self._lock = threading.Lock()
+        self._killed: set[str] = set()  # killed while still fetching inputs
+        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("DONUT_")}
+
+    def launch(self, launch: Launch) -> None:
+        spec = launch.spec
+        run = RunSpec(
+            workflow_id=launch.workflow_id, job=launch.job, attempt=launch.attempt, cmd=spec.cmd,
+            args=spec.args, workflow_dir=launch.workflow_dir, workdir_prefix=spec.workdir_prefix,
+            inputs=tuple(i.to_dict() for i in spec.inputs), outputs=tuple(o.to_dict() for o in spec.outputs),
+            timeout=spec.timeout, upload_id=launch.upload_id,
+        )
+        with self._lock:
+            self._active[run.key] = run
+        if any(i.origin or i.cache for i in spec.inputs):
+            self._slow.submit(self._start, run)
+        else:
+            self._start(run)
+
+    def _start(self, run: RunSpec) -> None:
+        if run.key in self._killed:
+            self._finish(run, Ended(None, "SIGTERM", phase="command", message="terminated before it started"))
+            return
+        try:
+            prepare_inputs(run, self._cache_fetcher(run), lambda text: self._note(run, text))
+        except (FileProblem, OSError) as e:
+            self._finish(run, Ended(EXIT_INPUT_FAILED, phase="inputs", message=str(e)))
+            return
+        env = {
+            **self._base_env,
+            JOB_KEY_ENV: run.key,
+            "DONUT_WORKFLOW_ID": run.workflow_id,
+            "DONUT_JOB_NAME": run.job,
+            "DONUT_JOB_ATTEMPT": str(run.attempt),
+            "DONUT_WORKFLOW_DIR": run.workflow_dir,
+        }
+        self.pump.start(run.key, [run.cmd, *run.args], run.workdir, env,
+                        on_output=self._on_output, on_exit=self._on_exit, timeout=run.timeout)
+
+    def _cache_fetcher(self, run: RunSpec) -> FetchCache | None:
+        if self.fetch_cache is None:
+            return None
+        fetch = self.fetch_cache
+        return lambda path, dest: fetch(run.upload_id, path, dest)
+
+    def _on_output(self, key: str, stream: int, lines: list[bytes]) -> None:
+        run = self._active.get(key)
+        if run is not None:
+            tag = STDOUT if stream == 1 else STDERR
+            self.logs.append(run.workflow_id, run.job, run.attempt, [(tag, line) for line in lines])
+
+    def _on_exit(self, key: str, ended: Ended) -> None:
+        run = self._active.get(key)
+        if run is None:
+            return
+        if ended.succeeded and run.outputs:
+            self._slow.submit(self._save_outputs, run, ended)
+        else:
+            self._finish(run, ended)
+
+    def _save_outputs(self, run: RunSpec, ended: Ended) -> None:
+        try:
+            for relative, path in outputs_to_save(run):
+                if self.save_result is not None:
+                    self.save_result(run.workflow_id, run.job, relative, path)
+                    self._note(run, f"saved {relative} ({path.stat().st_size} bytes)")
+        except Exception as e:  # noqa: BLE001 - any failure to save fails the attempt
+            ended = Ended(EXIT_OUTPUT_FAILED, phase="outputs", message=str(e) if isinstance(e, FileProblem)
+                          else f"cannot save outputs: {e}", started_at=ended.started_at,
+                          finished_at=ended.finished_at)
+        self._finish(run, ended)
+
+    def _note(self, run: RunSpec, text: str) -> None:
+        self.logs.append(run.workflow_id, run.job, run.attempt, [(SYSTEM, text.encode())])
+
+    def _finish(self, run: RunSpec, ended: Ended) -> None:
+        if ended.message and not ended.succeeded:
+            self._note(run, ended.message)
+        self.logs.end(run.workflow_id, run.job, run.attempt)
+        with self._lock:
+            self._active.pop(run.key, None)
+            self._killed.discard(run.key)
+        self.report(run.workflow_id, run.job, run.attempt, Outcome(
+            exit_code=ended.exit_code, signal=ended.signal, message=ended.message,
+            started_at=ended.started_at, finished_at=ended.finished_at,
+        ))
+
+    def kill(self, workflow_id: str, job: str, attempt: int) -> None:
+        key = f"{workflow_id}/{job}/{attempt}"
+        self._killed.add(key)
+        self.pump.kill(key)
+
+    def lost(self, workflow_id: str, job: str, attempt: int) -> bool:
+        key = f"{workflow_id}/{job}/{attempt}"
+        with self._lock:
+            if key in self._active:
+                return False
+        kill_leftovers({key})
+        self.logs.end(workflow_id, job, attempt)
+        return True
+
+    def close(self) -> None:
+        self.pump.close()
+        self._slow.shutdown(wait=True, cancel_futures=True)
+
+
+def kill_leftovers(keys: set[str]) -> int:
+    """SIGKILLs the process groups of processes whose environment carries one of the
+    job keys: what a previous incarnation of this executor left running."""
+    killed = 0
+    needles = {f"{JOB_KEY_ENV}={key}".encode() for key in keys}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        if environ & needles:
+            try:
+                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed

@@ -1,0 +1,52 @@
+"""Every etcd key dagger uses, built in this one place.
+
+    <prefix>workflows/<id>          WorkflowRecord JSON; written last at creation, so a
+                                    workflow is visible only once all its keys are stored
+    <prefix>specs/<id>/<job>        the job's definition (JobSpec + its neighbours + index)
+    <prefix>jobs/<id>/<job>         JobRecord JSON: one small key per job, never one blob
+    <prefix>cancel/<id>             present once someone asked to cancel the run
+    <prefix>claims/<id>             the scheduler that owns the run (bound to its lease)
+    <prefix>schedulers/<scheduler>  a live scheduler (bound to its lease)
+"""
+
+from __future__ import annotations
+
+DEFAULT_PREFIX = "/donut/"
+
+
+class Keys:
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.workflows = self.prefix + "workflows/"
+        self.cancels = self.prefix + "cancel/"
+        self.claims = self.prefix + "claims/"
+        self.schedulers = self.prefix + "schedulers/"
+
+    def workflow(self, workflow_id: str) -> str:
+        return f"{self.workflows}{workflow_id}"
+
+    def specs(self, workflow_id: str) -> str:
+        return f"{self.prefix}specs/{workflow_id}/"
+
+    def spec(self, workflow_id: str, job: str) -> str:
+        return f"{self.prefix}specs/{workflow_id}/{job}"
+
+    def jobs(self, workflow_id: str) -> str:
+        return f"{self.prefix}jobs/{workflow_id}/"
+
+    def job(self, workflow_id: str, job: str) -> str:
+        return f"{self.prefix}jobs/{workflow_id}/{job}"
+
+    def cancel(self, workflow_id: str) -> str:
+        return f"{self.cancels}{workflow_id}"
+
+    def claim(self, workflow_id: str) -> str:
+        return f"{self.claims}{workflow_id}"
+
+    def scheduler(self, scheduler_id: str) -> str:
+        return f"{self.schedulers}{scheduler_id}"
+
+    @staticmethod
+    def last_part(key: str | bytes) -> str:
+        text = key.decode() if isinstance(key, bytes) else key
+        return text.rsplit("/", 1)[1]

@@ -1,0 +1,261 @@
+"""The scheduler: drives every owned run's state machine from events, one etcd write per wake-up.
+
+Events (a workflow queued, a cancel asked for, a job attempt ended, a retry timer) arrive
+on one queue from etcd watches and executor callbacks; each wake-up drains the queue,
+feeds the runs, writes every changed record of a run in one guarded transaction, and
+only then launches and kills. Runs are owned through a lease-bound claim key, so a
+scheduler that dies loses its runs to another (or to itself, restarted, at once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyetcd import etcdrpc
+
+from dagger_svc.core.records import Outcome, WorkflowRecord, WorkflowStatus
+from dagger_svc.core.run import Run, Step, plans_from
+from dagger_svc.executors.base import Executor, Launch
+from dagger_svc.store import Revisions, StoredSpec, Store
+from donut.errors import Conflict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Owned:
+    run: Run
+    specs: dict[str, StoredSpec]
+    revisions: Revisions
+    workflow_dir: str
+
+
+class Scheduler:
+    def __init__(self, store: Store, executor: Executor | None, data_root: Path,
+                 scheduler_id: str | None = None, lease_ttl: int = 10,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.executor = executor
+        self.data_root = data_root
+        self.scheduler_id = scheduler_id or uuid.uuid4().hex
+        self.lease_ttl = lease_ttl
+        self.clock = clock
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._owned: dict[str, _Owned] = {}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._unwatch: list[Callable[[], None]] = []
+        self._lease: Any = None
+        self.idle = threading.Event()  # set whenever the loop waits with nothing queued (tests)
+
+    # ---- life cycle ----------------------------------------------------------------
+
+    def start(self) -> Scheduler:
+        self._lease = self.store.client.lease(self.lease_ttl)
+        revision = self.store.current_revision()
+        keys = self.store.keys
+        self._unwatch = [
+            self.store.watch(keys.workflows, lambda k, v: self._events.put(("workflow", keys.last_part(k), v)),
+                             start_revision=revision + 1),
+            self.store.watch(keys.cancels, lambda k, v: v is not None and self._events.put(
+                ("cancel", keys.last_part(k))), start_revision=revision + 1),
+            self.store.watch(keys.claims, lambda k, v: v is None and self._events.put(
+                ("workflow", keys.last_part(k), None)), start_revision=revision + 1),
+        ]
+        for workflow in self.store.workflows():
+            if not workflow.status.finished:
+                self._events.put(("workflow", workflow.id, b""))
+        for target, name in ((self._loop, "scheduler"), (self._keep_lease, "scheduler-lease")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Stops scheduling; runs stay claimed until the lease ends (or are taken back at
+        once by a scheduler with the same id)."""
+        self._stopping.set()
+        self._events.put(("stop",))
+        for cancel in self._unwatch:
+            cancel()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self._lease is not None:
+            try:
+                self._lease.revoke()
+            except Exception:  # noqa: BLE001 - etcd may be gone already
+                pass
+
+    def _keep_lease(self) -> None:
+        while not self._stopping.wait(self.lease_ttl / 3):
+            try:
+                self._lease.refresh()
+            except Exception as e:  # noqa: BLE001 - keep trying while etcd is away
+                log.warning("cannot refresh the scheduler lease: %s", e)
+
+    # ---- inputs (any thread) -------------------------------------------------------
+
+    def job_finished(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
+        self._events.put(("finished", workflow_id, job, attempt, outcome))
+
+    def owns(self, workflow_id: str) -> bool:
+        return workflow_id in self._owned
+
+    # ---- the loop ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            timeout = self._next_timeout()
+            if self._events.empty():
+                self.idle.set()
+            try:
+                first = self._events.get(timeout=timeout)
+            except queue.Empty:
+                first = None
+            self.idle.clear()
+            batch = [] if first is None else [first]
+            while True:
+                try:
+                    batch.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._handle(batch)
+            except Exception:
+                log.exception("scheduler step failed; it will be retried from etcd")
+                self._reload_all()
+
+    def _next_timeout(self) -> float | None:
+        wakeups = [w for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]
+        return max(0.0, min(wakeups) - self.clock()) if wakeups else None
+
+    def _handle(self, batch: list[tuple[Any, ...]]) -> None:
+        now = self.clock()
+        steps: dict[str, Step] = {}
+
+        def add(workflow_id: str, step: Step) -> None:
+            if step:
+                steps[workflow_id] = steps[workflow_id].merge(step) if workflow_id in steps else step
+
+        for event in batch:
+            kind = event[0]
+            if kind == "stop":
+                return
+            if kind == "workflow":
+                _, workflow_id, value = event
+                if workflow_id not in self._owned and self._wants(value):
+                    started = self._take_over(workflow_id, now)
+                    if started is not None:
+                        add(workflow_id, started)
+            elif kind == "cancel":
+                owned = self._owned.get(event[1])
+                if owned is not None:
+                    add(event[1], owned.run.cancel(now))
+            elif kind == "finished":
+                _, workflow_id, job, attempt, outcome = event
+                owned = self._owned.get(workflow_id)
+                if owned is not None:
+                    add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
+        for workflow_id, owned in self._owned.items():
+            wakeup = owned.run.next_wakeup()
+            if wakeup is not None and wakeup <= now:
+                add(workflow_id, owned.run.tick(now))
+        for workflow_id, step in steps.items():
+            self._apply(workflow_id, step)
+
+    @staticmethod
+    def _wants(value: bytes | None) -> bool:
+        if value is None:  # a claim went away: look again
+            return True
+        if value == b"":
+            return True
+        status = json.loads(value).get("status")
+        return status in (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
+
+    def _apply(self, workflow_id: str, step: Step) -> None:
+        owned = self._owned[workflow_id]
+        try:
+            self.store.save_run(workflow_id, step.workflow, step.jobs.values(), owned.revisions)
+        except Conflict:
+            log.info("run %s changed under us; reloading it", workflow_id)
+            self._forget(workflow_id)
+            self._events.put(("workflow", workflow_id, b""))
+            return
+        if self.executor is not None:
+            for job in step.launch:
+                record = owned.run.jobs[job]
+                self.executor.launch(Launch(
+                    workflow_id=workflow_id, job=job, attempt=record.attempt, spec=owned.specs[job].spec,
+                    workflow_dir=owned.workflow_dir, upload_id=owned.run.workflow.upload_id,
+                ))
+            for job in step.kill:
+                self.executor.kill(workflow_id, job, owned.run.jobs[job].attempt)
+        if owned.run.finished:
+            self._forget(workflow_id)
+            log.info("workflow %s %s", workflow_id, owned.run.workflow.status.value)
+
+    # ---- ownership -----------------------------------------------------------------
+
+    def _take_over(self, workflow_id: str, now: float) -> Step | None:
+        """Claims the run and starts (or resumes) it; None when it is someone else's or over."""
+        if not self._claim(workflow_id):
+            return None
+        try:
+            workflow, workflow_revision = self.store.workflow(workflow_id)
+        except Exception:  # noqa: BLE001 - deleted meanwhile
+            self._release(workflow_id)
+            return None
+        if workflow.status.finished:
+            self._release(workflow_id)
+            return None
+        revisions: Revisions = {self.store.keys.workflow(workflow_id): workflow_revision}
+        specs = self.store.specs(workflow_id)
+        jobs = self.store.jobs(workflow_id, revisions)
+        plans = plans_from({n: s.children for n, s in specs.items()}, {n: s.spec.retries for n, s in specs.items()})
+        run = Run(workflow, plans, jobs, cancel_requested=self.store.cancel_requested(workflow_id))
+        workflow_dir = self.data_root / workflow_id
+        workflow_dir.mkdir(parents=True, exist_ok=True)
+        self._owned[workflow_id] = _Owned(run, specs, revisions, str(workflow_dir))
+        lost = [
+            name for name in run.running_jobs
+            if self.executor is None or self.executor.lost(workflow_id, name, run.jobs[name].attempt)
+        ]
+        return run.start(now, lost=lost)
+
+    def _claim(self, workflow_id: str) -> bool:
+        key = self.store.keys.claim(workflow_id).encode()
+        me = self.scheduler_id.encode()
+        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=me, lease=self._lease.id))
+        absent = etcdrpc.Compare(key=key, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
+                                 create_revision=0)
+        mine = etcdrpc.Compare(key=key, target=etcdrpc.Compare.VALUE, result=etcdrpc.Compare.EQUAL, value=me)
+        client = self.store.client
+        for compare in (absent, mine):  # free, or held by an earlier incarnation of this scheduler
+            response = client.kvstub.Txn(etcdrpc.TxnRequest(compare=[compare], success=[put]), client.timeout)
+            if response.succeeded:
+                return True
+        return False
+
+    def _release(self, workflow_id: str) -> None:
+        self.store.client.delete(self.store.keys.claim(workflow_id))
+
+    def _forget(self, workflow_id: str) -> None:
+        self._owned.pop(workflow_id, None)
+        try:
+            self._release(workflow_id)
+        except Exception:  # noqa: BLE001 - the lease will drop it
+            pass
+
+    def _reload_all(self) -> None:
+        for workflow_id in list(self._owned):
+            self._owned.pop(workflow_id)
+            self._events.put(("workflow", workflow_id, b""))

@@ -1,0 +1,221 @@
+"""dagger's domain operations: what the gRPC servicer (and tests) call.
+
+Validates input before anything is stored, keeps ownership and state rules in one place,
+and talks to etcd through the Store and to running jobs through the Scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagger_svc.core.definition import Definition, parse_definition
+from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
+from dagger_svc.core.run import prepare_retry
+from dagger_svc.logs import LogLine, LogStore
+from dagger_svc.scheduler import Scheduler
+from dagger_svc.store import StoredSpec, Store
+from donut.errors import FailedPrecondition, InvalidArgument, NotFound, Problem
+
+MAX_PARALLELISM = 1000
+MAX_NAME_LENGTH = 200
+_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    data_root: Path
+    """Workflow directories live under it: <data_root>/<workflow id>/."""
+    default_parallelism: int = 4
+    """Parallelism of a submission that names none."""
+
+
+class DaggerService:
+    def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler | None, config: DaggerConfig) -> None:
+        self.store = store
+        self.logs = logs
+        self.scheduler = scheduler
+        self.config = config
+
+    # ---- workflows -----------------------------------------------------------------
+
+    def create(self, definition_text: str | bytes, name: str = "", parallelism: int = 0,
+               fail_fast: bool = False, upload_id: str = "", owner: str = "") -> WorkflowRecord:
+        problems = []
+        if parallelism < 0 or parallelism > MAX_PARALLELISM:
+            problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the default)"))
+        if len(name) > MAX_NAME_LENGTH:
+            problems.append(Problem("name", f"must be at most {MAX_NAME_LENGTH} characters"))
+        if upload_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", upload_id):
+            problems.append(Problem("upload_id", "must be letters, digits, '.', '_' or '-'"))
+        try:
+            definition = parse_definition(definition_text)
+        except InvalidArgument as e:
+            problems.extend(e.problems)
+        if problems:
+            raise InvalidArgument(problems)
+        return self._store_new(definition, name, parallelism or self.config.default_parallelism,
+                               fail_fast, upload_id, owner)
+
+    def _store_new(self, definition: Definition, name: str, parallelism: int, fail_fast: bool,
+                   upload_id: str, owner: str) -> WorkflowRecord:
+        workflow_id = str(uuid.uuid4())
+        jobs = {job: JobRecord(job) for job in definition.jobs}
+        workflow = WorkflowRecord(
+            id=workflow_id, name=name or workflow_id[:8], owner=owner, parallelism=parallelism,
+            fail_fast=fail_fast, created_at=time.time(), upload_id=upload_id, job_total=len(jobs),
+            counts={JobStatus.WAITING.value: len(jobs)},
+        )
+        self.store.create_workflow(workflow, definition, jobs)
+        return workflow
+
+    def validate(self, definition_text: str | bytes) -> Definition:
+        return parse_definition(definition_text)
+
+    def get(self, workflow_id: str) -> WorkflowRecord:
+        _check_id(workflow_id)
+        return self.store.workflow(workflow_id)[0]
+
+    def list(self, statuses: set[WorkflowStatus] | None = None, limit: int = 0) -> list[WorkflowRecord]:
+        workflows = [w for w in self.store.workflows() if not statuses or w.status in statuses]
+        workflows.sort(key=lambda w: w.created_at or 0, reverse=True)
+        return workflows[:limit] if limit > 0 else workflows
+
+    def cancel(self, workflow_id: str) -> WorkflowRecord:
+        workflow = self.get(workflow_id)
+        if workflow.status.finished:
+            raise FailedPrecondition(f"workflow {workflow_id} already ended ({workflow.status.value})")
+        self.store.request_cancel(workflow_id)
+        return workflow
+
+    def retry(self, workflow_id: str) -> WorkflowRecord:
+        _check_id(workflow_id)
+        workflow, revision = self.store.workflow(workflow_id)
+        if not workflow.status.finished:
+            raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; retry it once it ends")
+        revisions = {self.store.keys.workflow(workflow_id): revision}
+        jobs = self.store.jobs(workflow_id, revisions)
+        queued, changed = prepare_retry(workflow, jobs, time.time())
+        if not changed:
+            raise FailedPrecondition(f"workflow {workflow_id} has nothing to retry: every job succeeded")
+        self.store.clear_cancel(workflow_id)
+        self.store.save_run(workflow_id, queued, changed.values(), revisions)
+        return queued
+
+    def clone(self, workflow_id: str, name: str = "", parallelism: int = 0, owner: str = "") -> WorkflowRecord:
+        original = self.get(workflow_id)
+        specs = self.store.specs(workflow_id)
+        definition = definition_from_specs(specs)
+        if parallelism < 0 or parallelism > MAX_PARALLELISM:
+            raise InvalidArgument([Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the original's)")])
+        return self._store_new(definition, name or original.name, parallelism or original.parallelism,
+                               original.fail_fast, original.upload_id, owner or original.owner)
+
+    def definition(self, workflow_id: str) -> Definition:
+        _check_id(workflow_id)
+        return definition_from_specs(self.store.specs(workflow_id))
+
+    def watch(self, workflow_id: str, is_active: Callable[[], bool] = lambda: True) -> Iterator[WorkflowRecord]:
+        """The workflow now, then on every change, until it has ended."""
+        _check_id(workflow_id)
+        changes: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        revision = self.store.current_revision()
+        cancel = self.store.watch(self.store.keys.workflow(workflow_id), lambda k, v: changes.put(v),
+                                  start_revision=revision + 1)
+        try:
+            workflow = self.store.workflow(workflow_id)[0]
+            yield workflow
+            while not workflow.status.finished and is_active():
+                try:
+                    value = changes.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if value is None:
+                    raise NotFound(f"workflow {workflow_id} was deleted")
+                while True:  # only the newest state matters
+                    try:
+                        newer = changes.get_nowait()
+                    except queue.Empty:
+                        break
+                    value = newer if newer is not None else value
+                workflow = WorkflowRecord.from_dict(json.loads(value))
+                yield workflow
+        finally:
+            cancel()
+
+    # ---- jobs ----------------------------------------------------------------------
+
+    def jobs(self, workflow_id: str) -> list[tuple[JobRecord, StoredSpec, tuple[str, ...]]]:
+        """(record, spec, parents) of every job, in definition order."""
+        self.get(workflow_id)
+        specs = self.store.specs(workflow_id)
+        records = self.store.jobs(workflow_id)
+        parents: dict[str, list[str]] = {name: [] for name in specs}
+        for name, spec in specs.items():
+            for child in spec.children:
+                parents[child].append(name)
+        return [(records[name], spec, tuple(parents[name])) for name, spec in specs.items()]
+
+    def job(self, workflow_id: str, name: str) -> tuple[JobRecord, StoredSpec, tuple[str, ...]]:
+        for record, spec, parents in self.jobs(workflow_id):
+            if record.name == name:
+                return record, spec, parents
+        raise NotFound(f"workflow {workflow_id} has no job '{name}'")
+
+    # ---- logs and reports ----------------------------------------------------------
+
+    def tail_logs(self, workflow_id: str, job: str, attempt: int = 0, offset: int = 0, follow: bool = False,
+                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, list[LogLine]]]:
+        """Lines of one attempt (0: the current one, and with follow the ones after it,
+        until the job has ended)."""
+        _check_id(workflow_id)
+        record = self.store.job(workflow_id, job)
+        if attempt < 0:
+            raise InvalidArgument([Problem("attempt", "must be 0 (the current one) or more")])
+        if attempt > record.attempt:
+            raise NotFound(f"job '{job}' has no attempt {attempt} (it has had {record.attempt})")
+        current = attempt or max(record.attempt, 1)
+        while True:
+            yield from self.logs.read(workflow_id, job, current, offset, follow and is_active())
+            if not follow or attempt or not is_active():
+                return
+            record = self.store.job(workflow_id, job)
+            if record.status.finished and record.attempt <= current:
+                return
+            if record.attempt > current:
+                current, offset = record.attempt, 0
+            else:
+                time.sleep(0.2)  # the next attempt has not started yet (retry backoff)
+
+    def push_logs(self, workflow_id: str, job: str, attempt: int, sequence: int, lines: list[LogLine]) -> int:
+        return self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
+
+    def report(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
+        if self.scheduler is None or not self.scheduler.owns(workflow_id):
+            raise FailedPrecondition(f"no scheduler here runs workflow {workflow_id}")
+        self.logs.end(workflow_id, job, attempt)
+        self.scheduler.job_finished(workflow_id, job, attempt, outcome)
+
+
+def definition_from_specs(specs: dict[str, StoredSpec]) -> Definition:
+    children = {name: s.children for name, s in specs.items()}
+    parents: dict[str, list[str]] = {name: [] for name in specs}
+    for name, kids in children.items():
+        for kid in kids:
+            parents[kid].append(name)
+    return Definition(
+        jobs={name: s.spec for name, s in specs.items()},
+        children=children,
+        parents={name: tuple(p) for name, p in parents.items()},
+    )
+
+
+def _check_id(workflow_id: str) -> None:
+    if not _ID_PATTERN.match(workflow_id):
+        raise InvalidArgument([Problem("id", f"not a workflow id: {workflow_id!r}")])

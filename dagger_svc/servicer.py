@@ -1,0 +1,165 @@
+"""The Dagger gRPC servicer: protobuf in, domain calls, protobuf out. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from dagger_svc.core.definition import JobSpec
+from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
+from dagger_svc.service import DaggerService
+from dagger_svc.store import StoredSpec
+from donut.dagger.v1 import dagger_pb2 as pb
+from donut.dagger.v1 import dagger_pb2_grpc
+from donut.errors import InvalidArgument, Problem
+from donut.rpc import translate_errors
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Dagger"].full_name
+
+
+def _ts(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _seconds(ts: Timestamp) -> float | None:
+    return ts.ToNanoseconds() / 1e9 if ts.seconds or ts.nanos else None
+
+
+def _times(**values: float | None) -> dict[str, Timestamp]:
+    return {k: t for k, v in values.items() if (t := _ts(v)) is not None}
+
+
+def workflow_pb(w: WorkflowRecord, workdir: str = "") -> pb.Workflow:
+    return pb.Workflow(
+        id=w.id, name=w.name, owner=w.owner, status=pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{w.status.name}"),
+        parallelism=w.parallelism, fail_fast=w.fail_fast, message=w.message, job_counts=dict(w.counts),
+        job_total=w.job_total, upload_id=w.upload_id, workdir=workdir,
+        **_times(created_at=w.created_at, started_at=w.started_at, finished_at=w.finished_at),
+    )
+
+
+def job_status_pb(status: JobStatus) -> int:
+    return pb.JobStatus.Value(f"JOB_STATUS_{status.name}")
+
+
+def spec_pb(spec: JobSpec) -> pb.JobSpec:
+    return pb.JobSpec(
+        name=spec.name, image=spec.image, cmd=spec.cmd, args=list(spec.args), workdir_prefix=spec.workdir_prefix,
+        inputs=[pb.Input(origin=i.origin, cache=i.cache, local=i.local) for i in spec.inputs],
+        outputs=[pb.Output(local=o.local, save=o.save) for o in spec.outputs],
+        retries=spec.retries, timeout_seconds=spec.timeout or 0.0,
+    )
+
+
+def job_pb(workflow_id: str, record: JobRecord, spec: StoredSpec, parents: tuple[str, ...]) -> pb.Job:
+    attempts = [
+        pb.Attempt(number=a.number, status=job_status_pb(a.status), exit_code=a.exit_code, signal=a.signal,
+                   message=a.message, **_times(started_at=a.started_at, finished_at=a.finished_at))
+        for a in record.attempts
+    ]
+    return pb.Job(
+        workflow_id=workflow_id, name=record.name, status=job_status_pb(record.status), attempt=record.attempt,
+        exit_code=record.exit_code, message=record.message, attempts=attempts, spec=spec_pb(spec.spec),
+        depends_on=list(parents), neighbors=list(spec.children),
+        **_times(started_at=record.started_at, finished_at=record.finished_at, retry_at=record.retry_at),
+    )
+
+
+@translate_errors
+class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
+    def __init__(self, service: DaggerService) -> None:
+        self.service = service
+
+    def _workflow(self, w: WorkflowRecord, include_jobs: bool = False) -> pb.Workflow:
+        message = workflow_pb(w, str(self.service.config.data_root / w.id))
+        if include_jobs:
+            message.jobs.extend(job_pb(w.id, *job) for job in self.service.jobs(w.id))
+        return message
+
+    def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
+        workflow = self.service.create(
+            request.definition, name=request.name, parallelism=request.parallelism,
+            fail_fast=request.fail_fast, upload_id=request.upload_id,
+        )
+        return self._workflow(workflow)
+
+    def ValidateDefinition(self, request: pb.ValidateDefinitionRequest,
+                           context: grpc.ServicerContext) -> pb.ValidateDefinitionResponse:
+        try:
+            definition = self.service.validate(request.definition)
+        except InvalidArgument as e:
+            return pb.ValidateDefinitionResponse(problems=[pb.Problem(place=p.place, message=p.message)
+                                                           for p in e.problems])
+        return pb.ValidateDefinitionResponse(job_count=len(definition.jobs))
+
+    def GetWorkflow(self, request: pb.GetWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
+        return self._workflow(self.service.get(request.id), request.include_jobs)
+
+    def ListWorkflows(self, request: pb.ListWorkflowsRequest,
+                      context: grpc.ServicerContext) -> pb.ListWorkflowsResponse:
+        statuses = set()
+        for value in request.statuses:
+            if value == pb.WORKFLOW_STATUS_UNSPECIFIED or value not in pb.WorkflowStatus.values():
+                raise InvalidArgument([Problem("statuses", f"unknown workflow status {value}")])
+            statuses.add(WorkflowStatus[pb.WorkflowStatus.Name(value).removeprefix("WORKFLOW_STATUS_")])
+        if request.limit < 0:
+            raise InvalidArgument([Problem("limit", "must be 0 (all) or more")])
+        return pb.ListWorkflowsResponse(
+            workflows=[self._workflow(w) for w in self.service.list(statuses, request.limit)]
+        )
+
+    def CancelWorkflow(self, request: pb.CancelWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
+        return self._workflow(self.service.cancel(request.id))
+
+    def RetryWorkflow(self, request: pb.RetryWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
+        return self._workflow(self.service.retry(request.id))
+
+    def CloneWorkflow(self, request: pb.CloneWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
+        return self._workflow(self.service.clone(request.id, request.name, request.parallelism))
+
+    def WatchWorkflow(self, request: pb.WatchWorkflowRequest, context: grpc.ServicerContext) -> Iterator[pb.Workflow]:
+        for workflow in self.service.watch(request.id, is_active=context.is_active):
+            yield self._workflow(workflow, request.include_jobs)
+
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        return job_pb(request.workflow_id, *self.service.job(request.workflow_id, request.name))
+
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse(jobs=[job_pb(request.workflow_id, *job)
+                                         for job in self.service.jobs(request.workflow_id)])
+
+    def PushLogs(self, request_iterator: Iterator[pb.LogBatch], context: grpc.ServicerContext) -> Iterator[pb.LogAck]:
+        for batch in request_iterator:
+            stored = self.service.push_logs(
+                batch.workflow_id, batch.job, batch.attempt, batch.sequence,
+                [(line.stream or pb.LOG_STREAM_STDOUT, line.text) for line in batch.lines],
+            )
+            yield pb.LogAck(sequence=stored)
+
+    def TailLogs(self, request: pb.TailLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogLines]:
+        for offset, lines in self.service.tail_logs(
+            request.workflow_id, request.job, request.attempt, request.offset, request.follow,
+            is_active=context.is_active,
+        ):
+            yield pb.LogLines(offset=offset, lines=[pb.LogLine(stream=s, text=t) for s, t in lines])
+
+    def ReportJobStatus(self, request: pb.ReportJobStatusRequest,
+                        context: grpc.ServicerContext) -> pb.ReportJobStatusResponse:
+        outcome = Outcome(
+            exit_code=request.exit_code if request.HasField("exit_code") else None,
+            signal=request.signal, message=request.message,
+            started_at=_seconds(request.started_at), finished_at=_seconds(request.finished_at),
+        )
+        self.service.report(request.workflow_id, request.job, request.attempt, outcome)
+        return pb.ReportJobStatusResponse()
+
+
+def registration(service: DaggerService) -> tuple[Any, Any, str]:
+    return dagger_pb2_grpc.add_DaggerServicer_to_server, DaggerServicer(service), SERVICE_NAME

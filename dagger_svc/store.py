@@ -1,0 +1,248 @@
+"""dagger's state in etcd: workflows, job specs and job records, guarded writes, watches.
+
+Every write of a record is a transaction that checks the record's last known revision
+(`mod_revision`), so two writers can never both move a job on; a lost race raises
+`Conflict` and the caller re-reads. Large writes go in chunks under etcd's per-transaction
+limits, with the workflow record (the visible part) last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pyetcd
+from pyetcd import etcdrpc
+
+from dagger_svc.core.definition import Definition, JobSpec
+from dagger_svc.core.records import JobRecord, WorkflowRecord
+from dagger_svc.keys import Keys
+from donut.errors import Conflict, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+MAX_OPS_PER_TXN = 120          # etcd refuses more than 128 (--max-txn-ops)
+MAX_BYTES_PER_TXN = 1_000_000  # etcd refuses requests over 1.5 MiB
+Revisions = dict[str, int]     # key -> mod_revision last seen
+
+
+@dataclass(frozen=True)
+class StoredSpec:
+    spec: JobSpec
+    children: tuple[str, ...]
+    index: int
+
+
+def _dump(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _put(key: str, value: bytes, lease: int = 0) -> Any:
+    return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease))
+
+
+def _mod_equals(key: str, revision: int) -> Any:
+    return etcdrpc.Compare(
+        key=key.encode(),
+        target=etcdrpc.Compare.MOD,
+        result=etcdrpc.Compare.EQUAL,
+        mod_revision=revision,
+    )
+
+
+def connect(endpoints: str, timeout: float = 10.0) -> pyetcd.Etcd3Client:
+    """A client for the first of comma-separated `host:port` endpoints that answers."""
+    last: Exception | None = None
+    for endpoint in endpoints.split(","):
+        host, _, port = endpoint.strip().removeprefix("http://").rpartition(":")
+        client = pyetcd.client(host=host or "127.0.0.1", port=int(port), timeout=timeout)
+        try:
+            client.status()
+            return client
+        except Exception as e:  # noqa: BLE001 - any failure means: try the next endpoint
+            last = e
+            client.close()
+    raise Unavailable(f"cannot reach etcd at {endpoints}: {last}")
+
+
+class Store:
+    def __init__(self, client: pyetcd.Etcd3Client, keys: Keys | None = None) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+
+    # ---- low level -----------------------------------------------------------------
+
+    def _txn(self, compare: list[Any], success: list[Any]) -> tuple[bool, int]:
+        try:
+            response = self.client.kvstub.Txn(
+                etcdrpc.TxnRequest(compare=compare, success=success), self.client.timeout
+            )
+        except grpc.RpcError as e:
+            raise Unavailable(f"etcd transaction failed: {e.details()}") from e
+        return response.succeeded, response.header.revision
+
+    def put_guarded(self, writes: Iterable[tuple[str, bytes]], revisions: Revisions) -> int:
+        """Writes values whose keys still have the revisions in `revisions` (0: absent),
+        in chunks that fit etcd's limits; updates `revisions`. The last write lands in
+        the last chunk. Raises Conflict when another writer got there first."""
+        revision = 0
+        chunk: list[tuple[str, bytes]] = []
+        size = 0
+        pending = list(writes)
+        for i, (key, value) in enumerate(pending):
+            chunk.append((key, value))
+            size += len(key) + len(value)
+            last = i == len(pending) - 1
+            if last or len(chunk) >= MAX_OPS_PER_TXN or size >= MAX_BYTES_PER_TXN:
+                ok, revision = self._txn(
+                    [_mod_equals(k, revisions.get(k, 0)) for k, _ in chunk],
+                    [_put(k, v) for k, v in chunk],
+                )
+                if not ok:
+                    raise Conflict(f"someone else changed {chunk[0][0]} (or another key of its batch)")
+                for k, _ in chunk:
+                    revisions[k] = revision
+                chunk, size = [], 0
+        return revision
+
+    def _get(self, key: str) -> tuple[bytes, int] | None:
+        value, meta = self.client.get(key)
+        return None if value is None else (value, meta.mod_revision)
+
+    def _prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
+        return [
+            (meta.key.decode(), value, meta.mod_revision)
+            for value, meta in self.client.get_prefix(prefix)
+        ]
+
+    # ---- workflows -----------------------------------------------------------------
+
+    def create_workflow(self, workflow: WorkflowRecord, definition: Definition,
+                        jobs: Mapping[str, JobRecord]) -> None:
+        """Stores specs and job records, then the workflow record that makes it visible.
+        A failure part-way leaves only invisible keys, which are removed."""
+        writes: list[tuple[str, bytes]] = []
+        for index, (name, spec) in enumerate(definition.jobs.items()):
+            spec_doc = {"spec": spec.to_dict(), "next": list(definition.children[name]), "index": index}
+            writes.append((self.keys.spec(workflow.id, name), _dump(spec_doc)))
+            writes.append((self.keys.job(workflow.id, name), _dump(jobs[name].to_dict())))
+        writes.append((self.keys.workflow(workflow.id), _dump(workflow.to_dict())))
+        try:
+            self.put_guarded(writes, {})
+        except Exception:
+            self.delete_workflow_keys(workflow.id)
+            raise
+
+    def delete_workflow_keys(self, workflow_id: str) -> None:
+        for prefix in (self.keys.specs(workflow_id), self.keys.jobs(workflow_id)):
+            self.client.delete_prefix(prefix)
+        self.client.delete(self.keys.workflow(workflow_id))
+        self.client.delete(self.keys.cancel(workflow_id))
+
+    def workflow(self, workflow_id: str) -> tuple[WorkflowRecord, int]:
+        found = self._get(self.keys.workflow(workflow_id))
+        if found is None:
+            raise NotFound(f"no workflow {workflow_id}")
+        return WorkflowRecord.from_dict(json.loads(found[0])), found[1]
+
+    def workflows(self) -> list[WorkflowRecord]:
+        return [WorkflowRecord.from_dict(json.loads(v)) for _, v, _ in self._prefix(self.keys.workflows)]
+
+    def specs(self, workflow_id: str) -> dict[str, StoredSpec]:
+        stored = []
+        for key, value, _ in self._prefix(self.keys.specs(workflow_id)):
+            doc = json.loads(value)
+            stored.append(StoredSpec(JobSpec.from_dict(doc["spec"]), tuple(doc["next"]), doc["index"]))
+        stored.sort(key=lambda s: s.index)
+        return {s.spec.name: s for s in stored}
+
+    def jobs(self, workflow_id: str, revisions: Revisions | None = None) -> dict[str, JobRecord]:
+        jobs = {}
+        for key, value, revision in self._prefix(self.keys.jobs(workflow_id)):
+            job = JobRecord.from_dict(json.loads(value))
+            jobs[job.name] = job
+            if revisions is not None:
+                revisions[key] = revision
+        return jobs
+
+    def job(self, workflow_id: str, name: str) -> JobRecord:
+        found = self._get(self.keys.job(workflow_id, name))
+        if found is None:
+            raise NotFound(f"workflow {workflow_id} has no job '{name}'")
+        return JobRecord.from_dict(json.loads(found[0]))
+
+    def save_run(self, workflow_id: str, workflow: WorkflowRecord | None, jobs: Iterable[JobRecord],
+                 revisions: Revisions) -> None:
+        """One guarded write of a run's changed records; the workflow record goes last."""
+        writes = [(self.keys.job(workflow_id, j.name), _dump(j.to_dict())) for j in jobs]
+        if workflow is not None:
+            writes.append((self.keys.workflow(workflow_id), _dump(workflow.to_dict())))
+        if writes:
+            self.put_guarded(writes, revisions)
+
+    # ---- cancel requests -----------------------------------------------------------
+
+    def request_cancel(self, workflow_id: str) -> None:
+        self.client.put(self.keys.cancel(workflow_id), str(time.time()))
+
+    def cancel_requested(self, workflow_id: str) -> bool:
+        return self._get(self.keys.cancel(workflow_id)) is not None
+
+    def clear_cancel(self, workflow_id: str) -> None:
+        self.client.delete(self.keys.cancel(workflow_id))
+
+    # ---- watching ------------------------------------------------------------------
+
+    def watch(self, prefix: str, on_event: Callable[[str, bytes | None], None],
+              start_revision: int | None = None) -> Callable[[], None]:
+        """Calls on_event(key, value or None when deleted) for every change under prefix,
+        re-subscribing after a broken stream from the last revision seen. Returns cancel."""
+        state = {"revision": start_revision, "watch_id": None, "stopped": False}
+        lock = threading.Lock()
+
+        def callback(response: Any) -> None:
+            if isinstance(response, Exception):
+                if not state["stopped"]:
+                    threading.Thread(target=resubscribe, daemon=True, name="etcd-rewatch").start()
+                return
+            for event in response.events:
+                state["revision"] = event.mod_revision + 1
+                deleted = isinstance(event, pyetcd.events.DeleteEvent)
+                on_event(event.key.decode(), None if deleted else event.value)
+
+        def subscribe() -> None:
+            kwargs = {} if state["revision"] is None else {"start_revision": state["revision"]}
+            state["watch_id"] = self.client.add_watch_prefix_callback(prefix, callback, **kwargs)
+
+        def resubscribe() -> None:
+            delay = 0.1
+            while not state["stopped"]:
+                try:
+                    with lock:
+                        subscribe()
+                    return
+                except Exception as e:  # noqa: BLE001 - etcd down: keep trying
+                    log.warning("etcd watch on %s lost (%s); retrying", prefix, e)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+        def cancel() -> None:
+            state["stopped"] = True
+            if state["watch_id"] is not None:
+                try:
+                    self.client.cancel_watch(state["watch_id"])
+                except Exception:  # noqa: BLE001 - closing anyway
+                    pass
+
+        with lock:
+            subscribe()
+        return cancel
+
+    def current_revision(self) -> int:
+        return int(self.client.get_response(self.keys.prefix).header.revision)

@@ -1,0 +1,463 @@
+"""The `donut` command: run the stack (`up`) and drive it (submit, watch, logs, results).
+
+Every command talks to the stack over gRPC; heavy imports happen inside the commands so
+`donut --help` and friends start quickly. Errors are one line on stderr, never a traceback:
+exit 2 for bad input, 1 for everything else that went wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+FINISHED = ("done", "failed", "terminated", "dead")
+STATUS_NAMES = ("queued", "running", "done", "failed", "terminated", "dead")
+
+
+class Failure(click.ClickException):
+    """A one-line error with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    raise Failure(message, code)
+
+
+# ---- talking to the stack -------------------------------------------------------------
+
+
+class Client:
+    """Stubs over one channel, with the token on every call."""
+
+    def __init__(self, endpoint: str, token: str) -> None:
+        from donut.rpc import channel
+
+        self.endpoint = endpoint
+        self.channel = channel(endpoint)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    @functools.cached_property
+    def dagger(self) -> Any:
+        from donut.dagger.v1 import dagger_pb2_grpc
+
+        return dagger_pb2_grpc.DaggerStub(self.channel)
+
+    @functools.cached_property
+    def cellar(self) -> Any:
+        from streamed_job.cellar import CellarClient
+
+        return CellarClient(self.channel, self.metadata)
+
+
+def rpc_errors(command: F) -> F:
+    """Turns gRPC errors into one-line messages and exit codes."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import grpc
+
+        try:
+            return command(*args, **kwargs)
+        except grpc.RpcError as e:
+            code = e.code()  # type: ignore[attr-defined]
+            ctx = click.get_current_context()
+            endpoint = ctx.find_object(Settings).endpoint if ctx.find_object(Settings) else "?"
+            if code == grpc.StatusCode.UNAVAILABLE:
+                fail(f"cannot reach donut at {endpoint} ({e.details()})")  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                for line in (e.details() or "").splitlines():  # type: ignore[attr-defined]
+                    click.echo(f"error: {line}", err=True)
+                sys.exit(EXIT_BAD_INPUT)
+            fail(f"{e.details()} ({code.name.lower()})")  # type: ignore[attr-defined]
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Settings:
+    def __init__(self, endpoint: str | None, token: str | None) -> None:
+        from donut.config import ClientConfig
+
+        config = ClientConfig.load(endpoint, token)
+        self.endpoint, self.token = config.endpoint, config.token
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.endpoint, self.token)
+        return self._client
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "DONUT"})
+@click.option("--endpoint", envvar="DONUT_ENDPOINT", help="host:port of the donut server [env DONUT_ENDPOINT; "
+              "default: from ~/.donut/client.json]")
+@click.option("--token", envvar="DONUT_TOKEN", help="API token [env DONUT_TOKEN]")
+@click.pass_context
+def cli(ctx: click.Context, endpoint: str | None, token: str | None) -> None:
+    """donut-dagger: DAGs of batch jobs, with live logs and saved results."""
+    ctx.obj = Settings(endpoint, token)
+
+
+# ---- formatting ------------------------------------------------------------------------
+
+
+def _iso(ts: Any) -> str | None:
+    if not (ts.seconds or ts.nanos):
+        return None
+    return datetime.fromtimestamp(ts.ToNanoseconds() / 1e9, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _status(value: int, prefix: str, enum: Any) -> str:
+    return enum.Name(value).removeprefix(prefix).lower()
+
+
+def workflow_json(w: Any) -> dict[str, Any]:
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    doc: dict[str, Any] = {
+        "id": w.id, "name": w.name, "status": _status(w.status, "WORKFLOW_STATUS_", pb.WorkflowStatus),
+        "parallelism": w.parallelism, "message": w.message, "created_at": _iso(w.created_at),
+        "started_at": _iso(w.started_at), "finished_at": _iso(w.finished_at), "job_counts": dict(w.job_counts),
+        "workdir": w.workdir,
+    }
+    if w.jobs:
+        doc["jobs"] = [
+            {
+                "name": j.name, "status": _status(j.status, "JOB_STATUS_", pb.JobStatus),
+                "exit_code": j.exit_code if j.HasField("exit_code") else None, "attempt": j.attempt,
+                "started_at": _iso(j.started_at), "finished_at": _iso(j.finished_at), "message": j.message,
+            }
+            for j in w.jobs
+        ]
+    return doc
+
+
+def _counts_line(w: Any) -> str:
+    order = ("succeeded", "running", "queued", "waiting", "failed", "skipped", "terminated", "dead")
+    parts = [f"{w.job_counts[s]} {s}" for s in order if w.job_counts.get(s)]
+    return ", ".join(parts) or "no jobs"
+
+
+def print_workflow(doc: dict[str, Any]) -> None:
+    click.echo(f"workflow {doc['id']} ({doc['name']}): {doc['status']}"
+               + (f" - {doc['message']}" if doc.get("message") else ""))
+    click.echo(f"  parallelism {doc['parallelism']}, created {doc['created_at']}, workdir {doc['workdir']}")
+    jobs = doc.get("jobs", [])
+    if jobs:
+        width = max(len(j["name"]) for j in jobs)
+        click.echo(f"  {'JOB':<{width}}  {'STATUS':<10}  ATTEMPT  EXIT  DURATION  MESSAGE")
+        for j in jobs:
+            duration = ""
+            if j["started_at"] and j["finished_at"]:
+                seconds = (datetime.fromisoformat(j["finished_at"]) - datetime.fromisoformat(j["started_at"]))
+                duration = f"{seconds.total_seconds():.2f}s"
+            exit_code = "" if j["exit_code"] is None else str(j["exit_code"])
+            click.echo(f"  {j['name']:<{width}}  {j['status']:<10}  {j['attempt']:>7}  {exit_code:>4}  "
+                       f"{duration:>8}  {j['message']}")
+
+
+def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
+    """Follows the workflow to its end, showing progress on stderr; exits 0 when done."""
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    client = settings.client
+    last = ""
+    final = None
+    while final is None:
+        try:
+            for w in client.dagger.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), metadata=client.metadata):
+                status = _status(w.status, "WORKFLOW_STATUS_", pb.WorkflowStatus)
+                line = f"{status}: {_counts_line(w)}"
+                if line != last:
+                    stamp = datetime.now().strftime("%H:%M:%S")
+                    click.echo(f"[{stamp}] {line}", err=True)
+                    last = line
+                if status in FINISHED:
+                    final = status
+        except Exception as e:  # the server went away mid-watch: keep watching once it is back
+            import grpc
+
+            if not isinstance(e, grpc.RpcError) or e.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                raise
+            time.sleep(1)
+    w = client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True), metadata=client.metadata)
+    doc = workflow_json(w)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        print_workflow(doc)
+    sys.exit(0 if final == "done" else EXIT_FAILED)
+
+
+# ---- commands --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("~/.donut/data").expanduser(),
+              show_default=True, help="Where the stack keeps its state, logs and files.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=7000, show_default=True, help="gRPC port (0: any free port).")
+@click.option("--http-port", type=int, default=7080, show_default=True, help="Gateway port (0: any; -1: none).")
+@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--etcd-endpoints", default="", help="External etcd (host:port,...); default: start one.")
+@click.option("--parallelism", "default_parallelism", type=click.IntRange(1, 1000), default=4, show_default=True,
+              help="Parallelism of workflows submitted without one.")
+@click.option("--kill-grace", type=float, default=10.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL for cancelled jobs.")
+@click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
+def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
+       default_parallelism: int, kill_grace: float, verbose: bool) -> None:
+    """Start the whole stack on this machine (Ctrl-C stops it)."""
+    import logging
+    import signal
+    import threading
+
+    from donut.config import ClientConfig
+    from donut.stack import Stack, StackConfig
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
+                         executor=executor, etcd_endpoints=etcd_endpoints,
+                         default_parallelism=default_parallelism, kill_grace=kill_grace)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    try:
+        stack = Stack(config).start()
+    except Exception as e:  # noqa: BLE001 - one line for the user
+        fail(f"cannot start the stack: {e}")
+    try:
+        path = ClientConfig(endpoint=stack.endpoint).save()
+        click.echo(f"donut is up: grpc {stack.endpoint}"
+                   + (f", web {stack.http_endpoint}" if stack.http_endpoint else "")
+                   + f", data {config.data_dir}", err=True)
+        click.echo(f"client config written to {path}", err=True)
+        stopped.wait()
+    finally:
+        click.echo("stopping...", err=True)
+        stack.stop()
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--name", default="", help="A friendly name (default: the file's name).")
+@click.option("--parallelism", type=int, default=0, help="Jobs at once (default: the server's).")
+@click.option("--upload", "uploads", multiple=True, type=click.Path(path_type=Path),
+              help="A file or directory to upload for `cache:` inputs (repeatable).")
+@click.option("--fail-fast", is_flag=True, help="Stop everything at the first failed job.")
+@click.option("--wait", is_flag=True, help="Follow the workflow to its end; exit 0 only when it is done.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with --wait: the final state).")
+@pass_settings
+@rpc_errors
+def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads: tuple[Path, ...],
+           fail_fast: bool, wait: bool, as_json: bool) -> None:
+    """Submit the workflow definition in FILE (YAML or JSON)."""
+    import uuid
+
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    problems = []
+    try:
+        text = file.read_bytes()
+    except OSError as e:
+        problems.append(f"FILE: cannot read {file}: {e.strerror}")
+    if parallelism < 0:
+        problems.append("--parallelism: must be 1 or more")
+    for path in uploads:
+        if not path.exists():
+            problems.append(f"--upload: no such file or directory: {path}")
+    if problems:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    client = settings.client
+    check = client.dagger.ValidateDefinition(pb.ValidateDefinitionRequest(definition=text.decode("utf-8", "replace")),
+                                             metadata=client.metadata)
+    if check.problems:
+        for p in check.problems:
+            click.echo(f"error: {p.place}: {p.message}" if p.place else f"error: {p.message}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    upload_id = ""
+    if uploads:
+        upload_id = uuid.uuid4().hex
+        for path in uploads:
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for f in files:
+                relative = f.name if path.is_file() else str(Path(path.name) / f.relative_to(path))
+                client.cellar.put("cache", upload_id, relative, f)
+                click.echo(f"uploaded {relative}", err=True)
+    w = client.dagger.CreateWorkflow(
+        pb.CreateWorkflowRequest(definition=text.decode("utf-8", "replace"), name=name or file.stem,
+                                 parallelism=parallelism, fail_fast=fail_fast, upload_id=upload_id),
+        metadata=client.metadata,
+    )
+    if wait:
+        click.echo(w.id, err=as_json)
+        wait_for(settings, w.id, as_json)
+    if as_json:
+        click.echo(json.dumps(workflow_json(w), indent=2))
+    else:
+        click.echo(w.id)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def status(settings: Settings, workflow_id: str, as_json: bool) -> None:
+    """Show a workflow and its jobs."""
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    client = settings.client
+    w = client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True), metadata=client.metadata)
+    doc = workflow_json(w)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        print_workflow(doc)
+
+
+@cli.command(name="list")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUS_NAMES), help="Only these (repeatable).")
+@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many, newest first (0: all).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def list_(settings: Settings, statuses: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """List workflows, newest first."""
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    client = settings.client
+    request = pb.ListWorkflowsRequest(statuses=[pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{s.upper()}")
+                                                for s in statuses], limit=limit)
+    workflows = [workflow_json(w) for w in client.dagger.ListWorkflows(request, metadata=client.metadata).workflows]
+    if as_json:
+        click.echo(json.dumps(workflows, indent=2))
+        return
+    if not workflows:
+        click.echo("no workflows", err=True)
+        return
+    click.echo(f"{'ID':<36}  {'NAME':<20}  {'STATUS':<10}  {'CREATED':<29}  JOBS")
+    for w in workflows:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(w["job_counts"].items()))
+        click.echo(f"{w['id']:<36}  {w['name'][:20]:<20}  {w['status']:<10}  {w['created_at'] or '':<29}  {counts}")
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.argument("job")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.option("--attempt", type=click.IntRange(0), default=0, help="Which attempt (default: the current one).")
+@pass_settings
+@rpc_errors
+def logs(settings: Settings, workflow_id: str, job: str, follow: bool, attempt: int) -> None:
+    """Print a job's output: stdout lines to stdout, stderr lines to stderr."""
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    client = settings.client
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    request = pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=attempt, follow=follow)
+    for chunk in client.dagger.TailLogs(request, metadata=client.metadata):
+        for line in chunk.lines:
+            if line.stream == pb.LOG_STREAM_STDERR:
+                err.write(line.text + b"\n")
+            elif line.stream == pb.LOG_STREAM_SYSTEM:
+                err.write(b"[donut] " + line.text + b"\n")
+            else:
+                out.write(line.text + b"\n")
+        out.flush()
+        err.flush()
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--download", type=click.Path(path_type=Path), help="Copy every result into DIR/<job>/<path>.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def results(settings: Settings, workflow_id: str, download: Path | None, as_json: bool) -> None:
+    """List (or download) the saved outputs of a workflow."""
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    client = settings.client
+    client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id), metadata=client.metadata)  # NOT_FOUND early
+    files = client.cellar.list("result", workflow_id)
+    if as_json:
+        click.echo(json.dumps([{"job": f.ref.job, "path": f.ref.path, "size": f.size, "sha256": f.sha256}
+                               for f in files], indent=2))
+    elif not files:
+        click.echo("no results saved (yet)", err=True)
+    else:
+        for f in files:
+            click.echo(f"{f.ref.job}/{f.ref.path}  {f.size} bytes  sha256:{f.sha256[:16]}")
+    if download is not None:
+        for f in files:
+            target = download / f.ref.job / f.ref.path
+            client.cellar.get("result", workflow_id, f.ref.path, target, job=f.ref.job)
+        click.echo(f"downloaded {len(files)} file(s) to {download}", err=True)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@pass_settings
+@rpc_errors
+def cancel(settings: Settings, workflow_id: str) -> None:
+    """Terminate a workflow's running jobs and skip the rest."""
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    client = settings.client
+    client.dagger.CancelWorkflow(pb.CancelWorkflowRequest(id=workflow_id), metadata=client.metadata)
+    click.echo(f"cancelling {workflow_id}", err=True)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--wait", is_flag=True, help="Follow the workflow to its end.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def retry(settings: Settings, workflow_id: str, wait: bool, as_json: bool) -> None:
+    """Re-run the failed, skipped, terminated and dead jobs of an ended workflow."""
+    from donut.dagger.v1 import dagger_pb2 as pb
+
+    client = settings.client
+    w = client.dagger.RetryWorkflow(pb.RetryWorkflowRequest(id=workflow_id), metadata=client.metadata)
+    if wait:
+        wait_for(settings, w.id, as_json)
+    if as_json:
+        click.echo(json.dumps(workflow_json(w), indent=2))
+    else:
+        click.echo(f"retrying {w.id}", err=True)
+
+
+def main() -> None:
+    cli(prog_name="donut")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Where the CLI finds the stack: the client config file, overridden by flags and env."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "127.0.0.1:7000"
+
+
+def donut_home() -> Path:
+    return Path(os.environ.get("DONUT_HOME") or Path.home() / ".donut")
+
+
+def client_config_path() -> Path:
+    return donut_home() / "client.json"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    endpoint: str = DEFAULT_ENDPOINT
+    """host:port of the donut gRPC server."""
+    token: str = ""
+    """API token sent as `authorization: Bearer <token>`."""
+
+    @classmethod
+    def load(cls, endpoint: str | None = None, token: str | None = None) -> ClientConfig:
+        """Flags (already merged with DONUT_ENDPOINT/DONUT_TOKEN by the CLI) over the file."""
+        stored: dict[str, str] = {}
+        path = client_config_path()
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, ValueError):
+                stored = {}
+        return cls(
+            endpoint=endpoint or stored.get("endpoint") or DEFAULT_ENDPOINT,
+            token=token or stored.get("token") or "",
+        )
+
+    def save(self) -> Path:
+        path = client_config_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"endpoint": self.endpoint, "token": self.token}, f, indent=2)
+        os.replace(path.with_suffix(".tmp"), path)
+        return path

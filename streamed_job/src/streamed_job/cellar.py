@@ -1,0 +1,57 @@
+"""A small client of the cellar service: stream a file in, stream a file out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+
+from donut.cellar.v1 import cellar_pb2 as pb
+from donut.cellar.v1 import cellar_pb2_grpc
+
+CHUNK_BYTES = 1024 * 1024
+KINDS = {"cache": pb.KIND_CACHE, "result": pb.KIND_RESULT, "archive": pb.KIND_ARCHIVE}
+
+
+class CellarClient:
+    def __init__(self, channel: grpc.Channel, metadata: tuple = ()) -> None:
+        self.stub = cellar_pb2_grpc.CellarStub(channel)
+        self.metadata = metadata
+
+    def put(self, kind: str, scope: str, path: str, source: Path, job: str = "") -> pb.FileInfo:
+        def messages() -> Iterator[pb.PutRequest]:
+            yield pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path))
+            with open(source, "rb") as f:
+                while True:
+                    chunk = f.read(CHUNK_BYTES)
+                    if not chunk:
+                        return
+                    yield pb.PutRequest(data=chunk)
+
+        return self.stub.Put(messages(), metadata=self.metadata)
+
+    def get(self, kind: str, scope: str, path: str, destination: Path, job: str = "") -> pb.FileInfo:
+        """Streams the file to destination (atomically: a partial download is never left)."""
+        ref = pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(destination.name + ".part")
+        info = None
+        try:
+            with open(partial, "wb") as out:
+                for message in self.stub.Get(pb.GetRequest(ref=ref), metadata=self.metadata):
+                    if message.HasField("info"):
+                        info = message.info
+                    else:
+                        out.write(message.data)
+            os.replace(partial, destination)
+        finally:
+            if partial.exists():
+                partial.unlink()
+        assert info is not None
+        return info
+
+    def list(self, kind: str, scope: str, job: str = "") -> list:
+        return list(self.stub.List(pb.ListRequest(kind=KINDS[kind], scope=scope, job=job),
+                                   metadata=self.metadata).files)

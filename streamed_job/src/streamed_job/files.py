@@ -1,0 +1,127 @@
+"""A job's files: inputs fetched or checked before the command, outputs checked after it.
+
+Every path is relative to the job's work dir and must stay inside the workflow
+directory, symlinks included; errors name the input or output and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+from streamed_job.spec import RunSpec
+
+MAX_DOWNLOAD_BYTES = 10 * 1024**3
+DOWNLOAD_TIMEOUT = 60.0
+DOWNLOAD_TRIES = 3
+
+FetchCache = Callable[[str, Path], None]   # (cache path, destination)
+SaveOutput = Callable[[str, Path], None]   # (path relative to the workflow dir, file)
+Note = Callable[[str], None]               # a line for the job's log
+
+
+class FileProblem(Exception):
+    """An input or output that can't be had; the message names it and says why."""
+
+
+def inside(root: str, relative: str) -> Path:
+    """root/relative, refusing anything (.., absolute paths, symlinks) that leads outside root."""
+    base = Path(root).resolve()
+    if os.path.isabs(relative):
+        raise FileProblem(f"{relative}: must be a relative path")
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise FileProblem(f"{relative}: leads outside the workflow directory")
+    return target
+
+
+def prepare_inputs(spec: RunSpec, fetch_cache: Optional[FetchCache], note: Note) -> None:
+    Path(spec.workdir).mkdir(parents=True, exist_ok=True)
+    inside(spec.workflow_dir, spec.workdir_prefix or ".")
+    for i, item in enumerate(spec.inputs):
+        local = item["local"]
+        place = f"inputs[{i}] ({local})"
+        try:
+            target = inside(spec.workflow_dir, os.path.join(spec.workdir_prefix, local))
+        except FileProblem as e:
+            raise FileProblem(f"{place}: {e}") from None
+        if item.get("origin"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _download(item["origin"], target, place)
+            note(f"fetched {item['origin']} -> {local} ({target.stat().st_size} bytes)")
+        elif item.get("cache"):
+            if fetch_cache is None:
+                raise FileProblem(f"{place}: no cellar to fetch cache file {item['cache']!r} from")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fetch_cache(item["cache"], target)
+            except FileProblem:
+                raise
+            except Exception as e:
+                raise FileProblem(f"{place}: cannot fetch cache file {item['cache']!r}: {e}") from e
+            note(f"fetched cache {item['cache']} -> {local}")
+        elif not target.exists():
+            raise FileProblem(f"{place}: missing (no such file in the workflow directory)")
+
+
+def _download(url: str, target: Path, place: str) -> None:
+    partial = target.with_name(target.name + ".part")
+    delay = 1.0
+    for attempt in range(1, DOWNLOAD_TRIES + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(partial, "wb") as out:
+                copied = 0
+                while True:
+                    chunk = response.read(1024 * 1024)
+                    if not chunk:
+                        break
+                    copied += len(chunk)
+                    if copied > MAX_DOWNLOAD_BYTES:
+                        raise FileProblem(f"{place}: {url} is larger than {MAX_DOWNLOAD_BYTES} bytes")
+                    out.write(chunk)
+            os.replace(partial, target)
+            return
+        except urllib.error.HTTPError as e:
+            partial.unlink(missing_ok=True)
+            if e.code < 500 or attempt == DOWNLOAD_TRIES:
+                raise FileProblem(f"{place}: GET {url} answered {e.code} {e.reason}") from None
+        except FileProblem:
+            partial.unlink(missing_ok=True)
+            raise
+        except (urllib.error.URLError, OSError) as e:
+            partial.unlink(missing_ok=True)
+            if attempt == DOWNLOAD_TRIES:
+                reason = getattr(e, "reason", e)
+                raise FileProblem(f"{place}: cannot download {url}: {reason}") from None
+        time.sleep(delay)
+        delay *= 2
+
+
+def outputs_to_save(spec: RunSpec) -> List[Tuple[str, Path]]:
+    """(result name, file) of every `save` output; raises FileProblem for a declared
+    output that does not exist. The name is the path as declared (relative to the work
+    dir), or relative to the workflow dir for an output outside the work dir."""
+    saved = []
+    for i, item in enumerate(spec.outputs):
+        local = item["local"]
+        relative = os.path.normpath(os.path.join(spec.workdir_prefix, local))
+        try:
+            path = inside(spec.workflow_dir, relative)
+        except FileProblem as e:
+            raise FileProblem(f"outputs[{i}] ({local}): {e}") from None
+        if not path.is_file():
+            raise FileProblem(f"outputs[{i}] ({local}): missing after the command ended")
+        if item.get("save"):
+            declared = os.path.normpath(local)
+            saved.append((relative if declared.startswith("..") else declared, path))
+    return saved
+
+
+def copy_file(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, destination)

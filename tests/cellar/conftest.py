@@ -1,0 +1,113 @@
+"""Fixtures for the cellar tests: a storage root, a spy on it, and real servers with stubs."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cellar_svc.server import create_server
+from cellar_svc.storage import TEMP_PREFIX, FileInfo, FileRef, LocalStorage
+from donut.cellar.v1 import cellar_pb2_grpc
+from donut.rpc import channel
+
+
+class SpyStorage:
+    """LocalStorage that reports when a Put has consumed a chunk and how each Put ended."""
+
+    def __init__(self, inner: LocalStorage) -> None:
+        self.inner = inner
+        self.chunk_seen = threading.Event()
+        self.put_outcomes: queue.Queue[FileInfo | BaseException] = queue.Queue()
+
+    def put(self, ref: FileRef, chunks: Iterable[bytes]) -> FileInfo:
+        def watched() -> Iterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+                self.chunk_seen.set()  # the chunk has been written by now
+
+        try:
+            info = self.inner.put(ref, watched())
+        except BaseException as e:
+            self.put_outcomes.put(e)
+            raise
+        self.put_outcomes.put(info)
+        return info
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def all_files(root: Path) -> list[str]:
+    """Every regular file under root, relative, '/'-separated."""
+    found = []
+    for directory, _, files in os.walk(root):
+        for name in files:
+            found.append(os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def temp_files(root: Path) -> list[str]:
+    return [f for f in all_files(root) if any(s.startswith(TEMP_PREFIX) for s in f.split("/"))]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "cellar"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory next to the root, holding a secret, that must stay out of reach."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    (path / "secret.txt").write_text("secret")
+    return path
+
+
+@pytest.fixture
+def storage(root: Path) -> LocalStorage:
+    return LocalStorage(root)
+
+
+@pytest.fixture
+def spy(storage: LocalStorage) -> SpyStorage:
+    return SpyStorage(storage)
+
+
+@pytest.fixture
+def start_server(spy: SpyStorage) -> Iterator[Callable[..., str]]:
+    """Starts a cellar server over the spied storage on 127.0.0.1:0; returns its endpoint."""
+    servers: list[grpc.Server] = []
+
+    def start(**options: Any) -> str:
+        server, port = create_server("127.0.0.1:0", spy, **options)
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.stop(None)
+
+
+@pytest.fixture
+def endpoint(start_server: Callable[..., str]) -> str:
+    return start_server()
+
+
+@pytest.fixture
+def grpc_channel(endpoint: str) -> Iterator[grpc.Channel]:
+    with channel(endpoint) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(grpc_channel: grpc.Channel) -> cellar_pb2_grpc.CellarStub:
+    return cellar_pb2_grpc.CellarStub(grpc_channel)

@@ -1,0 +1,268 @@
+"""LocalStorage, driven directly: layout, hashing, ranges, listing, validation, atomicity, links."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cellar_svc.storage import FileRef, LocalStorage
+from donut.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+
+from .conftest import all_files, temp_files
+
+
+def cache(path: str, scope: str = "up1") -> FileRef:
+    return FileRef("cache", scope, "", path)
+
+
+def result(job: str, path: str, scope: str = "wf1") -> FileRef:
+    return FileRef("result", scope, job, path)
+
+
+def read(storage: LocalStorage, ref: FileRef, offset: int = 0, length: int = 0) -> bytes:
+    _, chunks = storage.open(ref, offset, length)
+    return b"".join(chunks)
+
+
+def test_round_trip_hashes_while_streaming_and_lays_files_out_by_ref(
+    storage: LocalStorage, root: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    chunks = [data[i : i + 100_000] for i in range(0, len(data), 100_000)]
+
+    info = storage.put(result("train", "out/model.bin"), chunks)
+
+    assert info.ref == result("train", "out/model.bin")
+    assert info.size == len(data)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert (root / "result" / "wf1" / "train" / "out" / "model.bin").read_bytes() == data
+    assert read(storage, info.ref) == data
+    opened, _ = storage.open(info.ref)
+    assert opened == info == storage.stat(info.ref)
+
+
+def test_empty_file(storage: LocalStorage) -> None:
+    info = storage.put(cache("empty"), [])
+    assert (info.size, info.sha256) == (0, hashlib.sha256(b"").hexdigest())
+    assert read(storage, cache("empty")) == b""
+
+
+def test_ranges(storage: LocalStorage) -> None:
+    data = bytes(range(256)) * 10_000
+    storage.put(cache("f"), [data])
+    assert read(storage, cache("f"), 1000, 5000) == data[1000:6000]
+    assert read(storage, cache("f"), 1000) == data[1000:]
+    assert read(storage, cache("f"), len(data) - 3, 100) == data[-3:]
+    assert read(storage, cache("f"), len(data)) == b""
+    info, _ = storage.open(cache("f"), 10, 10)
+    assert info.size == len(data)  # the info describes the whole file
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "place"), [(2561, 0, "offset"), (-1, 0, "offset"), (0, -1, "length")]
+)
+def test_bad_ranges(storage: LocalStorage, offset: int, length: int, place: str) -> None:
+    storage.put(cache("f"), [b"x" * 2560])
+    with pytest.raises(InvalidArgument) as e:
+        storage.open(cache("f"), offset, length)
+    assert [p.place for p in e.value.problems] == [place]
+
+
+def test_stat_uses_the_sidecar_instead_of_rehashing(storage: LocalStorage, root: Path) -> None:
+    storage.put(cache("a/b.txt"), [b"hello"])
+    meta_path = root / ".meta" / "cache" / "up1" / "a" / "b.txt"
+    meta = json.loads(meta_path.read_text())
+    assert meta["sha256"] == hashlib.sha256(b"hello").hexdigest()
+
+    meta["sha256"] = "f" * 64  # a re-hash would not return this
+    meta_path.write_text(json.dumps(meta))
+    assert storage.stat(cache("a/b.txt")).sha256 == "f" * 64
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "replace data"])
+def test_a_missing_or_stale_sidecar_is_rebuilt(
+    storage: LocalStorage, root: Path, damage: str
+) -> None:
+    storage.put(cache("f"), [b"old"])
+    meta_path = root / ".meta" / "cache" / "up1" / "f"
+    expected = b"old"
+    if damage == "delete":
+        meta_path.unlink()
+    elif damage == "garbage":
+        meta_path.write_text("{not json")
+    else:  # another version appeared behind the sidecar's back (new inode and size)
+        expected = b"newer"
+        (root / "cache" / "up1" / "g").write_bytes(expected)
+        os.replace(root / "cache" / "up1" / "g", root / "cache" / "up1" / "f")
+
+    info = storage.stat(cache("f"))
+
+    assert (info.size, info.sha256) == (len(expected), hashlib.sha256(expected).hexdigest())
+    assert json.loads(meta_path.read_text())["sha256"] == info.sha256
+
+
+def test_overwrite_replaces_content_and_info(storage: LocalStorage) -> None:
+    first = storage.put(cache("f"), [b"first version"])
+    second = storage.put(cache("f"), [b"second"])
+    assert read(storage, cache("f")) == b"second"
+    assert storage.stat(cache("f")) == second
+    assert second.sha256 != first.sha256
+    assert [i.ref.path for i in storage.list("cache", "up1")] == ["f"]
+
+
+def test_list_by_kind_scope_and_job(storage: LocalStorage) -> None:
+    storage.put(result("train", "model.bin"), [b"m"])
+    storage.put(result("train", "logs/train.log"), [b"l"])
+    storage.put(result("eval", "score.json"), [b"s"])
+    storage.put(result("eval", "x", scope="wf2"), [b"other workflow"])
+    storage.put(cache("model.bin", scope="wf1"), [b"same scope, other kind"])
+
+    def listed(kind: str, scope: str, job: str = "") -> set[tuple[str, str]]:
+        return {(i.ref.job, i.ref.path) for i in storage.list(kind, scope, job)}
+
+    assert listed("result", "wf1") == {
+        ("train", "model.bin"),
+        ("train", "logs/train.log"),
+        ("eval", "score.json"),
+    }
+    assert listed("result", "wf1", "train") == {("train", "model.bin"), ("train", "logs/train.log")}
+    assert listed("result", "wf2") == {("eval", "x")}
+    assert listed("cache", "wf1") == {("", "model.bin")}
+    assert listed("archive", "wf1") == set()
+    assert listed("result", "nope") == set()
+    assert listed("result", "wf1", "nojob") == set()
+    info = next(i for i in storage.list("result", "wf1", "eval"))
+    assert info == storage.stat(result("eval", "score.json"))
+
+
+def test_not_found_names_the_file(storage: LocalStorage) -> None:
+    storage.put(cache("dir/f"), [b"x"])
+    for ref in (cache("missing.txt"), cache("dir"), cache("dir/f/g"), result("j", "x")):
+        with pytest.raises(NotFound, match=str(ref)):
+            storage.stat(ref)
+        with pytest.raises(NotFound, match=str(ref)):
+            storage.open(ref)
+
+
+@pytest.mark.parametrize(
+    ("ref", "places"),
+    [
+        (cache("../x"), ["path"]),
+        (cache("a/../../x"), ["path"]),
+        (cache("/abs"), ["path"]),
+        (cache(""), ["path"]),
+        (cache("a\0b"), ["path"]),
+        (cache("a//b"), ["path"]),
+        (cache("./a"), ["path"]),
+        (cache("a/"), ["path"]),
+        (cache("a/.cellar-tmp-x"), ["path"]),
+        (cache("x" * 256), ["path"]),
+        (cache("f", scope=""), ["scope"]),
+        (cache("f", scope="../up"), ["scope"]),
+        (cache("f", scope="has space"), ["scope"]),
+        (cache("f", scope=".hidden"), ["scope"]),
+        (cache("f", scope="x" * 129), ["scope"]),
+        (FileRef("cache", "up1", "job", "f"), ["job"]),
+        (result("", "f"), ["job"]),
+        (result("../j", "f"), ["job"]),
+        (FileRef("temp", "up1", "", "f"), ["kind"]),
+        (FileRef("cache", "bad scope", "", "../x"), ["scope", "path"]),
+    ],
+)
+def test_invalid_refs_name_the_field(
+    storage: LocalStorage, root: Path, ref: FileRef, places: list[str]
+) -> None:
+    for call in (
+        lambda: storage.put(ref, [b"x"]),
+        lambda: storage.stat(ref),
+        lambda: storage.open(ref),
+    ):
+        with pytest.raises(InvalidArgument) as e:
+            call()
+        assert [p.place for p in e.value.problems] == places
+        assert str(e.value).startswith(f"{places[0]}: ")
+    assert all_files(root) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "scope", "job", "place"),
+    [("cache", "up1", "j", "job"), ("result", "../x", "", "scope"), ("", "up1", "", "kind")],
+)
+def test_invalid_listings(
+    storage: LocalStorage, kind: str, scope: str, job: str, place: str
+) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        storage.list(kind, scope, job)
+    assert [p.place for p in e.value.problems] == [place]
+
+
+def test_an_interrupted_put_leaves_nothing_and_keeps_the_old_version(
+    storage: LocalStorage, root: Path
+) -> None:
+    storage.put(cache("kept"), [b"old"])
+
+    def failing() -> Iterator[bytes]:
+        yield b"partial data"
+        assert temp_files(root), "the data should be going to a temp file"
+        raise ConnectionError("client went away")
+
+    for path in ("kept", "new/file"):
+        with pytest.raises(ConnectionError):
+            storage.put(cache(path), failing())
+
+    assert read(storage, cache("kept")) == b"old"
+    with pytest.raises(NotFound):
+        storage.stat(cache("new/file"))
+    assert temp_files(root) == []
+    assert [i.ref.path for i in storage.list("cache", "up1")] == ["kept"]
+
+
+def test_temp_files_are_not_listed(storage: LocalStorage, root: Path) -> None:
+    storage.put(cache("f"), [b"x"])
+    (root / "cache" / "up1" / ".cellar-tmp-abc").write_bytes(b"half")
+    assert [i.ref.path for i in storage.list("cache", "up1")] == ["f"]
+
+
+def test_a_file_and_a_directory_of_the_same_name_clash(storage: LocalStorage) -> None:
+    storage.put(cache("a/b"), [b"x"])
+    with pytest.raises(FailedPrecondition):
+        storage.put(cache("a"), [b"y"])
+    with pytest.raises(FailedPrecondition):
+        storage.put(cache("a/b/c"), [b"y"])
+    assert read(storage, cache("a/b")) == b"x"
+
+
+def test_a_linked_directory_does_not_let_writes_escape(
+    storage: LocalStorage, root: Path, outside: Path
+) -> None:
+    (root / "cache" / "up1").mkdir(parents=True)
+    (root / "cache" / "up1" / "evil").symlink_to(outside)
+    (root / "cache" / "up2").symlink_to(outside)
+
+    for ref in (cache("evil/planted"), cache("evil/sub/planted"), cache("planted", scope="up2")):
+        with pytest.raises(PermissionDenied, match="symbolic link"):
+            storage.put(ref, [b"x"])
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+
+
+def test_a_linked_file_does_not_let_reads_escape(
+    storage: LocalStorage, root: Path, outside: Path
+) -> None:
+    storage.put(cache("ok"), [b"fine"])
+    (root / "cache" / "up1" / "leak").symlink_to(outside / "secret.txt")
+    (root / "cache" / "up1" / "leakdir").symlink_to(outside)
+    (root / "cache" / "up2").symlink_to(outside)
+
+    for ref in (cache("leak"), cache("leakdir/secret.txt"), cache("secret.txt", scope="up2")):
+        with pytest.raises(PermissionDenied):
+            storage.open(ref)
+        with pytest.raises(PermissionDenied):
+            storage.stat(ref)
+    assert [i.ref.path for i in storage.list("cache", "up1")] == ["ok"]
+    assert storage.list("cache", "up2") == []
+    assert (outside / "secret.txt").read_text() == "secret"

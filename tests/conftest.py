@@ -1,0 +1,71 @@
+"""Fixtures shared by every test topic: a real etcd server for the session, a fresh key
+prefix per test, and a whole stack on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from donut.etcd_server import EtcdServer
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    with EtcdServer(tmp_path_factory.mktemp("etcd"), fsync=False) as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    return f"/test-{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+def etcd_client(etcd_server: EtcdServer) -> Iterator[object]:
+    from dagger_svc.store import connect
+
+    client = connect(etcd_server.endpoint)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(etcd_client: object, etcd_prefix: str) -> Iterator[object]:
+    from dagger_svc.keys import Keys
+    from dagger_svc.store import Store
+
+    yield Store(etcd_client, Keys(etcd_prefix))  # type: ignore[arg-type]
+    etcd_client.delete_prefix(etcd_prefix)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def stack_config(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> object:
+    from donut.stack import StackConfig
+
+    return StackConfig(data_dir=tmp_path / "stack", port=0, http_port=-1, etcd_endpoints=etcd_server.endpoint,
+                       etcd_prefix=etcd_prefix, kill_grace=1.0, lease_ttl=3)
+
+
+@pytest.fixture
+def stack(stack_config: object) -> Iterator[object]:
+    from donut.stack import Stack
+
+    with Stack(stack_config) as running:  # type: ignore[arg-type]
+        yield running
+
+
+@pytest.fixture
+def donut_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("DONUT_HOME", str(home))
+    for name in ("DONUT_ENDPOINT", "DONUT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")

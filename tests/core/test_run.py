@@ -1,0 +1,229 @@
+"""The DAG state machine, driven directly: events in, records and commands out."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
+from dagger_svc.core.run import Run, Step, plans_from, prepare_retry, retry_backoff
+
+OK = Outcome(exit_code=0)
+FAIL = Outcome(exit_code=1)
+
+
+def make_run(children: dict[str, list[str]], parallelism: int = 1, retries: dict[str, int] | None = None,
+             fail_fast: bool = False, jobs: dict[str, JobRecord] | None = None,
+             workflow: WorkflowRecord | None = None) -> Run:
+    plans = plans_from(children, retries or {})
+    workflow = workflow or WorkflowRecord(id="w", name="w", parallelism=parallelism, fail_fast=fail_fast)
+    return Run(workflow, plans, jobs or {})
+
+
+def drive(run: Run, first: Step, results: dict[str, list[Outcome]], now: float = 0.0) -> list[list[str]]:
+    """Runs to the end, finishing launched jobs in launch order; returns the running sets seen."""
+    running: list[str] = list(first.launch)
+    seen = [list(running)]
+    while running or run.next_wakeup() is not None:
+        if not running:
+            now = run.next_wakeup() or now
+            running.extend(run.tick(now).launch)
+            continue
+        name = running.pop(0)
+        outcome = results.get(name, [OK]).pop(0) if results.get(name) else OK
+        now += 1
+        step = run.job_finished(name, run.jobs[name].attempt, outcome, now)
+        running.extend(step.launch)
+        seen.append(list(running))
+    return seen
+
+
+CHAIN = {"a": ["b"], "b": ["c"], "c": []}
+DIAMOND = {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}
+
+
+def test_chain_runs_in_order_and_finishes_done() -> None:
+    run = make_run(CHAIN)
+    first = run.start(0.0)
+    assert first.launch == ["a"]
+    assert first.workflow is not None and first.workflow.status is WorkflowStatus.RUNNING
+    assert run.jobs["b"].status is JobStatus.WAITING
+    step = run.job_finished("a", 1, OK, 1.0)
+    assert step.launch == ["b"] and step.jobs["a"].status is JobStatus.SUCCEEDED
+    run.job_finished("b", 1, OK, 2.0)
+    last = run.job_finished("c", 1, OK, 3.0)
+    assert last.workflow is not None and last.workflow.status is WorkflowStatus.DONE
+    assert last.workflow.counts == {"succeeded": 3}
+    assert run.finished
+
+
+@pytest.mark.parametrize("parallelism", [1, 2, 8])
+def test_parallelism_is_never_exceeded(parallelism: int) -> None:
+    middle = [f"m{i}" for i in range(20)]
+    children = {"root": middle, **{m: ["end"] for m in middle}, "end": []}
+    run = make_run(children, parallelism=parallelism)
+    seen = drive(run, run.start(0.0), {})
+    assert max(len(s) for s in seen) == min(parallelism, 20)
+    assert run.workflow.status is WorkflowStatus.DONE
+
+
+def test_failure_skips_descendants_and_independent_branch_continues() -> None:
+    run = make_run({**DIAMOND, "e": []}, parallelism=4)
+    drive(run, run.start(0.0), {"b": [FAIL]})
+    status = {n: j.status for n, j in run.jobs.items()}
+    assert status == {"a": JobStatus.SUCCEEDED, "b": JobStatus.FAILED, "c": JobStatus.SUCCEEDED,
+                      "d": JobStatus.SKIPPED, "e": JobStatus.SUCCEEDED}
+    assert run.jobs["b"].message == "exited with code 1"
+    assert "upstream job 'b'" in run.jobs["d"].message
+    assert run.workflow.status is WorkflowStatus.FAILED
+
+
+def test_fail_fast_kills_running_jobs_and_skips_the_rest() -> None:
+    run = make_run({"a": [], "b": [], "c": ["d"], "d": []}, parallelism=2, fail_fast=True)
+    assert run.start(0.0).launch == ["a", "b"]
+    step = run.job_finished("a", 1, FAIL, 1.0)
+    assert step.kill == ["b"] and step.launch == []
+    assert run.jobs["c"].status is JobStatus.SKIPPED
+    end = run.job_finished("b", 1, Outcome(exit_code=143, signal="SIGTERM"), 2.0)
+    assert run.jobs["b"].status is JobStatus.TERMINATED
+    assert end.workflow is not None and end.workflow.status is WorkflowStatus.FAILED
+
+
+def test_cancel_terminates_everything() -> None:
+    run = make_run(DIAMOND, parallelism=2)
+    run.start(0.0)
+    step = run.cancel(1.0)
+    assert step.kill == ["a"]
+    assert {run.jobs[n].status for n in "bcd"} == {JobStatus.TERMINATED}
+    assert not run.finished  # a is still running until its end is reported
+    end = run.job_finished("a", 1, Outcome(exit_code=143, signal="SIGTERM"), 2.0)
+    assert run.jobs["a"].status is JobStatus.TERMINATED
+    assert end.workflow is not None and end.workflow.status is WorkflowStatus.TERMINATED
+    assert run.cancel(3.0).workflow is None  # cancelling an ended run changes nothing
+
+
+def test_cancel_of_a_job_that_succeeds_anyway_still_terminates_the_workflow() -> None:
+    run = make_run(CHAIN)
+    run.start(0.0)
+    run.cancel(1.0)
+    run.job_finished("a", 1, OK, 2.0)
+    assert run.jobs["a"].status is JobStatus.SUCCEEDED
+    assert run.workflow.status is WorkflowStatus.TERMINATED
+
+
+def test_retries_back_off_exponentially_and_keep_every_attempt() -> None:
+    run = make_run({"a": []}, retries={"a": 2})
+    run.start(0.0)
+    step = run.job_finished("a", 1, FAIL, 10.0)
+    assert step.launch == [] and run.jobs["a"].status is JobStatus.QUEUED
+    assert run.jobs["a"].retry_at == 10.0 + retry_backoff(1)
+    assert run.next_wakeup() == 11.0
+    assert run.tick(10.5).launch == []
+    assert run.tick(11.0).launch == ["a"]
+    assert run.jobs["a"].attempt == 2
+    run.job_finished("a", 2, FAIL, 12.0)
+    assert run.jobs["a"].retry_at == 12.0 + retry_backoff(2) == 14.0
+    run.tick(14.0)
+    run.job_finished("a", 3, OK, 15.0)
+    job = run.jobs["a"]
+    assert job.status is JobStatus.SUCCEEDED and job.attempt == 3
+    assert [(a.number, a.status) for a in job.attempts] == [
+        (1, JobStatus.FAILED), (2, JobStatus.FAILED), (3, JobStatus.SUCCEEDED)]
+    assert run.workflow.status is WorkflowStatus.DONE
+
+
+def test_retries_run_out() -> None:
+    run = make_run({"a": ["b"], "b": []}, retries={"a": 1})
+    drive(run, run.start(0.0), {"a": [FAIL, FAIL]})
+    assert run.jobs["a"].status is JobStatus.FAILED and run.jobs["a"].attempt == 2
+    assert run.jobs["b"].status is JobStatus.SKIPPED
+
+
+def test_stale_and_repeated_reports_are_ignored() -> None:
+    run = make_run(CHAIN)
+    run.start(0.0)
+    assert not run.job_finished("a", 2, OK, 1.0)   # wrong attempt
+    assert not run.job_finished("b", 1, OK, 1.0)   # not running
+    assert run.job_finished("a", 1, OK, 1.0)
+    assert not run.job_finished("a", 1, OK, 1.0)   # repeated
+
+
+def test_resume_reruns_lost_jobs_without_using_a_retry() -> None:
+    run = make_run(CHAIN)
+    run.start(0.0)
+    run.job_finished("a", 1, OK, 1.0)
+    # A new scheduler loads the records as they were stored and finds b's process gone.
+    resumed = make_run(CHAIN, jobs=dict(run.jobs), workflow=run.workflow)
+    step = resumed.start(5.0, lost=["b"])
+    assert step.launch == ["b"]
+    b = resumed.jobs["b"]
+    assert b.attempt == 2 and b.round_start == 1
+    assert b.attempts[0].status is JobStatus.DEAD
+    assert resumed.jobs["a"].status is JobStatus.SUCCEEDED and resumed.jobs["a"].attempt == 1
+
+
+def test_resume_keeps_adopted_jobs_running() -> None:
+    run = make_run(CHAIN)
+    run.start(0.0)
+    resumed = make_run(CHAIN, jobs=dict(run.jobs), workflow=run.workflow)
+    assert resumed.start(5.0, lost=[]).launch == []
+    assert resumed.job_finished("a", 1, OK, 6.0).launch == ["b"]
+
+
+def test_retry_reruns_only_what_did_not_succeed() -> None:
+    run = make_run({**DIAMOND, "e": []}, parallelism=4)
+    drive(run, run.start(0.0), {"b": [FAIL]})
+    queued, changed = prepare_retry(run.workflow, run.jobs, 100.0)
+    assert set(changed) == {"b", "d"}
+    assert queued.status is WorkflowStatus.QUEUED
+    assert queued.counts == {"succeeded": 3, "waiting": 2}
+    again = make_run({**DIAMOND, "e": []}, parallelism=4, jobs={**run.jobs, **changed}, workflow=queued)
+    first = again.start(101.0)
+    assert first.launch == ["b"]
+    drive(again, first, {})
+    assert again.workflow.status is WorkflowStatus.DONE
+    assert again.jobs["b"].attempt == 2 and again.jobs["a"].attempt == 1
+
+
+def test_lost_attempt_is_dead_and_counts_as_a_failure() -> None:
+    run = make_run({"a": ["b"], "b": []})
+    run.start(0.0)
+    run.job_finished("a", 1, Outcome(lost=True, message="pod vanished"), 1.0)
+    assert run.jobs["a"].status is JobStatus.DEAD and run.jobs["a"].message == "pod vanished"
+    assert run.workflow.status is WorkflowStatus.DEAD
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> dict[str, list[str]]:
+    n = draw(st.integers(1, 12))
+    names = [f"j{i}" for i in range(n)]
+    return {name: sorted({names[k] for k in draw(st.lists(st.integers(i + 1, n - 1), max_size=3))} if i < n - 1 else set())
+            for i, name in enumerate(names)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(dag=dags(), parallelism=st.integers(1, 4), failing=st.sets(st.integers(0, 11)),
+       fail_fast=st.booleans(), data=st.data())
+def test_random_runs_keep_the_invariants(dag: dict[str, list[str]], parallelism: int, failing: set[int],
+                                          fail_fast: bool, data: st.DataObject) -> None:
+    run = make_run(dag, parallelism=parallelism, fail_fast=fail_fast)
+    running = list(run.start(0.0).launch)
+    now = 0.0
+    ran: list[str] = []
+    while running:
+        assert len(running) <= parallelism
+        name = running.pop(data.draw(st.integers(0, len(running) - 1)))
+        for parent in run.plans[name].parents:
+            assert run.jobs[parent].status is JobStatus.SUCCEEDED
+        ran.append(name)
+        now += 1
+        step = run.job_finished(name, run.jobs[name].attempt, FAIL if int(name[1:]) in failing else OK, now)
+        running.extend(j for j in step.launch if j not in running)
+        running = [j for j in running if run.jobs[j].status is JobStatus.RUNNING]
+    assert run.finished
+    assert all(job.status.finished for job in run.jobs.values())
+    assert Counter(j.status.value for j in run.jobs.values()) == Counter(run.workflow.counts)
+    assert len(ran) == len(set(ran))
