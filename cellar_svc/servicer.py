@@ -118,7 +118,7 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
         # cancellation, so a cut-off upload can look complete: give that report a moment.
         terminated = threading.Event()
         if context.add_callback(terminated.set):
-            pass
+            terminated.wait(self._cancel_grace)
         if not context.is_active():
             raise _cut_off()
 

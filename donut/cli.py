@@ -223,12 +223,13 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
 @click.option("--http-port", type=int, default=7080, show_default=True, help="Gateway port (0: any; -1: none).")
 @click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
 @click.option("--etcd-endpoints", default="", help="External etcd (host:port,...); default: start one.")
+@click.option("--etcd-prefix", default="/donut/", show_default=True, help="Key prefix in etcd.")
 @click.option("--parallelism", "default_parallelism", type=click.IntRange(1, 1000), default=4, show_default=True,
               help="Parallelism of workflows submitted without one.")
 @click.option("--kill-grace", type=float, default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL for cancelled jobs.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
-def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
+def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str, etcd_prefix: str,
        default_parallelism: int, kill_grace: float, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
@@ -241,7 +242,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
-                         executor=executor, etcd_endpoints=etcd_endpoints,
+                         executor=executor, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
                          default_parallelism=default_parallelism, kill_grace=kill_grace)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

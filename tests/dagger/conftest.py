@@ -1,0 +1,91 @@
+"""Helpers for driving a real stack (etcd, gRPC server, scheduler, local executor)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from donut.dagger.v1 import dagger_pb2 as pb
+from donut.dagger.v1 import dagger_pb2_grpc
+from donut.rpc import channel
+
+
+def sh(script: str, name: str, **extra: Any) -> dict[str, Any]:
+    """A job that runs a shell script."""
+    return {"name": name, "image": "busybox", "cmd": "/bin/sh", "args": ["-c", script], **extra}
+
+
+class Driver:
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+        self.channel = channel(stack.endpoint)
+        self.stub = dagger_pb2_grpc.DaggerStub(self.channel)
+
+    def submit(self, jobs: list[dict[str, Any]], neighbors: dict[str, list[str]] | None = None,
+               parallelism: int = 4, fail_fast: bool = False) -> str:
+        definition = json.dumps({"jobs": jobs, **({"neighbors": neighbors} if neighbors else {})})
+        request = pb.CreateWorkflowRequest(definition=definition, parallelism=parallelism, fail_fast=fail_fast)
+        return self.stub.CreateWorkflow(request).id
+
+    def wait(self, workflow_id: str, timeout: float = 60) -> pb.Workflow:
+        for w in self.stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), timeout=timeout):
+            if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
+                break
+        return self.stub.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True))
+
+    def wait_until(self, workflow_id: str, predicate: Callable[[pb.Workflow], bool], timeout: float = 30) -> pb.Workflow:
+        for w in self.stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id, include_jobs=True), timeout=timeout):
+            if predicate(w):
+                return w
+        raise AssertionError("the workflow ended before the condition held")
+
+    def jobs(self, workflow_id: str) -> dict[str, pb.Job]:
+        return {j.name: j for j in self.stub.ListJobs(pb.ListJobsRequest(workflow_id=workflow_id)).jobs}
+
+    def workdir(self, workflow_id: str) -> Path:
+        return Path(self.stack.config.data_dir) / "workflows" / workflow_id
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture
+def driver(stack: Any) -> Any:
+    d = Driver(stack)
+    yield d
+    d.close()
+
+
+def job_processes(workflow_id: str) -> list[int]:
+    """PIDs of live processes started for the workflow's jobs (found by their environment)."""
+    pids = []
+    needle = f"DONUT_JOB_KEY={workflow_id}/".encode()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    if any(var.startswith(needle) for var in f.read().split(b"\0")):
+                        with open(f"/proc/{entry.name}/stat", "rb") as s:
+                            if s.read().split(b") ")[-1][:1] != b"Z":
+                                pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def status_name(value: int) -> str:
+    return pb.JobStatus.Name(value).removeprefix("JOB_STATUS_").lower()
+
+
+def rpc_code(call: Callable[[], Any]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as e:
+        return e.code()  # type: ignore[attr-defined,no-any-return]
+    raise AssertionError("the call succeeded")

@@ -1,0 +1,81 @@
+"""A dagger killed mid-run (SIGKILL, no clean-up) resumes its workflows from etcd when
+started again: succeeded jobs are not re-run, the interrupted one runs again, and what the
+dead process left running is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from donut.dagger.v1 import dagger_pb2 as pb
+from donut.dagger.v1 import dagger_pb2_grpc
+from donut.etcd_server import EtcdServer
+from donut.rpc import channel
+from tests.dagger.conftest import job_processes, sh, status_name
+
+pytestmark = pytest.mark.slow
+
+
+def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str) -> tuple[subprocess.Popen[bytes], str]:
+    config = home / "client.json"
+    config.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "donut.cli", "up", "--data-dir", str(data_dir), "--port", "0", "--http-port", "-1",
+         "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1"],
+        env={**os.environ, "DONUT_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 30
+    while not config.exists():
+        assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+        assert time.time() < deadline, "donut up did not start"
+        time.sleep(0.05)
+    return process, json.loads(config.read_text())["endpoint"]
+
+
+def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
+        tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    data_dir, home = tmp_path / "data", tmp_path / "home"
+    process, endpoint = start_up(data_dir, home, etcd_server, etcd_prefix)
+    stub = dagger_pb2_grpc.DaggerStub(channel(endpoint))
+    jobs = [sh("echo run >> a.runs", "a"),
+            sh('echo "b attempt $DONUT_JOB_ATTEMPT"; [ "$DONUT_JOB_ATTEMPT" = 1 ] && sleep 60; true', "b"),
+            sh("true", "c")]
+    definition = json.dumps({"jobs": jobs, "neighbors": {"a": ["b"], "b": ["c"]}})
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition)).id
+    deadline = time.time() + 30
+    while stub.GetJob(pb.GetJobRequest(workflow_id=workflow_id, name="b")).status != pb.JOB_STATUS_RUNNING:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    while not job_processes(workflow_id):
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert job_processes(workflow_id), "the job outlived its scheduler (as after a crash)"
+
+    process, endpoint = start_up(data_dir, home, etcd_server, etcd_prefix)
+    try:
+        stub = dagger_pb2_grpc.DaggerStub(channel(endpoint))
+        for w in stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), timeout=60):
+            if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
+                break
+        assert w.status == pb.WORKFLOW_STATUS_DONE
+        found = {j.name: j for j in stub.ListJobs(pb.ListJobsRequest(workflow_id=workflow_id)).jobs}
+        assert (found["a"].attempt, found["b"].attempt, found["c"].attempt) == (1, 2, 1)
+        assert [status_name(a.status) for a in found["b"].attempts] == ["dead", "succeeded"]
+        assert (data_dir / "workflows" / workflow_id / "a.runs").read_text() == "run\n"
+        assert job_processes(workflow_id) == []
+        first_log = b"".join(l.text for m in stub.TailLogs(pb.TailLogsRequest(
+            workflow_id=workflow_id, job="b", attempt=1)) for l in m.lines)
+        assert b"b attempt 1" in first_log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
