@@ -4,6 +4,8 @@
                                     workflow is visible only once all its keys are stored
     <prefix>specs/<id>/<job>        the job's definition (JobSpec + its neighbours + index)
     <prefix>jobs/<id>/<job>         JobRecord JSON: one small key per job, never one blob
+    <prefix>queue/<id>              present while the run needs a scheduler (queued or running);
+                                    schedulers watch this prefix only, not every state change
     <prefix>cancel/<id>             present once someone asked to cancel the run
     <prefix>claims/<id>             the scheduler that owns the run (bound to its lease)
     <prefix>schedulers/<scheduler>  a live scheduler (bound to its lease)
@@ -19,6 +21,7 @@ class Keys:
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.workflows = self.prefix + "workflows/"
         self.cancels = self.prefix + "cancel/"
+        self.queue = self.prefix + "queue/"
         self.claims = self.prefix + "claims/"
         self.schedulers = self.prefix + "schedulers/"
 
@@ -36,6 +39,9 @@ class Keys:
 
     def job(self, workflow_id: str, job: str) -> str:
         return f"{self.prefix}jobs/{workflow_id}/{job}"
+
+    def queued(self, workflow_id: str) -> str:
+        return f"{self.queue}{workflow_id}"
 
     def cancel(self, workflow_id: str) -> str:
         return f"{self.cancels}{workflow_id}"

@@ -1,32 +1,38 @@
 """The scheduler: drives every owned run's state machine from events, one etcd write per wake-up.
 
 Events (a workflow queued, a cancel asked for, a job attempt ended, a retry timer) arrive
-on one queue from etcd watches and executor callbacks; each wake-up drains the queue,
-feeds the runs, writes every changed record of a run in one guarded transaction, and
-only then launches and kills. Runs are owned through a lease-bound claim key, so a
+on one queue from etcd watches and executor callbacks; each wake-up drains the queue and
+feeds the runs. Changed records are written by a committer thread, one guarded
+transaction per run, with one commit in flight at a time: what changes meanwhile goes
+into the next one, so the transaction rate never limits throughput and a busy run's
+changes are batched. Launches start at once, before their records are committed (a
+launch is idempotent per workflow, job and attempt: the Kubernetes executor adopts an
+existing job of the same name); if a commit fails, every attempt launched since the last
+good commit is killed and the run is reloaded from etcd, so no attempt outlives a
+transition that was not recorded. Runs are owned through a lease-bound claim key, so a
 scheduler that dies loses its runs to another (or to itself, restarted, at once).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyetcd import etcdrpc
 
-from dagger_svc.core.records import Outcome, WorkflowRecord, WorkflowStatus
+from dagger_svc.core.records import Outcome
 from dagger_svc.core.run import Run, Step, plans_from
 from dagger_svc.executors.base import Executor, Launch
 from dagger_svc.store import Revisions, StoredSpec, Store
-from donut.errors import Conflict
+from donut.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ class _Owned:
     specs: dict[str, StoredSpec]
     revisions: Revisions
     workflow_dir: str
+    unsent: Step = field(default_factory=Step)              # changes not yet sent to etcd
+    unconfirmed: list[Launch] = field(default_factory=list)  # launched, not yet committed
 
 
 class Scheduler:
@@ -55,6 +63,8 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
         self._unwatch: list[Callable[[], None]] = []
         self._lease: Any = None
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-commit")
+        self._committing = False
         self.idle = threading.Event()  # set whenever the loop waits with nothing queued (tests)
 
     # ---- life cycle ----------------------------------------------------------------
@@ -64,16 +74,15 @@ class Scheduler:
         revision = self.store.current_revision()
         keys = self.store.keys
         self._unwatch = [
-            self.store.watch(keys.workflows, lambda k, v: self._events.put(("workflow", keys.last_part(k), v)),
-                             start_revision=revision + 1),
+            self.store.watch(keys.queue, lambda k, v: v is not None and self._events.put(
+                ("workflow", keys.last_part(k), b"")), start_revision=revision + 1),
             self.store.watch(keys.cancels, lambda k, v: v is not None and self._events.put(
                 ("cancel", keys.last_part(k))), start_revision=revision + 1),
             self.store.watch(keys.claims, lambda k, v: v is None and self._events.put(
                 ("workflow", keys.last_part(k), None)), start_revision=revision + 1),
         ]
-        for workflow in self.store.workflows():
-            if not workflow.status.finished:
-                self._events.put(("workflow", workflow.id, b""))
+        for workflow_id in self.store.queued_ids():
+            self._events.put(("workflow", workflow_id, b""))
         for target, name in ((self._loop, "scheduler"), (self._keep_lease, "scheduler-lease")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -89,11 +98,23 @@ class Scheduler:
             cancel()
         for thread in self._threads:
             thread.join(timeout=10)
+        self._committer.shutdown(wait=True)
+        self._flush()
         if self._lease is not None:
             try:
                 self._lease.revoke()
             except Exception:  # noqa: BLE001 - etcd may be gone already
                 pass
+
+    def _flush(self) -> None:
+        """Records what the loop left unsent (jobs that ended as it stopped)."""
+        for workflow_id, owned in list(self._owned.items()):
+            if owned.unsent:
+                try:
+                    self.store.save_run(workflow_id, owned.unsent.workflow, owned.unsent.jobs.values(),
+                                        owned.revisions)
+                except Exception as e:  # noqa: BLE001 - the next scheduler resumes from etcd
+                    log.warning("cannot record the last changes of run %s: %s", workflow_id, e)
 
     def _keep_lease(self) -> None:
         while not self._stopping.wait(self.lease_ttl / 3):
@@ -146,13 +167,16 @@ class Scheduler:
             if step:
                 steps[workflow_id] = steps[workflow_id].merge(step) if workflow_id in steps else step
 
+        commits = []
         for event in batch:
             kind = event[0]
             if kind == "stop":
                 return
-            if kind == "workflow":
-                _, workflow_id, value = event
-                if workflow_id not in self._owned and self._wants(value):
+            if kind == "committed":
+                commits.append(event[1])  # after this batch's own changes are queued up
+            elif kind == "workflow":
+                workflow_id = event[1]
+                if workflow_id not in self._owned:
                     started = self._take_over(workflow_id, now)
                     if started is not None:
                         add(workflow_id, started)
@@ -170,43 +194,90 @@ class Scheduler:
             if wakeup is not None and wakeup <= now:
                 add(workflow_id, owned.run.tick(now))
         for workflow_id, step in steps.items():
-            self._apply(workflow_id, step)
+            self._carry_out(workflow_id, step)
+        for results in commits:
+            self._committed(results)
+        self._commit_next()
 
-    @staticmethod
-    def _wants(value: bytes | None) -> bool:
-        if value is None:  # a claim went away: look again
-            return True
-        if value == b"":
-            return True
-        status = json.loads(value).get("status")
-        return status in (WorkflowStatus.QUEUED.value, WorkflowStatus.RUNNING.value)
-
-    def _apply(self, workflow_id: str, step: Step) -> None:
+    def _carry_out(self, workflow_id: str, step: Step) -> None:
+        """Launches and kills now; the records wait for the next commit. A launch is
+        undone if the commit that records it fails."""
         owned = self._owned[workflow_id]
-        try:
-            self.store.save_run(workflow_id, step.workflow, step.jobs.values(), owned.revisions)
-        except Conflict:
-            log.info("run %s changed under us; reloading it", workflow_id)
-            self._forget(workflow_id)
-            self._events.put(("workflow", workflow_id, b""))
-            return
+        for job in step.launch:
+            launch = Launch(workflow_id=workflow_id, job=job, attempt=owned.run.jobs[job].attempt,
+                            spec=owned.specs[job].spec, workflow_dir=owned.workflow_dir,
+                            upload_id=owned.run.workflow.upload_id)
+            owned.unconfirmed.append(launch)
+            if self.executor is not None:
+                self.executor.launch(launch)
         if self.executor is not None:
-            for job in step.launch:
-                record = owned.run.jobs[job]
-                self.executor.launch(Launch(
-                    workflow_id=workflow_id, job=job, attempt=record.attempt, spec=owned.specs[job].spec,
-                    workflow_dir=owned.workflow_dir, upload_id=owned.run.workflow.upload_id,
-                ))
             for job in step.kill:
                 self.executor.kill(workflow_id, job, owned.run.jobs[job].attempt)
-        if owned.run.finished:
+        owned.unsent = owned.unsent.merge(step) if owned.unsent else step
+
+    def _commit_next(self) -> None:
+        """Sends every run's unsent records, one transaction per run, unless a commit is
+        already on its way: then they go together with whatever follows, once it is done."""
+        if self._committing:
+            return
+        batch = {}
+        for workflow_id, owned in self._owned.items():
+            if owned.unsent:
+                batch[workflow_id] = (owned.unsent, len(owned.unconfirmed))
+                owned.unsent = Step()
+        if batch:
+            self._committing = True
+            self._committer.submit(self._commit, batch)
+
+    def _commit(self, batch: dict[str, tuple[Step, int]]) -> None:
+        """On the committer thread: one guarded transaction per run."""
+        results: dict[str, tuple[Exception | None, int]] = {}
+        for workflow_id, (step, launched) in batch.items():
+            owned = self._owned.get(workflow_id)
+            if owned is None:
+                continue
+            try:
+                self.store.save_run(workflow_id, step.workflow, step.jobs.values(), owned.revisions)
+                results[workflow_id] = (None, launched)
+            except Exception as e:  # noqa: BLE001 - handed to the loop, which reloads the run
+                results[workflow_id] = (e, launched)
+        self._events.put(("committed", results))
+
+    def _committed(self, results: dict[str, tuple[Exception | None, int]]) -> None:
+        self._committing = False
+        for workflow_id, (error, launched) in results.items():
+            owned = self._owned.get(workflow_id)
+            if owned is None:
+                continue
+            if error is None:
+                del owned.unconfirmed[:launched]
+                if owned.run.finished and not owned.unsent:
+                    requeued = not self.store.dequeue(workflow_id, owned.revisions)
+                    self._forget(workflow_id)
+                    log.info("workflow %s %s", workflow_id, owned.run.workflow.status.value)
+                    if requeued:  # retried while its last commit was on its way
+                        self._events.put(("workflow", workflow_id, b""))
+                continue
+            if isinstance(error, Conflict):
+                log.info("run %s changed under us; reloading it", workflow_id)
+            else:
+                log.warning("cannot record run %s (%s); reloading it", workflow_id, error)
+            if self.executor is not None:
+                for launch in owned.unconfirmed:
+                    self.executor.kill(workflow_id, launch.job, launch.attempt)
             self._forget(workflow_id)
-            log.info("workflow %s %s", workflow_id, owned.run.workflow.status.value)
+            self._events.put(("workflow", workflow_id, b""))
 
     # ---- ownership -----------------------------------------------------------------
 
     def _take_over(self, workflow_id: str, now: float) -> Step | None:
         """Claims the run and starts (or resumes) it; None when it is someone else's or over."""
+        try:
+            if self.store.workflow(workflow_id)[0].status.finished:
+                self.store.dequeue(workflow_id)
+                return None  # checked before claiming, so releasing a claim never loops
+        except NotFound:
+            return None
         if not self._claim(workflow_id):
             return None
         try:

@@ -24,6 +24,7 @@ from dagger_svc.store import StoredSpec, Store
 from donut.errors import FailedPrecondition, InvalidArgument, NotFound, Problem
 
 MAX_PARALLELISM = 1000
+WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
 MAX_NAME_LENGTH = 200
 _ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -105,7 +106,7 @@ class DaggerService:
         if not changed:
             raise FailedPrecondition(f"workflow {workflow_id} has nothing to retry: every job succeeded")
         self.store.clear_cancel(workflow_id)
-        self.store.save_run(workflow_id, queued, changed.values(), revisions)
+        self.store.save_run(workflow_id, queued, changed.values(), revisions, enqueue=True)
         return queued
 
     def clone(self, workflow_id: str, name: str = "", parallelism: int = 0, owner: str = "") -> WorkflowRecord:
@@ -121,8 +122,10 @@ class DaggerService:
         _check_id(workflow_id)
         return definition_from_specs(self.store.specs(workflow_id))
 
-    def watch(self, workflow_id: str, is_active: Callable[[], bool] = lambda: True) -> Iterator[WorkflowRecord]:
-        """The workflow now, then on every change, until it has ended."""
+    def watch(self, workflow_id: str, is_active: Callable[[], bool] = lambda: True,
+              min_interval: float = WATCH_INTERVAL) -> Iterator[WorkflowRecord]:
+        """The workflow now, then as it changes (at most one update per min_interval,
+        the newest; the final state at once), until it has ended."""
         _check_id(workflow_id)
         changes: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         revision = self.store.current_revision()
@@ -131,21 +134,25 @@ class DaggerService:
         try:
             workflow = self.store.workflow(workflow_id)[0]
             yield workflow
+            sent = time.monotonic()
             while not workflow.status.finished and is_active():
                 try:
                     value = changes.get(timeout=1.0)
                 except queue.Empty:
                     continue
-                if value is None:
-                    raise NotFound(f"workflow {workflow_id} was deleted")
-                while True:  # only the newest state matters
+                while True:  # only the newest state matters; a final one goes out at once
+                    if value is None:
+                        raise NotFound(f"workflow {workflow_id} was deleted")
+                    workflow = WorkflowRecord.from_dict(json.loads(value))
+                    wait = sent + min_interval - time.monotonic()
+                    if workflow.status.finished or wait <= 0:
+                        break
                     try:
-                        newer = changes.get_nowait()
+                        value = changes.get(timeout=wait)
                     except queue.Empty:
                         break
-                    value = newer if newer is not None else value
-                workflow = WorkflowRecord.from_dict(json.loads(value))
                 yield workflow
+                sent = time.monotonic()
         finally:
             cancel()
 
@@ -181,8 +188,16 @@ class DaggerService:
         if attempt > record.attempt:
             raise NotFound(f"job '{job}' has no attempt {attempt} (it has had {record.attempt})")
         current = attempt or max(record.attempt, 1)
+
+        def attempt_over() -> bool:
+            if not is_active():
+                return True
+            now = self.store.job(workflow_id, job)
+            return now.attempt > current or now.status.finished or (
+                now.status is not JobStatus.RUNNING and now.attempt == current)
+
         while True:
-            yield from self.logs.read(workflow_id, job, current, offset, follow and is_active())
+            yield from self.logs.read(workflow_id, job, current, offset, attempt_over if follow else None)
             if not follow or attempt or not is_active():
                 return
             record = self.store.job(workflow_id, job)

@@ -87,21 +87,21 @@ class Store:
             raise Unavailable(f"etcd transaction failed: {e.details()}") from e
         return response.succeeded, response.header.revision
 
-    def put_guarded(self, writes: Iterable[tuple[str, bytes]], revisions: Revisions) -> int:
+    def put_guarded(self, writes: Iterable[tuple[str, bytes]], revisions: Revisions,
+                    unguarded: frozenset[str] = frozenset()) -> None:
         """Writes values whose keys still have the revisions in `revisions` (0: absent),
-        in chunks that fit etcd's limits; updates `revisions`. The last write lands in
-        the last chunk. Raises Conflict when another writer got there first."""
-        revision = 0
+        in chunks that fit etcd's limits, updating `revisions`; the last write lands in
+        the last chunk. Keys in `unguarded` are written whatever their revision. Raises
+        Conflict when another writer got there first."""
         chunk: list[tuple[str, bytes]] = []
         size = 0
         pending = list(writes)
         for i, (key, value) in enumerate(pending):
             chunk.append((key, value))
             size += len(key) + len(value)
-            last = i == len(pending) - 1
-            if last or len(chunk) >= MAX_OPS_PER_TXN or size >= MAX_BYTES_PER_TXN:
+            if i == len(pending) - 1 or len(chunk) >= MAX_OPS_PER_TXN or size >= MAX_BYTES_PER_TXN:
                 ok, revision = self._txn(
-                    [_mod_equals(k, revisions.get(k, 0)) for k, _ in chunk],
+                    [_mod_equals(k, revisions.get(k, 0)) for k, _ in chunk if k not in unguarded],
                     [_put(k, v) for k, v in chunk],
                 )
                 if not ok:
@@ -109,7 +109,6 @@ class Store:
                 for k, _ in chunk:
                     revisions[k] = revision
                 chunk, size = [], 0
-        return revision
 
     def _get(self, key: str) -> tuple[bytes, int] | None:
         value, meta = self.client.get(key)
@@ -133,8 +132,9 @@ class Store:
             writes.append((self.keys.spec(workflow.id, name), _dump(spec_doc)))
             writes.append((self.keys.job(workflow.id, name), _dump(jobs[name].to_dict())))
         writes.append((self.keys.workflow(workflow.id), _dump(workflow.to_dict())))
+        writes.append((self.keys.queued(workflow.id), b"1"))
         try:
-            self.put_guarded(writes, {})
+            self.put_guarded(writes, {}, unguarded=frozenset({self.keys.queued(workflow.id)}))
         except Exception:
             self.delete_workflow_keys(workflow.id)
             raise
@@ -142,8 +142,8 @@ class Store:
     def delete_workflow_keys(self, workflow_id: str) -> None:
         for prefix in (self.keys.specs(workflow_id), self.keys.jobs(workflow_id)):
             self.client.delete_prefix(prefix)
-        self.client.delete(self.keys.workflow(workflow_id))
-        self.client.delete(self.keys.cancel(workflow_id))
+        for key in (self.keys.workflow(workflow_id), self.keys.queued(workflow_id), self.keys.cancel(workflow_id)):
+            self.client.delete(key)
 
     def workflow(self, workflow_id: str) -> tuple[WorkflowRecord, int]:
         found = self._get(self.keys.workflow(workflow_id))
@@ -178,13 +178,30 @@ class Store:
         return JobRecord.from_dict(json.loads(found[0]))
 
     def save_run(self, workflow_id: str, workflow: WorkflowRecord | None, jobs: Iterable[JobRecord],
-                 revisions: Revisions) -> None:
-        """One guarded write of a run's changed records; the workflow record goes last."""
+                 revisions: Revisions, enqueue: bool = False) -> None:
+        """One guarded write of a run's changed records; the workflow record goes last
+        (with enqueue, followed by the queue key that wakes a scheduler)."""
         writes = [(self.keys.job(workflow_id, j.name), _dump(j.to_dict())) for j in jobs]
         if workflow is not None:
             writes.append((self.keys.workflow(workflow_id), _dump(workflow.to_dict())))
-        if writes:
-            self.put_guarded(writes, revisions)
+        queue_key = self.keys.queued(workflow_id)
+        if enqueue:
+            writes.append((queue_key, b"1"))
+        self.put_guarded(writes, revisions, unguarded=frozenset({queue_key}))
+
+    def queued_ids(self) -> list[str]:
+        return [self.keys.last_part(key) for key, _, _ in self._prefix(self.keys.queue)]
+
+    def dequeue(self, workflow_id: str, revisions: Revisions | None = None) -> bool:
+        """Removes the run from the queue; with revisions, only if its workflow record is
+        still the one we wrote (not queued again by a retry meanwhile)."""
+        key = self.keys.queued(workflow_id).encode()
+        delete = etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
+        compare = []
+        if revisions is not None:
+            workflow_key = self.keys.workflow(workflow_id)
+            compare.append(_mod_equals(workflow_key, revisions.get(workflow_key, 0)))
+        return self._txn(compare, [delete])[0]
 
     # ---- cancel requests -----------------------------------------------------------
 

@@ -6,7 +6,6 @@ JSON conversion; no I/O.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,7 +75,7 @@ class AttemptRecord:
     finished_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _compact(dataclasses.asdict(self), status=self.status.value)
+        return _compact(dict(self.__dict__), status=self.status.value)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AttemptRecord:
@@ -101,8 +100,7 @@ class JobRecord:
     attempts: tuple[AttemptRecord, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return _compact(d, status=self.status.value, attempts=[a.to_dict() for a in self.attempts])
+        return _compact(dict(self.__dict__), status=self.status.value, attempts=[a.to_dict() for a in self.attempts])
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobRecord:
@@ -132,8 +130,7 @@ class WorkflowRecord:
     counts: Mapping[str, int] = field(default_factory=dict)  # job status value -> count
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return _compact(d, status=self.status.value, counts=dict(self.counts))
+        return _compact(dict(self.__dict__), status=self.status.value, counts=dict(self.counts))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WorkflowRecord:

@@ -26,8 +26,9 @@ Report = Callable[[str, str, int, Outcome], None]
 
 class Executor(Protocol):
     def launch(self, launch: Launch) -> None:
-        """Starts the attempt; its end is reported through the Report callback (always,
-        including when it could not start)."""
+        """Starts the attempt without waiting for it to be up; its end is reported through
+        the Report callback (always, including when it could not start). Launching the
+        same workflow, job and attempt twice must not run it twice."""
 
     def kill(self, workflow_id: str, job: str, attempt: int) -> None:
         """Stops the attempt (SIGTERM, then SIGKILL after a grace period); the end is reported."""

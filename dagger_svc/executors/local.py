@@ -33,12 +33,13 @@ CacheFetcher = Callable[[str, str, Path], None]     # (upload id, cache path, de
 
 class LocalExecutor:
     def __init__(self, logs: LogStore, report: Report, save_result: SaveResult | None = None,
-                 fetch_cache: CacheFetcher | None = None, kill_grace: float = 10.0) -> None:
+                 fetch_cache: CacheFetcher | None = None, kill_grace: float = 10.0, spawners: int = 2) -> None:
         self.logs = logs
         self.report = report
         self.save_result = save_result
         self.fetch_cache = fetch_cache
         self.pump = ProcessPump(kill_grace=kill_grace)
+        self._spawners = ThreadPoolExecutor(max_workers=spawners, thread_name_prefix="local-spawn")
         self._slow = ThreadPoolExecutor(max_workers=8, thread_name_prefix="local-files")
         self._active: dict[str, RunSpec] = {}
         self._lock = threading.Lock()
@@ -54,11 +55,11 @@ class LocalExecutor:
             timeout=spec.timeout, upload_id=launch.upload_id,
         )
         with self._lock:
+            if run.key in self._active:
+                return  # already launched
             self._active[run.key] = run
-        if any(i.origin or i.cache for i in spec.inputs):
-            self._slow.submit(self._start, run)
-        else:
-            self._start(run)
+        pool = self._slow if any(i.origin or i.cache for i in spec.inputs) else self._spawners
+        pool.submit(self._start, run)
 
     def _start(self, run: RunSpec) -> None:
         if run.key in self._killed:
@@ -119,7 +120,6 @@ class LocalExecutor:
     def _finish(self, run: RunSpec, ended: Ended) -> None:
         if ended.message and not ended.succeeded:
             self._note(run, ended.message)
-        self.logs.end(run.workflow_id, run.job, run.attempt)
         with self._lock:
             self._active.pop(run.key, None)
             self._killed.discard(run.key)
@@ -127,6 +127,7 @@ class LocalExecutor:
             exit_code=ended.exit_code, signal=ended.signal, message=ended.message,
             started_at=ended.started_at, finished_at=ended.finished_at,
         ))
+        self.logs.end(run.workflow_id, run.job, run.attempt)
 
     def kill(self, workflow_id: str, job: str, attempt: int) -> None:
         key = f"{workflow_id}/{job}/{attempt}"
@@ -143,8 +144,9 @@ class LocalExecutor:
         return True
 
     def close(self) -> None:
-        self.pump.close()
+        self._spawners.shutdown(wait=True, cancel_futures=True)
         self._slow.shutdown(wait=True, cancel_futures=True)
+        self.pump.close()
 
 
 def kill_leftovers(keys: set[str]) -> int:

@@ -41,8 +41,10 @@ def inside(root: str, relative: str) -> Path:
 
 
 def prepare_inputs(spec: RunSpec, fetch_cache: Optional[FetchCache], note: Note) -> None:
-    Path(spec.workdir).mkdir(parents=True, exist_ok=True)
-    inside(spec.workflow_dir, spec.workdir_prefix or ".")
+    if spec.workdir_prefix:
+        inside(spec.workflow_dir, spec.workdir_prefix)
+    if not os.path.isdir(spec.workdir):
+        Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     for i, item in enumerate(spec.inputs):
         local = item["local"]
         place = f"inputs[{i}] ({local})"

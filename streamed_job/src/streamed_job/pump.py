@@ -36,7 +36,7 @@ ExitCallback = Callable[[str, Ended], None]
 class _Proc:
     key: str
     popen: subprocess.Popen[bytes]
-    pidfd: int
+    pidfd: int | None
     on_output: OutputCallback
     on_exit: ExitCallback
     started_at: float
@@ -183,6 +183,7 @@ class ProcessPump:
         for stream, pipe in ((STDOUT, proc.popen.stdout), (STDERR, proc.popen.stderr)):
             os.set_blocking(pipe.fileno(), False)
             self._selector.register(pipe, selectors.EVENT_READ, (proc, stream))
+        assert proc.pidfd is not None
         self._selector.register(proc.pidfd, selectors.EVENT_READ, (proc, "exit"))
         if self._closing:
             self._signal(proc, signal.SIGKILL)
@@ -227,14 +228,18 @@ class ProcessPump:
             log.exception("output callback for %s failed", proc.key)
 
     def _reap(self, proc: _Proc) -> None:
-        self._selector.unregister(proc.pidfd)
-        os.close(proc.pidfd)
+        if proc.pidfd is not None:
+            self._selector.unregister(proc.pidfd)
+            os.close(proc.pidfd)
+            proc.pidfd = None
         proc.returncode = proc.popen.wait()
         proc.exited_at = time.time()
         self._maybe_finish(proc)
 
     def _maybe_finish(self, proc: _Proc) -> None:
-        if proc.returncode is None or proc.key not in self._procs:
+        if proc.key not in self._procs:
+            return
+        if proc.returncode is None:
             return
         if proc.open_streams and time.time() - (proc.exited_at or 0) < LEFTOVER_GRACE and not self._closing:
             return  # output still coming; leftovers get LEFTOVER_GRACE to finish writing

@@ -1,0 +1,134 @@
+"""The `donut` command as users run it: a real process against a real stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from donut.etcd_server import free_port
+
+FRUIT = Path(__file__).resolve().parents[2] / "examples" / "fruit_gather.yaml"
+
+
+def donut(*args: str, home: Path, endpoint: str | None = None, timeout: float = 60,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "DONUT_HOME": str(home), **(env or {})}
+    environment.pop("DONUT_TOKEN", None)
+    if endpoint:
+        environment["DONUT_ENDPOINT"] = endpoint
+    return subprocess.run([sys.executable, "-m", "donut.cli", *args], env=environment, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli(stack: Any, donut_home: Path) -> Any:
+    def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return donut(*args, home=donut_home, endpoint=stack.endpoint, **kwargs)
+
+    return run
+
+
+def test_submit_wait_json_runs_the_fruit_example(cli: Any, tmp_path: Path) -> None:
+    result = cli("submit", str(FRUIT), "--wait", "--json", "--parallelism", "2")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert set(doc) >= {"id", "name", "status", "parallelism", "jobs"}
+    assert doc["status"] == "done" and doc["parallelism"] == 2 and doc["name"] == "fruit_gather"
+    assert [(j["name"], j["status"], j["exit_code"], j["attempt"]) for j in doc["jobs"]] == [
+        ("apple", "succeeded", 0, 1), ("banana", "succeeded", 0, 1),
+        ("cantaloupe", "succeeded", 0, 1), ("dragonfruit", "succeeded", 0, 1)]
+    assert all(j["started_at"] and j["finished_at"] for j in doc["jobs"])
+    assert "done: 4 succeeded" in result.stderr  # progress went to stderr
+
+    logs = cli("logs", doc["id"], "dragonfruit")
+    assert logs.returncode == 0 and logs.stdout.splitlines() == ["apple 3", "banana 5", "cantaloupe 2", "total 10"]
+
+    results = cli("results", doc["id"], "--download", str(tmp_path / "out"))
+    assert results.returncode == 0, results.stderr
+    assert "dragonfruit/total.txt" in results.stdout
+    assert (tmp_path / "out" / "dragonfruit" / "total.txt").read_text().splitlines()[-1] == "total 10"
+    assert (tmp_path / "out" / "apple" / "output.txt").read_text() == "apple 3\n"
+
+    status = cli("status", doc["id"], "--json")
+    assert json.loads(status.stdout)["status"] == "done"
+    listed = cli("list", "--status", "done", "--json")
+    assert [w["id"] for w in json.loads(listed.stdout)] == [doc["id"]]
+
+
+def test_bad_definition_exits_2_names_every_problem_and_stores_nothing(cli: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jobs:\n- name: Apple\n  image: x\n  cmd: y\n  args: [1]\n- {name: b, image: x, cmd: y}\n"
+                   "neighbors:\n  b: [kiwi]\n")
+    result = cli("submit", str(bad))
+    assert result.returncode == 2
+    assert "jobs[0].name: must match" in result.stderr
+    assert "jobs[0].args: must be a list of strings" in result.stderr
+    assert "jobs[1].args: required" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(cli("list", "--json").stdout) == []
+
+
+def test_bad_flags_and_files_exit_2(cli: Any, tmp_path: Path) -> None:
+    assert cli("submit", str(tmp_path / "missing.yaml")).returncode == 2
+    result = cli("submit", str(FRUIT), "--parallelism", "5000")
+    assert result.returncode == 2 and "parallelism: must be from 1 to 1000" in result.stderr
+    assert cli("submit", str(FRUIT), "--upload", str(tmp_path / "nope")).returncode == 2
+    assert cli("status", "not-an-id").returncode == 2
+    assert json.loads(cli("list", "--json").stdout) == []
+
+
+def test_failed_workflow_exits_1_and_retry_after_a_fix(cli: Any, tmp_path: Path) -> None:
+    definition = tmp_path / "flaky.json"
+    definition.write_text(json.dumps({"jobs": [
+        {"name": "check", "image": "x", "cmd": "/bin/sh", "args": ["-c", "test -f fixed"]}]}))
+    result = cli("submit", str(definition), "--wait", "--json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "failed" and doc["jobs"][0]["exit_code"] == 1
+    Path(doc["workdir"], "fixed").touch()
+    retried = cli("retry", doc["id"], "--wait", "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["jobs"][0]["attempt"] == 2
+    again = cli("retry", doc["id"])
+    assert again.returncode == 1 and "nothing to retry" in again.stderr
+
+
+def test_cancel_and_follow_logs(cli: Any, stack: Any, donut_home: Path, tmp_path: Path) -> None:
+    definition = tmp_path / "slow.json"
+    definition.write_text(json.dumps({"jobs": [
+        {"name": "ticker", "image": "x", "cmd": "/bin/sh",
+         "args": ["-c", "for i in 1 2 3; do echo tick $i; sleep 0.2; done; echo oops >&2; sleep 60"]}]}))
+    workflow_id = cli("submit", str(definition)).stdout.strip()
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "donut.cli", "logs", workflow_id, "ticker", "--follow"],
+        env={**os.environ, "DONUT_HOME": str(donut_home), "DONUT_ENDPOINT": stack.endpoint},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 20
+    while "tick 3" not in cli("logs", workflow_id, "ticker").stdout:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert follower.poll() is None  # still following the running job
+    assert cli("cancel", workflow_id).returncode == 0
+    out, err = follower.communicate(timeout=30)  # ends by itself when the job ends
+    assert follower.returncode == 0
+    assert out.splitlines() == ["tick 1", "tick 2", "tick 3"]
+    assert "oops" in err
+    status = json.loads(cli("status", workflow_id, "--json").stdout)
+    assert status["status"] == "terminated"
+    assert cli("cancel", workflow_id).returncode == 1  # already ended
+
+
+def test_server_down_gives_one_clear_line(donut_home: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    result = donut("list", home=donut_home, endpoint=endpoint)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: cannot reach donut at {endpoint}")
+    assert "Traceback" not in result.stderr
