@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -240,7 +239,6 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     from donut.config import ClientConfig
     from donut.stack import Stack, StackConfig
 
-    sys.setswitchinterval(float(os.environ.get("DONUT_SWITCH", "0.005")))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,

@@ -44,6 +44,7 @@ class LocalExecutor:
         self._active: dict[str, RunSpec] = {}
         self._lock = threading.Lock()
         self._killed: set[str] = set()  # killed while still fetching inputs
+        self._spawning = 0  # launches being started or waiting for a spawner thread
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("DONUT_")}
 
     def launch(self, launch: Launch) -> None:
@@ -54,12 +55,27 @@ class LocalExecutor:
             inputs=tuple(i.to_dict() for i in spec.inputs), outputs=tuple(o.to_dict() for o in spec.outputs),
             timeout=spec.timeout, upload_id=launch.upload_id,
         )
+        fetches = any(i.origin or i.cache for i in spec.inputs)
         with self._lock:
             if run.key in self._active:
                 return  # already launched
             self._active[run.key] = run
-        pool = self._slow if any(i.origin or i.cache for i in spec.inputs) else self._spawners
-        pool.submit(self._start, run)
+            inline = not fetches and self._spawning == 0
+            if not fetches:
+                self._spawning += 1
+        if fetches:
+            self._slow.submit(self._start, run)
+        elif inline:
+            self._spawn(run)  # one launch at a time (a chain): no thread hop
+        else:
+            self._spawners.submit(self._spawn, run)
+
+    def _spawn(self, run: RunSpec) -> None:
+        try:
+            self._start(run)
+        finally:
+            with self._lock:
+                self._spawning -= 1
 
     def _start(self, run: RunSpec) -> None:
         if run.key in self._killed:

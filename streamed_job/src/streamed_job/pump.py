@@ -67,6 +67,10 @@ class ProcessPump:
         self._procs: dict[str, _Proc] = {}
         self._early_kills: set[str] = set()  # kill requests that overtook their start
         self._closing = False
+        # Held while the pump handles events, so other threads may register a new process
+        # directly (epoll takes new fds while another thread waits in it): no thread hop
+        # between spawning a command and watching it.
+        self._lock = threading.RLock()
         self._thread = threading.Thread(target=self._loop, name="process-pump", daemon=True)
         self._thread.start()
 
@@ -105,7 +109,10 @@ class ProcessPump:
             key=key, popen=popen, pidfd=os.pidfd_open(popen.pid), on_output=on_output, on_exit=on_exit,
             started_at=started, deadline=started + timeout if timeout else None, timeout=timeout,
         )
-        self._request("add", proc)
+        with self._lock:
+            self._add(proc)
+        if proc.deadline is not None:
+            self._request("timer", None)  # the pump's wait may need to end sooner now
         return True
 
     def kill(self, key: str) -> None:
@@ -131,17 +138,22 @@ class ProcessPump:
 
     def _loop(self) -> None:
         while not (self._closing and not self._procs):
-            timeout = self._next_timer()
-            for selkey, _ in self._selector.select(timeout):
-                if selkey.data is None:
-                    self._handle_requests()
-                else:
-                    proc, what = selkey.data
-                    if what == "exit":
-                        self._reap(proc)
+            with self._lock:
+                timeout = self._next_timer()
+            events = self._selector.select(timeout)
+            with self._lock:
+                for selkey, _ in events:
+                    if selkey.data is None:
+                        self._handle_requests()
                     else:
-                        self._read(proc, what, selkey.fileobj)  # type: ignore[arg-type]
-            self._run_timers()
+                        proc, what = selkey.data
+                        if proc.key not in self._procs:
+                            continue  # finished earlier in this round
+                        if what == "exit":
+                            self._reap(proc)
+                        else:
+                            self._read(proc, what, selkey.fileobj)  # type: ignore[arg-type]
+                self._run_timers()
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -157,9 +169,7 @@ class ProcessPump:
                 what, arg = self._requests.get_nowait()
             except queue.Empty:
                 return
-            if what == "add":
-                self._add(arg)  # type: ignore[arg-type]
-            elif what == "kill":
+            if what == "kill":
                 proc = self._procs.get(arg)  # type: ignore[arg-type]
                 if proc is None:
                     self._early_kills.add(arg)  # type: ignore[arg-type]
