@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml streamed_job/pyproject.toml
+$(VENV)/.installed: pyproject.toml streamed_job/pyproject.toml proto/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./streamed_job -e '.[dev]'
+	$(PY) -m pip install -q -e ./proto -e ./streamed_job -e '.[dev]'
 	touch $@
 
 demo: install
@@ -20,7 +20,7 @@ protos: install
 	$(PY) proto/generate.py
 
 test: install
-	$(PY) proto/generate.py && git diff --exit-code --stat -- donut/ || { echo "generated code is stale: run make protos and commit" >&2; exit 1; }
+	$(PY) proto/generate.py && git diff --exit-code --stat -- proto/ || { echo "generated code is stale: run make protos and commit" >&2; exit 1; }
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 

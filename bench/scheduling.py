@@ -89,7 +89,7 @@ class Donut:
         home = work / "home"
         env = {**os.environ, "DONUT_HOME": str(home)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "donut.cli", "up", "--data-dir", str(work / "data"), "--port", "0",
+            [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(work / "data"), "--port", "0",
              "--http-port", "-1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         config = home / "client.json"
         deadline = time.time() + 60
@@ -98,7 +98,7 @@ class Donut:
                 raise RuntimeError("donut up did not start")
             time.sleep(0.05)
         from donut.dagger.v1 import dagger_pb2, dagger_pb2_grpc
-        from donut.rpc import channel
+        from donut_common.rpc import channel
 
         self.pb = dagger_pb2
         self.stub = dagger_pb2_grpc.DaggerStub(channel(json.loads(config.read_text())["endpoint"]))

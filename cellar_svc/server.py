@@ -1,6 +1,6 @@
 """Wires the cellar onto a gRPC server, and runs it as a process.
 
-`registration` lets one server host several services (see `donut.rpc.create_server`);
+`registration` lets one server host several services (see `donut_common.rpc.create_server`);
 `create_server` is the cellar alone; `main` is the command line
 (`python -m cellar_svc.server --listen 127.0.0.1:7002 --root DIR`), which stops cleanly on
 SIGTERM or SIGINT.
@@ -20,7 +20,7 @@ import grpc
 
 from cellar_svc.servicer import DEFAULT_MAX_FILE_SIZE, CellarServicer
 from cellar_svc.storage import LocalStorage, Storage
-from donut import rpc
+from donut_common import rpc
 from donut.cellar.v1 import cellar_pb2, cellar_pb2_grpc
 
 SERVICE_NAME = cellar_pb2.DESCRIPTOR.services_by_name["Cellar"].full_name  # donut.cellar.v1.Cellar
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def registration(
     storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE
 ) -> rpc.Registration:
-    """(add_fn, servicer, full service name) for `donut.rpc.create_server`."""
+    """(add_fn, servicer, full service name) for `donut_common.rpc.create_server`."""
     servicer = CellarServicer(storage, max_file_size=max_file_size)
     return cellar_pb2_grpc.add_CellarServicer_to_server, servicer, SERVICE_NAME
 

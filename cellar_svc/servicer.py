@@ -1,7 +1,7 @@
 """The gRPC face of the cellar: maps `donut.cellar.v1` messages to the `Storage` port and back.
 
 Kept thin on purpose: names are validated and files handled in `storage`, domain errors
-become statuses in `donut.rpc.translate_errors`. What is left here is conversion and the
+become statuses in `donut_common.rpc.translate_errors`. What is left here is conversion and the
 stream framing: the Put header comes first, uploads have a size limit, Get sends the info
 first and then chunks of at most MAX_CHUNK bytes.
 
@@ -22,8 +22,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cellar_svc.storage import FileInfo, FileRef, Storage
 from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
-from donut.errors import InvalidArgument, Problem, Unavailable
-from donut.rpc import translate_errors
+from donut_common.errors import InvalidArgument, Problem, Unavailable
+from donut_common.rpc import translate_errors
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

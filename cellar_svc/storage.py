@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from donut.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
+from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class FileInfo:
 
 
 class Storage(Protocol):
-    """The storage port. Errors are donut.errors (InvalidArgument, NotFound, ...)."""
+    """The storage port. Errors are donut_common.errors (InvalidArgument, NotFound, ...)."""
 
     def put(self, ref: FileRef, chunks: Iterable[bytes]) -> FileInfo:
         """Stores the chunks as the file, replacing any previous version once all arrived.

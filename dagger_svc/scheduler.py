@@ -32,7 +32,7 @@ from dagger_svc.core.records import Outcome
 from dagger_svc.core.run import Run, Step, plans_from
 from dagger_svc.executors.base import Executor, Launch
 from dagger_svc.store import Revisions, StoredSpec, Store
-from donut.errors import Conflict, NotFound
+from donut_common.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 

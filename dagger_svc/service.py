@@ -21,7 +21,7 @@ from dagger_svc.core.run import prepare_retry
 from dagger_svc.logs import LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import StoredSpec, Store
-from donut.errors import FailedPrecondition, InvalidArgument, NotFound, Problem
+from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, Problem
 
 MAX_PARALLELISM = 1000
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)

@@ -14,8 +14,8 @@ from dagger_svc.service import DaggerService
 from dagger_svc.store import StoredSpec
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
-from donut.errors import InvalidArgument, Problem
-from donut.rpc import translate_errors
+from donut_common.errors import InvalidArgument, Problem
+from donut_common.rpc import translate_errors
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Dagger"].full_name
 

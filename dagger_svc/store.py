@@ -23,7 +23,7 @@ from pyetcd import etcdrpc
 from dagger_svc.core.definition import Definition, JobSpec
 from dagger_svc.core.records import JobRecord, WorkflowRecord
 from dagger_svc.keys import Keys
-from donut.errors import Conflict, NotFound, Unavailable
+from donut_common.errors import Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 

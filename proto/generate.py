@@ -1,4 +1,5 @@
-"""Regenerates the Python gRPC code under donut/ from the .proto files under proto/.
+"""Regenerates the Python gRPC code (the `donut-api` distribution: donut.<service>.v1)
+next to the .proto files under proto/.
 
 Run `python proto/generate.py`; CI runs it and fails when the committed output differs.
 """
@@ -10,14 +11,13 @@ import sys
 
 from grpc_tools import protoc
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-PROTO_DIR = ROOT / "proto"
+PROTO_DIR = pathlib.Path(__file__).resolve().parent
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def main() -> int:
     protos = sorted(PROTO_DIR.glob("donut/*/v1/*.proto"))
-    for old in ROOT.glob("donut/*/v1/*"):
+    for old in PROTO_DIR.glob("donut/*/v1/*"):
         if old.name.endswith(GENERATED_SUFFIXES):
             old.unlink()
     include = pathlib.Path(protoc.__file__).parent / "_proto"
@@ -25,18 +25,16 @@ def main() -> int:
         "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
         f"-I{include}",
-        f"--python_out={ROOT}",
-        f"--pyi_out={ROOT}",
-        f"--grpc_python_out={ROOT}",
+        f"--python_out={PROTO_DIR}",
+        f"--pyi_out={PROTO_DIR}",
+        f"--grpc_python_out={PROTO_DIR}",
         *(str(p) for p in protos),
     ]
     if protoc.main(args) != 0:
         return 1
-    for proto in protos:
-        package = ROOT / proto.parent.relative_to(PROTO_DIR)
-        while package != ROOT:
-            (package / "__init__.py").touch()
-            package = package.parent
+    for proto in protos:  # donut/ stays a namespace package; donut/<service>/v1 are regular ones
+        (proto.parent / "__init__.py").touch()
+        (proto.parent.parent / "__init__.py").touch()
     return 0
 
 

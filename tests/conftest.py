@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from donut.etcd_server import EtcdServer
+from donut_common.etcd_server import EtcdServer
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ def store(etcd_client: object, etcd_prefix: str) -> Iterator[object]:
 
 @pytest.fixture
 def stack_config(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> object:
-    from donut.stack import StackConfig
+    from donut_cli.stack import StackConfig
 
     return StackConfig(data_dir=tmp_path / "stack", port=0, http_port=-1, etcd_endpoints=etcd_server.endpoint,
                        etcd_prefix=etcd_prefix, kill_grace=1.0, lease_ttl=3)
@@ -52,7 +52,7 @@ def stack_config(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> o
 
 @pytest.fixture
 def stack(stack_config: object) -> Iterator[object]:
-    from donut.stack import Stack
+    from donut_cli.stack import Stack
 
     with Stack(stack_config) as running:  # type: ignore[arg-type]
         yield running

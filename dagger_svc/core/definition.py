@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.constructor import SafeConstructor
 
-from donut.errors import InvalidArgument, Problem
+from donut_common.errors import InvalidArgument, Problem
 
 MAX_DEFINITION_BYTES: Final = 4 * 1024 * 1024
 """The largest definition text accepted, in UTF-8 bytes."""

@@ -15,7 +15,7 @@ import pytest
 from cellar_svc.server import create_server
 from cellar_svc.storage import TEMP_PREFIX, FileInfo, FileRef, LocalStorage
 from donut.cellar.v1 import cellar_pb2_grpc
-from donut.rpc import channel
+from donut_common.rpc import channel
 
 
 class SpyStorage:

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from cellar_svc.servicer import MAX_CHUNK
 from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
-from donut.rpc import channel
+from donut_common.rpc import channel
 
 from .conftest import SpyStorage, all_files, temp_files
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cellar_svc.storage import FileRef, LocalStorage
-from donut.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 from .conftest import all_files, temp_files
 

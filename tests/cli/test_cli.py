@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from donut.etcd_server import free_port
+from donut_common.etcd_server import free_port
 
 FRUIT = Path(__file__).resolve().parents[2] / "examples" / "fruit_gather.yaml"
 
@@ -23,7 +23,7 @@ def donut(*args: str, home: Path, endpoint: str | None = None, timeout: float = 
     environment.pop("DONUT_TOKEN", None)
     if endpoint:
         environment["DONUT_ENDPOINT"] = endpoint
-    return subprocess.run([sys.executable, "-m", "donut.cli", *args], env=environment, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "donut_cli", *args], env=environment, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -107,7 +107,7 @@ def test_cancel_and_follow_logs(cli: Any, stack: Any, donut_home: Path, tmp_path
          "args": ["-c", "for i in 1 2 3; do echo tick $i; sleep 0.2; done; echo oops >&2; sleep 60"]}]}))
     workflow_id = cli("submit", str(definition)).stdout.strip()
     follower = subprocess.Popen(
-        [sys.executable, "-m", "donut.cli", "logs", workflow_id, "ticker", "--follow"],
+        [sys.executable, "-m", "donut_cli", "logs", workflow_id, "ticker", "--follow"],
         env={**os.environ, "DONUT_HOME": str(donut_home), "DONUT_ENDPOINT": stack.endpoint},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -23,7 +23,7 @@ from dagger_svc.core.definition import (
     parse_definition,
     validate_document,
 )
-from donut.errors import InvalidArgument
+from donut_common.errors import InvalidArgument
 
 FRUIT_YAML = """\
 jobs:

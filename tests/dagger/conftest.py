@@ -13,7 +13,7 @@ import pytest
 
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
-from donut.rpc import channel
+from donut_common.rpc import channel
 
 
 def sh(script: str, name: str, **extra: Any) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import pytest
 
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
-from donut.etcd_server import EtcdServer
-from donut.rpc import channel
+from donut_common.etcd_server import EtcdServer
+from donut_common.rpc import channel
 from tests.dagger.conftest import job_processes, sh, status_name
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str) -> tuple
     config = home / "client.json"
     config.unlink(missing_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "donut.cli", "up", "--data-dir", str(data_dir), "--port", "0", "--http-port", "-1",
+        [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", "0", "--http-port", "-1",
          "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1"],
         env={**os.environ, "DONUT_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )

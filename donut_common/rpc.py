@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from donut.errors import DonutError
+from donut_common.errors import DonutError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from donut.etcd_server import EtcdServer
+from donut_common.etcd_server import EtcdServer
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Stack:
         from dagger_svc.service import DaggerConfig, DaggerService
         from dagger_svc.servicer import registration as dagger_registration
         from dagger_svc.store import Store, connect
-        from donut.rpc import channel, create_server
+        from donut_common.rpc import channel, create_server
         from streamed_job.cellar import CellarClient
 
         c = self.config

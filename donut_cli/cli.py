@@ -48,7 +48,7 @@ class Client:
     """Stubs over one channel, with the token on every call."""
 
     def __init__(self, endpoint: str, token: str) -> None:
-        from donut.rpc import channel
+        from donut_common.rpc import channel
 
         self.endpoint = endpoint
         self.channel = channel(endpoint)
@@ -95,7 +95,7 @@ def rpc_errors(command: F) -> F:
 
 class Settings:
     def __init__(self, endpoint: str | None, token: str | None) -> None:
-        from donut.config import ClientConfig
+        from donut_common.config import ClientConfig
 
         config = ClientConfig.load(endpoint, token)
         self.endpoint, self.token = config.endpoint, config.token
@@ -236,8 +236,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     import signal
     import threading
 
-    from donut.config import ClientConfig
-    from donut.stack import Stack, StackConfig
+    from donut_common.config import ClientConfig
+    from donut_cli.stack import Stack, StackConfig
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,6 +1,6 @@
 """Domain errors shared by every service, each bound to the gRPC status it becomes.
 
-Services raise these; `donut.rpc.translate_errors` turns them into statuses in one place,
+Services raise these; `donut_common.rpc.translate_errors` turns them into statuses in one place,
 and clients turn statuses back into one-line messages.
 """
 

@@ -1,0 +1,1 @@
+"""The `donut` command, and `donut up`: the whole stack composed on one machine."""

@@ -1,0 +1,3 @@
+from donut_cli.cli import main
+
+main()
