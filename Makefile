@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml streamed_job/pyproject.toml proto/pyproject.toml
+$(VENV)/.installed: pyproject.toml streamed_job/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./proto -e ./streamed_job -e '.[dev]'
+	$(PY) -m pip install -q -e ./streamed_job -e '.[dev]'
 	touch $@
 
 demo: install

@@ -1,5 +1,5 @@
-"""Regenerates the Python gRPC code (the `donut-api` distribution: donut.<service>.v1)
-next to the .proto files under proto/.
+"""Regenerates the Python gRPC code (donut.<service>.v1) next to the .proto files under
+proto/. The `streamed-job` distribution ships it (streamed_job/src/donut links here).
 
 Run `python proto/generate.py`; CI runs it and fails when the committed output differs.
 """
