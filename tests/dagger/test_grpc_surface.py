@@ -1,0 +1,66 @@
+"""What gRPC clients see: health, reflection, and the status codes of bad requests."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from donut.dagger.v1 import dagger_pb2 as pb
+from tests.dagger.conftest import Driver, rpc_code, sh
+
+
+def test_health_and_reflection_list_every_service(driver: Driver) -> None:
+    health = health_pb2_grpc.HealthStub(driver.channel)
+    for service in ("", "donut.dagger.v1.Dagger", "donut.cellar.v1.Cellar"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(driver.channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"donut.dagger.v1.Dagger", "donut.cellar.v1.Cellar", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_bad_requests_get_the_right_status_and_change_nothing(driver: Driver) -> None:
+    stub = driver.stub
+    bad = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": "oops"}],
+                      "neighbors": {"a": ["zz"]}})
+    try:
+        stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=bad))
+        raise AssertionError("accepted a bad definition")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "jobs[0].args" in e.details() and "neighbors.a" in e.details()
+    assert list(stub.ListWorkflows(pb.ListWorkflowsRequest()).workflows) == []
+
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert rpc_code(lambda: stub.GetWorkflow(pb.GetWorkflowRequest(id="nope"))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc_code(lambda: stub.GetWorkflow(pb.GetWorkflowRequest(id=missing))) == grpc.StatusCode.NOT_FOUND
+    assert rpc_code(lambda: stub.CancelWorkflow(pb.CancelWorkflowRequest(id=missing))) == grpc.StatusCode.NOT_FOUND
+    assert rpc_code(lambda: stub.CreateWorkflow(pb.CreateWorkflowRequest(
+        definition=json.dumps({"jobs": [sh("true", "a")]}), parallelism=-1))) == grpc.StatusCode.INVALID_ARGUMENT
+
+    running = driver.submit([sh("sleep 30", "slow")])
+    assert rpc_code(lambda: stub.RetryWorkflow(pb.RetryWorkflowRequest(id=running))) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    assert rpc_code(lambda: stub.GetJob(pb.GetJobRequest(workflow_id=running, name="other"))) == \
+        grpc.StatusCode.NOT_FOUND
+    stub.CancelWorkflow(pb.CancelWorkflowRequest(id=running))
+    assert driver.wait(running).status == pb.WORKFLOW_STATUS_TERMINATED
+    assert rpc_code(lambda: stub.CancelWorkflow(pb.CancelWorkflowRequest(id=running))) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    assert rpc_code(lambda: list(stub.TailLogs(pb.TailLogsRequest(workflow_id=running, job="slow", attempt=7)))) == \
+        grpc.StatusCode.NOT_FOUND
+
+
+def test_clone_submits_the_same_definition_again(driver: Driver) -> None:
+    first = driver.submit([sh("echo one > out", "a"), sh("true", "b")], {"a": ["b"]}, parallelism=2)
+    driver.wait(first)
+    clone = driver.stub.CloneWorkflow(pb.CloneWorkflowRequest(id=first, name="again"))
+    assert clone.id != first and clone.name == "again" and clone.parallelism == 2
+    done = driver.wait(clone.id)
+    assert done.status == pb.WORKFLOW_STATUS_DONE
+    assert [(j.name, list(j.depends_on)) for j in done.jobs] == [("a", []), ("b", ["a"])]
