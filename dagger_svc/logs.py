@@ -3,8 +3,11 @@
 Each stored line is a one-byte stream tag (o: stdout, e: stderr, s: the wrapper's own
 notes) followed by the line's bytes and a newline. A follower stops once the attempt is
 over (its end is recorded in etcd only after every line was stored) and it has read to
-the end of the file. Sequence numbers of pushed batches are kept per attempt, so a
-resent batch is stored once.
+the end of the file.
+
+A batch pushed by a job wrapper is written together with a `q<sequence>` line in one
+write, so a resent batch is stored once, even after a restart: reopening the file finds
+the last sequence stored and drops a batch that was cut short (the wrapper resends it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import BinaryIO
 STDOUT, STDERR, SYSTEM = 1, 2, 3
 _TAGS = {STDOUT: b"o", STDERR: b"e", SYSTEM: b"s"}
 _STREAMS = {ord("o"): STDOUT, ord("e"): STDERR, ord("s"): SYSTEM}
+_SEQUENCE = ord("q")
 
 LogLine = tuple[int, bytes]  # (stream, text without newline)
 
@@ -47,7 +51,8 @@ class LogStore:
             if path.parent not in self._dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
-            entry = self._open[key] = _Open(open(path, "ab"))
+            sequence = _recover(path)
+            entry = self._open[key] = _Open(open(path, "ab"), sequence)
         return entry
 
     def append(self, workflow_id: str, job: str, attempt: int, lines: list[LogLine],
@@ -60,8 +65,11 @@ class LogStore:
                 if sequence <= entry.sequence:
                     return entry.sequence
                 entry.sequence = sequence
-            if lines:
-                entry.file.write(b"".join(_TAGS[s] + text.replace(b"\n", b" ") + b"\n" for s, text in lines))
+            if lines or sequence is not None:
+                data = b"".join(_TAGS[s] + text.replace(b"\n", b" ") + b"\n" for s, text in lines)
+                if sequence is not None:
+                    data += b"q%d\n" % sequence
+                entry.file.write(data)
                 entry.file.flush()
                 self._generation += 1
                 self._changed.notify_all()
@@ -101,6 +109,8 @@ class LogStore:
                         if not raw.endswith(b"\n"):
                             break  # a line still being written
                         position += len(raw)
+                        if raw[0] == _SEQUENCE:
+                            continue
                         if index >= offset:
                             lines.append((_STREAMS.get(raw[0], STDOUT), raw[1:-1]))
                         index += 1
@@ -120,3 +130,31 @@ class LogStore:
             for entry in self._open.values():
                 entry.file.close()
             self._open.clear()
+
+
+def _recover(path: Path) -> int:
+    """The last sequence stored in an existing log, cutting off a batch that was only
+    partly written (it has no sequence line yet, and will be sent again)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    with open(path, "r+b") as f:
+        end, tail = size, b""
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            tail = f.read(end - start) + tail
+            at = tail.rfind(b"\nq")
+            if at >= 0 or (start == 0 and tail.startswith(b"q")):
+                line_start = at + 1 if at >= 0 else 0
+                line_end = tail.find(b"\n", line_start)
+                if line_end < 0:
+                    end = start + line_start  # the marker itself was cut short
+                    tail = tail[:line_start]
+                    continue
+                sequence = int(tail[line_start + 1:line_end])
+                f.truncate(size - len(tail) + line_end + 1)
+                return sequence
+            end = start
+    return 0
