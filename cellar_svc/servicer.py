@@ -5,10 +5,10 @@ become statuses in `donut_common.rpc.translate_errors`. What is left here is con
 stream framing: the Put header comes first, uploads have a size limit, Get sends the info
 first and then chunks of at most MAX_CHUNK bytes.
 
-A Put commits only if the call is still alive once the request stream has ended: the sync
-gRPC server can end the stream of a cancelled call just before it reports the cancellation,
-so Put waits up to `cancel_grace` seconds for that report. (A size declared in the header
-would make this exact; the contract has none yet.)
+A Put commits only if the upload is whole: it has the size declared with the header, or,
+for a client that declares none, the call is still alive once the request stream has
+ended (the sync gRPC server can end the stream of a cancelled call just before it reports
+the cancellation, so such a Put waits up to `cancel_grace` seconds for that report).
 """
 
 from __future__ import annotations
@@ -95,14 +95,19 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
             first = next(requests, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidArgument("Put: the first message must be the header")
-            info = self._storage.put(ref_from_pb(first.header), self._data(requests, context))
+            declared = first.size if first.HasField("size") else None
+            if declared is not None and not 0 <= declared <= self._max_file_size:
+                raise InvalidArgument(
+                    f"Put: size must be from 0 to the limit of {_size_text(self._max_file_size)}"
+                )
+            info = self._storage.put(ref_from_pb(first.header), self._data(requests, context, declared))
         except grpc.RpcError:
             # the client cancelled or went away; storage has dropped the partial file
             raise _cut_off() from None
         return info_to_pb(info)
 
     def _data(
-        self, requests: Iterator[pb.PutRequest], context: grpc.ServicerContext
+        self, requests: Iterator[pb.PutRequest], context: grpc.ServicerContext, declared: int | None
     ) -> Iterator[bytes]:
         size = 0
         for request in requests:
@@ -114,6 +119,10 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
                     f"Put: the file is larger than the limit of {_size_text(self._max_file_size)}"
                 )
             yield request.data
+        if declared is not None:
+            if size != declared:
+                raise _cut_off()
+            return
         # gRPC may end the request stream of a cancelled call a moment before it reports the
         # cancellation, so a cut-off upload can look complete: give that report a moment.
         terminated = threading.Event()

@@ -265,6 +265,27 @@ def _build_yaml(text: str) -> object:
         loader.dispose()
 
 
+def _apply_merges(frame: _Frame) -> None:
+    """`<<` merge keys as SafeLoader does them: own keys win, then earlier merged mappings."""
+    sources: list[dict[object, object]] = []
+    for merged in frame.merges:
+        if isinstance(merged, dict):
+            sources.append(merged)
+        elif isinstance(merged, list) and all(isinstance(item, dict) for item in merged):
+            sources.extend(reversed(merged))
+        else:
+            raise _YamlProblem(
+                "expected a mapping or list of mappings for merging (<<)", frame.mark
+            )
+    target = frame.container
+    assert isinstance(target, dict)
+    own = dict(target)
+    target.clear()
+    for source in sources:
+        target.update(source)
+    target.update(own)
+
+
 def brief(text: str, limit: int = 200) -> str:
     """`text`, cut short for a message if it is long."""
     return text if len(text) <= limit else text[:limit] + "…"

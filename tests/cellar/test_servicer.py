@@ -335,3 +335,12 @@ def test_main_serves_and_stops_cleanly_on_a_signal(tmp_path: Path, signum: int) 
     assert process.returncode == 0, err.decode()
     assert (out, err) == (b"", b"")  # quiet by default
     assert (tmp_path / "r" / "cache" / "up1" / "f").read_bytes() == b"hi"
+
+
+def test_a_put_shorter_than_its_declared_size_is_not_stored(stub: Stub, root: Path) -> None:
+    requests = [pb.PutRequest(header=cache("short"), size=10), pb.PutRequest(data=b"12345")]
+    error = status_of(lambda: stub.Put(iter(requests)))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "cut off" in (error.details() or "")
+    assert all_files(root) == []
+    whole = [pb.PutRequest(header=cache("whole"), size=5), pb.PutRequest(data=b"12345")]
+    assert stub.Put(iter(whole)).size == 5

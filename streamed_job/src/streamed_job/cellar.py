@@ -22,8 +22,9 @@ class CellarClient:
 
     def put(self, kind: str, scope: str, path: str, source: Path, job: str = "") -> pb.FileInfo:
         def messages() -> Iterator[pb.PutRequest]:
-            yield pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path))
             with open(source, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                yield pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), size=size)
                 while True:
                     chunk = f.read(CHUNK_BYTES)
                     if not chunk:

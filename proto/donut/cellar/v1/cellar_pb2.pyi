@@ -46,12 +46,14 @@ class FileInfo(_message.Message):
     def __init__(self, ref: _Optional[_Union[FileRef, _Mapping]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PutRequest(_message.Message):
-    __slots__ = ("header", "data")
+    __slots__ = ("header", "data", "size")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     header: FileRef
     data: bytes
-    def __init__(self, header: _Optional[_Union[FileRef, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    size: int
+    def __init__(self, header: _Optional[_Union[FileRef, _Mapping]] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("ref", "offset", "length")
