@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import grpc
@@ -21,6 +22,7 @@ import grpc
 from cellar_svc.servicer import DEFAULT_MAX_FILE_SIZE, CellarServicer
 from cellar_svc.storage import LocalStorage, Storage
 from donut_common import rpc
+from donut_common.auth import AuthInterceptor, CachedVerifier, Principal, current_principal, remote_verifier
 from donut.cellar.v1 import cellar_pb2, cellar_pb2_grpc
 
 SERVICE_NAME = cellar_pb2.DESCRIPTOR.services_by_name["Cellar"].full_name  # donut.cellar.v1.Cellar
@@ -30,18 +32,22 @@ log = logging.getLogger(__name__)
 
 
 def registration(
-    storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    principal: Callable[[], Principal] = current_principal,
 ) -> rpc.Registration:
     """(add_fn, servicer, full service name) for `donut_common.rpc.create_server`."""
-    servicer = CellarServicer(storage, max_file_size=max_file_size)
+    servicer = CellarServicer(storage, max_file_size=max_file_size, principal=principal)
     return cellar_pb2_grpc.add_CellarServicer_to_server, servicer, SERVICE_NAME
 
 
 def create_server(
-    address: str, storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    address: str, storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    principal: Callable[[], Principal] = current_principal,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int]:
     """A cellar-only server, not yet started, and its bound port (useful with port 0)."""
-    return rpc.create_server(address, [registration(storage, max_file_size=max_file_size)])
+    return rpc.create_server(address, [registration(storage, max_file_size=max_file_size, principal=principal)],
+                             interceptors=interceptors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,16 +64,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_MAX_FILE_SIZE,
         help="largest accepted upload, in bytes (default: %(default)s)",
     )
+    parser.add_argument("--users-endpoint", default=os.environ.get("DONUT_USERS_ENDPOINT", ""),
+                        help="host:port of users_svc, which verifies callers' tokens [env DONUT_USERS_ENDPOINT]")
+    parser.add_argument("--service-token-file", default=os.environ.get("DONUT_SERVICE_TOKEN_FILE", ""),
+                        help="file holding this service's own token [env DONUT_SERVICE_TOKEN_FILE]")
     parser.add_argument("-v", "--verbose", action="store_true", help="log requests' progress")
     args = parser.parse_args(argv)
+    if not args.users_endpoint or not args.service_token_file:
+        parser.error("--users-endpoint and --service-token-file are required: every call is authenticated")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
     try:
+        with open(args.service_token_file, encoding="utf-8") as f:
+            service_token = f.read().strip()
+        verifier = CachedVerifier(remote_verifier(rpc.channel(args.users_endpoint, token=service_token)))
         server, port = create_server(
-            args.listen, LocalStorage(args.root), max_file_size=args.max_file_size
+            args.listen, LocalStorage(args.root), max_file_size=args.max_file_size,
+            interceptors=[AuthInterceptor(verifier)],
         )
     except (OSError, RuntimeError) as e:
         print(f"cellar: cannot start: {e}", file=sys.stderr)

@@ -14,7 +14,7 @@ the cancellation, so such a Put waits up to `cancel_grace` seconds for that repo
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,7 +22,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cellar_svc.storage import FileInfo, FileRef, Storage
 from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
-from donut_common.errors import InvalidArgument, Problem, Unavailable
+from donut_common.auth import Principal, current_principal
+from donut_common.errors import InvalidArgument, NotFound, PermissionDenied, Problem, Unavailable
 from donut_common.rpc import translate_errors
 
 MiB = 1024 * 1024
@@ -82,10 +83,40 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
         *,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         cancel_grace: float = CANCEL_GRACE_SECONDS,
+        principal: Callable[[], Principal] = current_principal,
     ) -> None:
         self._storage = storage
         self._max_file_size = max_file_size
         self._cancel_grace = cancel_grace
+        self._principal = principal
+
+    # Who may touch what: files belong to the user who stored them (a job's results to the
+    # workflow's owner, whose job token stored them); admins and services see everything.
+
+    def _check_write(self, caller: Principal, ref: FileRef) -> None:
+        if caller.is_admin or caller.is_service:
+            return
+        if ref.kind == "cache" and caller.acts_as_user:
+            try:
+                existing = self._storage.stat(ref)
+            except NotFound:
+                return
+            if existing.owner == caller.user_id:
+                return
+        elif ref.kind == "result" and caller.job == (ref.scope, ref.job):
+            return
+        raise PermissionDenied(f"you may not store {ref.kind} files in {ref.scope}")
+
+    def _may_read(self, caller: Principal, info: FileInfo) -> bool:
+        ref = info.ref
+        return (caller.is_admin or caller.is_service or (caller.acts_as_user and info.owner == caller.user_id)
+                or (ref.kind == "cache" and caller.may_read_cache(ref.scope))
+                or (ref.kind == "result" and caller.job == (ref.scope, ref.job)))
+
+    def _readable(self, info: FileInfo) -> FileInfo:
+        if not self._may_read(self._principal(), info):
+            raise PermissionDenied(f"{info.ref.kind} {info.ref.scope}/{info.ref.path} is not yours")
+        return info
 
     def Put(
         self, request_iterator: Iterable[pb.PutRequest], context: grpc.ServicerContext
@@ -95,12 +126,15 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
             first = next(requests, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidArgument("Put: the first message must be the header")
+            caller = self._principal()
+            ref = ref_from_pb(first.header)
+            self._check_write(caller, ref)
             declared = first.size if first.HasField("size") else None
             if declared is not None and not 0 <= declared <= self._max_file_size:
                 raise InvalidArgument(
                     f"Put: size must be from 0 to the limit of {_size_text(self._max_file_size)}"
                 )
-            info = self._storage.put(ref_from_pb(first.header), self._data(requests, context, declared))
+            info = self._storage.put(ref, self._data(requests, context, declared), owner=caller.user_id)
         except grpc.RpcError:
             # the client cancelled or went away; storage has dropped the partial file
             raise _cut_off() from None
@@ -136,6 +170,7 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
     ) -> Iterator[pb.GetResponse]:
         info, chunks = self._storage.open(ref_from_pb(request.ref), request.offset, request.length)
         try:
+            self._readable(info)
             yield pb.GetResponse(info=info_to_pb(info))
             for chunk in chunks:
                 for start in range(0, len(chunk), MAX_CHUNK):
@@ -146,9 +181,11 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
                 close()
 
     def Stat(self, request: pb.FileRef, context: grpc.ServicerContext) -> pb.FileInfo:
-        return info_to_pb(self._storage.stat(ref_from_pb(request)))
+        return info_to_pb(self._readable(self._storage.stat(ref_from_pb(request))))
 
     def List(self, request: pb.ListRequest, context: grpc.ServicerContext) -> pb.ListResponse:
-        files = self._storage.list(kind_from_pb(request.kind), request.scope, request.job)
+        caller = self._principal()
+        files = [f for f in self._storage.list(kind_from_pb(request.kind), request.scope, request.job)
+                 if self._may_read(caller, f)]
         files.sort(key=lambda info: (info.ref.path, info.ref.job))
         return pb.ListResponse(files=[info_to_pb(info) for info in files])

@@ -65,12 +65,13 @@ class FileInfo:
     size: int
     sha256: str  # lowercase hex
     created_at: float  # seconds since the epoch, when this version was stored
+    owner: str = ""  # the user id it belongs to ("" when unknown: admins only)
 
 
 class Storage(Protocol):
     """The storage port. Errors are donut_common.errors (InvalidArgument, NotFound, ...)."""
 
-    def put(self, ref: FileRef, chunks: Iterable[bytes]) -> FileInfo:
+    def put(self, ref: FileRef, chunks: Iterable[bytes], owner: str = "") -> FileInfo:
         """Stores the chunks as the file, replacing any previous version once all arrived.
         If `chunks` raises, nothing is stored and the exception propagates."""
         ...
@@ -166,7 +167,7 @@ class LocalStorage:
 
     # -- the port --------------------------------------------------------------------------
 
-    def put(self, ref: FileRef, chunks: Iterable[bytes]) -> FileInfo:
+    def put(self, ref: FileRef, chunks: Iterable[bytes], owner: str = "") -> FileInfo:
         validate_ref(ref)
         data_path, meta_path = self._locate(ref)
         directory = os.path.dirname(data_path)
@@ -191,7 +192,7 @@ class LocalStorage:
             if isinstance(e, IsADirectoryError):
                 raise _conflict(ref) from None
             raise
-        info = FileInfo(ref, size, digest.hexdigest(), time.time())
+        info = FileInfo(ref, size, digest.hexdigest(), time.time(), owner)
         self._write_meta(meta_path, info, st)
         return info
 
@@ -281,7 +282,8 @@ class LocalStorage:
             st.st_size,
             st.st_mtime_ns,
         ]:
-            return FileInfo(ref, st.st_size, str(meta["sha256"]), float(meta["created_at"]))
+            return FileInfo(ref, st.st_size, str(meta["sha256"]), float(meta["created_at"]),
+                            str(meta.get("owner", "")))
         digest = hashlib.sha256()
         while block := f.read(READ_CHUNK):
             digest.update(block)
@@ -296,6 +298,7 @@ class LocalStorage:
             "sha256": info.sha256,
             "size": info.size,
             "created_at": info.created_at,
+            "owner": info.owner,
             "ino": st.st_ino,
             "mtime_ns": st.st_mtime_ns,
         }

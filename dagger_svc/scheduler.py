@@ -206,7 +206,7 @@ class Scheduler:
         for job in step.launch:
             launch = Launch(workflow_id=workflow_id, job=job, attempt=owned.run.jobs[job].attempt,
                             spec=owned.specs[job].spec, workflow_dir=owned.workflow_dir,
-                            upload_id=owned.run.workflow.upload_id)
+                            upload_id=owned.run.workflow.upload_id, owner=owned.run.workflow.owner)
             owned.unconfirmed.append(launch)
             if self.executor is not None:
                 self.executor.launch(launch)

@@ -21,7 +21,8 @@ from dagger_svc.core.run import prepare_retry
 from dagger_svc.logs import LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import StoredSpec, Store
-from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, Problem
+from donut_common.auth import Principal
+from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
 
 MAX_PARALLELISM = 1000
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
@@ -46,8 +47,9 @@ class DaggerService:
 
     # ---- workflows -----------------------------------------------------------------
 
-    def create(self, definition_text: str | bytes, name: str = "", parallelism: int = 0,
-               fail_fast: bool = False, upload_id: str = "", owner: str = "") -> WorkflowRecord:
+    def create(self, caller: Principal, definition_text: str | bytes, name: str = "", parallelism: int = 0,
+               fail_fast: bool = False, upload_id: str = "") -> WorkflowRecord:
+        caller.require_user()
         problems = []
         if parallelism < 0 or parallelism > MAX_PARALLELISM:
             problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the default)"))
@@ -62,7 +64,7 @@ class DaggerService:
         if problems:
             raise InvalidArgument(problems)
         return self._store_new(definition, name, parallelism or self.config.default_parallelism,
-                               fail_fast, upload_id, owner)
+                               fail_fast, upload_id, caller.user_id)
 
     def _store_new(self, definition: Definition, name: str, parallelism: int, fail_fast: bool,
                    upload_id: str, owner: str) -> WorkflowRecord:
@@ -76,27 +78,34 @@ class DaggerService:
         self.store.create_workflow(workflow, definition, jobs)
         return workflow
 
-    def validate(self, definition_text: str | bytes) -> Definition:
+    def validate(self, caller: Principal, definition_text: str | bytes) -> Definition:
+        caller.require_user()
         return parse_definition(definition_text)
 
-    def get(self, workflow_id: str) -> WorkflowRecord:
+    def get(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
         _check_id(workflow_id)
-        return self.store.workflow(workflow_id)[0]
+        workflow = self.store.workflow(workflow_id)[0]
+        if not caller.owns(workflow.owner):
+            raise PermissionDenied(f"workflow {workflow_id} is not yours")
+        return workflow
 
-    def list(self, statuses: set[WorkflowStatus] | None = None, limit: int = 0) -> list[WorkflowRecord]:
-        workflows = [w for w in self.store.workflows() if not statuses or w.status in statuses]
+    def list(self, caller: Principal, statuses: set[WorkflowStatus] | None = None,
+             limit: int = 0) -> list[WorkflowRecord]:
+        caller.require_user()
+        workflows = [w for w in self.store.workflows()
+                     if (not statuses or w.status in statuses) and caller.owns(w.owner)]
         workflows.sort(key=lambda w: w.created_at or 0, reverse=True)
         return workflows[:limit] if limit > 0 else workflows
 
-    def cancel(self, workflow_id: str) -> WorkflowRecord:
-        workflow = self.get(workflow_id)
+    def cancel(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
+        workflow = self.get(caller, workflow_id)
         if workflow.status.finished:
             raise FailedPrecondition(f"workflow {workflow_id} already ended ({workflow.status.value})")
         self.store.request_cancel(workflow_id)
         return workflow
 
-    def retry(self, workflow_id: str) -> WorkflowRecord:
-        _check_id(workflow_id)
+    def retry(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
+        self.get(caller, workflow_id)
         workflow, revision = self.store.workflow(workflow_id)
         if not workflow.status.finished:
             raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; retry it once it ends")
@@ -109,24 +118,20 @@ class DaggerService:
         self.store.save_run(workflow_id, queued, changed.values(), revisions, enqueue=True)
         return queued
 
-    def clone(self, workflow_id: str, name: str = "", parallelism: int = 0, owner: str = "") -> WorkflowRecord:
-        original = self.get(workflow_id)
+    def clone(self, caller: Principal, workflow_id: str, name: str = "", parallelism: int = 0) -> WorkflowRecord:
+        original = self.get(caller, workflow_id)
         specs = self.store.specs(workflow_id)
         definition = definition_from_specs(specs)
         if parallelism < 0 or parallelism > MAX_PARALLELISM:
             raise InvalidArgument([Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the original's)")])
         return self._store_new(definition, name or original.name, parallelism or original.parallelism,
-                               original.fail_fast, original.upload_id, owner or original.owner)
+                               original.fail_fast, original.upload_id, caller.user_id)
 
-    def definition(self, workflow_id: str) -> Definition:
-        _check_id(workflow_id)
-        return definition_from_specs(self.store.specs(workflow_id))
-
-    def watch(self, workflow_id: str, is_active: Callable[[], bool] = lambda: True,
+    def watch(self, caller: Principal, workflow_id: str, is_active: Callable[[], bool] = lambda: True,
               min_interval: float = WATCH_INTERVAL) -> Iterator[WorkflowRecord]:
         """The workflow now, then as it changes (at most one update per min_interval,
         the newest; the final state at once), until it has ended."""
-        _check_id(workflow_id)
+        self.get(caller, workflow_id)
         changes: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         revision = self.store.current_revision()
         cancel = self.store.watch(self.store.keys.workflow(workflow_id), lambda k, v: changes.put(v),
@@ -158,9 +163,9 @@ class DaggerService:
 
     # ---- jobs ----------------------------------------------------------------------
 
-    def jobs(self, workflow_id: str) -> list[tuple[JobRecord, StoredSpec, tuple[str, ...]]]:
+    def jobs(self, caller: Principal, workflow_id: str) -> list[tuple[JobRecord, StoredSpec, tuple[str, ...]]]:
         """(record, spec, parents) of every job, in definition order."""
-        self.get(workflow_id)
+        self.get(caller, workflow_id)
         specs = self.store.specs(workflow_id)
         records = self.store.jobs(workflow_id)
         parents: dict[str, list[str]] = {name: [] for name in specs}
@@ -169,19 +174,20 @@ class DaggerService:
                 parents[child].append(name)
         return [(records[name], spec, tuple(parents[name])) for name, spec in specs.items()]
 
-    def job(self, workflow_id: str, name: str) -> tuple[JobRecord, StoredSpec, tuple[str, ...]]:
-        for record, spec, parents in self.jobs(workflow_id):
+    def job(self, caller: Principal, workflow_id: str, name: str) -> tuple[JobRecord, StoredSpec, tuple[str, ...]]:
+        for record, spec, parents in self.jobs(caller, workflow_id):
             if record.name == name:
                 return record, spec, parents
         raise NotFound(f"workflow {workflow_id} has no job '{name}'")
 
     # ---- logs and reports ----------------------------------------------------------
 
-    def tail_logs(self, workflow_id: str, job: str, attempt: int = 0, offset: int = 0, follow: bool = False,
+    def tail_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int = 0, offset: int = 0,
+                  follow: bool = False,
                   is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, list[LogLine]]]:
         """Lines of one attempt (0: the current one, and with follow the ones after it,
         until the job has ended)."""
-        _check_id(workflow_id)
+        self.get(caller, workflow_id)
         record = self.store.job(workflow_id, job)
         if attempt < 0:
             raise InvalidArgument([Problem("attempt", "must be 0 (the current one) or more")])
@@ -208,10 +214,13 @@ class DaggerService:
             else:
                 time.sleep(0.2)  # the next attempt has not started yet (retry backoff)
 
-    def push_logs(self, workflow_id: str, job: str, attempt: int, sequence: int, lines: list[LogLine]) -> int:
+    def push_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int, sequence: int,
+                  lines: list[LogLine]) -> int:
+        _check_job_caller(caller, workflow_id, job)
         return self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
 
-    def report(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
+    def report(self, caller: Principal, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
+        _check_job_caller(caller, workflow_id, job)
         if self.scheduler is None or not self.scheduler.owns(workflow_id):
             raise FailedPrecondition(f"no scheduler here runs workflow {workflow_id}")
         self.logs.end(workflow_id, job, attempt)
@@ -229,6 +238,12 @@ def definition_from_specs(specs: dict[str, StoredSpec]) -> Definition:
         children=children,
         parents={name: tuple(p) for name, p in parents.items()},
     )
+
+
+def _check_job_caller(caller: Principal, workflow_id: str, job: str) -> None:
+    """Only the job itself (its job token), a service or an admin speaks for a job."""
+    if caller.job != (workflow_id, job) and not caller.is_service and not caller.is_admin:
+        raise PermissionDenied(f"this token may not act for job {workflow_id}/{job}")
 
 
 def _check_id(workflow_id: str) -> None:

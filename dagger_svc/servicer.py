@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -12,6 +12,7 @@ from dagger_svc.core.definition import JobSpec
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
 from dagger_svc.service import DaggerService
 from dagger_svc.store import StoredSpec
+from donut_common.auth import Principal, current_principal
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
 from donut_common.errors import InvalidArgument, Problem
@@ -74,18 +75,19 @@ def job_pb(workflow_id: str, record: JobRecord, spec: StoredSpec, parents: tuple
 
 @translate_errors
 class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
-    def __init__(self, service: DaggerService) -> None:
+    def __init__(self, service: DaggerService, principal: Callable[[], Principal] = current_principal) -> None:
         self.service = service
+        self.principal = principal
 
     def _workflow(self, w: WorkflowRecord, include_jobs: bool = False) -> pb.Workflow:
         message = workflow_pb(w, str(self.service.config.data_root / w.id))
         if include_jobs:
-            message.jobs.extend(job_pb(w.id, *job) for job in self.service.jobs(w.id))
+            message.jobs.extend(job_pb(w.id, *job) for job in self.service.jobs(self.principal(), w.id))
         return message
 
     def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         workflow = self.service.create(
-            request.definition, name=request.name, parallelism=request.parallelism,
+            self.principal(), request.definition, name=request.name, parallelism=request.parallelism,
             fail_fast=request.fail_fast, upload_id=request.upload_id,
         )
         return self._workflow(workflow)
@@ -93,14 +95,14 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
     def ValidateDefinition(self, request: pb.ValidateDefinitionRequest,
                            context: grpc.ServicerContext) -> pb.ValidateDefinitionResponse:
         try:
-            definition = self.service.validate(request.definition)
+            definition = self.service.validate(self.principal(), request.definition)
         except InvalidArgument as e:
             return pb.ValidateDefinitionResponse(problems=[pb.Problem(place=p.place, message=p.message)
                                                            for p in e.problems])
         return pb.ValidateDefinitionResponse(job_count=len(definition.jobs))
 
     def GetWorkflow(self, request: pb.GetWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
-        return self._workflow(self.service.get(request.id), request.include_jobs)
+        return self._workflow(self.service.get(self.principal(), request.id), request.include_jobs)
 
     def ListWorkflows(self, request: pb.ListWorkflowsRequest,
                       context: grpc.ServicerContext) -> pb.ListWorkflowsResponse:
@@ -112,40 +114,41 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         if request.limit < 0:
             raise InvalidArgument([Problem("limit", "must be 0 (all) or more")])
         return pb.ListWorkflowsResponse(
-            workflows=[self._workflow(w) for w in self.service.list(statuses, request.limit)]
+            workflows=[self._workflow(w) for w in self.service.list(self.principal(), statuses, request.limit)]
         )
 
     def CancelWorkflow(self, request: pb.CancelWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
-        return self._workflow(self.service.cancel(request.id))
+        return self._workflow(self.service.cancel(self.principal(), request.id))
 
     def RetryWorkflow(self, request: pb.RetryWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
-        return self._workflow(self.service.retry(request.id))
+        return self._workflow(self.service.retry(self.principal(), request.id))
 
     def CloneWorkflow(self, request: pb.CloneWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
-        return self._workflow(self.service.clone(request.id, request.name, request.parallelism))
+        return self._workflow(self.service.clone(self.principal(), request.id, request.name, request.parallelism))
 
     def WatchWorkflow(self, request: pb.WatchWorkflowRequest, context: grpc.ServicerContext) -> Iterator[pb.Workflow]:
-        for workflow in self.service.watch(request.id, is_active=context.is_active):
+        for workflow in self.service.watch(self.principal(), request.id, is_active=context.is_active):
             yield self._workflow(workflow, request.include_jobs)
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return job_pb(request.workflow_id, *self.service.job(request.workflow_id, request.name))
+        return job_pb(request.workflow_id, *self.service.job(self.principal(), request.workflow_id, request.name))
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         return pb.ListJobsResponse(jobs=[job_pb(request.workflow_id, *job)
-                                         for job in self.service.jobs(request.workflow_id)])
+                                         for job in self.service.jobs(self.principal(), request.workflow_id)])
 
     def PushLogs(self, request_iterator: Iterator[pb.LogBatch], context: grpc.ServicerContext) -> Iterator[pb.LogAck]:
+        caller = self.principal()
         for batch in request_iterator:
             stored = self.service.push_logs(
-                batch.workflow_id, batch.job, batch.attempt, batch.sequence,
+                caller, batch.workflow_id, batch.job, batch.attempt, batch.sequence,
                 [(line.stream or pb.LOG_STREAM_STDOUT, line.text) for line in batch.lines],
             )
             yield pb.LogAck(sequence=stored)
 
     def TailLogs(self, request: pb.TailLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogLines]:
         for offset, lines in self.service.tail_logs(
-            request.workflow_id, request.job, request.attempt, request.offset, request.follow,
+            self.principal(), request.workflow_id, request.job, request.attempt, request.offset, request.follow,
             is_active=context.is_active,
         ):
             yield pb.LogLines(offset=offset, lines=[pb.LogLine(stream=s, text=t) for s, t in lines])
@@ -157,9 +160,10 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
             signal=request.signal, message=request.message,
             started_at=_seconds(request.started_at), finished_at=_seconds(request.finished_at),
         )
-        self.service.report(request.workflow_id, request.job, request.attempt, outcome)
+        self.service.report(self.principal(), request.workflow_id, request.job, request.attempt, outcome)
         return pb.ReportJobStatusResponse()
 
 
-def registration(service: DaggerService) -> tuple[Any, Any, str]:
-    return dagger_pb2_grpc.add_DaggerServicer_to_server, DaggerServicer(service), SERVICE_NAME
+def registration(service: DaggerService,
+                 principal: Callable[[], Principal] = current_principal) -> tuple[Any, Any, str]:
+    return dagger_pb2_grpc.add_DaggerServicer_to_server, DaggerServicer(service, principal), SERVICE_NAME

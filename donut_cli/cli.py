@@ -47,12 +47,24 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 class Client:
     """Stubs over one channel, with the token on every call."""
 
-    def __init__(self, endpoint: str, token: str) -> None:
+    def __init__(self, endpoint: str, token: str, tls_ca: str = "") -> None:
         from donut_common.rpc import channel
 
         self.endpoint = endpoint
-        self.channel = channel(endpoint)
+        ca = None
+        if tls_ca:
+            try:
+                ca = Path(tls_ca).read_bytes()
+            except OSError as e:
+                fail(f"--tls-ca: cannot read {tls_ca}: {e.strerror}", EXIT_BAD_INPUT)
+        self.channel = channel(endpoint, tls_ca=ca)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    @functools.cached_property
+    def users(self) -> Any:
+        from donut.users.v1 import users_pb2_grpc
+
+        return users_pb2_grpc.UsersStub(self.channel)
 
     @functools.cached_property
     def dagger(self) -> Any:
@@ -94,17 +106,17 @@ def rpc_errors(command: F) -> F:
 
 
 class Settings:
-    def __init__(self, endpoint: str | None, token: str | None) -> None:
+    def __init__(self, endpoint: str | None, token: str | None, tls_ca: str | None) -> None:
         from donut_common.config import ClientConfig
 
-        config = ClientConfig.load(endpoint, token)
-        self.endpoint, self.token = config.endpoint, config.token
+        config = ClientConfig.load(endpoint, token, tls_ca)
+        self.endpoint, self.token, self.tls_ca = config.endpoint, config.token, config.tls_ca
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.endpoint, self.token)
+            self._client = Client(self.endpoint, self.token, self.tls_ca)
         return self._client
 
 
@@ -115,10 +127,11 @@ pass_settings = click.make_pass_decorator(Settings)
 @click.option("--endpoint", envvar="DONUT_ENDPOINT", help="host:port of the donut server [env DONUT_ENDPOINT; "
               "default: from ~/.donut/client.json]")
 @click.option("--token", envvar="DONUT_TOKEN", help="API token [env DONUT_TOKEN]")
+@click.option("--tls-ca", envvar="DONUT_TLS_CA", help="CA certificate (PEM) to reach a TLS server [env DONUT_TLS_CA]")
 @click.pass_context
-def cli(ctx: click.Context, endpoint: str | None, token: str | None) -> None:
+def cli(ctx: click.Context, endpoint: str | None, token: str | None, tls_ca: str | None) -> None:
     """donut-dagger: DAGs of batch jobs, with live logs and saved results."""
-    ctx.obj = Settings(endpoint, token)
+    ctx.obj = Settings(endpoint, token, tls_ca)
 
 
 # ---- formatting ------------------------------------------------------------------------
@@ -228,9 +241,14 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
               help="Parallelism of workflows submitted without one.")
 @click.option("--kill-grace", type=float, default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL for cancelled jobs.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Server certificate (PEM); with --tls-key, gRPC speaks only TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Private key (PEM) of --tls-cert.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str, etcd_prefix: str,
-       default_parallelism: int, kill_grace: float, verbose: bool) -> None:
+       default_parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None,
+       verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
     import signal
@@ -243,7 +261,10 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
-                         default_parallelism=default_parallelism, kill_grace=kill_grace)
+                         default_parallelism=default_parallelism, kill_grace=kill_grace,
+                         tls_cert=tls_cert, tls_key=tls_key)
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
@@ -252,11 +273,13 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     except Exception as e:  # noqa: BLE001 - one line for the user
         fail(f"cannot start the stack: {e}")
     try:
-        path = ClientConfig(endpoint=stack.endpoint).save()
+        token, new = stack.client_token(ClientConfig.load().token)
+        path = ClientConfig(endpoint=stack.endpoint, token=token,
+                            tls_ca=str(tls_cert.resolve()) if tls_cert else "").save()
         click.echo(f"donut is up: grpc {stack.endpoint}"
                    + (f", web {stack.http_endpoint}" if stack.http_endpoint else "")
                    + f", data {config.data_dir}", err=True)
-        click.echo(f"client config written to {path}", err=True)
+        click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
         stopped.wait()
     finally:
         click.echo("stopping...", err=True)
@@ -454,6 +477,127 @@ def retry(settings: Settings, workflow_id: str, wait: bool, as_json: bool) -> No
         click.echo(json.dumps(workflow_json(w), indent=2))
     else:
         click.echo(f"retrying {w.id}", err=True)
+
+
+def _duration(text: str) -> int:
+    """Seconds in '90', '45m', '12h', '30d'."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return int(text[:-1]) * units[text[-1]]
+        return int(text)
+    except ValueError:
+        fail(f"--expires: expected a duration like 3600, 45m, 12h or 30d, not {text!r}", EXIT_BAD_INPUT)
+
+
+def _token_json(t: Any) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "scopes": list(t.scopes), "created_at": _iso(t.created_at),
+            "expires_at": _iso(t.expires_at), "last_used_at": _iso(t.last_used_at), "revoked": t.revoked}
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def whoami(settings: Settings, as_json: bool) -> None:
+    """Show the user (and token) the CLI acts as."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    me = client.users.WhoAmI(users_pb2.WhoAmIRequest(), metadata=client.metadata)
+    if as_json:
+        click.echo(json.dumps({"login": me.user.login, "id": me.user.id, "admin": me.user.admin,
+                               "token": _token_json(me.token)}, indent=2))
+    else:
+        click.echo(f"{me.user.login}{' (admin)' if me.user.admin else ''}, token {me.token.id} "
+                   f"({', '.join(me.token.scopes)})")
+
+
+@cli.group()
+def token() -> None:
+    """Create, list and revoke API tokens."""
+
+
+@token.command(name="create")
+@click.option("--name", default="", help="What the token is for.")
+@click.option("--expires", default="", help="Lifetime: 3600, 45m, 12h, 30d (default: never).")
+@click.option("--user", "user_login", default="", help="For another user (admins only).")
+@click.option("--admin", "admin_scope", is_flag=True, help="With admin rights (for admins).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id","token"}.')
+@pass_settings
+@rpc_errors
+def token_create(settings: Settings, name: str, expires: str, user_login: str, admin_scope: bool,
+                 as_json: bool) -> None:
+    """Create a token; its secret is shown once."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    request = users_pb2.CreateTokenRequest(name=name, user_login=user_login,
+                                           scopes=["user", "admin"] if admin_scope else ["user"],
+                                           expires_in_seconds=_duration(expires) if expires else 0)
+    created = client.users.CreateToken(request, metadata=client.metadata)
+    if as_json:
+        click.echo(json.dumps({"id": created.token.id, "token": created.secret}))
+    else:
+        click.echo(created.secret)
+        click.echo(f"token {created.token.id} created; the secret above is shown only now", err=True)
+
+
+@token.command(name="list")
+@click.option("--user", "user_login", default="", help="Another user's tokens (admins only).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def token_list(settings: Settings, user_login: str, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    tokens = client.users.ListTokens(users_pb2.ListTokensRequest(user_login=user_login),
+                                     metadata=client.metadata).tokens
+    docs = [_token_json(t) for t in tokens]
+    if as_json:
+        click.echo(json.dumps(docs, indent=2))
+        return
+    click.echo(f"{'ID':<16}  {'NAME':<20}  {'SCOPES':<12}  {'EXPIRES':<29}  STATE")
+    for d in docs:
+        click.echo(f"{d['id']:<16}  {d['name'][:20]:<20}  {','.join(d['scopes']):<12}  "
+                   f"{d['expires_at'] or 'never':<29}  {'revoked' if d['revoked'] else 'active'}")
+
+
+@token.command(name="revoke")
+@click.argument("token_id")
+@pass_settings
+@rpc_errors
+def token_revoke(settings: Settings, token_id: str) -> None:
+    """Revoke a token (it stops working within seconds)."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    client.users.RevokeToken(users_pb2.RevokeTokenRequest(id=token_id), metadata=client.metadata)
+    click.echo(f"revoked {token_id}", err=True)
+
+
+@cli.group()
+def user() -> None:
+    """Manage users (admins)."""
+
+
+@user.command(name="create")
+@click.argument("login")
+@click.option("--admin", is_flag=True, help="Make the user an admin.")
+@click.option("--name", "display_name", default="", help="Display name.")
+@pass_settings
+@rpc_errors
+def user_create(settings: Settings, login: str, admin: bool, display_name: str) -> None:
+    """Create a user without GitHub (service accounts, tests)."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    created = client.users.CreateUser(users_pb2.CreateUserRequest(login=login, admin=admin,
+                                                                  display_name=display_name),
+                                      metadata=client.metadata)
+    click.echo(created.id)
 
 
 def main() -> None:

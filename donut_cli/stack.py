@@ -8,6 +8,7 @@ address so the CLI needs only that address.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +44,12 @@ class StackConfig:
     """Seconds between SIGTERM and SIGKILL when a job is cancelled or times out."""
     etcd_fsync: bool = True
     """Turn off only in tests."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) of the gRPC server; with tls_key, gRPC speaks only TLS."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+    token_cache_seconds: float = 3.0
+    """How long a verified token is trusted without asking users_svc (revocation delay)."""
 
 
 @dataclass
@@ -50,6 +57,8 @@ class Stack:
     config: StackConfig
     endpoint: str = ""
     http_endpoint: str = ""
+    service_token: str = ""
+    users: Any = None
     _parts: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> Stack:
@@ -62,8 +71,12 @@ class Stack:
         from dagger_svc.service import DaggerConfig, DaggerService
         from dagger_svc.servicer import registration as dagger_registration
         from dagger_svc.store import Store, connect
+        from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
         from donut_common.rpc import channel, create_server
         from streamed_job.cellar import CellarClient
+        from users_svc.service import UsersService
+        from users_svc.servicer import registration as users_registration
+        from users_svc.store import UserStore
 
         c = self.config
         c.data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +89,9 @@ class Stack:
             client = connect(endpoints)
             self._parts["etcd_client"] = client
             store = Store(client, Keys(c.etcd_prefix))
+            users = UsersService(UserStore(client, c.etcd_prefix))
+            self.users = users
+            self.service_token = self._service_token(users)
             logs = LogStore(c.data_dir / "logs")
             self._parts["logs"] = logs
             data_root = c.data_dir / "workflows"
@@ -83,25 +99,30 @@ class Stack:
             scheduler = Scheduler(store, None, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                   lease_ttl=c.lease_ttl)
             service = DaggerService(store, logs, scheduler, DaggerConfig(data_root, c.default_parallelism))
+            tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
             server, port = create_server(
                 f"{c.host}:{c.port}",
-                [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar"))],
+                [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
+                 users_registration(users)],
+                interceptors=[AuthInterceptor(CachedVerifier(users.verify, ttl=c.token_cache_seconds))],
+                tls=tls,
             )
             server.start()
             self._parts["server"] = server
             self.endpoint = f"{c.host}:{port}"
-            cellar = CellarClient(channel(self.endpoint))
+            ca = c.tls_cert.read_bytes() if c.tls_cert else None
+            internal = channel(self.endpoint, tls_ca=ca)
+            self._parts["channel"] = internal
+            services = channel(self.endpoint, token=self.service_token, tls_ca=ca)
+            self._parts["services_channel"] = services
 
-            def save_result(workflow_id: str, job: str, relative: str, path: Path) -> None:
-                cellar.put("result", workflow_id, relative, path, job=job)
-
-            def fetch_cache(upload_id: str, cache_path: str, destination: Path) -> None:
-                cellar.get("cache", upload_id, cache_path, destination)
+            def cellar(token: str) -> CellarClient:
+                return CellarClient(internal, (("authorization", f"Bearer {token}"),))
 
             if c.executor != "local":
                 raise ValueError(f"executor: unknown executor {c.executor!r} (expected local)")
-            executor = LocalExecutor(logs, scheduler.job_finished, save_result=save_result,
-                                     fetch_cache=fetch_cache, kill_grace=c.kill_grace)
+            executor = LocalExecutor(logs, scheduler.job_finished, cellar=cellar, tokens=JobTokens(services),
+                                     kill_grace=c.kill_grace)
             scheduler.executor = executor
             self._parts["executor"] = executor
             scheduler.start()
@@ -112,6 +133,35 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def _service_token(self, users: Any) -> str:
+        """The services' own credentials: kept in the data dir (mode 0600), made on first start."""
+        path = self.config.data_dir / "service-token"
+        if path.exists():
+            token = path.read_text().strip()
+            try:
+                if users.verify(token).is_service:
+                    return token
+            except Exception:  # noqa: BLE001 - revoked or from another etcd: make a new one
+                pass
+        account = users.ensure_user("donut-services", admin=False)
+        token = users.mint(account, "donut services", ("service",)).secret
+        _write_secret(path, token)
+        return token
+
+    def client_token(self, existing: str = "") -> tuple[str, bool]:
+        """A token for the person running the stack: `existing` while it still works,
+        else a new admin token (on first start, the first admin user is created).
+        Returns (token, whether it is new)."""
+        if existing:
+            try:
+                principal = self.users.verify(existing)
+                if principal.is_admin:
+                    return existing, False
+            except Exception:  # noqa: BLE001 - from another stack, revoked or expired
+                pass
+        admin = self.users.ensure_user("admin", admin=True)
+        return self.users.mint(admin, "donut up", ("user", "admin")).secret, True
 
     def _start_gateway(self) -> None:
         from werkzeug.serving import make_server
@@ -134,6 +184,9 @@ class Stack:
             parts.pop("scheduler").stop()
         if "executor" in parts:
             parts.pop("executor").close()
+        for name in ("channel", "services_channel"):
+            if name in parts:
+                parts.pop(name).close()
         if "server" in parts:
             parts.pop("server").stop(grace=1).wait()
         if "logs" in parts:
@@ -148,6 +201,12 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
 
 
 def _scheduler_id(data_dir: Path) -> str:

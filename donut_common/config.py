@@ -24,9 +24,11 @@ class ClientConfig:
     """host:port of the donut gRPC server."""
     token: str = ""
     """API token sent as `authorization: Bearer <token>`."""
+    tls_ca: str = ""
+    """PEM file of the CA that signed the server's certificate; empty: plain gRPC."""
 
     @classmethod
-    def load(cls, endpoint: str | None = None, token: str | None = None) -> ClientConfig:
+    def load(cls, endpoint: str | None = None, token: str | None = None, tls_ca: str | None = None) -> ClientConfig:
         """Flags (already merged with DONUT_ENDPOINT/DONUT_TOKEN by the CLI) over the file."""
         stored: dict[str, str] = {}
         path = client_config_path()
@@ -38,6 +40,7 @@ class ClientConfig:
         return cls(
             endpoint=endpoint or stored.get("endpoint") or DEFAULT_ENDPOINT,
             token=token or stored.get("token") or "",
+            tls_ca=tls_ca or stored.get("tls_ca") or "",
         )
 
     def save(self) -> Path:
@@ -45,6 +48,6 @@ class ClientConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"endpoint": self.endpoint, "token": self.token}, f, indent=2)
+            json.dump({"endpoint": self.endpoint, "token": self.token, "tls_ca": self.tls_ca}, f, indent=2)
         os.replace(path.with_suffix(".tmp"), path)
         return path

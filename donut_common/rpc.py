@@ -77,8 +77,10 @@ def create_server(
     *,
     max_workers: int = 64,
     interceptors: Iterable[grpc.ServerInterceptor] = (),
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A started-ready (not yet started) server with the services, health and reflection.
+    """A ready (not yet started) server with the services, health and reflection; with
+    `tls` (certificate chain PEM, private key PEM) it only speaks TLS.
 
     Returns the server and the bound port (useful with port 0)."""
     server = grpc.server(
@@ -99,18 +101,48 @@ def create_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    if tls is not None:
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
 
 
-def channel(endpoint: str) -> grpc.Channel:
-    """A client channel with the message limits the servers use."""
-    return grpc.insecure_channel(
-        endpoint,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"] + [self.header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def channel(endpoint: str, token: str = "", tls_ca: bytes | None = None) -> grpc.Channel:
+    """A client channel with the message limits the servers use; with a token, every call
+    carries it; with `tls_ca` (PEM of the CA to trust), the channel speaks TLS."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if tls_ca is not None:
+        plain = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(root_certificates=tls_ca), options)
+    else:
+        plain = grpc.insecure_channel(endpoint, options)
+    return grpc.intercept_channel(plain, _Bearer(token)) if token else plain

@@ -55,6 +55,7 @@ def stack(stack_config: object) -> Iterator[object]:
     from donut_cli.stack import Stack
 
     with Stack(stack_config) as running:  # type: ignore[arg-type]
+        running.admin_token = running.client_token()[0]
         yield running
 
 

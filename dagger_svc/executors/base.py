@@ -18,6 +18,7 @@ class Launch:
     spec: JobSpec
     workflow_dir: str
     upload_id: str = ""
+    owner: str = ""  # the user the workflow belongs to (its job tokens act for them)
 
 
 Report = Callable[[str, str, int, Outcome], None]

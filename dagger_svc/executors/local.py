@@ -18,6 +18,8 @@ from pathlib import Path
 from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import Launch, Report
 from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogStore
+from donut_common.auth import JobTokens
+from streamed_job.cellar import CellarClient
 from streamed_job.files import FileProblem, FetchCache, outputs_to_save, prepare_inputs
 from streamed_job.outcome import EXIT_INPUT_FAILED, EXIT_OUTPUT_FAILED, Ended
 from streamed_job.pump import ProcessPump
@@ -27,17 +29,18 @@ log = logging.getLogger(__name__)
 
 JOB_KEY_ENV = "DONUT_JOB_KEY"  # <workflow>/<job>/<attempt>: lets a restarted executor find leftovers
 
-SaveResult = Callable[[str, str, str, Path], None]  # (workflow id, job, relative path, file)
-CacheFetcher = Callable[[str, str, Path], None]     # (upload id, cache path, destination)
+Cellar = Callable[[str], CellarClient]  # a cellar client acting with the given token
 
 
 class LocalExecutor:
-    def __init__(self, logs: LogStore, report: Report, save_result: SaveResult | None = None,
-                 fetch_cache: CacheFetcher | None = None, kill_grace: float = 10.0, spawners: int = 2) -> None:
+    def __init__(self, logs: LogStore, report: Report, cellar: Cellar | None = None,
+                 tokens: JobTokens | None = None, kill_grace: float = 10.0, spawners: int = 2) -> None:
         self.logs = logs
         self.report = report
-        self.save_result = save_result
-        self.fetch_cache = fetch_cache
+        self.cellar = cellar
+        self.tokens = tokens
+        self._owners: dict[str, str] = {}                    # attempt key -> workflow owner
+        self._job_tokens: dict[str, tuple[str, str]] = {}    # attempt key -> (token id, secret)
         self.pump = ProcessPump(kill_grace=kill_grace)
         self._spawners = ThreadPoolExecutor(max_workers=spawners, thread_name_prefix="local-spawn")
         self._slow = ThreadPoolExecutor(max_workers=8, thread_name_prefix="local-files")
@@ -60,6 +63,7 @@ class LocalExecutor:
             if run.key in self._active:
                 return  # already launched
             self._active[run.key] = run
+            self._owners[run.key] = launch.owner
             inline = not fetches and self._spawning == 0
             if not fetches:
                 self._spawning += 1
@@ -98,10 +102,25 @@ class LocalExecutor:
                         on_output=self._on_output, on_exit=self._on_exit, timeout=run.timeout)
 
     def _cache_fetcher(self, run: RunSpec) -> FetchCache | None:
-        if self.fetch_cache is None:
+        if self.cellar is None:
             return None
-        fetch = self.fetch_cache
-        return lambda path, dest: fetch(run.upload_id, path, dest)
+        return lambda path, dest: self._job_cellar(run).get("cache", run.upload_id, path, dest)
+
+    def _job_cellar(self, run: RunSpec) -> CellarClient:
+        """A cellar client acting with the attempt's own job token (minted on first use:
+        jobs that touch no files cost no token)."""
+        assert self.cellar is not None
+        if self.tokens is None:
+            raise FileProblem("no job token can be minted (no users service)")
+        with self._lock:
+            minted = self._job_tokens.get(run.key)
+        if minted is None:
+            lifetime = (run.timeout or 0) + 24 * 3600
+            minted = self.tokens.mint(self._owners.get(run.key, ""), run.workflow_id, run.job, run.upload_id,
+                                      lifetime)
+            with self._lock:
+                self._job_tokens[run.key] = minted
+        return self.cellar(minted[1])
 
     def _on_output(self, key: str, stream: int, lines: list[bytes]) -> None:
         run = self._active.get(key)
@@ -120,9 +139,11 @@ class LocalExecutor:
 
     def _save_outputs(self, run: RunSpec, ended: Ended) -> None:
         try:
-            for relative, path in outputs_to_save(run):
-                if self.save_result is not None:
-                    self.save_result(run.workflow_id, run.job, relative, path)
+            saved = outputs_to_save(run)
+            if saved and self.cellar is not None:
+                cellar = self._job_cellar(run)
+                for relative, path in saved:
+                    cellar.put("result", run.workflow_id, relative, path, job=run.job)
                     self._note(run, f"saved {relative} ({path.stat().st_size} bytes)")
         except Exception as e:  # noqa: BLE001 - any failure to save fails the attempt
             ended = Ended(EXIT_OUTPUT_FAILED, phase="outputs", message=str(e) if isinstance(e, FileProblem)
@@ -139,6 +160,13 @@ class LocalExecutor:
         with self._lock:
             self._active.pop(run.key, None)
             self._killed.discard(run.key)
+            self._owners.pop(run.key, None)
+            minted = self._job_tokens.pop(run.key, None)
+        if minted is not None and self.tokens is not None:
+            try:
+                self.tokens.revoke(minted[0])
+            except Exception as e:  # noqa: BLE001 - it expires anyway
+                log.warning("cannot revoke the token of %s: %s", run.key, type(e).__name__)
         self.report(run.workflow_id, run.job, run.attempt, Outcome(
             exit_code=ended.exit_code, signal=ended.signal, message=ended.message,
             started_at=ended.started_at, finished_at=ended.finished_at,

@@ -13,6 +13,9 @@ import grpc
 import pytest
 
 from cellar_svc.server import create_server
+from donut_common.auth import SCOPE_ADMIN, Principal
+
+ADMIN = Principal(user_id="admin-id", login="admin", admin=True, scopes=(SCOPE_ADMIN,))
 from cellar_svc.storage import TEMP_PREFIX, FileInfo, FileRef, LocalStorage
 from donut.cellar.v1 import cellar_pb2_grpc
 from donut_common.rpc import channel
@@ -26,14 +29,14 @@ class SpyStorage:
         self.chunk_seen = threading.Event()
         self.put_outcomes: queue.Queue[FileInfo | BaseException] = queue.Queue()
 
-    def put(self, ref: FileRef, chunks: Iterable[bytes]) -> FileInfo:
+    def put(self, ref: FileRef, chunks: Iterable[bytes], owner: str = "") -> FileInfo:
         def watched() -> Iterator[bytes]:
             for chunk in chunks:
                 yield chunk
                 self.chunk_seen.set()  # the chunk has been written by now
 
         try:
-            info = self.inner.put(ref, watched())
+            info = self.inner.put(ref, watched(), owner)
         except BaseException as e:
             self.put_outcomes.put(e)
             raise
@@ -87,7 +90,7 @@ def start_server(spy: SpyStorage) -> Iterator[Callable[..., str]]:
     servers: list[grpc.Server] = []
 
     def start(**options: Any) -> str:
-        server, port = create_server("127.0.0.1:0", spy, **options)
+        server, port = create_server("127.0.0.1:0", spy, principal=lambda: ADMIN, **options)
         server.start()
         servers.append(server)
         return f"127.0.0.1:{port}"

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -308,8 +309,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_main_serves_and_stops_cleanly_on_a_signal(tmp_path: Path, signum: int) -> None:
+def test_main_serves_and_stops_cleanly_on_a_signal(tmp_path: Path, signum: int, stack: Any) -> None:
+    """A standalone cellar, as deployed in a cluster: callers' tokens are verified by the
+    users service of another server (here a whole stack's)."""
     port = _free_port()
+    token_file = tmp_path / "service-token"
+    token_file.write_text(stack.service_token)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -319,14 +324,21 @@ def test_main_serves_and_stops_cleanly_on_a_signal(tmp_path: Path, signum: int) 
             f"127.0.0.1:{port}",
             "--root",
             str(tmp_path / "r"),
+            "--users-endpoint",
+            stack.endpoint,
+            "--service-token-file",
+            str(token_file),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        with channel(f"127.0.0.1:{port}") as ch:
-            grpc.channel_ready_future(ch).result(timeout=20)
+        with channel(f"127.0.0.1:{port}") as anonymous:
+            grpc.channel_ready_future(anonymous).result(timeout=20)
+            refused = status_of(lambda: put(Stub(anonymous), cache("g"), b"no"))
+            assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+        with channel(f"127.0.0.1:{port}", token=stack.admin_token) as ch:
             assert put(Stub(ch), cache("f"), b"hi").size == 2
         process.send_signal(signum)
         out, err = process.communicate(timeout=20)

@@ -19,8 +19,8 @@ FRUIT = Path(__file__).resolve().parents[2] / "examples" / "fruit_gather.yaml"
 
 def donut(*args: str, home: Path, endpoint: str | None = None, timeout: float = 60,
           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "DONUT_HOME": str(home), **(env or {})}
-    environment.pop("DONUT_TOKEN", None)
+    environment = {**{k: v for k, v in os.environ.items() if k != "DONUT_TOKEN"}, "DONUT_HOME": str(home),
+                   **(env or {})}
     if endpoint:
         environment["DONUT_ENDPOINT"] = endpoint
     return subprocess.run([sys.executable, "-m", "donut_cli", *args], env=environment, capture_output=True,
@@ -30,7 +30,8 @@ def donut(*args: str, home: Path, endpoint: str | None = None, timeout: float = 
 @pytest.fixture
 def cli(stack: Any, donut_home: Path) -> Any:
     def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        return donut(*args, home=donut_home, endpoint=stack.endpoint, **kwargs)
+        env = {"DONUT_TOKEN": stack.admin_token, **kwargs.pop("env", {})}
+        return donut(*args, home=donut_home, endpoint=stack.endpoint, env=env, **kwargs)
 
     return run
 
@@ -108,7 +109,8 @@ def test_cancel_and_follow_logs(cli: Any, stack: Any, donut_home: Path, tmp_path
     workflow_id = cli("submit", str(definition)).stdout.strip()
     follower = subprocess.Popen(
         [sys.executable, "-m", "donut_cli", "logs", workflow_id, "ticker", "--follow"],
-        env={**os.environ, "DONUT_HOME": str(donut_home), "DONUT_ENDPOINT": stack.endpoint},
+        env={**os.environ, "DONUT_HOME": str(donut_home), "DONUT_ENDPOINT": stack.endpoint,
+             "DONUT_TOKEN": stack.admin_token},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 20

@@ -24,7 +24,7 @@ def sh(script: str, name: str, **extra: Any) -> dict[str, Any]:
 class Driver:
     def __init__(self, stack: Any) -> None:
         self.stack = stack
-        self.channel = channel(stack.endpoint)
+        self.channel = channel(stack.endpoint, token=stack.admin_token)
         self.stub = dagger_pb2_grpc.DaggerStub(self.channel)
 
     def submit(self, jobs: list[dict[str, Any]], neighbors: dict[str, list[str]] | None = None,

@@ -23,7 +23,7 @@ from tests.dagger.conftest import job_processes, sh, status_name
 pytestmark = pytest.mark.slow
 
 
-def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     config = home / "client.json"
     config.unlink(missing_ok=True)
     process = subprocess.Popen(
@@ -36,14 +36,14 @@ def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str) -> tuple
         assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
         assert time.time() < deadline, "donut up did not start"
         time.sleep(0.05)
-    return process, json.loads(config.read_text())["endpoint"]
+    return process, json.loads(config.read_text())
 
 
 def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
         tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
     data_dir, home = tmp_path / "data", tmp_path / "home"
-    process, endpoint = start_up(data_dir, home, etcd_server, etcd_prefix)
-    stub = dagger_pb2_grpc.DaggerStub(channel(endpoint))
+    process, config = start_up(data_dir, home, etcd_server, etcd_prefix)
+    stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
     jobs = [sh("echo run >> a.runs", "a"),
             sh('echo "b attempt $DONUT_JOB_ATTEMPT"; [ "$DONUT_JOB_ATTEMPT" = 1 ] && sleep 60; true', "b"),
             sh("true", "c")]
@@ -61,9 +61,9 @@ def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
     process.wait()
     assert job_processes(workflow_id), "the job outlived its scheduler (as after a crash)"
 
-    process, endpoint = start_up(data_dir, home, etcd_server, etcd_prefix)
+    process, config = start_up(data_dir, home, etcd_server, etcd_prefix)
     try:
-        stub = dagger_pb2_grpc.DaggerStub(channel(endpoint))
+        stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
         for w in stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), timeout=60):
             if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
                 break

@@ -102,16 +102,18 @@ class ListUsersResponse(_message.Message):
     def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("name", "user_login", "scopes", "expires_in_seconds")
+    __slots__ = ("name", "user_login", "scopes", "expires_in_seconds", "user_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USER_LOGIN_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     user_login: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     expires_in_seconds: int
-    def __init__(self, name: _Optional[str] = ..., user_login: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., expires_in_seconds: _Optional[int] = ...) -> None: ...
+    user_id: str
+    def __init__(self, name: _Optional[str] = ..., user_login: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., expires_in_seconds: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
     __slots__ = ("token", "secret")

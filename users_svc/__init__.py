@@ -1,0 +1,1 @@
+"""users: people (from GitHub), service accounts, and the API tokens they act with."""

@@ -1,0 +1,180 @@
+"""The users domain: users, tokens, verification, and who may do what with them.
+
+Tokens look like `dd_<id>_<secret>`: the id (public, 64 bits) finds the record, the secret
+(256 random bits) is checked against its stored SHA-256 with a constant-time compare.
+Guessing is hopeless by construction; a high-entropy secret needs no slow hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from donut_common.auth import SCOPE_ADMIN, SCOPE_SERVICE, SCOPE_USER, Principal
+from donut_common.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Problem, Unauthenticated
+from users_svc.store import TokenRecord, UserRecord, UserStore
+
+TOKEN_PREFIX = "dd_"
+LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last-used time
+LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_.]{0,62}$")
+_SCOPE_PATTERN = re.compile(r"^(user|admin|service|job:[0-9a-f-]{36}/[a-z0-9_-]{1,63}|cache:[A-Za-z0-9_.-]{1,128})$")
+
+
+@dataclass(frozen=True)
+class NewToken:
+    record: TokenRecord
+    secret: str  # shown once
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class UsersService:
+    def __init__(self, store: UserStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    # ---- verification --------------------------------------------------------------
+
+    def verify(self, token: str) -> Principal:
+        token_id, _, secret = token.removeprefix(TOKEN_PREFIX).partition("_")
+        if not token.startswith(TOKEN_PREFIX) or not re.fullmatch(r"[0-9a-f]{16}", token_id) or not secret:
+            raise Unauthenticated("not a donut token")
+        try:
+            record = self.store.token(token_id)
+        except NotFound:
+            raise Unauthenticated("unknown token") from None
+        if not hmac.compare_digest(record.secret_hash, _hash(secret)):
+            raise Unauthenticated("unknown token")
+        now = self.clock()
+        if record.revoked:
+            raise Unauthenticated("the token was revoked")
+        if record.expires_at is not None and record.expires_at <= now:
+            raise Unauthenticated("the token has expired")
+        user = self.store.user(record.user_id)
+        if record.last_used_at is None or now - record.last_used_at > LAST_USED_EVERY:
+            self.store.save_token(record.with_(last_used_at=now))
+        return Principal(user_id=user.id, login=user.login, admin=user.admin, token_id=record.id,
+                         scopes=record.scopes, expires_at=record.expires_at)
+
+    # ---- users ---------------------------------------------------------------------
+
+    def create_user(self, caller: Principal, login: str, display_name: str = "", admin: bool = False) -> UserRecord:
+        caller.require_admin()
+        return self._new_user(login, display_name, admin)
+
+    def _new_user(self, login: str, display_name: str = "", admin: bool = False, github_id: int = 0) -> UserRecord:
+        if not LOGIN_PATTERN.match(login):
+            raise InvalidArgument([Problem("login", "must be 1-63 letters, digits, '-', '_' or '.'")])
+        user = UserRecord(id=str(uuid.uuid4()), login=login, display_name=display_name or login,
+                          github_id=github_id, admin=admin, created_at=self.clock())
+        self.store.create_user(user)
+        return user
+
+    def upsert_github_user(self, caller: Principal, github_id: int, login: str, display_name: str) -> UserRecord:
+        if not (caller.is_service or caller.is_admin):
+            raise PermissionDenied("only the gateway (service credentials) or an admin may register GitHub users")
+        if github_id <= 0:
+            raise InvalidArgument([Problem("github_id", "must be a positive GitHub user id")])
+        existing = self.store.user_id_by_github(github_id)
+        if existing is None:
+            return self._new_user(login, display_name, github_id=github_id)
+        user = self.store.user(existing)
+        updated = UserRecord(**{**user.__dict__, "display_name": display_name or user.display_name})
+        self.store.save_user(updated)
+        return updated
+
+    def get_user(self, caller: Principal, user_id: str = "", login: str = "") -> UserRecord:
+        user = self.store.user(user_id or self.store.user_id_by_login(login))
+        if user.id != caller.user_id and not caller.is_admin:
+            raise PermissionDenied("you may only look yourself up")
+        return user
+
+    def list_users(self, caller: Principal) -> list[UserRecord]:
+        caller.require_admin()
+        return self.store.users()
+
+    # ---- tokens --------------------------------------------------------------------
+
+    def create_token(self, caller: Principal, name: str = "", user_login: str = "", user_id: str = "",
+                     scopes: tuple[str, ...] = (), expires_in: float = 0) -> NewToken:
+        scopes = tuple(scopes) or (SCOPE_USER,)
+        problems = [Problem("scopes", f"unknown scope {s!r}") for s in scopes if not _SCOPE_PATTERN.match(s)]
+        if expires_in < 0:
+            problems.append(Problem("expires_in_seconds", "must be 0 (never) or more"))
+        if len(name) > 100:
+            problems.append(Problem("name", "must be at most 100 characters"))
+        if problems:
+            raise InvalidArgument(problems)
+        target = self.store.user(user_id or (self.store.user_id_by_login(user_login) if user_login
+                                             else caller.user_id))
+        if all(s.startswith(("job:", "cache:")) for s in scopes):
+            if not (caller.is_service or caller.is_admin):
+                raise PermissionDenied("job tokens are minted by the scheduler (service credentials)")
+        elif target.id != caller.user_id:
+            if not caller.is_admin:
+                raise PermissionDenied("you may only create tokens for yourself")
+        else:
+            caller.require_user()
+            if not caller.is_admin and not set(scopes) <= set(caller.scopes):
+                raise PermissionDenied("a token cannot create a token with more rights than its own")
+        if SCOPE_ADMIN in scopes and not target.admin:
+            raise PermissionDenied(f"{target.login} is not an admin")
+        if SCOPE_SERVICE in scopes and not caller.is_admin:
+            raise PermissionDenied("only admins may create service tokens")
+        now = self.clock()
+        secret = secrets.token_urlsafe(32)
+        record = TokenRecord(id=secrets.token_hex(8), user_id=target.id, name=name, secret_hash=_hash(secret),
+                             scopes=scopes, created_at=now, expires_at=now + expires_in if expires_in else None)
+        self.store.save_token(record)
+        return NewToken(record, f"{TOKEN_PREFIX}{record.id}_{secret}")
+
+    def list_tokens(self, caller: Principal, user_login: str = "") -> list[TokenRecord]:
+        if user_login:
+            target = self.store.user_id_by_login(user_login)
+            if target != caller.user_id:
+                caller.require_admin()
+        else:
+            caller.require_user()
+            target = caller.user_id
+        return [t for t in self.store.tokens(target) if not any(s.startswith("job:") for s in t.scopes)]
+
+    def revoke_token(self, caller: Principal, token_id: str) -> TokenRecord:
+        try:
+            record = self.store.token(token_id)
+        except NotFound:
+            raise NotFound(f"no token {token_id}") from None
+        if not (caller.is_admin or (caller.acts_as_user and record.user_id == caller.user_id)
+                or (caller.is_service and all(s.startswith(("job:", "cache:")) for s in record.scopes))):
+            raise PermissionDenied("you may only revoke your own tokens")
+        revoked = record.with_(revoked=True)
+        self.store.save_token(revoked)
+        return revoked
+
+    # ---- first start ---------------------------------------------------------------
+
+    def ensure_user(self, login: str, admin: bool) -> UserRecord:
+        """The user with this login, created if missing (start-up of the stack)."""
+        try:
+            return self.store.user(self.store.user_id_by_login(login))
+        except NotFound:
+            try:
+                return self._new_user(login, admin=admin)
+            except Conflict:
+                return self.store.user(self.store.user_id_by_login(login))
+
+    def mint(self, user: UserRecord, name: str, scopes: tuple[str, ...], expires_in: float = 0) -> NewToken:
+        """A token made by the stack itself (the first admin token, service credentials)."""
+        now = self.clock()
+        secret = secrets.token_urlsafe(32)
+        record = TokenRecord(id=secrets.token_hex(8), user_id=user.id, name=name, secret_hash=_hash(secret),
+                             scopes=scopes, created_at=now, expires_at=now + expires_in if expires_in else None)
+        self.store.save_token(record)
+        return NewToken(record, f"{TOKEN_PREFIX}{record.id}_{secret}")

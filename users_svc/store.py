@@ -1,0 +1,132 @@
+"""Users and tokens in etcd. A token is kept only as the hash of its secret.
+
+    <prefix>users/<user id>        UserRecord JSON
+    <prefix>logins/<login>         user id (makes logins unique)
+    <prefix>github/<github id>     user id
+    <prefix>tokens/<token id>      TokenRecord JSON (hash of the secret, never the secret)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import grpc
+import pyetcd
+from pyetcd import etcdrpc
+
+from donut_common.errors import Conflict, NotFound, Unavailable
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    login: str
+    display_name: str = ""
+    github_id: int = 0
+    admin: bool = False
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    user_id: str
+    name: str
+    secret_hash: str
+    scopes: tuple[str, ...] = ("user",)
+    created_at: float = 0.0
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    revoked: bool = False
+
+    def with_(self, **changes: Any) -> TokenRecord:
+        return replace(self, **changes)
+
+
+@dataclass
+class UserStore:
+    client: pyetcd.Etcd3Client
+    prefix: str = "/donut/"
+    _keys: dict[str, str] = field(default_factory=dict)
+
+    def _key(self, kind: str, name: str | int) -> str:
+        return f"{self.prefix}{kind}/{name}"
+
+    def _txn(self, compare: list[Any], success: list[Any]) -> bool:
+        try:
+            return bool(self.client.kvstub.Txn(etcdrpc.TxnRequest(compare=compare, success=success),
+                                               self.client.timeout).succeeded)
+        except grpc.RpcError as e:
+            raise Unavailable(f"etcd transaction failed: {e.details()}") from e
+
+    @staticmethod
+    def _absent(key: str) -> Any:
+        return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
+                               create_revision=0)
+
+    @staticmethod
+    def _put(key: str, value: str | bytes) -> Any:
+        data = value.encode() if isinstance(value, str) else value
+        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=data))
+
+    def _get_json(self, key: str) -> dict[str, Any] | None:
+        value, _ = self.client.get(key)
+        return None if value is None else json.loads(value)
+
+    # ---- users ---------------------------------------------------------------------
+
+    def create_user(self, user: UserRecord) -> None:
+        """Stores a new user; Conflict when the login (or GitHub id) is taken."""
+        login_key = self._key("logins", user.login)
+        compare = [self._absent(login_key)]
+        success = [self._put(self._key("users", user.id), json.dumps(asdict(user))), self._put(login_key, user.id)]
+        if user.github_id:
+            github_key = self._key("github", user.github_id)
+            compare.append(self._absent(github_key))
+            success.append(self._put(github_key, user.id))
+        if not self._txn(compare, success):
+            raise Conflict(f"user {user.login} already exists")
+
+    def save_user(self, user: UserRecord) -> None:
+        self.client.put(self._key("users", user.id), json.dumps(asdict(user)))
+
+    def user(self, user_id: str) -> UserRecord:
+        doc = self._get_json(self._key("users", user_id))
+        if doc is None:
+            raise NotFound(f"no user {user_id}")
+        return UserRecord(**doc)
+
+    def user_id_by_login(self, login: str) -> str:
+        value, _ = self.client.get(self._key("logins", login))
+        if value is None:
+            raise NotFound(f"no user with login {login!r}")
+        return str(value.decode())
+
+    def user_id_by_github(self, github_id: int) -> str | None:
+        value, _ = self.client.get(self._key("github", github_id))
+        return None if value is None else str(value.decode())
+
+    def users(self) -> list[UserRecord]:
+        return sorted((UserRecord(**json.loads(v)) for v, _ in self.client.get_prefix(self._key("users", ""))),
+                      key=lambda u: u.login)
+
+    # ---- tokens --------------------------------------------------------------------
+
+    def save_token(self, token: TokenRecord) -> None:
+        self.client.put(self._key("tokens", token.id), json.dumps(asdict(token)))
+
+    def token(self, token_id: str) -> TokenRecord:
+        doc = self._get_json(self._key("tokens", token_id))
+        if doc is None:
+            raise NotFound(f"no token {token_id}")
+        return TokenRecord(**{**doc, "scopes": tuple(doc["scopes"])})
+
+    def tokens(self, user_id: str | None = None) -> list[TokenRecord]:
+        found = []
+        for value, _ in self.client.get_prefix(self._key("tokens", "")):
+            doc = json.loads(value)
+            if user_id is None or doc["user_id"] == user_id:
+                found.append(TokenRecord(**{**doc, "scopes": tuple(doc["scopes"])}))
+        return sorted(found, key=lambda t: t.created_at)
