@@ -92,6 +92,7 @@ class UsersService:
         return updated
 
     def get_user(self, caller: Principal, user_id: str = "", login: str = "") -> UserRecord:
+        caller.require_user()
         user = self.store.user(user_id or self.store.user_id_by_login(login))
         if user.id != caller.user_id and not caller.is_admin:
             raise PermissionDenied("you may only look yourself up")
@@ -137,13 +138,10 @@ class UsersService:
         return NewToken(record, f"{TOKEN_PREFIX}{record.id}_{secret}")
 
     def list_tokens(self, caller: Principal, user_login: str = "") -> list[TokenRecord]:
-        if user_login:
-            target = self.store.user_id_by_login(user_login)
-            if target != caller.user_id:
-                caller.require_admin()
-        else:
-            caller.require_user()
-            target = caller.user_id
+        caller.require_user()
+        target = self.store.user_id_by_login(user_login) if user_login else caller.user_id
+        if target != caller.user_id:
+            caller.require_admin()
         return [t for t in self.store.tokens(target) if not any(s.startswith("job:") for s in t.scopes)]
 
     def revoke_token(self, caller: Principal, token_id: str) -> TokenRecord:

@@ -38,7 +38,7 @@ from streamed_job import files
 from streamed_job.cellar import CellarClient
 from streamed_job.files import FileProblem, outputs_to_save, prepare_inputs
 from streamed_job.outcome import EXIT_INPUT_FAILED, EXIT_OUTPUT_FAILED, EXIT_SIGNAL_BASE, Ended
-from streamed_job.pump import STDERR, STDOUT, ProcessPump
+from streamed_job.pump import STDERR, ProcessPump
 from streamed_job.shipper import LogShipper, ShipperSettings, channel_to
 from streamed_job.spec import SPEC_ENV, SPEC_FILE_ENV, RunSpec
 
@@ -46,6 +46,7 @@ log = logging.getLogger("streamed_job")
 
 JOB_KEY_ENV = "DONUT_JOB_KEY"   # <workflow>/<job>/<attempt>, in the command's environment
 SETTINGS_PREFIX = "STREAMED_JOB_"
+SIGNAL_POLL = 0.1               # seconds: how soon a held signal is forwarded to the command
 EXIT_BAD_SPEC = 2               # no readable job spec: nothing ran (as argparse's usage errors)
 EXIT_WRAPPER_ERROR = 70         # the wrapper itself failed (sysexits EX_SOFTWARE)
 PHASES = {"": pb.PHASE_UNSPECIFIED, "inputs": pb.PHASE_INPUTS, "command": pb.PHASE_COMMAND,
@@ -184,20 +185,16 @@ class JobAttempt:
 
     def run(self) -> Ended:
         started = time.time()
-        phase = "inputs"
         try:
             prepare_inputs(self.spec, self._fetch_cache, self.note)
-            phase = "command"
+        except Shutdown as s:
+            ended = Ended(EXIT_SIGNAL_BASE + s.signum, s.name, "inputs", f"terminated by {s.name} while fetching inputs")
+        except (FileProblem, OSError, ValueError) as e:
+            ended = Ended(EXIT_INPUT_FAILED, phase="inputs", message=_problem(e))
+        else:
             ended = self._command()
             if ended.succeeded and self.spec.outputs:
-                phase = "outputs"
-                self._save_outputs()
-        except Shutdown as s:
-            what = "fetching inputs" if phase == "inputs" else "saving outputs"
-            ended = Ended(EXIT_SIGNAL_BASE + s.signum, s.name, phase, f"terminated by {s.name} while {what}")
-        except (FileProblem, OSError, grpc.RpcError) as e:
-            code = EXIT_INPUT_FAILED if phase == "inputs" else EXIT_OUTPUT_FAILED
-            ended = Ended(code, phase=phase, message=_problem(e, "cannot save outputs" if phase == "outputs" else ""))
+                ended = self._save_outputs(ended)
         return dataclasses.replace(ended, started_at=started, finished_at=time.time())
 
     def _fetch_cache(self, path: str, destination: Path) -> None:
@@ -207,6 +204,8 @@ class JobAttempt:
             raise RuntimeError(_problem(e, "cellar")) from None
 
     def _command(self) -> Ended:
+        """Runs the command to its end. Signals are held meanwhile: the first one is
+        forwarded to the command's process group (SIGTERM, then SIGKILL after the grace)."""
         spec = self.spec
         done = threading.Event()
         result: List[Ended] = []
@@ -218,24 +217,18 @@ class JobAttempt:
             result.append(ended)
             done.set()
 
-        pump = ProcessPump(kill_grace=self.settings.kill_grace)
-        try:
-            with self.guard.held():  # a signal now is forwarded once the command is running
+        with self.guard.held():
+            pump = ProcessPump(kill_grace=self.settings.kill_grace)
+            try:
                 pump.start(spec.key, [spec.cmd, *spec.args], spec.workdir, self._command_env(),
                            on_output=on_output, on_exit=on_exit, timeout=spec.timeout)
-                forwarded = self.guard.received is not None
-            if forwarded:
-                pump.kill(spec.key)
-            while not done.is_set():
-                try:
-                    done.wait(1.0)
-                except Shutdown as s:
-                    if not forwarded:
+                forwarded = False
+                while not done.wait(SIGNAL_POLL):
+                    if self.guard.received is not None and not forwarded:
                         forwarded = True
-                        self.note(f"{s.name} received: stopping the command")
+                        self.note(f"{self.guard.received.name} received: stopping the command")
                         pump.kill(spec.key)
-        finally:
-            with self.guard.held():
+            finally:
                 pump.close()
         return result[0]
 
@@ -253,10 +246,18 @@ class JobAttempt:
         })
         return env
 
-    def _save_outputs(self) -> None:
-        for name, path in outputs_to_save(self.spec):
-            self.cellar.put("result", self.spec.workflow_id, name, path, job=self.spec.job)
-            self.note(f"saved {name} ({path.stat().st_size} bytes)")
+    def _save_outputs(self, ended: Ended) -> Ended:
+        try:
+            for name, path in outputs_to_save(self.spec):
+                self.cellar.put("result", self.spec.workflow_id, name, path, job=self.spec.job)
+                self.note(f"saved {name} ({path.stat().st_size} bytes)")
+        except Shutdown as s:
+            return Ended(EXIT_SIGNAL_BASE + s.signum, s.name, "outputs", f"terminated by {s.name} while saving outputs")
+        except FileProblem as e:
+            return Ended(EXIT_OUTPUT_FAILED, phase="outputs", message=str(e))
+        except (OSError, grpc.RpcError) as e:
+            return Ended(EXIT_OUTPUT_FAILED, phase="outputs", message=_problem(e, "cannot save outputs"))
+        return ended
 
 
 def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
@@ -271,6 +272,8 @@ def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     attempt = JobAttempt(spec, settings, guard, shipper, CellarClient(cellar_channel, metadata))
     try:
         ended = attempt.run()
+    except Shutdown as s:  # between two phases
+        ended = Ended(EXIT_SIGNAL_BASE + s.signum, s.name, "command", f"terminated by {s.name}")
     except Exception as e:  # noqa: BLE001 - a bug here must still end in a report
         log.exception("the job wrapper failed")
         ended = Ended(EXIT_WRAPPER_ERROR, phase="command", message=f"the job wrapper failed: {e!r}")
@@ -301,7 +304,7 @@ def write_termination_log(path: str, ended: Ended, reported: bool) -> None:
         log.warning("cannot write the termination log %s: %s", path, e)
 
 
-def _problem(error: BaseException, context: str) -> str:
+def _problem(error: BaseException, context: str = "") -> str:
     if isinstance(error, grpc.RpcError):
         text = f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
     elif isinstance(error, OSError) and error.strerror:

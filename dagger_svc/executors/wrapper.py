@@ -1,0 +1,229 @@
+"""The wrapper executor: each attempt is a `streamed-job` process on this host, run the
+way a Kubernetes job runs it, so the cluster's code path can be exercised on one machine.
+
+Unlike the local executor, which runs the job machinery in-process, this one only starts
+and watches the wrapper: the wrapper fetches inputs from cellar, streams the command's
+output to dagger over PushLogs and reports the end with ReportJobStatus, all over gRPC
+with the attempt's own job token. The executor reports an attempt itself only when the
+wrapper could not: killed outright (SIGKILL, the OOM killer), crashed, or unable to reach
+dagger. It tells these apart by the termination file the wrapper writes last, as
+Kubernetes keeps a container's termination message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagger_svc.core.records import Outcome
+from dagger_svc.executors.base import Launch, Report
+from dagger_svc.executors.local import JOB_KEY_ENV, kill_leftovers
+from dagger_svc.logs import SYSTEM, LogStore
+from donut_common.auth import JobTokens
+from streamed_job.outcome import Ended
+from streamed_job.pump import STDERR, ProcessPump
+from streamed_job.spec import SPEC_ENV, RunSpec
+
+log = logging.getLogger(__name__)
+
+REPORT_MARGIN = 5.0   # seconds the wrapper gets, after its command's kill grace, to flush logs and report
+STDERR_KEPT = 5       # last lines of the wrapper's own stderr kept to explain a crash
+WRAPPER_MODULE = "streamed_job.main"
+
+
+@dataclass
+class _Attempt:
+    launch: Launch
+    key: str
+    killed: bool = False
+    token_id: str = ""
+    stderr: deque = field(default_factory=lambda: deque(maxlen=STDERR_KEPT))
+
+
+class WrapperExecutor:
+    """Starts one `python -m streamed_job.main` per attempt; logs and the end arrive over gRPC."""
+
+    def __init__(self, logs: LogStore, report: Report, dagger_endpoint: str, kill_grace: float = 10.0,
+                 python: str = sys.executable, tokens: JobTokens | None = None, spawners: int = 2) -> None:
+        self.logs = logs
+        self.report = report
+        self.dagger_endpoint = dagger_endpoint
+        self.kill_grace = kill_grace
+        self.python = python
+        self.tokens = tokens
+        # The pump's own grace covers the wrapper's: it forwards SIGTERM, waits kill_grace
+        # for the command, then needs a moment to flush the log and report.
+        self.pump = ProcessPump(kill_grace=kill_grace + REPORT_MARGIN)
+        self._state_dir = Path(tempfile.mkdtemp(prefix="donut-wrapper-"))
+        self._spawners = ThreadPoolExecutor(max_workers=spawners, thread_name_prefix="wrapper-spawn")
+        self._active: dict[str, _Attempt] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+
+    # ---- the Executor protocol -------------------------------------------------------
+
+    def launch(self, launch: Launch) -> None:
+        key = f"{launch.workflow_id}/{launch.job}/{launch.attempt}"
+        with self._lock:
+            if key in self._active or self._closing:
+                return  # already launched
+            attempt = self._active[key] = _Attempt(launch, key)
+        self._spawners.submit(self._start, attempt)  # minting a token is an RPC: not on the scheduler's thread
+
+    def kill(self, workflow_id: str, job: str, attempt: int) -> None:
+        key = f"{workflow_id}/{job}/{attempt}"
+        with self._lock:
+            running = self._active.get(key)
+            if running is None:
+                return
+            running.killed = True
+        self.pump.kill(key)  # SIGTERM to the wrapper, which forwards it; SIGKILL after the grace
+
+    def lost(self, workflow_id: str, job: str, attempt: int) -> bool:
+        key = f"{workflow_id}/{job}/{attempt}"
+        with self._lock:
+            if key in self._active:
+                return False
+        # Not ours: a wrapper left by an earlier executor could die unnoticed, so none may live on.
+        kill_leftovers({key})
+        self.logs.end(workflow_id, job, attempt)
+        return True
+
+    def close(self) -> None:
+        """Stops every attempt now (wrappers and commands); none is reported: a restarted
+        scheduler finds them lost and runs them again."""
+        with self._lock:
+            self._closing = True
+            keys = set(self._active)
+        self._spawners.shutdown(wait=True, cancel_futures=True)
+        if keys:
+            kill_leftovers(keys)
+        self.pump.close()
+        shutil.rmtree(self._state_dir, ignore_errors=True)
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    # ---- one attempt -----------------------------------------------------------------
+
+    def _start(self, attempt: _Attempt) -> None:
+        launch = attempt.launch
+        if attempt.killed:
+            self._end(attempt, Outcome(signal="SIGTERM", message="terminated before it started"))
+            return
+        try:
+            token = self._mint(attempt)
+        except Exception as e:  # noqa: BLE001 - the attempt fails, the executor goes on
+            log.warning("cannot mint the job token of %s: %s", attempt.key, e)
+            self._end(attempt, Outcome(message=f"cannot mint the job token: {type(e).__name__}"))
+            return
+        spec = launch.spec
+        run = RunSpec(
+            workflow_id=launch.workflow_id, job=launch.job, attempt=launch.attempt, cmd=spec.cmd, args=spec.args,
+            workflow_dir=launch.workflow_dir, workdir_prefix=spec.workdir_prefix,
+            inputs=tuple(i.to_dict() for i in spec.inputs), outputs=tuple(o.to_dict() for o in spec.outputs),
+            timeout=spec.timeout, upload_id=launch.upload_id, dagger_endpoint=self.dagger_endpoint, token=token,
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DONUT_")}
+        env.update({
+            SPEC_ENV: run.to_json(),
+            JOB_KEY_ENV: attempt.key,
+            "STREAMED_JOB_KILL_GRACE": str(self.kill_grace),
+            "STREAMED_JOB_TERMINATION_LOG": str(self._termination_log(attempt.key)),
+        })
+        self.pump.start(attempt.key, [self.python, "-m", WRAPPER_MODULE], str(self._state_dir), env,
+                        on_output=self._on_output, on_exit=self._on_exit)
+
+    def _mint(self, attempt: _Attempt) -> str:
+        if self.tokens is None:
+            return ""  # a dagger without users: no tokens are checked
+        launch = attempt.launch
+        lifetime = (launch.spec.timeout or 0) + 24 * 3600
+        attempt.token_id, secret = self.tokens.mint(launch.owner, launch.workflow_id, launch.job,
+                                                    launch.upload_id, lifetime)
+        return secret
+
+    def _termination_log(self, key: str) -> Path:
+        return self._state_dir / (key.replace("/", "_") + ".json")
+
+    def _on_output(self, key: str, stream: int, lines: list[bytes]) -> None:
+        """The wrapper's own diagnostics (the job's output goes to dagger over gRPC)."""
+        with self._lock:
+            attempt = self._active.get(key)
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            log.info("wrapper %s: %s", key, text)
+            if attempt is not None and stream == STDERR and text.strip():
+                attempt.stderr.append(text)
+
+    def _on_exit(self, key: str, ended: Ended) -> None:
+        with self._lock:
+            attempt = self._active.get(key)
+            if attempt is None or self._closing:
+                return
+        try:
+            self._spawners.submit(self._wrapper_ended, attempt, ended)  # reading files, RPCs: off the pump thread
+        except RuntimeError:  # closing
+            pass
+
+    def _wrapper_ended(self, attempt: _Attempt, ended: Ended) -> None:
+        record = self._read_termination_log(attempt.key)
+        if record is not None and record.get("reported"):
+            self._end(attempt, None)  # the normal end: dagger has the wrapper's report
+        elif record is not None:
+            self._end(attempt, Outcome(
+                exit_code=record.get("exit_code"), signal=record.get("signal") or "",
+                message=record.get("message") or "the job wrapper could not report its end",
+                started_at=record.get("started_at"), finished_at=record.get("finished_at"),
+            ))
+        else:
+            kill_leftovers({attempt.key})  # a wrapper killed outright leaves its command behind
+            if ended.signal:
+                message = f"the job wrapper was killed by {ended.signal}"
+            else:
+                message = f"the job wrapper exited with code {ended.exit_code} without reporting"
+                if attempt.stderr:
+                    message += f" ({attempt.stderr[-1].strip()})"
+            self._end(attempt, Outcome(exit_code=None if ended.signal else ended.exit_code,
+                                       signal=ended.signal, message=message,
+                                       started_at=ended.started_at, finished_at=ended.finished_at))
+
+    def _read_termination_log(self, key: str) -> dict[str, Any] | None:
+        path = self._termination_log(key)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        finally:
+            path.unlink(missing_ok=True)
+        return record if isinstance(record, dict) else None
+
+    def _end(self, attempt: _Attempt, outcome: Outcome | None) -> None:
+        """Forgets the attempt and revokes its token; with an outcome, reports it (with a
+        note in the job's log), for a wrapper that could not."""
+        launch = attempt.launch
+        with self._lock:
+            self._active.pop(attempt.key, None)
+        if attempt.token_id and self.tokens is not None:
+            try:
+                self.tokens.revoke(attempt.token_id)
+            except Exception as e:  # noqa: BLE001 - it expires anyway
+                log.warning("cannot revoke the token of %s: %s", attempt.key, type(e).__name__)
+        if outcome is None:
+            return
+        if outcome.message:
+            self.logs.append(launch.workflow_id, launch.job, launch.attempt, [(SYSTEM, outcome.message.encode())])
+        self.logs.end(launch.workflow_id, launch.job, launch.attempt)
+        self.report(launch.workflow_id, launch.job, launch.attempt, outcome)

@@ -1,0 +1,226 @@
+"""Every RPC of every service against every kind of bad credential: no token, garbage, an
+expired token, a revoked one, another user's token on owned resources, and a job token
+used outside its job. Each call must get the right status and change nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from donut.cellar.v1 import cellar_pb2 as cpb
+from donut.cellar.v1 import cellar_pb2_grpc
+from donut.dagger.v1 import dagger_pb2 as dpb
+from donut.dagger.v1 import dagger_pb2_grpc
+from donut.users.v1 import users_pb2 as upb
+from donut.users.v1 import users_pb2_grpc
+from donut_common.auth import JobTokens
+from donut_common.rpc import channel
+from tests.dagger.conftest import Driver
+
+UNAUTH = grpc.StatusCode.UNAUTHENTICATED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+Call = Callable[[Any], Any]
+
+
+class World:
+    """Alice's workflow (one job that saved a result) and the tokens to try on it."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+        admin = channel(stack.endpoint, token=stack.admin_token)
+        users = users_pb2_grpc.UsersStub(admin)
+        self.alice_id = users.CreateUser(upb.CreateUserRequest(login="alice")).id
+        users.CreateUser(upb.CreateUserRequest(login="bob"))
+        self.alice = users.CreateToken(upb.CreateTokenRequest(user_login="alice", name="alice")).secret
+        self.bob = users.CreateToken(upb.CreateTokenRequest(user_login="bob", name="bob")).secret
+        alice_users = users_pb2_grpc.UsersStub(channel(stack.endpoint, token=self.alice))
+        self.alice_token_id = alice_users.WhoAmI(upb.WhoAmIRequest()).token.id
+        expiring = alice_users.CreateToken(upb.CreateTokenRequest(name="short", expires_in_seconds=1)).secret
+        revoked = alice_users.CreateToken(upb.CreateTokenRequest(name="gone"))
+        alice_users.RevokeToken(upb.RevokeTokenRequest(id=revoked.token.id))
+        self.expired, self.revoked = expiring, revoked.secret
+
+        driver = Driver(stack)
+        driver.channel = channel(stack.endpoint, token=self.alice)
+        driver.stub = dagger_pb2_grpc.DaggerStub(driver.channel)
+        self.workflow = driver.submit([
+            {"name": "j", "image": "x", "cmd": "/bin/sh", "args": ["-c", "echo hi; echo r > r.txt"],
+             "outputs": [{"local": "r.txt", "save": True}]},
+            {"name": "k", "image": "x", "cmd": "true", "args": []},
+        ])
+        assert driver.wait(self.workflow).status == dpb.WORKFLOW_STATUS_DONE
+        services = channel(stack.endpoint, token=stack.service_token)
+        self.job_token = JobTokens(services).mint(self.alice_id, self.workflow, "j")[1]
+        time.sleep(1.1)  # the short token has expired by now (it was never used, so never cached)
+
+
+@pytest.fixture
+def world(stack: Any) -> World:
+    return World(stack)
+
+
+def dagger_calls(w: World) -> dict[str, Call]:
+    wf = w.workflow
+    definition = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": []}]})
+    return {
+        "CreateWorkflow": lambda s: s.CreateWorkflow(dpb.CreateWorkflowRequest(definition=definition)),
+        "ValidateDefinition": lambda s: s.ValidateDefinition(dpb.ValidateDefinitionRequest(definition=definition)),
+        "GetWorkflow": lambda s: s.GetWorkflow(dpb.GetWorkflowRequest(id=wf)),
+        "ListWorkflows": lambda s: s.ListWorkflows(dpb.ListWorkflowsRequest()),
+        "CancelWorkflow": lambda s: s.CancelWorkflow(dpb.CancelWorkflowRequest(id=wf)),
+        "RetryWorkflow": lambda s: s.RetryWorkflow(dpb.RetryWorkflowRequest(id=wf)),
+        "CloneWorkflow": lambda s: s.CloneWorkflow(dpb.CloneWorkflowRequest(id=wf)),
+        "WatchWorkflow": lambda s: next(iter(s.WatchWorkflow(dpb.WatchWorkflowRequest(id=wf)))),
+        "GetJob": lambda s: s.GetJob(dpb.GetJobRequest(workflow_id=wf, name="j")),
+        "ListJobs": lambda s: s.ListJobs(dpb.ListJobsRequest(workflow_id=wf)),
+        "PushLogs": lambda s: list(s.PushLogs(iter([dpb.LogBatch(
+            workflow_id=wf, job="k", attempt=1, sequence=99,
+            lines=[dpb.LogLine(stream=dpb.LOG_STREAM_STDOUT, text=b"forged")])]))),
+        "TailLogs": lambda s: list(s.TailLogs(dpb.TailLogsRequest(workflow_id=wf, job="j"))),
+        "ReportJobStatus": lambda s: s.ReportJobStatus(dpb.ReportJobStatusRequest(
+            workflow_id=wf, job="k", attempt=1, exit_code=1)),
+    }
+
+
+def cellar_calls(w: World) -> dict[str, Call]:
+    result = cpb.FileRef(kind=cpb.KIND_RESULT, scope=w.workflow, job="j", path="r.txt")
+    other_job = cpb.FileRef(kind=cpb.KIND_RESULT, scope=w.workflow, job="k", path="forged.txt")
+    return {
+        "Put": lambda s: s.Put(iter([cpb.PutRequest(header=other_job, size=1), cpb.PutRequest(data=b"x")])),
+        "Get": lambda s: list(s.Get(cpb.GetRequest(ref=result))),
+        "Stat": lambda s: s.Stat(result),
+        "List": lambda s: s.List(cpb.ListRequest(kind=cpb.KIND_RESULT, scope=w.workflow)),
+    }
+
+
+def users_calls(w: World) -> dict[str, Call]:
+    return {
+        "VerifyToken": lambda s: s.VerifyToken(upb.VerifyTokenRequest(token=w.alice)),
+        "WhoAmI": lambda s: s.WhoAmI(upb.WhoAmIRequest()),
+        "GetUser": lambda s: s.GetUser(upb.GetUserRequest(login="alice")),
+        "UpsertGithubUser": lambda s: s.UpsertGithubUser(upb.UpsertGithubUserRequest(github_id=7, login="mallory")),
+        "CreateUser": lambda s: s.CreateUser(upb.CreateUserRequest(login="mallory")),
+        "ListUsers": lambda s: s.ListUsers(upb.ListUsersRequest()),
+        "CreateToken": lambda s: s.CreateToken(upb.CreateTokenRequest(user_login="alice")),
+        "ListTokens": lambda s: s.ListTokens(upb.ListTokensRequest(user_login="alice")),
+        "RevokeToken": lambda s: s.RevokeToken(upb.RevokeTokenRequest(id=w.alice_token_id)),
+    }
+
+
+def stubs(endpoint: str, token: str) -> dict[str, Any]:
+    ch = channel(endpoint, token=token)
+    return {"dagger": dagger_pb2_grpc.DaggerStub(ch), "cellar": cellar_pb2_grpc.CellarStub(ch),
+            "users": users_pb2_grpc.UsersStub(ch)}
+
+
+def all_calls(w: World) -> list[tuple[str, str, Call]]:
+    return ([("dagger", n, c) for n, c in dagger_calls(w).items()] +
+            [("cellar", n, c) for n, c in cellar_calls(w).items()] +
+            [("users", n, c) for n, c in users_calls(w).items()])
+
+
+def code_of(call: Call, stub: Any) -> grpc.StatusCode:
+    try:
+        call(stub)
+    except grpc.RpcError as e:
+        return e.code()  # type: ignore[attr-defined,no-any-return]
+    return grpc.StatusCode.OK
+
+
+def snapshot(stack: Any) -> tuple[dict[bytes, bytes], list[str]]:
+    """Every etcd key of the stack (token use times aside) and every file it keeps."""
+    client = stack._parts["etcd_client"]
+    keys = {}
+    for value, meta in client.get_prefix(stack.config.etcd_prefix):
+        if b"/tokens/" in meta.key:
+            doc = json.loads(value)
+            doc.pop("last_used_at", None)
+            value = json.dumps(doc, sort_keys=True).encode()
+        keys[meta.key] = value
+    root = Path(stack.config.data_dir)
+    files = sorted(f"{p.relative_to(root)}:{p.stat().st_size}" for p in root.rglob("*")
+                   if p.is_file() and "etcd" not in p.parts and not p.name.startswith("service-token"))
+    return keys, files
+
+
+def test_the_matrix(world: World) -> None:
+    stack = world.stack
+    before = snapshot(stack)
+    results: dict[tuple[str, str, str], grpc.StatusCode] = {}
+    bad_credentials = {"no token": "", "garbage": "dd_0123456789abcdef_not-the-secret",
+                       "expired": world.expired, "revoked": world.revoked}
+    for case, token in bad_credentials.items():
+        s = stubs(stack.endpoint, token)
+        for service, name, call in all_calls(world):
+            results[(case, service, name)] = code_of(call, s[service])
+    bob = stubs(stack.endpoint, world.bob)
+    job = stubs(stack.endpoint, world.job_token)
+    for service, name, call in all_calls(world):
+        results[("other user", service, name)] = code_of(call, bob[service])
+        results[("job token", service, name)] = code_of(call, job[service])
+    after = snapshot(stack)
+
+    unauthenticated = [k for k in results if k[0] in bad_credentials]
+    assert {k: results[k] for k in unauthenticated if results[k] != UNAUTH} == {}
+    # Bob may use his own account (who he is, validating, listing his own nothing);
+    # everything of Alice's and everything admin-only is refused.
+    bob_allowed = {("dagger", "ValidateDefinition"), ("dagger", "ListWorkflows"), ("dagger", "CreateWorkflow"),
+                   ("users", "WhoAmI"), ("cellar", "List")}
+    wrong = {k: v for k, v in results.items() if k[0] == "other user" and (k[1], k[2]) not in bob_allowed
+             and v != DENIED}
+    assert wrong == {}
+    # The job token may only speak for job j: everything here is another job or not a job's business.
+    job_allowed = {("cellar", "Get"), ("cellar", "Stat"), ("cellar", "List"), ("users", "WhoAmI")}
+    wrong = {k: v for k, v in results.items() if k[0] == "job token" and (k[1], k[2]) not in job_allowed
+             and v != DENIED}
+    assert wrong == {}
+    # Bob's own creations aside (a workflow of his), nothing changed.
+    created = {k for k in after[0] if k not in before[0]}
+    bob_workflows = [k.rsplit(b"/", 1)[1] for k in created if b"/workflows/" in k]
+    assert len(bob_workflows) == 1
+    assert [k for k in created if bob_workflows[0] not in k] == []
+    changed = {k for k in before[0] if after[0].get(k) != before[0][k]}
+    assert changed == set()
+    assert [f for f in after[1] if f not in before[1] and bob_workflows[0].decode() not in f] == []
+    bob_list = bob["cellar"].List(cpb.ListRequest(kind=cpb.KIND_RESULT, scope=world.workflow))
+    assert list(bob_list.files) == []  # listing another user's results shows nothing
+    bob_workflows_listed = bob["dagger"].ListWorkflows(dpb.ListWorkflowsRequest()).workflows
+    assert world.workflow not in [w.id for w in bob_workflows_listed]
+
+
+def test_a_job_token_works_for_its_own_job_only(world: World) -> None:
+    job = stubs(world.stack.endpoint, world.job_token)
+    ref = cpb.FileRef(kind=cpb.KIND_RESULT, scope=world.workflow, job="j", path="extra.txt")
+    assert job["cellar"].Put(iter([cpb.PutRequest(header=ref, size=2), cpb.PutRequest(data=b"ok")])).size == 2
+    ack = list(job["dagger"].PushLogs(iter([dpb.LogBatch(workflow_id=world.workflow, job="j", attempt=1,
+                                                         sequence=50, lines=[])])))
+    assert ack[-1].sequence == 50
+    assert code_of(lambda s: s.GetWorkflow(dpb.GetWorkflowRequest(id=world.workflow)), job["dagger"]) == DENIED
+
+
+def test_revocation_takes_effect_within_the_cache_lifetime(world: World) -> None:
+    alice = stubs(world.stack.endpoint, world.alice)
+    assert alice["users"].WhoAmI(upb.WhoAmIRequest()).user.login == "alice"  # now cached
+    alice["users"].RevokeToken(upb.RevokeTokenRequest(id=world.alice_token_id))
+    deadline = time.time() + world.stack.config.token_cache_seconds + 2
+    while code_of(lambda s: s.WhoAmI(upb.WhoAmIRequest()), alice["users"]) != UNAUTH:
+        assert time.time() < deadline, "a revoked token kept working"
+        time.sleep(0.2)
+
+
+def test_tokens_are_long_and_never_logged(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = world.alice.split("_", 2)[2]
+    assert len(secret) >= 43  # 256 random bits, url-safe base64
+    stubs(world.stack.endpoint, world.alice)["dagger"].ListWorkflows(dpb.ListWorkflowsRequest())
+    code_of(lambda s: s.WhoAmI(upb.WhoAmIRequest()), stubs(world.stack.endpoint, world.alice + "x")["users"])
+    logged = caplog.text + "".join(p.read_text(errors="replace") for p in Path(world.stack.config.data_dir).rglob("*.log"))
+    assert world.alice not in logged and secret not in logged
