@@ -101,7 +101,8 @@ class Donut:
         from donut_common.rpc import channel
 
         self.pb = dagger_pb2
-        self.stub = dagger_pb2_grpc.DaggerStub(channel(json.loads(config.read_text())["endpoint"]))
+        client = json.loads(config.read_text())
+        self.stub = dagger_pb2_grpc.DaggerStub(channel(client["endpoint"], token=client["token"]))
 
     def run(self, dag: Dag, parallelism: int) -> float:
         pb = self.pb

@@ -177,24 +177,14 @@ class Stack:
 
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
-        parts = self._parts
-        if "http" in parts:
-            parts.pop("http").shutdown()
-        if "scheduler" in parts:
-            parts.pop("scheduler").stop()
-        if "executor" in parts:
-            parts.pop("executor").close()
-        for name in ("channel", "services_channel"):
-            if name in parts:
-                parts.pop(name).close()
-        if "server" in parts:
-            parts.pop("server").stop(grace=1).wait()
-        if "logs" in parts:
-            parts.pop("logs").close()
-        if "etcd_client" in parts:
-            parts.pop("etcd_client").close()
-        if "etcd" in parts:
-            parts.pop("etcd").stop()
+        order = ("http", "scheduler", "executor", "channel", "services_channel", "server", "logs", "etcd_client",
+                 "etcd")
+        for name in order:
+            part = self._parts.pop(name, None)
+            if name == "server" and part is not None:
+                part.stop(grace=1).wait()
+            elif part is not None:
+                getattr(part, next(m for m in ("shutdown", "stop", "close") if hasattr(part, m)))()
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -130,12 +130,7 @@ class UsersService:
             raise PermissionDenied(f"{target.login} is not an admin")
         if SCOPE_SERVICE in scopes and not caller.is_admin:
             raise PermissionDenied("only admins may create service tokens")
-        now = self.clock()
-        secret = secrets.token_urlsafe(32)
-        record = TokenRecord(id=secrets.token_hex(8), user_id=target.id, name=name, secret_hash=_hash(secret),
-                             scopes=scopes, created_at=now, expires_at=now + expires_in if expires_in else None)
-        self.store.save_token(record)
-        return NewToken(record, f"{TOKEN_PREFIX}{record.id}_{secret}")
+        return self.mint(target, name, scopes, expires_in)
 
     def list_tokens(self, caller: Principal, user_login: str = "") -> list[TokenRecord]:
         caller.require_user()
@@ -169,7 +164,8 @@ class UsersService:
                 return self.store.user(self.store.user_id_by_login(login))
 
     def mint(self, user: UserRecord, name: str, scopes: tuple[str, ...], expires_in: float = 0) -> NewToken:
-        """A token made by the stack itself (the first admin token, service credentials)."""
+        """Issues a token, unchecked: callers have checked who may have it (create_token),
+        or it is the stack's own (the first admin token, service credentials)."""
         now = self.clock()
         secret = secrets.token_urlsafe(32)
         record = TokenRecord(id=secrets.token_hex(8), user_id=user.id, name=name, secret_hash=_hash(secret),

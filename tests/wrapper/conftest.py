@@ -47,6 +47,19 @@ class RecordingScheduler:
         self.outcomes[(workflow_id, job, attempt)] = outcome
 
 
+class HoldableService(DaggerService):
+    """DaggerService whose log ingest can be held, so batches pile up in flight."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.storing = threading.Event()
+        self.storing.set()
+
+    def push_logs(self, *args: Any) -> int:
+        self.storing.wait(timeout=30)
+        return super().push_logs(*args)
+
+
 class LogServer:
     """dagger's gRPC surface for jobs (PushLogs, ReportJobStatus) behind the real auth
     interceptor, over a real LogStore; it can stop and start again on the same port."""
@@ -54,7 +67,7 @@ class LogServer:
     def __init__(self, root: Path) -> None:
         self.logs = LogStore(root / "logs")
         self.scheduler = RecordingScheduler()
-        self.service = DaggerService(None, self.logs, self.scheduler, DaggerConfig(root / "workflows"))  # type: ignore[arg-type]
+        self.service = HoldableService(None, self.logs, self.scheduler, DaggerConfig(root / "workflows"))
         self._tokens: dict[str, Principal] = {}
         self._server: grpc.Server | None = None
         self.port = 0

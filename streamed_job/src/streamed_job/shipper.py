@@ -100,6 +100,7 @@ class LogShipper:
         self._unacked: Deque[_Batch] = deque()
         self._sealed = 0               # sequence of the newest batch
         self._acked = 0                # every batch up to this one is stored
+        self._sent = 0                 # the highest sequence handed to gRPC
         self._ack_progress = time.monotonic()
         self._memory = 0               # bytes of unacknowledged batches held in memory
         self._spill: Optional[BinaryIO] = None  # unnamed: it goes away with the process
@@ -111,6 +112,7 @@ class LogShipper:
         # what happened, for tests, benchmarks and the wrapper's own diagnostics
         self.lines = 0
         self.reconnects = 0
+        self.resent = 0
         self.spilled = 0
         self.peak_memory = 0
         self._thread = threading.Thread(target=self._run, name="log-shipper", daemon=True)
@@ -298,6 +300,9 @@ class LogShipper:
         while not (connection.over or self._stopping):
             following = max(following, self._acked + 1)
             if following <= self._sealed:
+                if following <= self._sent:
+                    self.resent += 1
+                self._sent = max(self._sent, following)
                 return following, self._load(self._unacked[following - self._unacked[0].sequence])
             if self._last:
                 return None  # everything is sent: half-close; the acks still come
