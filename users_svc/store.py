@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import grpc
@@ -49,7 +49,6 @@ class TokenRecord:
 class UserStore:
     client: pyetcd.Etcd3Client
     prefix: str = "/donut/"
-    _keys: dict[str, str] = field(default_factory=dict)
 
     def _key(self, kind: str, name: str | int) -> str:
         return f"{self.prefix}{kind}/{name}"
