@@ -79,3 +79,17 @@ def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_sigterm_stops_the_stack_and_its_jobs(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    process, config = start_up(tmp_path / "data", tmp_path / "home", etcd_server, etcd_prefix)
+    stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
+    definition = json.dumps({"jobs": [sh("sleep 60 & sleep 60", "long")]})
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition)).id
+    deadline = time.time() + 30
+    while len(job_processes(workflow_id)) < 2:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert job_processes(workflow_id) == []
