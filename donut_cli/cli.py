@@ -234,7 +234,9 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=7000, show_default=True, help="gRPC port (0: any free port).")
 @click.option("--http-port", type=int, default=7080, show_default=True, help="Gateway port (0: any; -1: none).")
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "wrapper"]), default="local", show_default=True,
+              help="local: jobs are processes run in-process; wrapper: each job runs under its own "
+                   "streamed-job process, talking gRPC as in a cluster.")
 @click.option("--etcd-endpoints", default="", help="External etcd (host:port,...); default: start one.")
 @click.option("--etcd-prefix", default="/donut/", show_default=True, help="Key prefix in etcd.")
 @click.option("--parallelism", "default_parallelism", type=click.IntRange(1, 1000), default=4, show_default=True,

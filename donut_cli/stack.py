@@ -31,7 +31,8 @@ class StackConfig:
     http_port: int = 7080
     """Gateway port (0: any free port; -1: no gateway)."""
     executor: str = "local"
-    """Where jobs run: `local` (processes on this host)."""
+    """Where jobs run: `local` (processes on this host, the job machinery in-process) or
+    `wrapper` (one `streamed-job` process per job, talking gRPC as in a cluster)."""
     etcd_endpoints: str = ""
     """Comma-separated host:port of an external etcd; empty: start one under data_dir."""
     etcd_prefix: str = "/donut/"
@@ -65,6 +66,7 @@ class Stack:
         from cellar_svc.server import registration as cellar_registration
         from cellar_svc.storage import LocalStorage
         from dagger_svc.executors.local import LocalExecutor
+        from dagger_svc.executors.wrapper import WrapperExecutor
         from dagger_svc.keys import Keys
         from dagger_svc.logs import LogStore
         from dagger_svc.scheduler import Scheduler
@@ -119,10 +121,15 @@ class Stack:
             def cellar(token: str) -> CellarClient:
                 return CellarClient(internal, (("authorization", f"Bearer {token}"),))
 
-            if c.executor != "local":
-                raise ValueError(f"executor: unknown executor {c.executor!r} (expected local)")
-            executor = LocalExecutor(logs, scheduler.job_finished, cellar=cellar, tokens=JobTokens(services),
-                                     kill_grace=c.kill_grace)
+            executor: Any
+            if c.executor == "local":
+                executor = LocalExecutor(logs, scheduler.job_finished, cellar=cellar, tokens=JobTokens(services),
+                                         kill_grace=c.kill_grace)
+            elif c.executor == "wrapper":
+                executor = WrapperExecutor(logs, scheduler.job_finished, self.endpoint, kill_grace=c.kill_grace,
+                                           tokens=JobTokens(services), tls_ca=ca.decode() if ca else "")
+            else:
+                raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
             scheduler.executor = executor
             self._parts["executor"] = executor
             scheduler.start()

@@ -46,6 +46,7 @@ class _Attempt:
     launch: Launch
     key: str
     killed: bool = False
+    started: bool = False  # handed to the pump (kills go to the process from then on)
     token_id: str = ""
     stderr: deque = field(default_factory=lambda: deque(maxlen=STDERR_KEPT))
 
@@ -54,10 +55,12 @@ class WrapperExecutor:
     """Starts one `python -m streamed_job.main` per attempt; logs and the end arrive over gRPC."""
 
     def __init__(self, logs: LogStore, report: Report, dagger_endpoint: str, kill_grace: float = 10.0,
-                 python: str = sys.executable, tokens: JobTokens | None = None, spawners: int = 2) -> None:
+                 python: str = sys.executable, tokens: JobTokens | None = None, spawners: int = 2,
+                 tls_ca: str = "") -> None:
         self.logs = logs
         self.report = report
         self.dagger_endpoint = dagger_endpoint
+        self.tls_ca = tls_ca
         self.kill_grace = kill_grace
         self.python = python
         self.tokens = tokens
@@ -87,6 +90,8 @@ class WrapperExecutor:
             if running is None:
                 return
             running.killed = True
+            if not running.started:
+                return  # _start sees it
         self.pump.kill(key)  # SIGTERM to the wrapper, which forwards it; SIGKILL after the grace
 
     def lost(self, workflow_id: str, job: str, attempt: int) -> bool:
@@ -104,11 +109,14 @@ class WrapperExecutor:
         scheduler finds them lost and runs them again."""
         with self._lock:
             self._closing = True
-            keys = set(self._active)
         self._spawners.shutdown(wait=True, cancel_futures=True)
-        if keys:
-            kill_leftovers(keys)
+        with self._lock:
+            attempts = list(self._active.values())
+        if attempts:
+            kill_leftovers({a.key for a in attempts})
         self.pump.close()
+        for attempt in attempts:
+            self._revoke(attempt)
         shutil.rmtree(self._state_dir, ignore_errors=True)
 
     @property
@@ -120,9 +128,6 @@ class WrapperExecutor:
 
     def _start(self, attempt: _Attempt) -> None:
         launch = attempt.launch
-        if attempt.killed:
-            self._end(attempt, Outcome(signal="SIGTERM", message="terminated before it started"))
-            return
         try:
             token = self._mint(attempt)
         except Exception as e:  # noqa: BLE001 - the attempt fails, the executor goes on
@@ -135,6 +140,7 @@ class WrapperExecutor:
             workflow_dir=launch.workflow_dir, workdir_prefix=spec.workdir_prefix,
             inputs=tuple(i.to_dict() for i in spec.inputs), outputs=tuple(o.to_dict() for o in spec.outputs),
             timeout=spec.timeout, upload_id=launch.upload_id, dagger_endpoint=self.dagger_endpoint, token=token,
+            tls_ca=self.tls_ca,
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("DONUT_")}
         env.update({
@@ -143,6 +149,11 @@ class WrapperExecutor:
             "STREAMED_JOB_KILL_GRACE": str(self.kill_grace),
             "STREAMED_JOB_TERMINATION_LOG": str(self._termination_log(attempt.key)),
         })
+        with self._lock:
+            attempt.started = not attempt.killed
+        if not attempt.started:
+            self._end(attempt, Outcome(signal="SIGTERM", message="terminated before it started"))
+            return
         self.pump.start(attempt.key, [self.python, "-m", WRAPPER_MODULE], str(self._state_dir), env,
                         on_output=self._on_output, on_exit=self._on_exit)
 
@@ -164,7 +175,7 @@ class WrapperExecutor:
             attempt = self._active.get(key)
         for line in lines:
             text = line.decode("utf-8", "replace")
-            log.info("wrapper %s: %s", key, text)
+            log.log(logging.WARNING if stream == STDERR else logging.INFO, "wrapper %s: %s", key, text)
             if attempt is not None and stream == STDERR and text.strip():
                 attempt.stderr.append(text)
 
@@ -194,8 +205,9 @@ class WrapperExecutor:
                 message = f"the job wrapper was killed by {ended.signal}"
             else:
                 message = f"the job wrapper exited with code {ended.exit_code} without reporting"
-                if attempt.stderr:
-                    message += f" ({attempt.stderr[-1].strip()})"
+                why = attempt.stderr[-1].strip() if attempt.stderr else ended.message
+                if why:
+                    message += f" ({why})"
             self._end(attempt, Outcome(exit_code=None if ended.signal else ended.exit_code,
                                        signal=ended.signal, message=message,
                                        started_at=ended.started_at, finished_at=ended.finished_at))
@@ -216,14 +228,17 @@ class WrapperExecutor:
         launch = attempt.launch
         with self._lock:
             self._active.pop(attempt.key, None)
-        if attempt.token_id and self.tokens is not None:
-            try:
-                self.tokens.revoke(attempt.token_id)
-            except Exception as e:  # noqa: BLE001 - it expires anyway
-                log.warning("cannot revoke the token of %s: %s", attempt.key, type(e).__name__)
+        self._revoke(attempt)
         if outcome is None:
             return
         if outcome.message:
             self.logs.append(launch.workflow_id, launch.job, launch.attempt, [(SYSTEM, outcome.message.encode())])
         self.logs.end(launch.workflow_id, launch.job, launch.attempt)
         self.report(launch.workflow_id, launch.job, launch.attempt, outcome)
+
+    def _revoke(self, attempt: _Attempt) -> None:
+        if attempt.token_id and self.tokens is not None:
+            try:
+                self.tokens.revoke(attempt.token_id)
+            except Exception as e:  # noqa: BLE001 - it expires anyway
+                log.warning("cannot revoke the token of %s: %s", attempt.key, type(e).__name__)

@@ -8,6 +8,7 @@ import dataclasses
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -146,31 +147,11 @@ class WrapperDriver(Driver):
         return workflow_id, self.jobs(workflow_id)[job["name"]]
 
 
-def _use_wrapper_executor(stack: Any) -> None:
-    """Until donut_cli.stack wires `executor="wrapper"`: replaces the stack's local
-    executor (before any job ran) with a WrapperExecutor built as the stack would build it."""
-    from dagger_svc.executors.wrapper import WrapperExecutor
-    from donut_common.auth import JobTokens
-
-    parts = stack._parts
-    local = parts["executor"]
-    executor = WrapperExecutor(parts["logs"], parts["scheduler"].job_finished, stack.endpoint,
-                               kill_grace=stack.config.kill_grace, tokens=JobTokens(parts["services_channel"]))
-    parts["scheduler"].executor = parts["executor"] = executor
-    local.close()
-
-
 @pytest.fixture
 def wrapper_stack(stack_config: Any) -> Iterator[Any]:
     from donut_cli.stack import Stack
 
-    try:
-        stack = Stack(dataclasses.replace(stack_config, executor="wrapper")).start()
-    except ValueError as e:
-        if "unknown executor" not in str(e):
-            raise
-        stack = Stack(stack_config).start()
-        _use_wrapper_executor(stack)
+    stack = Stack(dataclasses.replace(stack_config, executor="wrapper")).start()
     try:
         stack.admin_token = stack.client_token()[0]
         yield stack
@@ -203,6 +184,22 @@ def http_files(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield f"http://127.0.0.1:{server.server_address[1]}", root
     server.shutdown()
     server.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b") ")[-1][:1] != b"Z"
+    except FileNotFoundError:
+        return False
 
 
 def sh(script: str, name: str = "job", **extra: Any) -> dict[str, Any]:

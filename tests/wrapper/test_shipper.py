@@ -51,6 +51,28 @@ def test_a_quiet_line_goes_out_after_the_linger_not_at_close(log_server: LogServ
     assert shipper.close(timeout=5)
 
 
+def test_a_quiet_stream_keeps_its_connection(log_server: LogServer) -> None:
+    shipper, workflow_id = shipper_for(log_server, ack_timeout=1.0)
+    shipper.add(STDOUT, [b"one"])
+    time.sleep(1.5)  # longer than the ack timeout, with nothing outstanding
+    shipper.add(STDOUT, [b"two"])
+    time.sleep(0.2)
+    assert shipper.close(timeout=5)
+    assert log_server.texts(workflow_id, "job") == [b"one", b"two"]
+    assert shipper.reconnects == 0
+
+
+def test_a_dagger_that_stops_acknowledging_is_left_for_a_new_connection(log_server: LogServer) -> None:
+    shipper, workflow_id = shipper_for(log_server, ack_timeout=0.3)
+    log_server.service.storing.clear()  # stuck: the batch is received, never stored or acknowledged
+    shipper.add(STDOUT, [b"one"])
+    time.sleep(1.0)
+    log_server.service.storing.set()
+    assert shipper.close(timeout=5)
+    assert log_server.texts(workflow_id, "job") == [b"one"]
+    assert shipper.reconnects >= 1
+
+
 def test_without_a_valid_token_nothing_is_stored(log_server: LogServer) -> None:
     workflow_id = str(uuid.uuid4())
     shipper = LogShipper(channel_to(log_server.endpoint), workflow_id, "job", 1, "dd_wrong")

@@ -27,20 +27,26 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
-import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
+# The command is forked while the log shipper's gRPC threads are busy. A child that execs
+# at once needs none of gRPC's fork handlers, and on some versions (with fork(), as Python
+# 3.9 uses) they print errors into the job's stderr. Read when grpc initialises.
+_FORK_SUPPORT_SET_HERE = "GRPC_ENABLE_FORK_SUPPORT" not in os.environ
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from donut.dagger.v1 import dagger_pb2 as pb
-from donut.dagger.v1 import dagger_pb2_grpc
-from streamed_job import files
-from streamed_job.cellar import CellarClient
-from streamed_job.files import FileProblem, outputs_to_save, prepare_inputs
-from streamed_job.outcome import EXIT_INPUT_FAILED, EXIT_OUTPUT_FAILED, EXIT_SIGNAL_BASE, Ended
-from streamed_job.pump import STDERR, ProcessPump
-from streamed_job.shipper import LogShipper, ShipperSettings, channel_to
-from streamed_job.spec import SPEC_ENV, SPEC_FILE_ENV, RunSpec
+import grpc  # noqa: E402
+from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+
+from donut.dagger.v1 import dagger_pb2 as pb  # noqa: E402
+from donut.dagger.v1 import dagger_pb2_grpc  # noqa: E402
+from streamed_job import files  # noqa: E402
+from streamed_job.cellar import CellarClient  # noqa: E402
+from streamed_job.files import FileProblem, outputs_to_save, prepare_inputs  # noqa: E402
+from streamed_job.outcome import EXIT_INPUT_FAILED, EXIT_OUTPUT_FAILED, EXIT_SIGNAL_BASE, Ended  # noqa: E402
+from streamed_job.pump import STDERR, ProcessPump  # noqa: E402
+from streamed_job.shipper import LogShipper, ShipperSettings, channel_to  # noqa: E402
+from streamed_job.spec import SPEC_ENV, SPEC_FILE_ENV, RunSpec  # noqa: E402
 
 log = logging.getLogger("streamed_job")
 
@@ -74,8 +80,8 @@ class Settings:
     """File that receives the outcome as JSON when the wrapper ends ("": none)."""
 
     @classmethod
-    def from_environment(cls, environ: Optional[Dict[str, str]] = None) -> "Settings":
-        environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+        environ = os.environ if environ is None else environ
         values: Dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(SETTINGS_PREFIX + f.name.upper())
@@ -234,8 +240,8 @@ class JobAttempt:
 
     def _command_env(self) -> Dict[str, str]:
         spec = self.spec
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(SETTINGS_PREFIX) and k not in (SPEC_ENV, SPEC_FILE_ENV)}
+        own = {SPEC_ENV, SPEC_FILE_ENV} | ({"GRPC_ENABLE_FORK_SUPPORT"} if _FORK_SUPPORT_SET_HERE else set())
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIX) and k not in own}
         env.update({str(k): str(v) for k, v in spec.env.items()})
         env.update({
             JOB_KEY_ENV: spec.key,
@@ -264,9 +270,9 @@ def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     """Runs the attempt and reports it; returns the wrapper's exit code."""
     files.MAX_DOWNLOAD_BYTES = settings.max_download_bytes  # read by files._download at call time
     metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else ()
-    channel = channel_to(spec.dagger_endpoint)
+    channel = channel_to(spec.dagger_endpoint, spec.tls_ca)
     cellar_endpoint = spec.cellar_endpoint or spec.dagger_endpoint
-    cellar_channel = channel if cellar_endpoint == spec.dagger_endpoint else channel_to(cellar_endpoint)
+    cellar_channel = channel if cellar_endpoint == spec.dagger_endpoint else channel_to(cellar_endpoint, spec.tls_ca)
     shipper = LogShipper(channel, spec.workflow_id, spec.job, spec.attempt, spec.token,
                          ShipperSettings(memory_bytes=settings.log_memory_bytes))
     attempt = JobAttempt(spec, settings, guard, shipper, CellarClient(cellar_channel, metadata))
@@ -331,7 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Run one donut-dagger job attempt: fetch its inputs, run its command, stream its "
                     "output to dagger, save its outputs and report how it ended.",
         epilog=f"The job spec (JSON) comes from ${SPEC_ENV}, or from the file named by ${SPEC_FILE_ENV} "
-               f"or --spec-file. Settings: " + ", ".join(
+               "or --spec-file. Settings: " + ", ".join(
                    f"${SETTINGS_PREFIX}{f.name.upper()}" for f in dataclasses.fields(Settings)) + ".",
     )
     parser.add_argument("--spec-file", help="read the job spec from this JSON file")
@@ -348,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         spec = load_spec(args.spec_file)
     except (KeyError, OSError, TypeError, ValueError) as e:
-        message = f"cannot read the job spec: {e}"
+        message = f"cannot read the job spec: {e.args[0] if isinstance(e, KeyError) else e}"
         print(f"streamed-job: {message}", file=sys.stderr)
         write_termination_log(settings.termination_log, Ended(EXIT_BAD_SPEC, phase="inputs", message=message),
                               reported=False)

@@ -51,16 +51,21 @@ class ShipperSettings:
     """A connection with batches sent and no acknowledgement for this long is replaced."""
 
 
-def channel_to(endpoint: str) -> grpc.Channel:
+def channel_to(endpoint: str, tls_ca: str = "") -> grpc.Channel:
     """A channel with the services' message limits whose own reconnects are as quick as the
-    shipper's backoff (gRPC's default waits up to two minutes between tries)."""
-    return grpc.insecure_channel(endpoint, options=[
+    shipper's backoff (gRPC's default waits up to two minutes between tries); TLS when the
+    spec carries the CA (PEM text) to trust."""
+    options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2000),
-    ])
+    ]
+    if tls_ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.encode())
+        return grpc.secure_channel(endpoint, credentials, options=options)
+    return grpc.insecure_channel(endpoint, options=options)
 
 
 @dataclass
@@ -101,7 +106,7 @@ class LogShipper:
         self._sealed = 0               # sequence of the newest batch
         self._acked = 0                # every batch up to this one is stored
         self._sent = 0                 # the highest sequence handed to gRPC
-        self._ack_progress = time.monotonic()
+        self._ack_progress = time.monotonic()  # the last ack, or when the oldest unacked batch left
         self._memory = 0               # bytes of unacknowledged batches held in memory
         self._spill: Optional[BinaryIO] = None  # unnamed: it goes away with the process
         self._spill_end = 0
@@ -150,7 +155,7 @@ class LogShipper:
             if not self._last:
                 self._seal(last=True)
                 self._cond.notify_all()
-            while self._acked < self._sealed and not self._stopping:
+            while self._acked < self._sealed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -159,13 +164,15 @@ class LogShipper:
             if not delivered:
                 log.warning("dagger has not acknowledged log batches %d to %d; they are lost",
                             self._acked + 1, self._sealed)
-            self._stopping = True
-            self._cond.notify_all()
+                self._stopping = True
+                self._cond.notify_all()
             connection = self._connection
-        if connection is not None and connection.call is not None:
+        if not delivered and connection is not None and connection.call is not None:
             connection.call.cancel()
+        # Delivered: the stream was half-closed after the last batch and ends by itself.
         self._thread.join(timeout=5)
         with self._cond:
+            self._stopping = True
             if self._spill is not None:
                 self._spill.close()
                 self._spill = None
@@ -303,6 +310,8 @@ class LogShipper:
                 if following <= self._sent:
                     self.resent += 1
                 self._sent = max(self._sent, following)
+                if following - 1 <= self._acked:
+                    self._ack_progress = time.monotonic()  # the oldest unacknowledged batch leaves now
                 return following, self._load(self._unacked[following - self._unacked[0].sequence])
             if self._last:
                 return None  # everything is sent: half-close; the acks still come

@@ -28,6 +28,7 @@ class RunSpec:
     dagger_endpoint: str = ""
     cellar_endpoint: str = ""
     token: str = ""
+    tls_ca: str = ""       # PEM of the CA that signed the services' certificate; empty: plain gRPC
     env: dict = field(default_factory=dict)
 
     @property
