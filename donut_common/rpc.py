@@ -43,6 +43,10 @@ def translate_errors(cls: type[T]) -> type[T]:
                     yield from method(self, request, context)
                 except DonutError as e:
                     _abort(context, e)
+                except grpc.RpcError:
+                    if context.is_active():
+                        raise
+                    return  # the client went away mid-stream: nothing to answer, nothing to log
                 except Exception:
                     log.exception("rpc %s failed", method.__name__)
                     context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
@@ -55,6 +59,10 @@ def translate_errors(cls: type[T]) -> type[T]:
                 return method(self, request, context)
             except DonutError as e:
                 _abort(context, e)
+            except grpc.RpcError:
+                if context.is_active():
+                    raise
+                return None  # the client went away mid-stream: nothing to answer, nothing to log
             except Exception:
                 log.exception("rpc %s failed", method.__name__)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")

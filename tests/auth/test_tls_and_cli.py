@@ -79,11 +79,13 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_the_stack_over_tls(stack_config: Any, certificate: tuple[Path, Path], donut_home: Path) -> None:
+@pytest.mark.parametrize("executor", ["local", "wrapper"])
+def test_the_stack_over_tls(stack_config: Any, certificate: tuple[Path, Path], donut_home: Path,
+                            executor: str) -> None:
     from donut_cli.stack import Stack
 
     cert, key = certificate
-    with Stack(replace(stack_config, tls_cert=cert, tls_key=key)) as stack:
+    with Stack(replace(stack_config, tls_cert=cert, tls_key=key, executor=executor)) as stack:
         token = stack.client_token()[0]
         secure = channel(stack.endpoint, token=token, tls_ca=cert.read_bytes())
         assert list(dagger_pb2_grpc.DaggerStub(secure).ListWorkflows(dpb.ListWorkflowsRequest()).workflows) == []
