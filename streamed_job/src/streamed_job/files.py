@@ -40,7 +40,8 @@ def inside(root: str, relative: str) -> Path:
     return target
 
 
-def prepare_inputs(spec: RunSpec, fetch_cache: Optional[FetchCache], note: Note) -> None:
+def prepare_inputs(spec: RunSpec, fetch_cache: Optional[FetchCache], note: Note,
+                   max_download_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
     if spec.workdir_prefix:
         inside(spec.workflow_dir, spec.workdir_prefix)
     if not os.path.isdir(spec.workdir):
@@ -54,7 +55,7 @@ def prepare_inputs(spec: RunSpec, fetch_cache: Optional[FetchCache], note: Note)
             raise FileProblem(f"{place}: {e}") from None
         if item.get("origin"):
             target.parent.mkdir(parents=True, exist_ok=True)
-            _download(item["origin"], target, place)
+            _download(item["origin"], target, place, max_download_bytes)
             note(f"fetched {item['origin']} -> {local} ({target.stat().st_size} bytes)")
         elif item.get("cache"):
             if fetch_cache is None:
@@ -71,7 +72,7 @@ def prepare_inputs(spec: RunSpec, fetch_cache: Optional[FetchCache], note: Note)
             raise FileProblem(f"{place}: missing (no such file in the workflow directory)")
 
 
-def _download(url: str, target: Path, place: str) -> None:
+def _download(url: str, target: Path, place: str, limit: int) -> None:
     partial = target.with_name(target.name + ".part")
     delay = 1.0
     for attempt in range(1, DOWNLOAD_TRIES + 1):
@@ -83,8 +84,8 @@ def _download(url: str, target: Path, place: str) -> None:
                     if not chunk:
                         break
                     copied += len(chunk)
-                    if copied > MAX_DOWNLOAD_BYTES:
-                        raise FileProblem(f"{place}: {url} is larger than {MAX_DOWNLOAD_BYTES} bytes")
+                    if copied > limit:
+                        raise FileProblem(f"{place}: {url} is larger than {limit} bytes")
                     out.write(chunk)
             os.replace(partial, target)
             return

@@ -40,9 +40,8 @@ from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
 
 from donut.dagger.v1 import dagger_pb2 as pb  # noqa: E402
 from donut.dagger.v1 import dagger_pb2_grpc  # noqa: E402
-from streamed_job import files  # noqa: E402
 from streamed_job.cellar import CellarClient  # noqa: E402
-from streamed_job.files import FileProblem, outputs_to_save, prepare_inputs  # noqa: E402
+from streamed_job.files import MAX_DOWNLOAD_BYTES, FileProblem, outputs_to_save, prepare_inputs  # noqa: E402
 from streamed_job.outcome import EXIT_INPUT_FAILED, EXIT_OUTPUT_FAILED, EXIT_SIGNAL_BASE, Ended  # noqa: E402
 from streamed_job.pump import STDERR, ProcessPump  # noqa: E402
 from streamed_job.shipper import LogShipper, ShipperSettings, channel_to  # noqa: E402
@@ -72,7 +71,7 @@ class Settings:
     """Seconds to wait, once the command is over, for dagger to acknowledge every log line."""
     report_deadline: float = 300.0
     """Seconds to keep retrying the report while dagger is unreachable."""
-    max_download_bytes: int = files.MAX_DOWNLOAD_BYTES
+    max_download_bytes: int = MAX_DOWNLOAD_BYTES
     """Largest `origin` input accepted."""
     log_memory_bytes: int = ShipperSettings.memory_bytes
     """Unacknowledged log batches kept in memory before they spill to a temporary file."""
@@ -192,7 +191,7 @@ class JobAttempt:
     def run(self) -> Ended:
         started = time.time()
         try:
-            prepare_inputs(self.spec, self._fetch_cache, self.note)
+            prepare_inputs(self.spec, self._fetch_cache, self.note, self.settings.max_download_bytes)
         except Shutdown as s:
             ended = Ended(EXIT_SIGNAL_BASE + s.signum, s.name, "inputs", f"terminated by {s.name} while fetching inputs")
         except (FileProblem, OSError, ValueError) as e:
@@ -268,7 +267,6 @@ class JobAttempt:
 
 def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     """Runs the attempt and reports it; returns the wrapper's exit code."""
-    files.MAX_DOWNLOAD_BYTES = settings.max_download_bytes  # read by files._download at call time
     metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else ()
     channel = channel_to(spec.dagger_endpoint, spec.tls_ca)
     cellar_endpoint = spec.cellar_endpoint or spec.dagger_endpoint
