@@ -7,8 +7,8 @@ and talks to etcd through the Store and to running jobs through the Scheduler.
 from __future__ import annotations
 
 import json
-import queue
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -132,32 +132,23 @@ class DaggerService:
         """The workflow now, then as it changes (at most one update per min_interval,
         the newest; the final state at once), until it has ended."""
         self.get(caller, workflow_id)
-        changes: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        latest = _Latest(min_interval)
         revision = self.store.current_revision()
-        cancel = self.store.watch(self.store.keys.workflow(workflow_id), lambda k, v: changes.put(v),
+        cancel = self.store.watch(self.store.keys.workflow(workflow_id), lambda k, v: latest.offer(v),
                                   start_revision=revision + 1)
         try:
             workflow = self.store.workflow(workflow_id)[0]
             yield workflow
-            sent = time.monotonic()
+            latest.sent()
             while not workflow.status.finished and is_active():
-                try:
-                    value = changes.get(timeout=1.0)
-                except queue.Empty:
+                value = latest.take(timeout=1.0)
+                if value is _NOTHING:
                     continue
-                while True:  # only the newest state matters; a final one goes out at once
-                    if value is None:
-                        raise NotFound(f"workflow {workflow_id} was deleted")
-                    workflow = WorkflowRecord.from_dict(json.loads(value))
-                    wait = sent + min_interval - time.monotonic()
-                    if workflow.status.finished or wait <= 0:
-                        break
-                    try:
-                        value = changes.get(timeout=wait)
-                    except queue.Empty:
-                        break
+                if value is None:
+                    raise NotFound(f"workflow {workflow_id} was deleted")
+                workflow = WorkflowRecord.from_dict(json.loads(value))  # type: ignore[arg-type]
                 yield workflow
-                sent = time.monotonic()
+                latest.sent()
         finally:
             cancel()
 
@@ -225,6 +216,45 @@ class DaggerService:
             raise FailedPrecondition(f"no scheduler here runs workflow {workflow_id}")
         self.logs.end(workflow_id, job, attempt)
         self.scheduler.job_finished(workflow_id, job, attempt, outcome)
+
+
+_NOTHING = object()
+
+
+class _Latest:
+    """The newest value of a watched key, handed over at most once per interval, except a
+    final workflow state (or a deletion), which wakes the reader at once. The watch thread
+    offers every change; the reader is woken only when something is due."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._value: object = _NOTHING
+        self._due = threading.Event()
+        self._lock = threading.Lock()
+        self._sent_at = 0.0
+
+    def offer(self, value: bytes | None) -> None:
+        with self._lock:
+            self._value = value
+            final = value is None or any(b'"status":"%s"' % s.value.encode() in value
+                                         for s in WorkflowStatus if s.finished)
+            if final or time.monotonic() >= self._sent_at + self.interval:
+                self._due.set()
+
+    def sent(self) -> None:
+        with self._lock:
+            self._sent_at = time.monotonic()
+
+    def take(self, timeout: float) -> object:
+        """The newest unsent value once due (or _NOTHING after timeout)."""
+        with self._lock:
+            pending = self._value is not _NOTHING
+            wait = self._sent_at + self.interval - time.monotonic() if pending else timeout
+        self._due.wait(max(0.0, wait))
+        with self._lock:
+            self._due.clear()
+            value, self._value = self._value, _NOTHING
+            return value
 
 
 def definition_from_specs(specs: dict[str, StoredSpec]) -> Definition:
