@@ -26,3 +26,4 @@ test: install
 
 bench: install
 	$(PY) bench/scheduling.py
+	$(PY) bench/logs.py
