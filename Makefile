@@ -22,6 +22,7 @@ protos: install
 test: install
 	$(PY) proto/generate.py && git diff --exit-code --stat -- proto/ || { echo "generated code is stale: run make protos and commit" >&2; exit 1; }
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 bench: install

@@ -74,12 +74,9 @@ class Scheduler:
         revision = self.store.current_revision()
         keys = self.store.keys
         self._unwatch = [
-            self.store.watch(keys.queue, lambda k, v: v is not None and self._events.put(
-                ("workflow", keys.last_part(k), b"")), start_revision=revision + 1),
-            self.store.watch(keys.cancels, lambda k, v: v is not None and self._events.put(
-                ("cancel", keys.last_part(k))), start_revision=revision + 1),
-            self.store.watch(keys.claims, lambda k, v: v is None and self._events.put(
-                ("workflow", keys.last_part(k), None)), start_revision=revision + 1),
+            self.store.watch(keys.queue, self._on_queued, start_revision=revision + 1),
+            self.store.watch(keys.cancels, self._on_cancel, start_revision=revision + 1),
+            self.store.watch(keys.claims, self._on_claim_change, start_revision=revision + 1),
         ]
         for workflow_id in self.store.queued_ids():
             self._events.put(("workflow", workflow_id, b""))
@@ -124,6 +121,18 @@ class Scheduler:
                 log.warning("cannot refresh the scheduler lease: %s", e)
 
     # ---- inputs (any thread) -------------------------------------------------------
+
+    def _on_queued(self, key: str, value: bytes | None) -> None:
+        if value is not None:
+            self._events.put(("workflow", self.store.keys.last_part(key), b""))
+
+    def _on_cancel(self, key: str, value: bytes | None) -> None:
+        if value is not None:
+            self._events.put(("cancel", self.store.keys.last_part(key)))
+
+    def _on_claim_change(self, key: str, value: bytes | None) -> None:
+        if value is None:  # a scheduler let go (or died): the run may need a new owner
+            self._events.put(("workflow", self.store.keys.last_part(key), None))
 
     def job_finished(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         self._events.put(("finished", workflow_id, job, attempt, outcome))

@@ -89,7 +89,7 @@ class DaggerService:
             raise PermissionDenied(f"workflow {workflow_id} is not yours")
         return workflow
 
-    def list(self, caller: Principal, statuses: set[WorkflowStatus] | None = None,
+    def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None,
              limit: int = 0) -> list[WorkflowRecord]:
         caller.require_user()
         workflows = [w for w in self.store.workflows()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -46,7 +46,7 @@ def workflow_pb(w: WorkflowRecord, workdir: str = "") -> pb.Workflow:
     )
 
 
-def job_status_pb(status: JobStatus) -> int:
+def job_status_pb(status: JobStatus) -> Any:
     return pb.JobStatus.Value(f"JOB_STATUS_{status.name}")
 
 
@@ -114,7 +114,7 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         if request.limit < 0:
             raise InvalidArgument([Problem("limit", "must be 0 (all) or more")])
         return pb.ListWorkflowsResponse(
-            workflows=[self._workflow(w) for w in self.service.list(self.principal(), statuses, request.limit)]
+            workflows=[self._workflow(w) for w in self.service.list_workflows(self.principal(), statuses, request.limit)]
         )
 
     def CancelWorkflow(self, request: pb.CancelWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
@@ -151,7 +151,7 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
             self.principal(), request.workflow_id, request.job, request.attempt, request.offset, request.follow,
             is_active=context.is_active,
         ):
-            yield pb.LogLines(offset=offset, lines=[pb.LogLine(stream=s, text=t) for s, t in lines])
+            yield pb.LogLines(offset=offset, lines=[pb.LogLine(stream=cast(Any, s), text=t) for s, t in lines])
 
     def ReportJobStatus(self, request: pb.ReportJobStatusRequest,
                         context: grpc.ServicerContext) -> pb.ReportJobStatusResponse:

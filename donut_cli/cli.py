@@ -89,16 +89,16 @@ def rpc_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except grpc.RpcError as e:
-            code = e.code()  # type: ignore[attr-defined]
-            ctx = click.get_current_context()
-            endpoint = ctx.find_object(Settings).endpoint if ctx.find_object(Settings) else "?"
+            code = e.code()
+            settings = click.get_current_context().find_object(Settings)
+            endpoint = settings.endpoint if settings is not None else "?"
             if code == grpc.StatusCode.UNAVAILABLE:
-                fail(f"cannot reach donut at {endpoint} ({e.details()})")  # type: ignore[attr-defined]
+                fail(f"cannot reach donut at {endpoint} ({e.details()})")
             if code == grpc.StatusCode.INVALID_ARGUMENT:
-                for line in (e.details() or "").splitlines():  # type: ignore[attr-defined]
+                for line in (e.details() or "").splitlines():
                     click.echo(f"error: {line}", err=True)
                 sys.exit(EXIT_BAD_INPUT)
-            fail(f"{e.details()} ({code.name.lower()})")  # type: ignore[attr-defined]
+            fail(f"{e.details()} ({code.name.lower()})")
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -213,7 +213,7 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
         except Exception as e:  # the server went away mid-watch: keep watching once it is back
             import grpc
 
-            if not isinstance(e, grpc.RpcError) or e.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+            if not isinstance(e, grpc.RpcError) or e.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
             time.sleep(1)
     w = client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True), metadata=client.metadata)

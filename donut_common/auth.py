@@ -200,8 +200,8 @@ def remote_verifier(users_channel: grpc.Channel) -> Callable[[str], Principal]:
         try:
             answer = stub.VerifyToken(users_pb2.VerifyTokenRequest(token=token), timeout=10)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
-                raise Unauthenticated(e.details() or "unknown token") from None  # type: ignore[attr-defined]
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise Unauthenticated(e.details() or "unknown token") from None
             raise
         token_pb = answer.token
         expires = token_pb.expires_at.ToNanoseconds() / 1e9 if token_pb.HasField("expires_at") else None

@@ -20,7 +20,7 @@ MAX_DOWNLOAD_BYTES = 10 * 1024**3
 DOWNLOAD_TIMEOUT = 60.0
 DOWNLOAD_TRIES = 3
 
-FetchCache = Callable[[str, Path], None]   # (cache path, destination)
+FetchCache = Callable[[str, Path], object]  # (cache path, destination)
 SaveOutput = Callable[[str, Path], None]   # (path relative to the workflow dir, file)
 Note = Callable[[str], None]               # a line for the job's log
 

@@ -85,7 +85,7 @@ class Settings:
         for f in dataclasses.fields(cls):
             raw = environ.get(SETTINGS_PREFIX + f.name.upper())
             if raw is not None:
-                values[f.name] = type(f.default)(raw)
+                values[f.name] = type(f.default)(raw)  # type: ignore[misc]  # every field has a default
         return cls(**values)
 
 
@@ -162,7 +162,7 @@ class Reporter:
                                           timeout=max(0.1, min(10.0, remaining)))
                 return True
             except grpc.RpcError as e:
-                code, details = e.code(), e.details()  # type: ignore[attr-defined]
+                code, details = e.code(), e.details()
                 if code in PERMANENT:
                     log.error("dagger refused the report: %s: %s", code.name, details)
                     return False
@@ -310,7 +310,7 @@ def write_termination_log(path: str, ended: Ended, reported: bool) -> None:
 
 def _problem(error: BaseException, context: str = "") -> str:
     if isinstance(error, grpc.RpcError):
-        text = f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
+        text = f"{error.code().name}: {error.details()}"
     elif isinstance(error, OSError) and error.strerror:
         text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
     else:

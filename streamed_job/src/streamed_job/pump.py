@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from streamed_job.outcome import EXIT_COMMAND_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_TIMED_OUT, Ended, from_wait_status
 
@@ -170,9 +171,10 @@ class ProcessPump:
             except queue.Empty:
                 return
             if what == "kill":
-                proc = self._procs.get(arg)  # type: ignore[arg-type]
+                key = str(arg)
+                proc = self._procs.get(key)
                 if proc is None:
-                    self._early_kills.add(arg)  # type: ignore[arg-type]
+                    self._early_kills.add(key)
                 else:
                     self._terminate(proc)
             elif what == "close":
@@ -201,8 +203,8 @@ class ProcessPump:
             self._early_kills.discard(proc.key)
             self._terminate(proc)
 
-    def _read(self, proc: _Proc, stream: int, pipe: object) -> None:
-        fd = pipe.fileno()  # type: ignore[attr-defined]
+    def _read(self, proc: _Proc, stream: int, pipe: BinaryIO) -> None:
+        fd = pipe.fileno()
         try:
             chunk = os.read(fd, READ_BYTES)
         except BlockingIOError:
@@ -222,9 +224,9 @@ class ProcessPump:
         if lines:
             self._emit(proc, stream, lines)
 
-    def _end_stream(self, proc: _Proc, stream: int, pipe: object) -> None:
+    def _end_stream(self, proc: _Proc, stream: int, pipe: BinaryIO) -> None:
         self._selector.unregister(pipe)
-        pipe.close()  # type: ignore[attr-defined]
+        pipe.close()
         proc.open_streams.discard(stream)
         if proc.partial[stream]:
             self._emit(proc, stream, [proc.partial[stream]])
@@ -255,8 +257,8 @@ class ProcessPump:
             return  # output still coming; leftovers get LEFTOVER_GRACE to finish writing
         self._signal(proc, signal.SIGKILL)  # whatever the command left behind
         for stream, pipe in ((STDOUT, proc.popen.stdout), (STDERR, proc.popen.stderr)):
-            if stream in proc.open_streams:
-                self._drain(proc, stream, pipe)
+            if stream in proc.open_streams and pipe is not None:
+                self._drain(proc, stream, pipe)  # type: ignore[arg-type]  # Popen's pipes are binary
         del self._procs[proc.key]
         exit_code, signal_name = from_wait_status(proc.returncode)
         if proc.timed_out:
@@ -272,10 +274,10 @@ class ProcessPump:
         except Exception:
             log.exception("exit callback for %s failed", proc.key)
 
-    def _drain(self, proc: _Proc, stream: int, pipe: object) -> None:
+    def _drain(self, proc: _Proc, stream: int, pipe: BinaryIO) -> None:
         while True:
             try:
-                chunk = os.read(pipe.fileno(), READ_BYTES)  # type: ignore[attr-defined]
+                chunk = os.read(pipe.fileno(), READ_BYTES)
             except (BlockingIOError, ValueError, OSError):
                 chunk = b""
             if not chunk:
@@ -288,7 +290,7 @@ class ProcessPump:
             self._emit(proc, stream, [piece for line in lines for piece in _pieces(line)])
         proc.partial[stream] = b""
         self._selector.unregister(pipe)
-        pipe.close()  # type: ignore[attr-defined]
+        pipe.close()
         proc.open_streams.discard(stream)
 
     def _signal(self, proc: _Proc, sig: int) -> None:

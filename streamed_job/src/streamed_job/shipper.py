@@ -273,7 +273,7 @@ class LogShipper:
                     self._acknowledge(ack.sequence)
                     delay = self.settings.backoff_initial
             except grpc.RpcError as e:
-                problem = f"{e.code().name}: {e.details()}"  # type: ignore[attr-defined]
+                problem = f"{e.code().name}: {e.details()}"
             finally:
                 with self._cond:
                     connection.over = True
