@@ -134,3 +134,25 @@ def test_server_down_gives_one_clear_line(donut_home: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"error: cannot reach donut at {endpoint}")
     assert "Traceback" not in result.stderr
+
+
+def test_uploaded_files_reach_cache_inputs(cli: Any, tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n1,2\n")
+    folder = tmp_path / "more"
+    (folder / "deep").mkdir(parents=True)
+    (folder / "deep" / "x.txt").write_text("x\n")
+    definition = tmp_path / "use.yaml"
+    definition.write_text(
+        "jobs:\n- name: use\n  image: x\n  cmd: /bin/sh\n  args: ['-c', 'cat data.csv x.txt']\n"
+        "  inputs:\n  - {cache: data.csv, local: data.csv}\n  - {cache: more/deep/x.txt, local: x.txt}\n")
+    result = cli("submit", str(definition), "--upload", str(data), "--upload", str(folder), "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    workflow_id = json.loads(result.stdout)["id"]
+    assert cli("logs", workflow_id, "use").stdout.splitlines() == ["a,b", "1,2", "x"]
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("jobs:\n- name: use\n  image: x\n  cmd: 'true'\n  args: []\n"
+                       "  inputs:\n  - {cache: nothing.csv, local: n.csv}\n")
+    failed = cli("submit", str(missing), "--upload", str(data), "--wait", "--json")
+    assert failed.returncode == 1
+    assert "nothing.csv" in json.loads(failed.stdout)["jobs"][0]["message"]
