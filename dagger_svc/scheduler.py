@@ -64,6 +64,7 @@ class Scheduler:
         self._unwatch: list[Callable[[], None]] = []
         self._lease: Any = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-commit")
+        self._step_lock = threading.Lock()  # one step at a time, on the loop or an executor's thread
         self._committing = False
         self.idle = threading.Event()  # set whenever the loop waits with nothing queued (tests)
 
@@ -135,7 +136,20 @@ class Scheduler:
             self._events.put(("workflow", self.store.keys.last_part(key), None))
 
     def job_finished(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
-        self._events.put(("finished", workflow_id, job, attempt, outcome))
+        """Called by executors. When the loop is idle the event is handled at once on the
+        caller's thread (a chain's next job starts without a thread hop); otherwise it is
+        queued for the loop."""
+        event = ("finished", workflow_id, job, attempt, outcome)
+        if self._events.empty() and not self._stopping.is_set() and self._step_lock.acquire(blocking=False):
+            try:
+                if self._events.empty():
+                    self._step([event])
+                    if self._next_timeout() is not None:
+                        self._events.put(("timer",))  # the loop's wait must end in time for it
+                    return
+            finally:
+                self._step_lock.release()
+        self._events.put(event)
 
     def owns(self, workflow_id: str) -> bool:
         return workflow_id in self._owned
@@ -158,11 +172,15 @@ class Scheduler:
                     batch.append(self._events.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                self._handle(batch)
-            except Exception:
-                log.exception("scheduler step failed; it will be retried from etcd")
-                self._reload_all()
+            with self._step_lock:
+                self._step(batch)
+
+    def _step(self, batch: list[tuple[Any, ...]]) -> None:
+        try:
+            self._handle(batch)
+        except Exception:
+            log.exception("scheduler step failed; it will be retried from etcd")
+            self._reload_all()
 
     def _next_timeout(self) -> float | None:
         wakeups = [w for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]

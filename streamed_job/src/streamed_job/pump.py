@@ -203,15 +203,16 @@ class ProcessPump:
             self._early_kills.discard(proc.key)
             self._terminate(proc)
 
-    def _read(self, proc: _Proc, stream: int, pipe: BinaryIO) -> None:
+    def _read(self, proc: _Proc, stream: int, pipe: BinaryIO) -> bool:
+        """Reads what the pipe has; False when it had nothing (yet) or has ended."""
         fd = pipe.fileno()
         try:
             chunk = os.read(fd, READ_BYTES)
         except BlockingIOError:
-            return
+            return False
         if not chunk:
             self._end_stream(proc, stream, pipe)
-            return
+            return False
         data = proc.partial[stream] + chunk
         lines = data.split(b"\n")
         rest = lines.pop()
@@ -223,6 +224,7 @@ class ProcessPump:
             lines = [piece for line in lines for piece in _pieces(line)]
         if lines:
             self._emit(proc, stream, lines)
+        return True
 
     def _end_stream(self, proc: _Proc, stream: int, pipe: BinaryIO) -> None:
         self._selector.unregister(pipe)
@@ -246,6 +248,11 @@ class ProcessPump:
             proc.pidfd = None
         proc.returncode = proc.popen.wait()
         proc.exited_at = time.time()
+        # Usually the pipes are at their end already: read them now rather than a round later.
+        for stream, pipe in ((STDOUT, proc.popen.stdout), (STDERR, proc.popen.stderr)):
+            for _ in range(16):
+                if stream not in proc.open_streams or pipe is None or not self._read(proc, stream, pipe):  # type: ignore[arg-type]
+                    break
         self._maybe_finish(proc)
 
     def _maybe_finish(self, proc: _Proc) -> None:
