@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyetcd import etcdrpc
 
 from dagger_svc.core.records import Outcome
 from dagger_svc.core.run import Run, Step, plans_from
@@ -305,21 +304,16 @@ class Scheduler:
                 return None  # checked before claiming, so releasing a claim never loops
         except NotFound:
             return None
-        if not self._claim(workflow_id):
+        snapshot = self.store.claim_run(workflow_id, self.scheduler_id.encode(), self._lease.id)
+        if snapshot is None:
             return None
-        try:
-            workflow, workflow_revision = self.store.workflow(workflow_id)
-        except Exception:  # noqa: BLE001 - deleted meanwhile
+        workflow = snapshot.workflow
+        if workflow is None or workflow.status.finished:
             self._release(workflow_id)
             return None
-        if workflow.status.finished:
-            self._release(workflow_id)
-            return None
-        revisions: Revisions = {self.store.keys.workflow(workflow_id): workflow_revision}
-        specs = self.store.specs(workflow_id)
-        jobs = self.store.jobs(workflow_id, revisions)
+        specs, revisions = snapshot.specs, snapshot.revisions
         plans = plans_from({n: s.children for n, s in specs.items()}, {n: s.spec.retries for n, s in specs.items()})
-        run = Run(workflow, plans, jobs, cancel_requested=self.store.cancel_requested(workflow_id))
+        run = Run(workflow, plans, snapshot.jobs, cancel_requested=snapshot.cancel_requested)
         workflow_dir = self.data_root / workflow_id
         workflow_dir.mkdir(parents=True, exist_ok=True)
         self._owned[workflow_id] = _Owned(run, specs, revisions, str(workflow_dir))
@@ -328,20 +322,6 @@ class Scheduler:
             if self.executor is None or self.executor.lost(workflow_id, name, run.jobs[name].attempt)
         ]
         return run.start(now, lost=lost)
-
-    def _claim(self, workflow_id: str) -> bool:
-        key = self.store.keys.claim(workflow_id).encode()
-        me = self.scheduler_id.encode()
-        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=me, lease=self._lease.id))
-        absent = etcdrpc.Compare(key=key, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
-                                 create_revision=0)
-        mine = etcdrpc.Compare(key=key, target=etcdrpc.Compare.VALUE, result=etcdrpc.Compare.EQUAL, value=me)
-        client = self.store.client
-        for compare in (absent, mine):  # free, or held by an earlier incarnation of this scheduler
-            response = client.kvstub.Txn(etcdrpc.TxnRequest(compare=[compare], success=[put]), client.timeout)
-            if response.succeeded:
-                return True
-        return False
 
     def _release(self, workflow_id: str) -> None:
         self.store.client.delete(self.store.keys.claim(workflow_id))

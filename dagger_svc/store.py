@@ -33,6 +33,17 @@ Revisions = dict[str, int]     # key -> mod_revision last seen
 
 
 @dataclass(frozen=True)
+class RunSnapshot:
+    """A run as its new owner found it, read in the transaction that claimed it."""
+
+    workflow: WorkflowRecord | None
+    specs: dict[str, StoredSpec]
+    jobs: dict[str, JobRecord]
+    revisions: Revisions
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
 class StoredSpec:
     spec: JobSpec
     children: tuple[str, ...]
@@ -54,6 +65,21 @@ def _mod_equals(key: str, revision: int) -> Any:
         result=etcdrpc.Compare.EQUAL,
         mod_revision=revision,
     )
+
+
+def _range(key: str) -> Any:
+    return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key.encode()))
+
+
+def _range_prefix(prefix: str) -> Any:
+    start = prefix.encode()
+    end = start[:-1] + bytes([start[-1] + 1])
+    return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=start, range_end=end))
+
+
+def _stored_spec(value: bytes) -> StoredSpec:
+    doc = json.loads(value)
+    return StoredSpec(JobSpec.from_dict(doc["spec"]), tuple(doc["next"]), doc["index"])
 
 
 def connect(endpoints: str, timeout: float = 10.0) -> pyetcd.Etcd3Client:
@@ -155,11 +181,8 @@ class Store:
         return [WorkflowRecord.from_dict(json.loads(v)) for _, v, _ in self._prefix(self.keys.workflows)]
 
     def specs(self, workflow_id: str) -> dict[str, StoredSpec]:
-        stored = []
-        for key, value, _ in self._prefix(self.keys.specs(workflow_id)):
-            doc = json.loads(value)
-            stored.append(StoredSpec(JobSpec.from_dict(doc["spec"]), tuple(doc["next"]), doc["index"]))
-        stored.sort(key=lambda s: s.index)
+        stored = sorted((_stored_spec(value) for _, value, _ in self._prefix(self.keys.specs(workflow_id))),
+                        key=lambda s: s.index)
         return {s.spec.name: s for s in stored}
 
     def jobs(self, workflow_id: str, revisions: Revisions | None = None) -> dict[str, JobRecord]:
@@ -188,6 +211,41 @@ class Store:
         if enqueue:
             writes.append((queue_key, b"1"))
         self.put_guarded(writes, revisions, unguarded=frozenset({queue_key}))
+
+    def claim_run(self, workflow_id: str, owner: bytes, lease: int) -> RunSnapshot | None:
+        """Claims the run for `owner` (free, or already `owner`'s: a restarted scheduler)
+        with a lease-bound key, reading the whole run in the same transaction; None when
+        another scheduler holds it."""
+        key = self.keys.claim(workflow_id).encode()
+        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=owner, lease=lease))
+        reads = [_range(self.keys.workflow(workflow_id)), _range_prefix(self.keys.specs(workflow_id)),
+                 _range_prefix(self.keys.jobs(workflow_id)), _range(self.keys.cancel(workflow_id))]
+        free = etcdrpc.Compare(key=key, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
+                               create_revision=0)
+        ours = etcdrpc.Compare(key=key, target=etcdrpc.Compare.VALUE, result=etcdrpc.Compare.EQUAL, value=owner)
+        for compare in (free, ours):
+            try:
+                response = self.client.kvstub.Txn(etcdrpc.TxnRequest(compare=[compare], success=[put, *reads]),
+                                                  self.client.timeout)
+            except grpc.RpcError as e:
+                raise Unavailable(f"etcd transaction failed: {e.details()}") from e
+            if response.succeeded:
+                break
+        else:
+            return None
+        workflow_kvs, spec_kvs, job_kvs, cancel_kvs = (r.response_range.kvs for r in response.responses[1:])
+        revisions: Revisions = {}
+        workflow = None
+        for kv in workflow_kvs:
+            workflow = WorkflowRecord.from_dict(json.loads(kv.value))
+            revisions[kv.key.decode()] = kv.mod_revision
+        stored = sorted((_stored_spec(kv.value) for kv in spec_kvs), key=lambda s: s.index)
+        jobs = {}
+        for kv in job_kvs:
+            job = JobRecord.from_dict(json.loads(kv.value))
+            jobs[job.name] = job
+            revisions[kv.key.decode()] = kv.mod_revision
+        return RunSnapshot(workflow, {s.spec.name: s for s in stored}, jobs, revisions, bool(list(cancel_kvs)))
 
     def queued_ids(self) -> list[str]:
         return [self.keys.last_part(key) for key, _, _ in self._prefix(self.keys.queue)]
