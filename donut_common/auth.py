@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -233,6 +234,10 @@ class JobTokens:
         return answer.token.id, answer.secret
 
     def revoke(self, token_id: str) -> None:
+        """Revokes the token; a failure is only logged (the token expires anyway)."""
         from donut.users.v1 import users_pb2
 
-        self._stub.RevokeToken(users_pb2.RevokeTokenRequest(id=token_id), timeout=10)
+        try:
+            self._stub.RevokeToken(users_pb2.RevokeTokenRequest(id=token_id), timeout=10)
+        except grpc.RpcError as e:
+            logging.getLogger(__name__).warning("cannot revoke job token %s: %s", token_id, e.code())

@@ -163,10 +163,7 @@ class LocalExecutor:
             self._owners.pop(run.key, None)
             minted = self._job_tokens.pop(run.key, None)
         if minted is not None and self.tokens is not None:
-            try:
-                self.tokens.revoke(minted[0])
-            except Exception as e:  # noqa: BLE001 - it expires anyway
-                log.warning("cannot revoke the token of %s: %s", run.key, type(e).__name__)
+            self.tokens.revoke(minted[0])
         self.report(run.workflow_id, run.job, run.attempt, Outcome(
             exit_code=ended.exit_code, signal=ended.signal, message=ended.message,
             started_at=ended.started_at, finished_at=ended.finished_at,
@@ -179,18 +176,23 @@ class LocalExecutor:
         self.pump.kill(key)
 
     def lost(self, workflow_id: str, job: str, attempt: int) -> bool:
-        key = f"{workflow_id}/{job}/{attempt}"
         with self._lock:
-            if key in self._active:
+            if f"{workflow_id}/{job}/{attempt}" in self._active:
                 return False
-        kill_leftovers({key})
-        self.logs.end(workflow_id, job, attempt)
-        return True
+        return end_lost_attempt(self.logs, workflow_id, job, attempt)
 
     def close(self) -> None:
         self._spawners.shutdown(wait=True, cancel_futures=True)
         self._slow.shutdown(wait=True, cancel_futures=True)
         self.pump.close()
+
+
+def end_lost_attempt(logs: LogStore, workflow_id: str, job: str, attempt: int) -> bool:
+    """An attempt no executor here has (an earlier incarnation started it): whatever is left
+    of it must not live on unwatched, and its log is over. Always True (it is lost)."""
+    kill_leftovers({f"{workflow_id}/{job}/{attempt}"})
+    logs.end(workflow_id, job, attempt)
+    return True
 
 
 def kill_leftovers(keys: set[str]) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import Launch, Report
-from dagger_svc.executors.local import JOB_KEY_ENV, kill_leftovers
+from dagger_svc.executors.local import JOB_KEY_ENV, end_lost_attempt, kill_leftovers
 from dagger_svc.logs import SYSTEM, LogStore
 from donut_common.auth import JobTokens
 from streamed_job.outcome import Ended
@@ -95,14 +95,11 @@ class WrapperExecutor:
         self.pump.kill(key)  # SIGTERM to the wrapper, which forwards it; SIGKILL after the grace
 
     def lost(self, workflow_id: str, job: str, attempt: int) -> bool:
-        key = f"{workflow_id}/{job}/{attempt}"
         with self._lock:
-            if key in self._active:
+            if f"{workflow_id}/{job}/{attempt}" in self._active:
                 return False
         # Not ours: a wrapper left by an earlier executor could die unnoticed, so none may live on.
-        kill_leftovers({key})
-        self.logs.end(workflow_id, job, attempt)
-        return True
+        return end_lost_attempt(self.logs, workflow_id, job, attempt)
 
     def close(self) -> None:
         """Stops every attempt now (wrappers and commands); none is reported: a restarted
@@ -238,7 +235,4 @@ class WrapperExecutor:
 
     def _revoke(self, attempt: _Attempt) -> None:
         if attempt.token_id and self.tokens is not None:
-            try:
-                self.tokens.revoke(attempt.token_id)
-            except Exception as e:  # noqa: BLE001 - it expires anyway
-                log.warning("cannot revoke the token of %s: %s", attempt.key, type(e).__name__)
+            self.tokens.revoke(attempt.token_id)
