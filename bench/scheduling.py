@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from graphlib import TopologicalSorter
@@ -61,10 +61,7 @@ def baseline(dag: Dag, parallelism: int) -> float:
         sorter.add(job)
         for kid in kids:
             sorter.add(kid, job)
-    done: "queue.SimpleQueue[str]"
-    import queue
-
-    done = queue.SimpleQueue()
+    done: queue.SimpleQueue[str] = queue.SimpleQueue()
     start = time.perf_counter()
     sorter.prepare()
     with ThreadPoolExecutor(parallelism) as pool:
@@ -72,13 +69,10 @@ def baseline(dag: Dag, parallelism: int) -> float:
             subprocess.run(["true"], check=True)
             done.put(job)
 
-        in_flight = 0
         while sorter.is_active():
             for job in sorter.get_ready():
                 pool.submit(run, job)
-                in_flight += 1
             sorter.done(done.get())
-            in_flight -= 1
     return time.perf_counter() - start
 
 
@@ -129,7 +123,7 @@ class Donut:
 def validation_seconds(jobs: int, as_yaml: bool) -> float:
     from dagger_svc.core.definition import parse_definition
 
-    text = definition(grid(jobs // 100, 100) if False else wide(jobs - 2))
+    text = definition(wide(jobs - 2))
     if as_yaml:
         import yaml
 

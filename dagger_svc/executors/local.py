@@ -13,7 +13,6 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import Launch, Report

@@ -1,0 +1,131 @@
+"""The `donut` commands about who acts: whoami, tokens, users."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from donut_cli.cli import EXIT_BAD_INPUT, Settings, _iso, cli, fail, pass_settings, rpc_errors
+
+
+def _duration(text: str) -> int:
+    """Seconds in '90', '45m', '12h', '30d'."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return int(text[:-1]) * units[text[-1]]
+        return int(text)
+    except ValueError:
+        fail(f"--expires: expected a duration like 3600, 45m, 12h or 30d, not {text!r}", EXIT_BAD_INPUT)
+
+
+def _token_json(t: Any) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "scopes": list(t.scopes), "created_at": _iso(t.created_at),
+            "expires_at": _iso(t.expires_at), "last_used_at": _iso(t.last_used_at), "revoked": t.revoked}
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def whoami(settings: Settings, as_json: bool) -> None:
+    """Show the user (and token) the CLI acts as."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    me = client.users.WhoAmI(users_pb2.WhoAmIRequest(), metadata=client.metadata)
+    if as_json:
+        click.echo(json.dumps({"login": me.user.login, "id": me.user.id, "admin": me.user.admin,
+                               "token": _token_json(me.token)}, indent=2))
+    else:
+        click.echo(f"{me.user.login}{' (admin)' if me.user.admin else ''}, token {me.token.id} "
+                   f"({', '.join(me.token.scopes)})")
+
+
+@cli.group()
+def token() -> None:
+    """Create, list and revoke API tokens."""
+
+
+@token.command(name="create")
+@click.option("--name", default="", help="What the token is for.")
+@click.option("--expires", default="", help="Lifetime: 3600, 45m, 12h, 30d (default: never).")
+@click.option("--user", "user_login", default="", help="For another user (admins only).")
+@click.option("--admin", "admin_scope", is_flag=True, help="With admin rights (for admins).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id","token"}.')
+@pass_settings
+@rpc_errors
+def token_create(settings: Settings, name: str, expires: str, user_login: str, admin_scope: bool,
+                 as_json: bool) -> None:
+    """Create a token; its secret is shown once."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    request = users_pb2.CreateTokenRequest(name=name, user_login=user_login,
+                                           scopes=["user", "admin"] if admin_scope else ["user"],
+                                           expires_in_seconds=_duration(expires) if expires else 0)
+    created = client.users.CreateToken(request, metadata=client.metadata)
+    if as_json:
+        click.echo(json.dumps({"id": created.token.id, "token": created.secret}))
+    else:
+        click.echo(created.secret)
+        click.echo(f"token {created.token.id} created; the secret above is shown only now", err=True)
+
+
+@token.command(name="list")
+@click.option("--user", "user_login", default="", help="Another user's tokens (admins only).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def token_list(settings: Settings, user_login: str, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    tokens = client.users.ListTokens(users_pb2.ListTokensRequest(user_login=user_login),
+                                     metadata=client.metadata).tokens
+    docs = [_token_json(t) for t in tokens]
+    if as_json:
+        click.echo(json.dumps(docs, indent=2))
+        return
+    click.echo(f"{'ID':<16}  {'NAME':<20}  {'SCOPES':<12}  {'EXPIRES':<29}  STATE")
+    for d in docs:
+        click.echo(f"{d['id']:<16}  {d['name'][:20]:<20}  {','.join(d['scopes']):<12}  "
+                   f"{d['expires_at'] or 'never':<29}  {'revoked' if d['revoked'] else 'active'}")
+
+
+@token.command(name="revoke")
+@click.argument("token_id")
+@pass_settings
+@rpc_errors
+def token_revoke(settings: Settings, token_id: str) -> None:
+    """Revoke a token (it stops working within seconds)."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    client.users.RevokeToken(users_pb2.RevokeTokenRequest(id=token_id), metadata=client.metadata)
+    click.echo(f"revoked {token_id}", err=True)
+
+
+@cli.group()
+def user() -> None:
+    """Manage users (admins)."""
+
+
+@user.command(name="create")
+@click.argument("login")
+@click.option("--admin", is_flag=True, help="Make the user an admin.")
+@click.option("--name", "display_name", default="", help="Display name.")
+@pass_settings
+@rpc_errors
+def user_create(settings: Settings, login: str, admin: bool, display_name: str) -> None:
+    """Create a user without GitHub (service accounts, tests)."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    created = client.users.CreateUser(users_pb2.CreateUserRequest(login=login, admin=admin,
+                                                                  display_name=display_name),
+                                      metadata=client.metadata)
+    click.echo(created.id)
