@@ -127,7 +127,8 @@ class Stack:
                                          kill_grace=c.kill_grace)
             elif c.executor == "wrapper":
                 executor = WrapperExecutor(logs, scheduler.job_finished, self.endpoint, kill_grace=c.kill_grace,
-                                           tokens=JobTokens(services), tls_ca=ca.decode() if ca else "")
+                                           tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
+                                           state_dir=c.data_dir / "wrappers")
             else:
                 raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
             scheduler.executor = executor

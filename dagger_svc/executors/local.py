@@ -194,10 +194,9 @@ def end_lost_attempt(logs: LogStore, workflow_id: str, job: str, attempt: int) -
     return True
 
 
-def kill_leftovers(keys: set[str]) -> int:
-    """SIGKILLs the process groups of processes whose environment carries one of the
-    job keys: what a previous incarnation of this executor left running."""
-    killed = 0
+def job_processes(keys: set[str]) -> list[int]:
+    """PIDs of live processes whose environment carries one of the job keys."""
+    found = []
     needles = {f"{JOB_KEY_ENV}={key}".encode() for key in keys}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -208,9 +207,18 @@ def kill_leftovers(keys: set[str]) -> int:
         except OSError:
             continue
         if environ & needles:
-            try:
-                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
-                killed += 1
-            except (ProcessLookupError, PermissionError):
-                pass
+            found.append(int(entry.name))
+    return found
+
+
+def kill_leftovers(keys: set[str]) -> int:
+    """SIGKILLs the process groups of processes whose environment carries one of the
+    job keys: what a previous incarnation of this executor left running."""
+    killed = 0
+    for pid in job_processes(keys):
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
     return killed

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -27,7 +29,7 @@ from typing import Any
 
 from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import Launch, Report
-from dagger_svc.executors.local import JOB_KEY_ENV, end_lost_attempt, kill_leftovers
+from dagger_svc.executors.local import JOB_KEY_ENV, end_lost_attempt, job_processes, kill_leftovers
 from dagger_svc.logs import SYSTEM, LogStore
 from donut_common.auth import JobTokens
 from streamed_job.outcome import Ended
@@ -43,12 +45,19 @@ WRAPPER_MODULE = "streamed_job.main"
 
 @dataclass
 class _Attempt:
-    launch: Launch
-    key: str
+    workflow_id: str
+    job: str
+    number: int
+    launch: Launch | None = None  # None for a wrapper adopted from an earlier incarnation
     killed: bool = False
     started: bool = False  # handed to the pump (kills go to the process from then on)
     token_id: str = ""
+    adopted_pid: int = 0
     stderr: deque = field(default_factory=lambda: deque(maxlen=STDERR_KEPT))
+
+    @property
+    def key(self) -> str:
+        return f"{self.workflow_id}/{self.job}/{self.number}"
 
 
 class WrapperExecutor:
@@ -56,7 +65,7 @@ class WrapperExecutor:
 
     def __init__(self, logs: LogStore, report: Report, dagger_endpoint: str, kill_grace: float = 10.0,
                  python: str = sys.executable, tokens: JobTokens | None = None, spawners: int = 2,
-                 tls_ca: str = "") -> None:
+                 tls_ca: str = "", state_dir: Path | None = None) -> None:
         self.logs = logs
         self.report = report
         self.dagger_endpoint = dagger_endpoint
@@ -67,7 +76,12 @@ class WrapperExecutor:
         # The pump's own grace covers the wrapper's: it forwards SIGTERM, waits kill_grace
         # for the command, then needs a moment to flush the log and report.
         self.pump = ProcessPump(kill_grace=kill_grace + REPORT_MARGIN)
-        self._state_dir = Path(tempfile.mkdtemp(prefix="donut-wrapper-"))
+        # Where wrappers run and leave their termination logs; a restarted executor given the
+        # same directory finds the logs of the wrappers it adopts.
+        if state_dir is None:
+            state_dir = Path(tempfile.mkdtemp(prefix="donut-wrapper-"))
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_dir = state_dir
         self._spawners = ThreadPoolExecutor(max_workers=spawners, thread_name_prefix="wrapper-spawn")
         self._active: dict[str, _Attempt] = {}
         self._lock = threading.Lock()
@@ -80,7 +94,7 @@ class WrapperExecutor:
         with self._lock:
             if key in self._active or self._closing:
                 return  # already launched
-            attempt = self._active[key] = _Attempt(launch, key)
+            attempt = self._active[key] = _Attempt(launch.workflow_id, launch.job, launch.attempt, launch)
         self._spawners.submit(self._start, attempt)  # minting a token is an RPC: not on the scheduler's thread
 
     def kill(self, workflow_id: str, job: str, attempt: int) -> None:
@@ -92,14 +106,43 @@ class WrapperExecutor:
             running.killed = True
             if not running.started:
                 return  # _start sees it
+        if running.adopted_pid:
+            _signal(running.adopted_pid, signal.SIGTERM)
+            threading.Timer(self.kill_grace + REPORT_MARGIN, kill_leftovers, args=({key},)).start()
+            return
         self.pump.kill(key)  # SIGTERM to the wrapper, which forwards it; SIGKILL after the grace
 
     def lost(self, workflow_id: str, job: str, attempt: int) -> bool:
+        """A wrapper that outlived an earlier incarnation of this executor (dagger was
+        restarted) is adopted, as a cluster's job would be: its logs and report come over
+        gRPC as before, and its end is watched. Without one, the attempt is lost."""
+        key = f"{workflow_id}/{job}/{attempt}"
         with self._lock:
-            if f"{workflow_id}/{job}/{attempt}" in self._active:
+            if key in self._active:
                 return False
-        # Not ours: a wrapper left by an earlier executor could die unnoticed, so none may live on.
-        return end_lost_attempt(self.logs, workflow_id, job, attempt)
+        wrappers = [pid for pid in job_processes({key}) if _is_wrapper(pid)]
+        if not wrappers:
+            return end_lost_attempt(self.logs, workflow_id, job, attempt)
+        adopted = _Attempt(workflow_id, job, attempt, started=True, adopted_pid=wrappers[0])
+        with self._lock:
+            self._active[key] = adopted
+        threading.Thread(target=self._watch_adopted, args=(adopted,), name="wrapper-adopted", daemon=True).start()
+        return False
+
+    def _watch_adopted(self, attempt: _Attempt) -> None:
+        try:
+            pidfd = os.pidfd_open(attempt.adopted_pid)
+        except ProcessLookupError:
+            pidfd = -1
+        if pidfd >= 0:
+            try:
+                select.select([pidfd], [], [])
+            finally:
+                os.close(pidfd)
+        with self._lock:
+            if self._closing or attempt.key not in self._active:
+                return
+        self._wrapper_ended(attempt, Ended(None, message="the adopted job wrapper ended without reporting"))
 
     def close(self) -> None:
         """Stops every attempt now (wrappers and commands); none is reported: a restarted
@@ -125,6 +168,7 @@ class WrapperExecutor:
 
     def _start(self, attempt: _Attempt) -> None:
         launch = attempt.launch
+        assert launch is not None
         try:
             token = self._mint(attempt)
         except Exception as e:  # noqa: BLE001 - the attempt fails, the executor goes on
@@ -158,6 +202,7 @@ class WrapperExecutor:
         if self.tokens is None:
             return ""  # a dagger without users: no tokens are checked
         launch = attempt.launch
+        assert launch is not None
         lifetime = (launch.spec.timeout or 0) + 24 * 3600
         attempt.token_id, secret = self.tokens.mint(launch.owner, launch.workflow_id, launch.job,
                                                     launch.upload_id, lifetime)
@@ -222,17 +267,31 @@ class WrapperExecutor:
     def _end(self, attempt: _Attempt, outcome: Outcome | None) -> None:
         """Forgets the attempt and revokes its token; with an outcome, reports it (with a
         note in the job's log), for a wrapper that could not."""
-        launch = attempt.launch
         with self._lock:
             self._active.pop(attempt.key, None)
         self._revoke(attempt)
         if outcome is None:
             return
         if outcome.message:
-            self.logs.append(launch.workflow_id, launch.job, launch.attempt, [(SYSTEM, outcome.message.encode())])
-        self.logs.end(launch.workflow_id, launch.job, launch.attempt)
-        self.report(launch.workflow_id, launch.job, launch.attempt, outcome)
+            self.logs.append(attempt.workflow_id, attempt.job, attempt.number, [(SYSTEM, outcome.message.encode())])
+        self.logs.end(attempt.workflow_id, attempt.job, attempt.number)
+        self.report(attempt.workflow_id, attempt.job, attempt.number, outcome)
 
     def _revoke(self, attempt: _Attempt) -> None:
         if attempt.token_id and self.tokens is not None:
             self.tokens.revoke(attempt.token_id)
+
+
+def _is_wrapper(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return WRAPPER_MODULE.encode() in f.read()
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
