@@ -38,12 +38,18 @@ class DaggerConfig:
     """Parallelism of a submission that names none."""
 
 
+UploadedFiles = Callable[[str], set[str]]
+"""The paths uploaded under an upload id (asked of cellar), to check `cache:` inputs."""
+
+
 class DaggerService:
-    def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler | None, config: DaggerConfig) -> None:
+    def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler | None, config: DaggerConfig,
+                 uploaded: UploadedFiles | None = None) -> None:
         self.store = store
         self.logs = logs
         self.scheduler = scheduler
         self.config = config
+        self.uploaded = uploaded
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -61,10 +67,22 @@ class DaggerService:
             definition = parse_definition(definition_text)
         except InvalidArgument as e:
             problems.extend(e.problems)
+        else:
+            problems.extend(self._missing_uploads(definition, upload_id))
         if problems:
             raise InvalidArgument(problems)
         return self._store_new(definition, name, parallelism or self.config.default_parallelism,
                                fail_fast, upload_id, caller.user_id)
+
+    def _missing_uploads(self, definition: Definition, upload_id: str) -> list[Problem]:
+        """A problem for every `cache:` input that was not uploaded with the submission."""
+        wanted = [(f"jobs[{j}].inputs[{i}].cache", item.cache)
+                  for j, spec in enumerate(definition.jobs.values()) for i, item in enumerate(spec.inputs) if item.cache]
+        if not wanted or self.uploaded is None:
+            return []
+        present = self.uploaded(upload_id) if upload_id else set()
+        return [Problem(place, f"'{path}' was not uploaded with this workflow (submit --upload)")
+                for place, path in wanted if path not in present]
 
     def _store_new(self, definition: Definition, name: str, parallelism: int, fail_fast: bool,
                    upload_id: str, owner: str) -> WorkflowRecord:

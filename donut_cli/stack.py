@@ -100,7 +100,11 @@ class Stack:
             data_root.mkdir(parents=True, exist_ok=True)
             scheduler = Scheduler(store, None, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                   lease_ttl=c.lease_ttl)
-            service = DaggerService(store, logs, scheduler, DaggerConfig(data_root, c.default_parallelism))
+
+            def uploaded(upload_id: str) -> set[str]:
+                return {f.ref.path for f in self._service_cellar.list("cache", upload_id)}
+
+            service = DaggerService(store, logs, scheduler, DaggerConfig(data_root, c.default_parallelism), uploaded)
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
             server, port = create_server(
                 f"{c.host}:{c.port}",
@@ -117,6 +121,7 @@ class Stack:
             self._parts["channel"] = internal
             services = channel(self.endpoint, token=self.service_token, tls_ca=ca)
             self._parts["services_channel"] = services
+            self._service_cellar = CellarClient(services)  # checks uploads at submit
 
             def cellar(token: str) -> CellarClient:
                 return CellarClient(internal, (("authorization", f"Bearer {token}"),))

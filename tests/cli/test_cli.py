@@ -153,6 +153,7 @@ def test_uploaded_files_reach_cache_inputs(cli: Any, tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
     missing.write_text("jobs:\n- name: use\n  image: x\n  cmd: 'true'\n  args: []\n"
                        "  inputs:\n  - {cache: nothing.csv, local: n.csv}\n")
-    failed = cli("submit", str(missing), "--upload", str(data), "--wait", "--json")
-    assert failed.returncode == 1
-    assert "nothing.csv" in json.loads(failed.stdout)["jobs"][0]["message"]
+    refused = cli("submit", str(missing), "--upload", str(data), "--wait", "--json")
+    assert refused.returncode == 2
+    assert "jobs[0].inputs[0].cache: 'nothing.csv' was not uploaded" in refused.stderr
+    assert [w["id"] for w in json.loads(cli("list", "--json").stdout)] == [workflow_id]  # nothing stored
