@@ -65,7 +65,6 @@ class Scheduler:
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-commit")
         self._step_lock = threading.Lock()  # one step at a time, on the loop or an executor's thread
         self._committing = False
-        self.idle = threading.Event()  # set whenever the loop waits with nothing queued (tests)
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -158,13 +157,10 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             timeout = self._next_timeout()
-            if self._events.empty():
-                self.idle.set()
             try:
                 first = self._events.get(timeout=timeout)
             except queue.Empty:
                 first = None
-            self.idle.clear()
             batch = [] if first is None else [first]
             while True:
                 try:

@@ -125,9 +125,6 @@ class ProcessPump:
         self._request("close", None)
         self._thread.join(timeout=10)
 
-    def running(self) -> int:
-        return len(self._procs)
-
     def _request(self, what: str, arg: object) -> None:
         self._requests.put((what, arg))
         try:
