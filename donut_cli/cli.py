@@ -216,13 +216,20 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
             if not isinstance(e, grpc.RpcError) or e.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
             time.sleep(1)
+    show_workflow(client, workflow_id, as_json)
+    sys.exit(0 if final == "done" else EXIT_FAILED)
+
+
+def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
+    """Prints the workflow and its jobs, as a table or as JSON."""
+    from donut.dagger.v1 import dagger_pb2 as pb
+
     w = client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True), metadata=client.metadata)
     doc = workflow_json(w)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
         print_workflow(doc)
-    sys.exit(0 if final == "done" else EXIT_FAILED)
 
 
 # ---- commands --------------------------------------------------------------------------
@@ -357,15 +364,7 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
 @rpc_errors
 def status(settings: Settings, workflow_id: str, as_json: bool) -> None:
     """Show a workflow and its jobs."""
-    from donut.dagger.v1 import dagger_pb2 as pb
-
-    client = settings.client
-    w = client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True), metadata=client.metadata)
-    doc = workflow_json(w)
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
-    else:
-        print_workflow(doc)
+    show_workflow(settings.client, workflow_id, as_json)
 
 
 @cli.command(name="list")

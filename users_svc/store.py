@@ -120,12 +120,16 @@ class UserStore:
         doc = self._get_json(self._key("tokens", token_id))
         if doc is None:
             raise NotFound(f"no token {token_id}")
-        return TokenRecord(**{**doc, "scopes": tuple(doc["scopes"])})
+        return _token(doc)
 
     def tokens(self, user_id: str | None = None) -> list[TokenRecord]:
         found = []
         for value, _ in self.client.get_prefix(self._key("tokens", "")):
             doc = json.loads(value)
             if user_id is None or doc["user_id"] == user_id:
-                found.append(TokenRecord(**{**doc, "scopes": tuple(doc["scopes"])}))
+                found.append(_token(doc))
         return sorted(found, key=lambda t: t.created_at)
+
+
+def _token(doc: dict[str, Any]) -> TokenRecord:
+    return TokenRecord(**{**doc, "scopes": tuple(doc["scopes"])})

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from dagger_svc.core.definition import JobSpec
 from dagger_svc.core.records import Outcome
+from streamed_job.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,19 @@ class Launch:
     workflow_dir: str
     upload_id: str = ""
     owner: str = ""  # the user the workflow belongs to (its job tokens act for them)
+
+
+def run_spec(launch: Launch, dagger_endpoint: str = "", token: str = "", tls_ca: str = "") -> RunSpec:
+    """The wrapper's view of a launch, with how it reaches the services when it runs out
+    of process."""
+    spec = launch.spec
+    return RunSpec(
+        workflow_id=launch.workflow_id, job=launch.job, attempt=launch.attempt, cmd=spec.cmd, args=spec.args,
+        workflow_dir=launch.workflow_dir, workdir_prefix=spec.workdir_prefix,
+        inputs=tuple(i.to_dict() for i in spec.inputs), outputs=tuple(o.to_dict() for o in spec.outputs),
+        timeout=spec.timeout, upload_id=launch.upload_id,
+        dagger_endpoint=dagger_endpoint, token=token, tls_ca=tls_ca,
+    )
 
 
 Report = Callable[[str, str, int, Outcome], None]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import Launch, Report
+from dagger_svc.executors.base import Launch, Report, run_spec
 from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogStore
 from donut_common.auth import JobTokens
 from streamed_job.cellar import CellarClient
@@ -51,12 +51,7 @@ class LocalExecutor:
 
     def launch(self, launch: Launch) -> None:
         spec = launch.spec
-        run = RunSpec(
-            workflow_id=launch.workflow_id, job=launch.job, attempt=launch.attempt, cmd=spec.cmd,
-            args=spec.args, workflow_dir=launch.workflow_dir, workdir_prefix=spec.workdir_prefix,
-            inputs=tuple(i.to_dict() for i in spec.inputs), outputs=tuple(o.to_dict() for o in spec.outputs),
-            timeout=spec.timeout, upload_id=launch.upload_id,
-        )
+        run = run_spec(launch)
         fetches = any(i.origin or i.cache for i in spec.inputs)
         with self._lock:
             if run.key in self._active:

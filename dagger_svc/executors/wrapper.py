@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import Launch, Report
+from dagger_svc.executors.base import Launch, Report, run_spec
 from dagger_svc.executors.local import JOB_KEY_ENV, end_lost_attempt, job_processes, kill_leftovers
 from dagger_svc.logs import SYSTEM, LogStore
 from donut_common.auth import JobTokens
 from streamed_job.outcome import Ended
 from streamed_job.pump import STDERR, ProcessPump
-from streamed_job.spec import SPEC_ENV, RunSpec
+from streamed_job.spec import SPEC_ENV
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +175,7 @@ class WrapperExecutor:
             log.warning("cannot mint the job token of %s: %s", attempt.key, e)
             self._end(attempt, Outcome(message=f"cannot mint the job token: {type(e).__name__}"))
             return
-        spec = launch.spec
-        run = RunSpec(
-            workflow_id=launch.workflow_id, job=launch.job, attempt=launch.attempt, cmd=spec.cmd, args=spec.args,
-            workflow_dir=launch.workflow_dir, workdir_prefix=spec.workdir_prefix,
-            inputs=tuple(i.to_dict() for i in spec.inputs), outputs=tuple(o.to_dict() for o in spec.outputs),
-            timeout=spec.timeout, upload_id=launch.upload_id, dagger_endpoint=self.dagger_endpoint, token=token,
-            tls_ca=self.tls_ca,
-        )
+        run = run_spec(launch, dagger_endpoint=self.dagger_endpoint, token=token, tls_ca=self.tls_ca)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DONUT_")}
         env.update({
             SPEC_ENV: run.to_json(),
