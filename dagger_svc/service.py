@@ -101,11 +101,14 @@ class DaggerService:
         return parse_definition(definition_text)
 
     def get(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
+        return self._get_versioned(caller, workflow_id)[0]
+
+    def _get_versioned(self, caller: Principal, workflow_id: str) -> tuple[WorkflowRecord, int]:
         _check_id(workflow_id)
-        workflow = self.store.workflow(workflow_id)[0]
+        workflow, revision = self.store.workflow(workflow_id)
         if not caller.owns(workflow.owner):
             raise PermissionDenied(f"workflow {workflow_id} is not yours")
-        return workflow
+        return workflow, revision
 
     def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None,
              limit: int = 0) -> list[WorkflowRecord]:
@@ -123,8 +126,7 @@ class DaggerService:
         return workflow
 
     def retry(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
-        self.get(caller, workflow_id)
-        workflow, revision = self.store.workflow(workflow_id)
+        workflow, revision = self._get_versioned(caller, workflow_id)
         if not workflow.status.finished:
             raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; retry it once it ends")
         revisions = {self.store.keys.workflow(workflow_id): revision}
