@@ -114,7 +114,7 @@ def test_cancel_and_follow_logs(cli: Any, stack: Any, donut_home: Path, tmp_path
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 20
-    while "tick 3" not in cli("logs", workflow_id, "ticker").stdout:
+    while "oops" not in cli("logs", workflow_id, "ticker").stderr:
         assert time.time() < deadline
         time.sleep(0.1)
     assert follower.poll() is None  # still following the running job
