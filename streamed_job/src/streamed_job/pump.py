@@ -144,17 +144,24 @@ class ProcessPump:
                     if selkey.data is None:
                         self._handle_requests()
                     else:
-                        proc, what = selkey.data
-                        if proc.key not in self._procs:
-                            continue  # finished earlier in this round
-                        if what == "exit":
-                            self._reap(proc)
-                        else:
-                            self._read(proc, what, selkey.fileobj)  # type: ignore[arg-type]
+                        self._handle_event(*selkey.data, selkey.fileobj)
                 self._run_timers()
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+    def _handle_event(self, proc: _Proc, what: int | str, fileobj: object) -> None:
+        if proc.key not in self._procs:
+            return  # finished earlier in this round
+        try:
+            if what == "exit":
+                if proc.pidfd is not None:
+                    self._reap(proc)
+            elif what in proc.open_streams:  # not read to its end earlier in this round
+                self._read(proc, what, fileobj)  # type: ignore[arg-type]  # Popen's pipes are binary
+        except Exception:
+            # One process's trouble must not stop the pump that every other process needs.
+            log.exception("process pump: handling %s of %s failed", what, proc.key)
 
     def _handle_requests(self) -> None:
         try:
