@@ -101,6 +101,12 @@ class Store:
     def __init__(self, client: pyetcd.Etcd3Client, keys: Keys | None = None) -> None:
         self.client = client
         self.keys = keys or Keys()
+        self._closed = False
+
+    def close(self) -> None:
+        """Closes the etcd client; broken watches are not taken up again after this."""
+        self._closed = True
+        self.client.close()
 
     # ---- low level -----------------------------------------------------------------
 
@@ -283,7 +289,7 @@ class Store:
 
         def callback(response: Any) -> None:
             if isinstance(response, Exception):
-                if not state["stopped"]:
+                if not (state["stopped"] or self._closed):
                     threading.Thread(target=resubscribe, daemon=True, name="etcd-rewatch").start()
                 return
             for event in response.events:
@@ -297,7 +303,7 @@ class Store:
 
         def resubscribe() -> None:
             delay = 0.1
-            while not state["stopped"]:
+            while not (state["stopped"] or self._closed):
                 try:
                     with lock:
                         subscribe()

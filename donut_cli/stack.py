@@ -89,8 +89,8 @@ class Stack:
                 self._parts["etcd"] = etcd
                 endpoints = etcd.endpoint
             client = connect(endpoints)
-            self._parts["etcd_client"] = client
             store = Store(client, Keys(c.etcd_prefix))
+            self._parts["store"] = store
             users = UsersService(UserStore(client, c.etcd_prefix))
             self.users = users
             self.service_token = self._service_token(users)
@@ -190,7 +190,7 @@ class Stack:
 
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
-        order = ("http", "scheduler", "executor", "channel", "services_channel", "server", "logs", "etcd_client",
+        order = ("http", "scheduler", "executor", "channel", "services_channel", "server", "logs", "store",
                  "etcd")
         for name in order:
             part = self._parts.pop(name, None)
