@@ -2,6 +2,7 @@
 # and `make test` (install, run every check and test). Both work on a fresh clone.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PROTOC_VENV ?= .venv-protoc
 
 .PHONY: install demo test protos bench
 
@@ -16,11 +17,16 @@ $(VENV)/.installed: pyproject.toml streamed_job/pyproject.toml
 demo: install
 	VENV=$(VENV) bash examples/run_demo.sh
 
-protos: install
-	$(PY) proto/generate.py
+$(PROTOC_VENV)/.installed: proto/requirements.txt
+	python3 -m venv $(PROTOC_VENV)
+	$(PROTOC_VENV)/bin/python -m pip install -q -r proto/requirements.txt
+	touch $@
 
-test: install
-	$(PY) proto/generate.py && git diff --exit-code --stat -- proto/ || { echo "generated code is stale: run make protos and commit" >&2; exit 1; }
+protos: $(PROTOC_VENV)/.installed
+	$(PROTOC_VENV)/bin/python proto/generate.py
+
+test: install $(PROTOC_VENV)/.installed
+	$(PROTOC_VENV)/bin/python proto/generate.py && git diff --exit-code --stat -- proto/ || { echo "generated code is stale: run make protos and commit" >&2; exit 1; }
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q

@@ -1,7 +1,8 @@
 """Regenerates the Python gRPC code (donut.<service>.v1) next to the .proto files under
 proto/. The `streamed-job` distribution ships it (streamed_job/src/donut links here).
 
-Run `python proto/generate.py`; CI runs it and fails when the committed output differs.
+Run `make protos` (this script, in a virtualenv with proto/requirements.txt); CI runs it
+and fails when the committed output differs.
 """
 
 from __future__ import annotations

@@ -144,7 +144,8 @@ class ProcessPump:
                     if selkey.data is None:
                         self._handle_requests()
                     else:
-                        self._handle_event(*selkey.data, selkey.fileobj)
+                        proc, what = selkey.data
+                        self._handle_event(proc, what, selkey.fileobj)
                 self._run_timers()
         self._selector.close()
         os.close(self._wake_r)

@@ -5,7 +5,7 @@ import warnings
 
 from donut.cellar.v1 import cellar_pb2 as donut_dot_cellar_dot_v1_dot_cellar__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class CellarStub:
+class CellarStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -56,7 +56,7 @@ class CellarStub:
                 _registered_method=True)
 
 
-class CellarServicer:
+class CellarServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Put(self, request_iterator, context):
@@ -116,7 +116,7 @@ def add_CellarServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Cellar:
+class Cellar(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

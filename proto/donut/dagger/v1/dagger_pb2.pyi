@@ -86,7 +86,7 @@ class Output(_message.Message):
     SAVE_FIELD_NUMBER: _ClassVar[int]
     local: str
     save: bool
-    def __init__(self, local: _Optional[str] = ..., save: _Optional[bool] = ...) -> None: ...
+    def __init__(self, local: _Optional[str] = ..., save: bool = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("name", "image", "cmd", "args", "workdir_prefix", "inputs", "outputs", "retries", "timeout_seconds")
@@ -197,7 +197,7 @@ class Workflow(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     upload_id: str
     workdir: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., status: _Optional[_Union[WorkflowStatus, str]] = ..., parallelism: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Mapping[str, int]] = ..., job_total: _Optional[int] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., upload_id: _Optional[str] = ..., workdir: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., status: _Optional[_Union[WorkflowStatus, str]] = ..., parallelism: _Optional[int] = ..., fail_fast: bool = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_counts: _Optional[_Mapping[str, int]] = ..., job_total: _Optional[int] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., upload_id: _Optional[str] = ..., workdir: _Optional[str] = ...) -> None: ...
 
 class CreateWorkflowRequest(_message.Message):
     __slots__ = ("definition", "name", "parallelism", "fail_fast", "upload_id")
@@ -211,7 +211,7 @@ class CreateWorkflowRequest(_message.Message):
     parallelism: int
     fail_fast: bool
     upload_id: str
-    def __init__(self, definition: _Optional[str] = ..., name: _Optional[str] = ..., parallelism: _Optional[int] = ..., fail_fast: _Optional[bool] = ..., upload_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, definition: _Optional[str] = ..., name: _Optional[str] = ..., parallelism: _Optional[int] = ..., fail_fast: bool = ..., upload_id: _Optional[str] = ...) -> None: ...
 
 class Problem(_message.Message):
     __slots__ = ("place", "message")
@@ -243,7 +243,7 @@ class GetWorkflowRequest(_message.Message):
     id: str
     include_jobs: bool
     include_definition: bool
-    def __init__(self, id: _Optional[str] = ..., include_jobs: _Optional[bool] = ..., include_definition: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., include_jobs: bool = ..., include_definition: bool = ...) -> None: ...
 
 class ListWorkflowsRequest(_message.Message):
     __slots__ = ("statuses", "limit")
@@ -287,7 +287,7 @@ class WatchWorkflowRequest(_message.Message):
     INCLUDE_JOBS_FIELD_NUMBER: _ClassVar[int]
     id: str
     include_jobs: bool
-    def __init__(self, id: _Optional[str] = ..., include_jobs: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., include_jobs: bool = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("workflow_id", "name")
@@ -331,7 +331,7 @@ class LogBatch(_message.Message):
     sequence: int
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
     last: bool
-    def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., sequence: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., last: _Optional[bool] = ...) -> None: ...
+    def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., sequence: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., last: bool = ...) -> None: ...
 
 class LogAck(_message.Message):
     __slots__ = ("sequence",)
@@ -351,7 +351,7 @@ class TailLogsRequest(_message.Message):
     attempt: int
     offset: int
     follow: bool
-    def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., offset: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., offset: _Optional[int] = ..., follow: bool = ...) -> None: ...
 
 class LogLines(_message.Message):
     __slots__ = ("offset", "lines")

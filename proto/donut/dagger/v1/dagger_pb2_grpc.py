@@ -5,7 +5,7 @@ import warnings
 
 from donut.dagger.v1 import dagger_pb2 as donut_dot_dagger_dot_v1_dot_dagger__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class DaggerStub:
+class DaggerStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -101,7 +101,7 @@ class DaggerStub:
                 _registered_method=True)
 
 
-class DaggerServicer:
+class DaggerServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def CreateWorkflow(self, request, context):
@@ -268,7 +268,7 @@ def add_DaggerServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Dagger:
+class Dagger(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -23,7 +23,7 @@ class User(_message.Message):
     display_name: str
     admin: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., login: _Optional[str] = ..., github_id: _Optional[int] = ..., display_name: _Optional[str] = ..., admin: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., login: _Optional[str] = ..., github_id: _Optional[int] = ..., display_name: _Optional[str] = ..., admin: bool = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("id", "user_id", "name", "scopes", "created_at", "expires_at", "last_used_at", "revoked")
@@ -43,7 +43,7 @@ class Token(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     last_used_at: _timestamp_pb2.Timestamp
     revoked: bool
-    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: bool = ...) -> None: ...
 
 class Principal(_message.Message):
     __slots__ = ("user", "token")
@@ -89,7 +89,7 @@ class CreateUserRequest(_message.Message):
     login: str
     display_name: str
     admin: bool
-    def __init__(self, login: _Optional[str] = ..., display_name: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+    def __init__(self, login: _Optional[str] = ..., display_name: _Optional[str] = ..., admin: bool = ...) -> None: ...
 
 class ListUsersRequest(_message.Message):
     __slots__ = ()

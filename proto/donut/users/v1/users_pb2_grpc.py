@@ -5,7 +5,7 @@ import warnings
 
 from donut.users.v1 import users_pb2 as donut_dot_users_dot_v1_dot_users__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class UsersStub:
+class UsersStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -81,7 +81,7 @@ class UsersStub:
                 _registered_method=True)
 
 
-class UsersServicer:
+class UsersServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def VerifyToken(self, request, context):
@@ -199,7 +199,7 @@ def add_UsersServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Users:
+class Users(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
