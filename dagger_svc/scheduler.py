@@ -5,7 +5,9 @@ on one queue from etcd watches and executor callbacks; each wake-up drains the q
 feeds the runs. Changed records are written by a committer thread, one guarded
 transaction per run, with one commit in flight at a time: what changes meanwhile goes
 into the next one, so the transaction rate never limits throughput and a busy run's
-changes are batched. Launches start at once, before their records are committed (a
+changes are batched. Commits start at most every COMMIT_INTERVAL (a run's final state
+goes at once): a chain of short jobs then shares transactions instead of paying for one
+per job in etcd and here. Launches start at once, before their records are committed (a
 launch is idempotent per workflow, job and attempt: the Kubernetes executor adopts an
 existing job of the same name); if a commit fails, every attempt launched since the last
 good commit is killed and the run is reloaded from etcd, so no attempt outlives a
@@ -35,6 +37,8 @@ from donut_common.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
+COMMIT_INTERVAL = 0.01  # seconds from one commit's start to the next one's
+
 
 @dataclass
 class _Owned:
@@ -49,13 +53,14 @@ class _Owned:
 class Scheduler:
     def __init__(self, store: Store, executor: Executor | None, data_root: Path,
                  scheduler_id: str | None = None, lease_ttl: int = 10,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, commit_interval: float = COMMIT_INTERVAL) -> None:
         self.store = store
         self.executor = executor
         self.data_root = data_root
         self.scheduler_id = scheduler_id or uuid.uuid4().hex
         self.lease_ttl = lease_ttl
         self.clock = clock
+        self.commit_interval = commit_interval
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._owned: dict[str, _Owned] = {}
         self._stopping = threading.Event()
@@ -65,6 +70,9 @@ class Scheduler:
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-commit")
         self._step_lock = threading.Lock()  # one step at a time, on the loop or an executor's thread
         self._committing = False
+        self._last_commit = float("-inf")         # time.monotonic() when the last commit started
+        self._commit_due: float | None = None     # when unsent changes wait for the interval
+        self._loop_wakes_at = float("inf")        # time.monotonic() when the idle loop wakes by itself
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -142,7 +150,8 @@ class Scheduler:
             try:
                 if self._events.empty():
                     self._step([event])
-                    if self._next_timeout() is not None:
+                    timeout = self._next_timeout()
+                    if timeout is not None and time.monotonic() + timeout < self._loop_wakes_at:
                         self._events.put(("timer",))  # the loop's wait must end in time for it
                     return
             finally:
@@ -156,7 +165,9 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            timeout = self._next_timeout()
+            with self._step_lock:  # so that a step on another thread sees when the loop wakes
+                timeout = self._next_timeout()
+                self._loop_wakes_at = float("inf") if timeout is None else time.monotonic() + timeout
             try:
                 first = self._events.get(timeout=timeout)
             except queue.Empty:
@@ -178,8 +189,11 @@ class Scheduler:
             self._reload_all()
 
     def _next_timeout(self) -> float | None:
-        wakeups = [w for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]
-        return max(0.0, min(wakeups) - self.clock()) if wakeups else None
+        now = self.clock()
+        waits = [w - now for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]
+        if self._commit_due is not None:
+            waits.append(self._commit_due - time.monotonic())
+        return max(0.0, min(waits)) if waits else None
 
     def _handle(self, batch: list[tuple[Any, ...]]) -> None:
         now = self.clock()
@@ -242,6 +256,13 @@ class Scheduler:
         already on its way: then they go together with whatever follows, once it is done."""
         if self._committing:
             return
+        pending = [owned for owned in self._owned.values() if owned.unsent]
+        now = time.monotonic()
+        due = self._last_commit + self.commit_interval
+        if pending and now < due and not any(owned.run.finished for owned in pending):
+            self._commit_due = due  # the loop wakes up for it
+            return
+        self._commit_due = None
         batch = {}
         for workflow_id, owned in self._owned.items():
             if owned.unsent:
@@ -249,6 +270,7 @@ class Scheduler:
                 owned.unsent = Step()
         if batch:
             self._committing = True
+            self._last_commit = now
             self._committer.submit(self._commit, batch)
 
     def _commit(self, batch: dict[str, tuple[Step, int]]) -> None:
