@@ -102,8 +102,9 @@ class Scheduler:
             cancel()
         for thread in self._threads:
             thread.join(timeout=10)
-        self._committer.shutdown(wait=True)
-        self._flush()
+        with self._step_lock:  # a step running on an executor's thread ends first
+            self._committer.shutdown(wait=True)
+            self._flush()
         if self._lease is not None:
             try:
                 self._lease.revoke()
@@ -148,7 +149,7 @@ class Scheduler:
         event = ("finished", workflow_id, job, attempt, outcome)
         if self._events.empty() and not self._stopping.is_set() and self._step_lock.acquire(blocking=False):
             try:
-                if self._events.empty():
+                if self._events.empty() and not self._stopping.is_set():
                     self._step([event])
                     timeout = self._next_timeout()
                     if timeout is not None and time.monotonic() + timeout < self._loop_wakes_at:

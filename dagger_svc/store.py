@@ -307,6 +307,8 @@ class Store:
                 try:
                     with lock:
                         subscribe()
+                    if state["stopped"]:  # cancelled while it was being taken up again
+                        cancel()
                     return
                 except Exception as e:  # noqa: BLE001 - etcd down: keep trying
                     log.warning("etcd watch on %s lost (%s); retrying", prefix, e)
@@ -315,9 +317,10 @@ class Store:
 
         def cancel() -> None:
             state["stopped"] = True
-            if state["watch_id"] is not None:
+            watch_id = state["watch_id"]
+            if watch_id is not None:
                 try:
-                    self.client.cancel_watch(state["watch_id"])
+                    self.client.cancel_watch(watch_id)
                 except Exception:  # noqa: BLE001 - closing anyway
                     pass
 

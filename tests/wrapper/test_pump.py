@@ -40,3 +40,35 @@ def test_an_exit_and_a_pipe_end_seen_in_one_round_are_both_handled(tmp_path: Pat
         assert done.wait(timeout=10)  # the pump still runs
     finally:
         pump.close()
+
+
+def test_a_process_the_pump_cannot_follow_is_killed_and_reported_not_left_hanging(tmp_path: Path) -> None:
+    pump = ProcessPump(kill_grace=1.0)
+    ended: dict[str, Ended] = {}
+    done = threading.Event()
+    real_read = pump._read
+
+    def broken_read(proc: object, stream: int, pipe: object) -> bool:
+        if getattr(proc, "key") == "broken":
+            raise OSError("injected read failure")
+        return real_read(proc, stream, pipe)  # type: ignore[arg-type]
+
+    def on_exit(key: str, outcome: Ended) -> None:
+        ended[key] = outcome
+        if len(ended) == 2:
+            done.set()
+
+    pump._read = broken_read  # type: ignore[method-assign]
+    try:
+        pump.start("broken", ["/bin/sh", "-c", "echo hello; sleep 30"], str(tmp_path), {},
+                   lambda *_: None, on_exit)
+        pump.start("fine", ["/bin/sh", "-c", "sleep 0.3; echo ok"], str(tmp_path), {},
+                   lambda *_: None, on_exit)
+        assert done.wait(timeout=15), f"only {sorted(ended)} ended"
+        assert ended["broken"].signal == "SIGKILL"
+        assert ended["broken"].message == "output lost: injected read failure"
+        assert ended["fine"].exit_code == 0
+    finally:
+        started = time.monotonic()
+        pump.close()
+        assert time.monotonic() - started < 5  # nothing left tracked

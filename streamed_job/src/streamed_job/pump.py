@@ -154,15 +154,49 @@ class ProcessPump:
     def _handle_event(self, proc: _Proc, what: int | str, fileobj: object) -> None:
         if proc.key not in self._procs:
             return  # finished earlier in this round
+        if what == "exit":
+            if proc.pidfd is not None:
+                self._guarded(proc, self._reap, proc)
+        elif what in proc.open_streams:  # not read to its end earlier in this round
+            self._guarded(proc, self._read, proc, what, fileobj)
+
+    def _guarded(self, proc: _Proc, action: Callable[..., object], *args: object) -> None:
+        """Runs an action on one process; if it fails, the process is given up rather than
+        the pump stopped, which every other process needs."""
         try:
-            if what == "exit":
-                if proc.pidfd is not None:
-                    self._reap(proc)
-            elif what in proc.open_streams:  # not read to its end earlier in this round
-                self._read(proc, what, fileobj)  # type: ignore[arg-type]  # Popen's pipes are binary
+            action(*args)
+        except Exception as e:
+            log.exception("process pump: %s of %s failed", action.__name__, proc.key)
+            self._give_up(proc, e)
+
+    def _give_up(self, proc: _Proc, error: Exception) -> None:
+        """Kills a process the pump can no longer follow, forgets it and reports its end."""
+        self._procs.pop(proc.key, None)
+        self._signal(proc, signal.SIGKILL)
+        for fileobj in (proc.popen.stdout, proc.popen.stderr, proc.pidfd):
+            if fileobj is None:
+                continue
+            try:
+                self._selector.unregister(fileobj)
+            except (KeyError, ValueError):
+                pass  # not (or no longer) registered
+        for pipe in (proc.popen.stdout, proc.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+        if proc.pidfd is not None:
+            os.close(proc.pidfd)
+            proc.pidfd = None
+        try:
+            returncode = proc.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            returncode = -signal.SIGKILL
+        exit_code, signal_name = from_wait_status(returncode)
+        ended = Ended(exit_code, signal_name, phase="command", message=f"output lost: {error}",
+                      started_at=proc.started_at, finished_at=proc.exited_at or time.time())
+        try:
+            proc.on_exit(proc.key, ended)
         except Exception:
-            # One process's trouble must not stop the pump that every other process needs.
-            log.exception("process pump: handling %s of %s failed", what, proc.key)
+            log.exception("exit callback for %s failed", proc.key)
 
     def _handle_requests(self) -> None:
         try:
@@ -335,7 +369,7 @@ class ProcessPump:
                 self._signal(proc, signal.SIGTERM)
                 proc.kill_at = now_mono + self.kill_grace
             if proc.returncode is not None and proc.open_streams:
-                self._maybe_finish(proc)
+                self._guarded(proc, self._maybe_finish, proc)
 
 
 def _pieces(line: bytes) -> list[bytes]:
