@@ -60,7 +60,7 @@ def info_to_pb(info: FileInfo) -> pb.FileInfo:
     created_at = Timestamp()
     created_at.FromNanoseconds(round(info.created_at * 1e9))
     return pb.FileInfo(
-        ref=ref_to_pb(info.ref), size=info.size, sha256=info.sha256, created_at=created_at
+        ref=ref_to_pb(info.ref), size=info.size, sha256=info.sha256, created_at=created_at, owner=info.owner
     )
 
 
@@ -97,11 +97,8 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
         if caller.is_admin or caller.is_service:
             return
         if ref.kind == "cache" and caller.acts_as_user:
-            try:
-                existing = self._storage.stat(ref)
-            except NotFound:
-                return
-            if existing.owner == caller.user_id:
+            # an upload belongs to whoever stored its first file
+            if all(info.owner == caller.user_id for info in self._storage.list("cache", ref.scope)):
                 return
         elif ref.kind == "result" and caller.job == (ref.scope, ref.job):
             return

@@ -38,8 +38,9 @@ class DaggerConfig:
     """Parallelism of a submission that names none."""
 
 
-UploadedFiles = Callable[[str], set[str]]
-"""The paths uploaded under an upload id (asked of cellar), to check `cache:` inputs."""
+UploadedFiles = Callable[[str], dict[str, str]]
+"""The paths uploaded under an upload id and their owners (asked of cellar), to check
+`cache:` inputs and that the upload is the caller's."""
 
 
 class DaggerService:
@@ -68,21 +69,26 @@ class DaggerService:
         except InvalidArgument as e:
             problems.extend(e.problems)
         else:
-            problems.extend(self._missing_uploads(definition, upload_id))
+            problems.extend(self._upload_problems(caller, definition, upload_id))
         if problems:
             raise InvalidArgument(problems)
         return self._store_new(definition, name, parallelism or self.config.default_parallelism,
                                fail_fast, upload_id, caller.user_id)
 
-    def _missing_uploads(self, definition: Definition, upload_id: str) -> list[Problem]:
-        """A problem for every `cache:` input that was not uploaded with the submission."""
+    def _upload_problems(self, caller: Principal, definition: Definition, upload_id: str) -> list[Problem]:
+        """A problem for every `cache:` input that was not uploaded with the submission and
+        for an upload id with nothing in it; PermissionDenied for someone else's upload
+        (its files would be readable by the workflow's jobs)."""
+        if self.uploaded is None:
+            return []
+        present = self.uploaded(upload_id) if upload_id else {}
+        if upload_id and not caller.is_admin and any(owner != caller.user_id for owner in present.values()):
+            raise PermissionDenied(f"upload {upload_id} is not yours")
+        problems = [Problem("upload_id", f"nothing was uploaded under '{upload_id}'")] if upload_id and not present else []
         wanted = [(f"jobs[{j}].inputs[{i}].cache", item.cache)
                   for j, spec in enumerate(definition.jobs.values()) for i, item in enumerate(spec.inputs) if item.cache]
-        if not wanted or self.uploaded is None:
-            return []
-        present = self.uploaded(upload_id) if upload_id else set()
-        return [Problem(place, f"'{path}' was not uploaded with this workflow (submit --upload)")
-                for place, path in wanted if path not in present]
+        return problems + [Problem(place, f"'{path}' was not uploaded with this workflow (submit --upload)")
+                           for place, path in wanted if path not in present]
 
     def _store_new(self, definition: Definition, name: str, parallelism: int, fail_fast: bool,
                    upload_id: str, owner: str) -> WorkflowRecord:

@@ -334,15 +334,16 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
         for p in check.problems:
             click.echo(f"error: {p.place}: {p.message}" if p.place else f"error: {p.message}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    upload_id = ""
-    if uploads:
-        upload_id = uuid.uuid4().hex
-        for path in uploads:
-            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-            for f in files:
-                relative = f.name if path.is_file() else str(Path(path.name) / f.relative_to(path))
-                client.cellar.put("cache", upload_id, relative, f)
-                click.echo(f"uploaded {relative}", err=True)
+    upload_id = uuid.uuid4().hex
+    uploaded = 0
+    for path in uploads:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            relative = f.name if path.is_file() else str(Path(path.name) / f.relative_to(path))
+            client.cellar.put("cache", upload_id, relative, f)
+            click.echo(f"uploaded {relative}", err=True)
+            uploaded += 1
+    upload_id = upload_id if uploaded else ""
     w = client.dagger.CreateWorkflow(
         pb.CreateWorkflowRequest(definition=text.decode("utf-8", "replace"), name=name or file.stem,
                                  parallelism=parallelism, fail_fast=fail_fast, upload_id=upload_id),

@@ -101,8 +101,8 @@ class Stack:
             scheduler = Scheduler(store, None, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                   lease_ttl=c.lease_ttl)
 
-            def uploaded(upload_id: str) -> set[str]:
-                return {f.ref.path for f in self._service_cellar.list("cache", upload_id)}
+            def uploaded(upload_id: str) -> dict[str, str]:
+                return {f.ref.path: f.owner for f in self._service_cellar.list("cache", upload_id)}
 
             service = DaggerService(store, logs, scheduler, DaggerConfig(data_root, c.default_parallelism), uploaded)
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None

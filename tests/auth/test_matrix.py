@@ -224,3 +224,27 @@ def test_tokens_are_long_and_never_logged(world: World, caplog: pytest.LogCaptur
     code_of(lambda s: s.WhoAmI(upb.WhoAmIRequest()), stubs(world.stack.endpoint, world.alice + "x")["users"])
     logged = caplog.text + "".join(p.read_text(errors="replace") for p in Path(world.stack.config.data_dir).rglob("*.log"))
     assert world.alice not in logged and secret not in logged
+
+
+def put_cache(stub: Any, upload: str, path: str, data: bytes) -> Any:
+    ref = cpb.FileRef(kind=cpb.KIND_CACHE, scope=upload, path=path)
+    return stub.Put(iter([cpb.PutRequest(header=ref, size=len(data)), cpb.PutRequest(data=data)]))
+
+
+def test_an_upload_is_its_owner_s_alone(world: World) -> None:
+    """Bob can neither add files to Alice's upload nor give his workflow's jobs access to
+    it by naming it at submit; an upload id with nothing in it is refused."""
+    alice, bob = stubs(world.stack.endpoint, world.alice), stubs(world.stack.endpoint, world.bob)
+    assert put_cache(alice["cellar"], "alices-upload", "secret.txt", b"s").owner == world.alice_id
+    before = snapshot(world.stack)
+
+    assert code_of(lambda s: put_cache(s, "alices-upload", "more.txt", b"x"), bob["cellar"]) == DENIED
+    definition = json.dumps({"jobs": [{"name": "steal", "image": "x", "cmd": "true", "args": []}]})
+    submit = dpb.CreateWorkflowRequest(definition=definition, upload_id="alices-upload")
+    assert code_of(lambda s: s.CreateWorkflow(submit), bob["dagger"]) == DENIED
+    empty = dpb.CreateWorkflowRequest(definition=definition, upload_id="nothing-here")
+    assert code_of(lambda s: s.CreateWorkflow(empty), bob["dagger"]) == grpc.StatusCode.INVALID_ARGUMENT
+    assert snapshot(world.stack) == before
+
+    assert put_cache(alice["cellar"], "alices-upload", "more.txt", b"x").size == 1  # hers to add to
+    assert alice["dagger"].CreateWorkflow(submit).id

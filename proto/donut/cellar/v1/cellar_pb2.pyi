@@ -34,16 +34,18 @@ class FileRef(_message.Message):
     def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., scope: _Optional[str] = ..., job: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class FileInfo(_message.Message):
-    __slots__ = ("ref", "size", "sha256", "created_at")
+    __slots__ = ("ref", "size", "sha256", "created_at", "owner")
     REF_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     ref: FileRef
     size: int
     sha256: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, ref: _Optional[_Union[FileRef, _Mapping]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, ref: _Optional[_Union[FileRef, _Mapping]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class PutRequest(_message.Message):
     __slots__ = ("header", "data", "size")
