@@ -201,9 +201,9 @@ class DaggerService:
 
     def tail_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int = 0, offset: int = 0,
                   follow: bool = False,
-                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, list[LogLine]]]:
-        """Lines of one attempt (0: the current one, and with follow the ones after it,
-        until the job has ended)."""
+                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, list[LogLine]]]:
+        """(attempt, index of the first line, lines) of one attempt (0: the current one,
+        and with follow the ones after it, until the job has ended)."""
         self.get(caller, workflow_id)
         record = self.store.job(workflow_id, job)
         if attempt < 0:
@@ -220,7 +220,9 @@ class DaggerService:
                 now.status is not JobStatus.RUNNING and now.attempt == current)
 
         while True:
-            yield from self.logs.read(workflow_id, job, current, offset, attempt_over if follow else None)
+            for index, lines in self.logs.read(workflow_id, job, current, offset, attempt_over if follow else None):
+                offset = index + len(lines)
+                yield current, index, lines
             if not follow or attempt or not is_active():
                 return
             record = self.store.job(workflow_id, job)

@@ -147,11 +147,12 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
             yield pb.LogAck(sequence=stored)
 
     def TailLogs(self, request: pb.TailLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogLines]:
-        for offset, lines in self.service.tail_logs(
+        for attempt, offset, lines in self.service.tail_logs(
             self.principal(), request.workflow_id, request.job, request.attempt, request.offset, request.follow,
             is_active=context.is_active,
         ):
-            yield pb.LogLines(offset=offset, lines=[pb.LogLine(stream=cast(Any, s), text=t) for s, t in lines])
+            yield pb.LogLines(offset=offset, attempt=attempt,
+                              lines=[pb.LogLine(stream=cast(Any, s), text=t) for s, t in lines])
 
     def ReportJobStatus(self, request: pb.ReportJobStatusRequest,
                         context: grpc.ServicerContext) -> pb.ReportJobStatusResponse:

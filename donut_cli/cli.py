@@ -408,7 +408,11 @@ def logs(settings: Settings, workflow_id: str, job: str, follow: bool, attempt: 
     client = settings.client
     out, err = sys.stdout.buffer, sys.stderr.buffer
     request = pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=attempt, follow=follow)
+    shown = 0
     for chunk in client.dagger.TailLogs(request, metadata=client.metadata):
+        if shown and chunk.attempt != shown:
+            err.write(b"[donut] attempt %d\n" % chunk.attempt)
+        shown = chunk.attempt
         for line in chunk.lines:
             if line.stream == pb.LOG_STREAM_STDERR:
                 err.write(line.text + b"\n")

@@ -128,6 +128,20 @@ def test_cancel_and_follow_logs(cli: Any, stack: Any, donut_home: Path, tmp_path
     assert cli("cancel", workflow_id).returncode == 1  # already ended
 
 
+def test_follow_goes_through_a_retry_showing_each_line_once(cli: Any, stack: Any, donut_home: Path,
+                                                            tmp_path: Path) -> None:
+    definition = tmp_path / "retried.json"
+    script = 'sleep 0.5; echo one-$DONUT_JOB_ATTEMPT; echo two-$DONUT_JOB_ATTEMPT; [ "$DONUT_JOB_ATTEMPT" = 2 ]'
+    definition.write_text(json.dumps({"jobs": [
+        {"name": "flaky", "image": "x", "cmd": "/bin/sh", "args": ["-c", script], "retries": 1}]}))
+    workflow_id = cli("submit", str(definition)).stdout.strip()
+    followed = cli("logs", workflow_id, "flaky", "--follow")  # attaches during attempt 1, waits out the backoff
+
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines() == ["one-1", "two-1", "one-2", "two-2"]
+    assert followed.stderr.splitlines() == ["[donut] exited with code 1", "[donut] attempt 2"]
+
+
 def test_server_down_gives_one_clear_line(donut_home: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
     result = donut("list", home=donut_home, endpoint=endpoint)

@@ -354,12 +354,14 @@ class TailLogsRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., offset: _Optional[int] = ..., follow: bool = ...) -> None: ...
 
 class LogLines(_message.Message):
-    __slots__ = ("offset", "lines")
+    __slots__ = ("offset", "lines", "attempt")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     offset: int
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
-    def __init__(self, offset: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+    attempt: int
+    def __init__(self, offset: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class ReportJobStatusRequest(_message.Message):
     __slots__ = ("workflow_id", "job", "attempt", "exit_code", "signal", "failed_phase", "message", "started_at", "finished_at")
