@@ -8,10 +8,12 @@ the end of the file.
 A batch pushed by a job wrapper is written together with a `q<sequence>` line in one
 write, so a resent batch is stored once, even after a restart: reopening the file finds
 the last sequence stored and drops a batch that was cut short (the wrapper resends it).
+A sequenced log starts with `q0`, so even its first batch can be found cut short.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ STDOUT, STDERR, SYSTEM = 1, 2, 3
 _TAGS = {STDOUT: b"o", STDERR: b"e", SYSTEM: b"s"}
 _STREAMS = {ord("o"): STDOUT, ord("e"): STDERR, ord("s"): SYSTEM}
 _SEQUENCE = ord("q")
+_MARKER = re.compile(rb"(?m)^q(\d{1,20})\n")
+_MARKER_ROOM = 32  # bytes a marker line can take (looked at again across a read boundary)
 
 LogLine = tuple[int, bytes]  # (stream, text without newline)
 
@@ -61,16 +65,18 @@ class LogStore:
         is a resend and is dropped. Returns the last sequence stored."""
         with self._lock:
             entry = self._writer((workflow_id, job, attempt))
-            if sequence is not None:
-                if sequence <= entry.sequence:
-                    return entry.sequence
-                entry.sequence = sequence
+            if sequence is not None and sequence <= entry.sequence:
+                return entry.sequence
             if lines or sequence is not None:
                 data = b"".join(_TAGS[s] + text.replace(b"\n", b" ") + b"\n" for s, text in lines)
                 if sequence is not None:
+                    if entry.file.tell() == 0:
+                        data = b"q0\n" + data
                     data += b"q%d\n" % sequence
                 entry.file.write(data)
-                entry.file.flush()
+                entry.file.flush()  # before the sequence counts as stored (and is acknowledged)
+                if sequence is not None:
+                    entry.sequence = sequence
                 self._generation += 1
                 self._changed.notify_all()
             return entry.sequence
@@ -133,28 +139,27 @@ class LogStore:
 
 
 def _recover(path: Path) -> int:
-    """The last sequence stored in an existing log, cutting off a batch that was only
-    partly written (it has no sequence line yet, and will be sent again)."""
+    """The last sequence stored in an existing log, cutting off whatever follows its
+    marker: a batch that was only partly written (the wrapper sends it again). A log with
+    no marker was never sequenced and is left as it is."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         return 0
     with open(path, "r+b") as f:
-        end, tail = size, b""
-        while end > 0:
-            start = max(0, end - 65536)
-            f.seek(start)
-            tail = f.read(end - start) + tail
-            at = tail.rfind(b"\nq")
-            if at >= 0 or (start == 0 and tail.startswith(b"q")):
-                line_start = at + 1 if at >= 0 else 0
-                line_end = tail.find(b"\n", line_start)
-                if line_end < 0:
-                    end = start + line_start  # the marker itself was cut short
-                    tail = tail[:line_start]
-                    continue
-                sequence = int(tail[line_start + 1:line_end])
-                f.truncate(size - len(tail) + line_end + 1)
-                return sequence
-            end = start
+        tail, start = b"", size  # tail holds the bytes from start to the end of the file
+        while start > 0:
+            new_start = max(0, start - 65536)
+            f.seek(new_start)
+            tail = f.read(start - new_start) + tail
+            unsearched = start - new_start + _MARKER_ROOM
+            start = new_start
+            found = None
+            for found in _MARKER.finditer(tail, 0, unsearched):
+                pass
+            # a match at the very start of tail begins a line only if the byte before does
+            # not belong to the line: sure at the start of the file, else read further back
+            if found is not None and (found.start() > 0 or start == 0):
+                f.truncate(start + found.end())
+                return int(found.group(1))
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from dagger_svc.core.definition import Definition, parse_definition
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.run import prepare_retry
-from dagger_svc.logs import LogLine, LogStore
+from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import StoredSpec, Store
 from donut_common.auth import Principal
@@ -236,6 +236,9 @@ class DaggerService:
     def push_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int, sequence: int,
                   lines: list[LogLine]) -> int:
         _check_job_caller(caller, workflow_id, job)
+        bad = next((i for i, (stream, _) in enumerate(lines) if stream not in (STDOUT, STDERR, SYSTEM)), None)
+        if bad is not None:
+            raise InvalidArgument([Problem(f"lines[{bad}].stream", "must be stdout, stderr or system")])
         return self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
 
     def report(self, caller: Principal, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -54,6 +55,11 @@ def test_bad_requests_get_the_right_status_and_change_nothing(driver: Driver) ->
         grpc.StatusCode.FAILED_PRECONDITION
     assert rpc_code(lambda: list(stub.TailLogs(pb.TailLogsRequest(workflow_id=running, job="slow", attempt=7)))) == \
         grpc.StatusCode.NOT_FOUND
+    unknown_stream = pb.LogBatch(workflow_id=running, job="slow", attempt=1, sequence=9,
+                                 lines=[pb.LogLine(stream=pb.LOG_STREAM_STDOUT, text=b"ok"), pb.LogLine(stream=cast(Any, 99), text=b"?")])
+    assert rpc_code(lambda: list(stub.PushLogs(iter([unknown_stream])))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert [line.text for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=running, job="slow"))
+            for line in m.lines] == [b"terminated (SIGTERM)"]  # nothing of the refused batch
 
 
 def test_clone_submits_the_same_definition_again(driver: Driver) -> None:

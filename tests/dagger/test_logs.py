@@ -39,3 +39,63 @@ def test_offsets_and_unsequenced_appends(tmp_path: Path) -> None:
     assert read == [(STDOUT, b"x7"), (STDOUT, b"x8"), (STDOUT, b"x9")]
     store.close()
     assert LogStore(tmp_path).append("w", "j", 1, [(STDOUT, b"y")]) == 0
+
+
+def test_a_torn_first_batch_is_dropped(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    store.append("w", "j", 1, [(STDOUT, b"hello")], sequence=1)
+    store.close()
+    path = store.path("w", "j", 1)
+    path.write_bytes(path.read_bytes()[:5])  # cut inside batch 1: "q0\noh"
+    again = LogStore(tmp_path)
+    assert again.last_sequence("w", "j", 1) == 0
+    assert again.append("w", "j", 1, [(STDOUT, b"hello"), (STDOUT, b"world")], sequence=1) == 1
+    assert lines(again) == [(STDOUT, b"hello"), (STDOUT, b"world")]
+
+
+def test_a_marker_cut_short_is_dropped_with_its_batch(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    store.append("w", "j", 1, [(STDOUT, b"a")], sequence=1)
+    store.append("w", "j", 1, [(STDOUT, b"b")], sequence=12)
+    store.close()
+    path = store.path("w", "j", 1)
+    path.write_bytes(path.read_bytes()[:-2])  # "...ob\nq1": the marker of batch 12 cut short
+    again = LogStore(tmp_path)
+    assert again.append("w", "j", 1, [(STDOUT, b"b")], sequence=12) == 12
+    assert lines(again) == [(STDOUT, b"a"), (STDOUT, b"b")]
+
+
+def test_recovery_finds_a_marker_far_back_and_across_read_boundaries(tmp_path: Path) -> None:
+    for filler in (65536 - 9, 65536 - 3, 65536, 200_000):
+        store = LogStore(tmp_path / str(filler))
+        store.append("w", "j", 1, [(STDOUT, b"a")], sequence=7)
+        store.close()
+        path = store.path("w", "j", 1)
+        with open(path, "ab") as f:
+            f.write(b"o" + b"x" * filler)  # a long batch cut short before its marker
+        again = LogStore(tmp_path / str(filler))
+        assert again.append("w", "j", 1, [(STDOUT, b"b")], sequence=8) == 8
+        assert lines(again) == [(STDOUT, b"a"), (STDOUT, b"b")]
+
+
+def test_a_failed_write_is_not_acknowledged(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    store.append("w", "j", 1, [(STDOUT, b"one")], sequence=1)
+    entry = store._open[("w", "j", 1)]
+    real_file = entry.file
+
+    class Full:
+        def tell(self) -> int:
+            return real_file.tell()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+    entry.file = Full()  # type: ignore[assignment]
+    try:
+        store.append("w", "j", 1, [(STDOUT, b"two")], sequence=2)
+    except OSError:
+        pass
+    entry.file = real_file
+    assert store.append("w", "j", 1, [(STDOUT, b"two")], sequence=2) == 2  # the resend is stored
+    assert lines(store) == [(STDOUT, b"one"), (STDOUT, b"two")]

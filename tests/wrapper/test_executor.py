@@ -83,7 +83,6 @@ def test_a_normal_end_is_reported_by_the_wrapper_not_the_executor(
 
 def test_an_end_the_wrapper_could_not_report_is_reported_by_the_executor(
         log_server: LogServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STREAMED_JOB_LOG_FLUSH_TIMEOUT", "0.3")
     monkeypatch.setenv("STREAMED_JOB_REPORT_DEADLINE", "0.3")
     reports = Reports()
     executor = WrapperExecutor(log_server.logs, reports, f"127.0.0.1:{closed_port()}", kill_grace=1.0)

@@ -64,7 +64,7 @@ def test_with_dagger_unreachable_the_outcome_goes_to_the_termination_log(log_ser
     spec = wrapper_spec(log_server, tmp_path, "/bin/sh", ["-c", "echo lost; exit 4"])
     log_server.stop()
     termination = tmp_path / "termination.json"
-    done = run_wrapper(spec, STREAMED_JOB_LOG_FLUSH_TIMEOUT="0.5", STREAMED_JOB_REPORT_DEADLINE="0.5",
+    done = run_wrapper(spec, STREAMED_JOB_REPORT_DEADLINE="0.5",
                        STREAMED_JOB_TERMINATION_LOG=str(termination))
 
     assert done.returncode == 4

@@ -67,10 +67,10 @@ class Settings:
 
     kill_grace: float = 10.0
     """Seconds between forwarding SIGTERM to the command's process group and SIGKILL."""
-    log_flush_timeout: float = 60.0
-    """Seconds to wait, once the command is over, for dagger to acknowledge every log line."""
     report_deadline: float = 300.0
-    """Seconds to keep retrying the report while dagger is unreachable."""
+    """Seconds to keep trying, once the command is over, to deliver the last log lines and
+    then the report while dagger is unreachable (the lines are never given up before the
+    report is)."""
     max_download_bytes: int = MAX_DOWNLOAD_BYTES
     """Largest `origin` input accepted."""
     log_memory_bytes: int = ShipperSettings.memory_bytes
@@ -284,9 +284,10 @@ def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     with guard.held():  # from here on the report must go out
         if ended.message and not ended.succeeded:
             attempt.note(ended.message)
-        if not shipper.close(settings.log_flush_timeout):
+        deadline = time.monotonic() + settings.report_deadline
+        if not shipper.close(settings.report_deadline):
             log.error("some log lines could not be delivered to dagger")
-        reported = Reporter(channel, spec, metadata, settings.report_deadline).report(ended)
+        reported = Reporter(channel, spec, metadata, max(1.0, deadline - time.monotonic())).report(ended)
         write_termination_log(settings.termination_log, ended, reported)
         channel.close()
         if cellar_channel is not channel:
