@@ -48,7 +48,7 @@ class UsersService:
         if not token.startswith(TOKEN_PREFIX) or not re.fullmatch(r"[0-9a-f]{16}", token_id) or not secret:
             raise Unauthenticated("not a donut token")
         try:
-            record = self.store.token(token_id)
+            record, revision = self.store.token_and_revision(token_id)
         except NotFound:
             raise Unauthenticated("unknown token") from None
         if not hmac.compare_digest(record.secret_hash, _hash(secret)):
@@ -60,7 +60,7 @@ class UsersService:
             raise Unauthenticated("the token has expired")
         user = self.store.user(record.user_id)
         if record.last_used_at is None or now - record.last_used_at > LAST_USED_EVERY:
-            self.store.save_token(record.with_(last_used_at=now))
+            self.store.save_token(record.with_(last_used_at=now), revision)  # skipped if it changed meanwhile
         return Principal(user_id=user.id, login=user.login, admin=user.admin, token_id=record.id,
                          scopes=record.scopes, expires_at=record.expires_at)
 
@@ -93,10 +93,11 @@ class UsersService:
 
     def get_user(self, caller: Principal, user_id: str = "", login: str = "") -> UserRecord:
         caller.require_user()
-        user = self.store.user(user_id or self.store.user_id_by_login(login))
-        if user.id != caller.user_id and not caller.is_admin:
-            raise PermissionDenied("you may only look yourself up")
-        return user
+        if not (user_id or login):
+            raise InvalidArgument([Problem("id", "an id or a login is required")])
+        if not caller.is_admin and (user_id or login) not in (caller.user_id, caller.login):
+            raise PermissionDenied("you may only look yourself up")  # whether the user exists or not
+        return self.store.user(user_id or self.store.user_id_by_login(login))
 
     def list_users(self, caller: Principal) -> list[UserRecord]:
         caller.require_admin()
@@ -140,16 +141,17 @@ class UsersService:
         return [t for t in self.store.tokens(target) if not any(s.startswith("job:") for s in t.scopes)]
 
     def revoke_token(self, caller: Principal, token_id: str) -> TokenRecord:
-        try:
-            record = self.store.token(token_id)
-        except NotFound:
-            raise NotFound(f"no token {token_id}") from None
-        if not (caller.is_admin or (caller.acts_as_user and record.user_id == caller.user_id)
-                or (caller.is_service and all(s.startswith(("job:", "cache:")) for s in record.scopes))):
-            raise PermissionDenied("you may only revoke your own tokens")
-        revoked = record.with_(revoked=True)
-        self.store.save_token(revoked)
-        return revoked
+        while True:  # again if the record changed under us (its last use was recorded)
+            try:
+                record, revision = self.store.token_and_revision(token_id)
+            except NotFound:
+                raise NotFound(f"no token {token_id}") from None
+            if not (caller.is_admin or (caller.acts_as_user and record.user_id == caller.user_id)
+                    or (caller.is_service and all(s.startswith(("job:", "cache:")) for s in record.scopes))):
+                raise PermissionDenied("you may only revoke your own tokens")
+            revoked = record.with_(revoked=True)
+            if self.store.save_token(revoked, revision):
+                return revoked
 
     # ---- first start ---------------------------------------------------------------
 

@@ -113,14 +113,25 @@ class UserStore:
 
     # ---- tokens --------------------------------------------------------------------
 
-    def save_token(self, token: TokenRecord) -> None:
-        self.client.put(self._key("tokens", token.id), json.dumps(asdict(token)))
+    def save_token(self, token: TokenRecord, revision: int | None = None) -> bool:
+        """Stores the token record; with a revision, only if the stored record still has it
+        (False if it changed meanwhile: a revocation is never overwritten by a stale copy)."""
+        key = self._key("tokens", token.id)
+        if revision is None:
+            self.client.put(key, json.dumps(asdict(token)))
+            return True
+        unchanged = etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
+                                    mod_revision=revision)
+        return self._txn([unchanged], [self._put(key, json.dumps(asdict(token)))])
 
     def token(self, token_id: str) -> TokenRecord:
-        doc = self._get_json(self._key("tokens", token_id))
-        if doc is None:
+        return self.token_and_revision(token_id)[0]
+
+    def token_and_revision(self, token_id: str) -> tuple[TokenRecord, int]:
+        value, meta = self.client.get(self._key("tokens", token_id))
+        if value is None:
             raise NotFound(f"no token {token_id}")
-        return _token(doc)
+        return _token(json.loads(value)), int(meta.mod_revision)
 
     def tokens(self, user_id: str | None = None) -> list[TokenRecord]:
         found = []

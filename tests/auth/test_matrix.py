@@ -248,3 +248,12 @@ def test_an_upload_is_its_owner_s_alone(world: World) -> None:
 
     assert put_cache(alice["cellar"], "alices-upload", "more.txt", b"x").size == 1  # hers to add to
     assert alice["dagger"].CreateWorkflow(submit).id
+
+
+def test_looking_up_someone_else_says_nothing_of_whether_they_exist(world: World) -> None:
+    bob = stubs(world.stack.endpoint, world.bob)["users"]
+    admin = stubs(world.stack.endpoint, world.stack.admin_token)["users"]
+    for login in ("alice", "no-such-user"):
+        assert code_of(lambda s: s.GetUser(upb.GetUserRequest(login=login)), bob) == DENIED
+    assert code_of(lambda s: s.GetUser(upb.GetUserRequest(login="no-such-user")), admin) == grpc.StatusCode.NOT_FOUND
+    assert bob.GetUser(upb.GetUserRequest(login="bob")).login == "bob"
