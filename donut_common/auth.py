@@ -127,6 +127,9 @@ def bearer_token(metadata: Any) -> str:
     raise Unauthenticated("missing authorization: Bearer <token> (see `donut token create`)")
 
 
+STREAM_RECHECK_SECONDS = 1.0  # how often an open stream's token is verified again (through the cache)
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, verifier: Callable[[str], Principal]) -> None:
         self.verifier = verifier
@@ -160,6 +163,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 principal = authenticate(context)
+                checked = time.monotonic()
                 token = _current.set(principal)
                 try:
                     responses = behavior(request, context)
@@ -173,6 +177,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                         return
                     finally:
                         _current.reset(token)
+                    if time.monotonic() - checked >= STREAM_RECHECK_SECONDS:
+                        authenticate(context)  # a long stream ends once its token is revoked or expires
+                        checked = time.monotonic()
                     yield item
 
             return call

@@ -257,3 +257,24 @@ def test_looking_up_someone_else_says_nothing_of_whether_they_exist(world: World
         assert code_of(lambda s: s.GetUser(upb.GetUserRequest(login=login)), bob) == DENIED
     assert code_of(lambda s: s.GetUser(upb.GetUserRequest(login="no-such-user")), admin) == grpc.StatusCode.NOT_FOUND
     assert bob.GetUser(upb.GetUserRequest(login="bob")).login == "bob"
+
+
+def test_an_open_stream_ends_once_its_token_is_revoked(world: World) -> None:
+    alice = stubs(world.stack.endpoint, world.alice)
+    follower = alice["users"].CreateToken(upb.CreateTokenRequest(name="follower"))
+    definition = json.dumps({"jobs": [{"name": "ticker", "image": "x", "cmd": "/bin/sh",
+                                       "args": ["-c", "while true; do echo tick; sleep 0.1; done"]}]})
+    workflow = alice["dagger"].CreateWorkflow(dpb.CreateWorkflowRequest(definition=definition)).id
+    try:
+        lines = stubs(world.stack.endpoint, follower.secret)["dagger"].TailLogs(
+            dpb.TailLogsRequest(workflow_id=workflow, job="ticker", follow=True), timeout=60)
+        next(iter(lines))  # following
+        alice["users"].RevokeToken(upb.RevokeTokenRequest(id=follower.token.id))
+        revoked_at = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in lines:
+                pass
+        assert ended.value.code() == UNAUTH  # type: ignore[attr-defined]
+        assert time.monotonic() - revoked_at < world.stack.config.token_cache_seconds + 10
+    finally:
+        alice["dagger"].CancelWorkflow(dpb.CancelWorkflowRequest(id=workflow))
