@@ -81,7 +81,7 @@ class Stack:
         from users_svc.store import UserStore
 
         c = self.config
-        c.data_dir.mkdir(parents=True, exist_ok=True)
+        c.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # made here: for the stack's user only
         try:
             endpoints = c.etcd_endpoints
             if not endpoints:
@@ -208,6 +208,7 @@ class Stack:
 
 def _write_secret(path: Path, secret: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left over from before keeps its mode otherwise
     with os.fdopen(fd, "w") as f:
         f.write(secret)
 

@@ -49,6 +49,9 @@ def test_token_commands(stack: Any, donut_home: Path) -> None:
 def test_up_writes_a_private_client_config_that_the_cli_uses(tmp_path: Path, etcd_server: Any,
                                                             etcd_prefix: str) -> None:
     home = tmp_path / "home"
+    home.mkdir()
+    (home / "client.tmp").write_text("left over")
+    (home / "client.tmp").chmod(0o644)  # its mode must not carry over
     env = {**os.environ, "DONUT_HOME": str(home)}
     env.pop("DONUT_TOKEN", None)
     up = subprocess.Popen([sys.executable, "-m", "donut_cli", "up", "--data-dir", str(tmp_path / "d"), "--port", "0",
@@ -61,6 +64,8 @@ def test_up_writes_a_private_client_config_that_the_cli_uses(tmp_path: Path, etc
             assert time.time() < deadline and up.poll() is None
             time.sleep(0.05)
         assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
+        assert stat.S_IMODE((tmp_path / "d" / "service-token").stat().st_mode) == 0o600
         assert json.loads(config.read_text())["token"].startswith("dd_")
         result = donut("submit", str(FRUIT), "--wait", home=home)
         assert result.returncode == 0, result.stderr
