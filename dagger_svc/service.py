@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dagger_svc.core.definition import Definition, parse_definition
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
+from dagger_svc.core.limits import MAX_PARALLELISM, name_problem
 from dagger_svc.core.run import prepare_retry
 from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
@@ -24,9 +25,7 @@ from dagger_svc.store import StoredSpec, Store
 from donut_common.auth import Principal
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
 
-MAX_PARALLELISM = 1000
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
-MAX_NAME_LENGTH = 200
 _ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -60,8 +59,8 @@ class DaggerService:
         problems = []
         if parallelism < 0 or parallelism > MAX_PARALLELISM:
             problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the default)"))
-        if len(name) > MAX_NAME_LENGTH:
-            problems.append(Problem("name", f"must be at most {MAX_NAME_LENGTH} characters"))
+        if name_problem(name):
+            problems.append(Problem("name", name_problem(name)))
         if upload_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", upload_id):
             problems.append(Problem("upload_id", "must be letters, digits, '.', '_' or '-'"))
         try:
@@ -148,8 +147,13 @@ class DaggerService:
         original = self.get(caller, workflow_id)
         specs = self.store.specs(workflow_id)
         definition = definition_from_specs(specs)
+        problems = []
         if parallelism < 0 or parallelism > MAX_PARALLELISM:
-            raise InvalidArgument([Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the original's)")])
+            problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the original's)"))
+        if name_problem(name):
+            problems.append(Problem("name", name_problem(name)))
+        if problems:
+            raise InvalidArgument(problems)
         return self._store_new(definition, name or original.name, parallelism or original.parallelism,
                                original.fail_fast, original.upload_id, caller.user_id)
 

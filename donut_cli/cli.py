@@ -18,6 +18,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from dagger_svc.core.limits import MAX_PARALLELISM, name_problem
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1
@@ -99,6 +101,8 @@ def rpc_errors(command: F) -> F:
                     click.echo(f"error: {line}", err=True)
                 sys.exit(EXIT_BAD_INPUT)
             fail(f"{e.details()} ({code.name.lower()})")
+        except OSError as e:  # a local file or directory
+            fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -109,12 +113,18 @@ class Settings:
     def __init__(self, endpoint: str | None, token: str | None, tls_ca: str | None) -> None:
         from donut_common.config import ClientConfig
 
-        config = ClientConfig.load(endpoint, token, tls_ca)
+        self.problem = ""  # a client config that cannot be used: said when a command needs it
+        try:
+            config = ClientConfig.load(endpoint, token, tls_ca)
+        except ValueError as e:
+            config, self.problem = ClientConfig(), str(e)
         self.endpoint, self.token, self.tls_ca = config.endpoint, config.token, config.tls_ca
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
+        if self.problem:
+            fail(self.problem)
         if self._client is None:
             self._client = Client(self.endpoint, self.token, self.tls_ca)
         return self._client
@@ -199,9 +209,11 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
     client = settings.client
     last = ""
     final = None
+    away = False
     while final is None:
         try:
             for w in client.dagger.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), metadata=client.metadata):
+                away = False
                 status = _status(w.status, "WORKFLOW_STATUS_", pb.WorkflowStatus)
                 line = f"{status}: {_counts_line(w)}"
                 if line != last:
@@ -215,6 +227,10 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
 
             if not isinstance(e, grpc.RpcError) or e.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
+            if not away:
+                click.echo(f"cannot reach donut at {settings.endpoint}; still trying (Ctrl-C stops waiting, "
+                           "not the workflow)", err=True)
+                away = True
             time.sleep(1)
     show_workflow(client, workflow_id, as_json)
     sys.exit(0 if final == "done" else EXIT_FAILED)
@@ -239,8 +255,10 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("~/.donut/data").expanduser(),
               show_default=True, help="Where the stack keeps its state, logs and files.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=7000, show_default=True, help="gRPC port (0: any free port).")
-@click.option("--http-port", type=int, default=7080, show_default=True, help="Gateway port (0: any; -1: none).")
+@click.option("--port", type=click.IntRange(0, 65535), default=7000, show_default=True,
+              help="gRPC port (0: any free port).")
+@click.option("--http-port", type=click.IntRange(-1, 65535), default=7080, show_default=True,
+              help="Gateway port (0: any; -1: none).")
 @click.option("--executor", type=click.Choice(["local", "wrapper"]), default="local", show_default=True,
               help="local: jobs are processes run in-process; wrapper: each job runs under its own "
                    "streamed-job process, talking gRPC as in a cluster.")
@@ -282,9 +300,16 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     except Exception as e:  # noqa: BLE001 - one line for the user
         fail(f"cannot start the stack: {e}")
     try:
-        token, new = stack.client_token(ClientConfig.load().token)
-        path = ClientConfig(endpoint=stack.endpoint, token=token,
-                            tls_ca=str(tls_cert.resolve()) if tls_cert else "").save()
+        try:
+            existing = ClientConfig.load().token
+        except ValueError:
+            existing = ""  # replaced below
+        token, new = stack.client_token(existing)
+        try:
+            path = ClientConfig(endpoint=stack.endpoint, token=token,
+                                tls_ca=str(tls_cert.resolve()) if tls_cert else "").save()
+        except OSError as e:
+            fail(f"cannot write the client config ($DONUT_HOME): {e}")
         click.echo(f"donut is up: grpc {stack.endpoint}"
                    + (f", web {stack.http_endpoint}" if stack.http_endpoint else "")
                    + f", data {config.data_dir}", err=True)
@@ -298,7 +323,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--name", default="", help="A friendly name (default: the file's name).")
-@click.option("--parallelism", type=int, default=0, help="Jobs at once (default: the server's).")
+@click.option("--parallelism", type=click.IntRange(0, MAX_PARALLELISM), default=0,
+              help="Jobs at once (0: the server's default).")
 @click.option("--upload", "uploads", multiple=True, type=click.Path(path_type=Path),
               help="A file or directory to upload for `cache:` inputs (repeatable).")
 @click.option("--fail-fast", is_flag=True, help="Stop everything at the first failed job.")
@@ -314,38 +340,42 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
     from donut.dagger.v1 import dagger_pb2 as pb
 
     problems = []
+    text: bytes | None = None
     try:
         text = file.read_bytes()
     except OSError as e:
         problems.append(f"FILE: cannot read {file}: {e.strerror}")
-    if parallelism < 0:
-        problems.append("--parallelism: must be 1 or more")
+    name = name or file.stem
+    if name_problem(name):
+        problems.append(f"--name: {name_problem(name)}")
+    to_upload: list[tuple[str, Path]] = []
     for path in uploads:
         if not path.exists():
             problems.append(f"--upload: no such file or directory: {path}")
+            continue
+        for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            try:
+                with open(f, "rb") as readable:
+                    readable.read(1)
+            except OSError as e:
+                problems.append(f"--upload: cannot read {f}: {e.strerror}")
+            to_upload.append((f.name if path.is_file() else str(Path(path.name) / f.relative_to(path)), f))
+    client = settings.client
+    if text is not None:  # every problem at once: the definition's too
+        check = client.dagger.ValidateDefinition(
+            pb.ValidateDefinitionRequest(definition=text.decode("utf-8", "replace")), metadata=client.metadata)
+        problems += [f"{p.place}: {p.message}" if p.place else p.message for p in check.problems]
     if problems:
         for problem in problems:
-            click.echo(f"error: {problem}", err=True)
+            click.echo("error: " + problem.replace("\n", "\n  "), err=True)
         sys.exit(EXIT_BAD_INPUT)
-    client = settings.client
-    check = client.dagger.ValidateDefinition(pb.ValidateDefinitionRequest(definition=text.decode("utf-8", "replace")),
-                                             metadata=client.metadata)
-    if check.problems:
-        for p in check.problems:
-            click.echo(f"error: {p.place}: {p.message}" if p.place else f"error: {p.message}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    upload_id = uuid.uuid4().hex
-    uploaded = 0
-    for path in uploads:
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        for f in files:
-            relative = f.name if path.is_file() else str(Path(path.name) / f.relative_to(path))
-            client.cellar.put("cache", upload_id, relative, f)
-            click.echo(f"uploaded {relative}", err=True)
-            uploaded += 1
-    upload_id = upload_id if uploaded else ""
+    assert text is not None
+    upload_id = uuid.uuid4().hex if to_upload else ""
+    for relative, f in to_upload:
+        client.cellar.put("cache", upload_id, relative, f)
+        click.echo(f"uploaded {relative}", err=True)
     w = client.dagger.CreateWorkflow(
-        pb.CreateWorkflowRequest(definition=text.decode("utf-8", "replace"), name=name or file.stem,
+        pb.CreateWorkflowRequest(definition=text.decode("utf-8", "replace"), name=name,
                                  parallelism=parallelism, fail_fast=fail_fast, upload_id=upload_id),
         metadata=client.metadata,
     )
@@ -434,6 +464,8 @@ def results(settings: Settings, workflow_id: str, download: Path | None, as_json
     """List (or download) the saved outputs of a workflow."""
     from donut.dagger.v1 import dagger_pb2 as pb
 
+    if download is not None and download.exists() and not download.is_dir():
+        fail(f"--download: not a directory: {download}", EXIT_BAD_INPUT)
     client = settings.client
     client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id), metadata=client.metadata)  # NOT_FOUND early
     files = client.cellar.list("result", workflow_id)

@@ -29,14 +29,19 @@ class ClientConfig:
 
     @classmethod
     def load(cls, endpoint: str | None = None, token: str | None = None, tls_ca: str | None = None) -> ClientConfig:
-        """Flags (already merged with DONUT_ENDPOINT/DONUT_TOKEN by the CLI) over the file."""
+        """Flags (already merged with DONUT_ENDPOINT/DONUT_TOKEN by the CLI) over the file;
+        ValueError when the file exists but cannot be used."""
         stored: dict[str, str] = {}
         path = client_config_path()
         if path.exists():
             try:
                 stored = json.loads(path.read_text())
-            except (OSError, ValueError):
-                stored = {}
+            except (OSError, ValueError) as e:
+                raise ValueError(f"cannot read the client config {path}: {e}") from None
+            fields = ("endpoint", "token", "tls_ca")
+            if not isinstance(stored, dict) or not all(isinstance(stored.get(f, ""), str) for f in fields):
+                raise ValueError(f"the client config {path} must be a JSON object with string fields "
+                                 f"{', '.join(fields)} (`donut up` writes it)")
         return cls(
             endpoint=endpoint or stored.get("endpoint") or DEFAULT_ENDPOINT,
             token=token or stored.get("token") or "",

@@ -76,13 +76,42 @@ def test_bad_definition_exits_2_names_every_problem_and_stores_nothing(cli: Any,
     assert json.loads(cli("list", "--json").stdout) == []
 
 
-def test_bad_flags_and_files_exit_2(cli: Any, tmp_path: Path) -> None:
+def test_bad_flags_and_files_exit_2(cli: Any, stack: Any, tmp_path: Path) -> None:
     assert cli("submit", str(tmp_path / "missing.yaml")).returncode == 2
-    result = cli("submit", str(FRUIT), "--parallelism", "5000")
-    assert result.returncode == 2 and "parallelism: must be from 1 to 1000" in result.stderr
+    for parallelism in ("5000", "99999999999", "-1"):
+        result = cli("submit", str(FRUIT), "--parallelism", parallelism)
+        assert result.returncode == 2 and "'--parallelism'" in result.stderr and "0<=x<=1000" in result.stderr
     assert cli("submit", str(FRUIT), "--upload", str(tmp_path / "nope")).returncode == 2
     assert cli("status", "not-an-id").returncode == 2
     assert json.loads(cli("list", "--json").stdout) == []
+    for result in (cli("submit", str(FRUIT), "--parallelism", "99999999999"),
+                   cli("token", "create", "--expires", "99999999999999999999"),
+                   cli("results", "00000000-0000-4000-8000-000000000000", "--download", str(FRUIT))):
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_refused_submission_uploads_nothing_and_names_every_problem(cli: Any, stack: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jobs:\n- {name: a, image: x, cmd: y}\n")
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n")
+    result = cli("submit", str(bad), "--name", "x" * 300, "--upload", str(data))
+    assert result.returncode == 2
+    assert "error: --name: must be at most 200 characters" in result.stderr
+    assert "error: jobs[0].args: required" in result.stderr
+    assert cli("submit", str(FRUIT), "--name", "two\nlines").returncode == 2
+    assert not list((Path(stack.config.data_dir) / "cellar").rglob("*.csv"))  # nothing uploaded
+    assert json.loads(cli("list", "--json").stdout) == []
+
+
+def test_a_broken_client_config_is_one_clear_line(cli: Any, donut_home: Path) -> None:
+    donut_home.mkdir(parents=True, exist_ok=True)
+    for content in ("[]", "{not json", '{"endpoint": 5}'):
+        (donut_home / "client.json").write_text(content)
+        result = cli("list")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error:") and "client config" in result.stderr
 
 
 def test_failed_workflow_exits_1_and_retry_after_a_fix(cli: Any, tmp_path: Path) -> None:
