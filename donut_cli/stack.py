@@ -82,6 +82,7 @@ class Stack:
 
         c = self.config
         c.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # made here: for the stack's user only
+        self._parts["lock"] = _lock(c.data_dir)
         try:
             endpoints = c.etcd_endpoints
             if not endpoints:
@@ -191,7 +192,7 @@ class Stack:
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
         order = ("http", "scheduler", "executor", "channel", "services_channel", "server", "logs", "store",
-                 "etcd")
+                 "etcd", "lock")
         for name in order:
             part = self._parts.pop(name, None)
             if name == "server" and part is not None:
@@ -204,6 +205,19 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _lock(data_dir: Path) -> Any:
+    """Holds the data dir for this stack alone (released when it stops, or dies)."""
+    import fcntl
+
+    lock = open(data_dir / "lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RuntimeError(f"another stack is using {data_dir} (is `donut up` running already?)") from None
+    return lock
 
 
 def _write_secret(path: Path, secret: str) -> None:

@@ -200,3 +200,14 @@ def test_uploaded_files_reach_cache_inputs(cli: Any, tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "jobs[0].inputs[0].cache: 'nothing.csv' was not uploaded" in refused.stderr
     assert [w["id"] for w in json.loads(cli("list", "--json").stdout)] == [workflow_id]  # nothing stored
+
+
+def test_a_second_stack_on_the_same_data_dir_is_refused_at_once(stack: Any, donut_home: Path) -> None:
+    data_dir = str(stack.config.data_dir)
+    started = time.monotonic()
+    second = donut("up", "--data-dir", data_dir, "--port", "0", "--http-port", "-1", home=donut_home, timeout=30)
+    assert second.returncode == 1
+    assert second.stderr.strip() == (f"error: cannot start the stack: another stack is using {data_dir} "
+                                     "(is `donut up` running already?)")
+    assert time.monotonic() - started < 15
+    assert stack.users.ensure_user("admin", admin=True)  # the first stack is unharmed

@@ -28,6 +28,7 @@ STDOUT, STDERR = 1, 2
 MAX_LINE_BYTES = 1024 * 1024   # longer lines are passed on in pieces of this size
 READ_BYTES = 256 * 1024
 LEFTOVER_GRACE = 1.0           # seconds to drain pipes held open by leftover processes
+DRAIN_BYTES = 16 * 1024 * 1024  # at most this much is taken from a pipe once its command has ended
 
 OutputCallback = Callable[[str, int, list[bytes]], None]   # (key, stream, lines)
 ExitCallback = Callable[[str, Ended], None]
@@ -321,13 +322,15 @@ class ProcessPump:
             log.exception("exit callback for %s failed", proc.key)
 
     def _drain(self, proc: _Proc, stream: int, pipe: BinaryIO) -> None:
-        while True:
+        drained = 0
+        while drained < DRAIN_BYTES:  # a process that escaped its group may write on and on
             try:
                 chunk = os.read(pipe.fileno(), READ_BYTES)
             except (BlockingIOError, ValueError, OSError):
                 chunk = b""
             if not chunk:
                 break
+            drained += len(chunk)
             proc.partial[stream] += chunk
         lines = proc.partial[stream].split(b"\n") if proc.partial[stream] else []
         if lines and lines[-1] == b"":
