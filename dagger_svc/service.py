@@ -206,8 +206,8 @@ class DaggerService:
     def tail_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int = 0, offset: int = 0,
                   follow: bool = False,
                   is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, list[LogLine]]]:
-        """(attempt, index of the first line, lines) of one attempt (0: the current one,
-        and with follow the ones after it, until the job has ended)."""
+        """(attempt, index of the first line, lines) of one attempt (0: the current one);
+        with follow, then of every attempt after it, until the job has ended."""
         self.get(caller, workflow_id)
         record = self.store.job(workflow_id, job)
         if attempt < 0:
@@ -227,13 +227,13 @@ class DaggerService:
             for index, lines in self.logs.read(workflow_id, job, current, offset, attempt_over if follow else None):
                 offset = index + len(lines)
                 yield current, index, lines
-            if not follow or attempt or not is_active():
+            if not follow or not is_active():
                 return
             record = self.store.job(workflow_id, job)
             if record.status.finished and record.attempt <= current:
                 return
             if record.attempt > current:
-                current, offset = record.attempt, 0
+                current, offset = current + 1, 0
             else:
                 time.sleep(0.2)  # the next attempt has not started yet (retry backoff)
 

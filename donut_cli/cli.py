@@ -435,23 +435,38 @@ def logs(settings: Settings, workflow_id: str, job: str, follow: bool, attempt: 
     """Print a job's output: stdout lines to stdout, stderr lines to stderr."""
     from donut.dagger.v1 import dagger_pb2 as pb
 
+    import grpc
+
     client = settings.client
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    request = pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=attempt, follow=follow)
-    shown = 0
-    for chunk in client.dagger.TailLogs(request, metadata=client.metadata):
-        if shown and chunk.attempt != shown:
-            err.write(b"[donut] attempt %d\n" % chunk.attempt)
-        shown = chunk.attempt
-        for line in chunk.lines:
-            if line.stream == pb.LOG_STREAM_STDERR:
-                err.write(line.text + b"\n")
-            elif line.stream == pb.LOG_STREAM_SYSTEM:
-                err.write(b"[donut] " + line.text + b"\n")
-            else:
-                out.write(line.text + b"\n")
-        out.flush()
-        err.flush()
+    shown, offset = attempt, 0  # where to take up again if the connection drops
+    connected, away = False, False
+    while True:
+        request = pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=shown, offset=offset, follow=follow)
+        try:
+            for chunk in client.dagger.TailLogs(request, metadata=client.metadata):
+                connected, away = True, False
+                if shown and chunk.attempt != shown:
+                    err.write(b"[donut] attempt %d\n" % chunk.attempt)
+                shown, offset = chunk.attempt, chunk.offset + len(chunk.lines)
+                for line in chunk.lines:
+                    if line.stream == pb.LOG_STREAM_STDERR:
+                        err.write(line.text + b"\n")
+                    elif line.stream == pb.LOG_STREAM_SYSTEM:
+                        err.write(b"[donut] " + line.text + b"\n")
+                    else:
+                        out.write(line.text + b"\n")
+                out.flush()
+                err.flush()
+            return
+        except grpc.RpcError as e:
+            if not (follow and connected) or e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            if not away:
+                click.echo(f"[donut] lost the connection to {settings.endpoint}; following again once it is back",
+                           err=True)
+                away = True
+            time.sleep(1)
 
 
 @cli.command()

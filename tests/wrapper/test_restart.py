@@ -47,6 +47,10 @@ def test_a_job_printing_through_a_dagger_restart_loses_and_doubles_nothing(
     script = f"i=1; while [ $i -le {LINES} ]; do echo line $i; i=$((i+1)); [ $((i % 300)) = 0 ] && sleep 0.2; done; true"
     definition = json.dumps({"jobs": [{"name": "printer", "image": "x", "cmd": "/bin/sh", "args": ["-c", script]}]})
     workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition)).id
+    follower = subprocess.Popen(  # `donut logs --follow` rides out the restart
+        [sys.executable, "-m", "donut_cli", "logs", workflow_id, "printer", "--follow"],
+        env={**os.environ, "DONUT_HOME": str(home), "DONUT_ENDPOINT": f"127.0.0.1:{port}", "DONUT_TOKEN": token},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def seen() -> int:
         return sum(len(m.lines) for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="printer")))
@@ -72,6 +76,11 @@ def test_a_job_printing_through_a_dagger_restart_loses_and_doubles_nothing(
         lines = [line.text for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="printer"))
                  for line in m.lines if line.stream == pb.LOG_STREAM_STDOUT]
         assert lines == [b"line %d" % i for i in range(1, LINES + 1)]
+        followed, notes = follower.communicate(timeout=60)
+        assert follower.returncode == 0, notes
+        assert followed.splitlines() == lines
+        assert b"lost the connection" in notes
     finally:
+        follower.kill()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
