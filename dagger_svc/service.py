@@ -240,8 +240,8 @@ class DaggerService:
     def push_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int, sequence: int,
                   lines: list[LogLine]) -> int:
         _check_job_caller(caller, workflow_id, job)
-        bad = next((i for i, (stream, _) in enumerate(lines) if stream not in (STDOUT, STDERR, SYSTEM)), None)
-        if bad is not None:
+        if not {stream for stream, _ in lines} <= {STDOUT, STDERR, SYSTEM}:
+            bad = next(i for i, (stream, _) in enumerate(lines) if stream not in (STDOUT, STDERR, SYSTEM))
             raise InvalidArgument([Problem(f"lines[{bad}].stream", "must be stdout, stderr or system")])
         return self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
 
