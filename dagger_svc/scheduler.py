@@ -187,7 +187,13 @@ class Scheduler:
             self._handle(batch)
         except Exception:
             log.exception("scheduler step failed; it will be retried from etcd")
+            if any(event[0] == "committed" for event in batch):
+                self._committing = False  # that commit is over, whatever became of the rest
+            self._stopping.wait(0.5)  # etcd away, most likely: not in a tight loop
             self._reload_all()
+            for event in batch:  # runs that were being taken over
+                if event[0] == "workflow":
+                    self._events.put(event)
 
     def _next_timeout(self) -> float | None:
         now = self.clock()
@@ -318,8 +324,9 @@ class Scheduler:
     def _take_over(self, workflow_id: str, now: float) -> Step | None:
         """Claims the run and starts (or resumes) it; None when it is someone else's or over."""
         try:
-            if self.store.workflow(workflow_id)[0].status.finished:
-                self.store.dequeue(workflow_id)
+            stored, revision = self.store.workflow(workflow_id)
+            if stored.status.finished:  # (unless a retry queued it again since that read)
+                self.store.dequeue(workflow_id, {self.store.keys.workflow(workflow_id): revision})
                 return None  # checked before claiming, so releasing a claim never loops
         except NotFound:
             return None

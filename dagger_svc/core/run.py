@@ -127,6 +127,15 @@ class Run:
                 ended = self._end_attempt(job, JobStatus.DEAD, Outcome(lost=True, message="lost by its executor"), now)
                 self._set_job(replace(ended, status=JobStatus.QUEUED, round_start=job.round_start + 1))
                 self._ready.append(name)
+        # What the last commit may not have recorded in full (a large one is several
+        # transactions): the descendants of jobs that did not succeed are skipped, and
+        # with fail-fast a failure stops everything.
+        for name, job in list(self.jobs.items()):
+            if job.status in (JobStatus.FAILED, JobStatus.DEAD, JobStatus.SKIPPED):
+                self._skip_descendants(name, now)
+        if self.workflow.fail_fast and not self.cancelling and (self._counts[JobStatus.FAILED]
+                                                                or self._counts[JobStatus.DEAD]):
+            self._stop_everything(now, JobStatus.SKIPPED, "skipped: fail-fast after a failure")
         for name, job in self.jobs.items():
             if job.status is JobStatus.WAITING and self._unmet[name] == 0:
                 self._enqueue(name)

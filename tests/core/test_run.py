@@ -173,6 +173,36 @@ def test_resume_keeps_adopted_jobs_running() -> None:
     assert resumed.job_finished("a", 1, OK, 6.0).launch == ["b"]
 
 
+def test_resume_skips_what_a_commit_cut_short_left_waiting() -> None:
+    """A failure's skipped descendants may not all have reached etcd (a large commit is
+    several transactions): resuming skips them again, and the run finishes."""
+    run = make_run(DIAMOND, parallelism=2)
+    run.start(0.0)
+    run.job_finished("a", 1, OK, 1.0)
+    run.job_finished("b", 1, FAIL, 2.0)
+    stored = dict(run.jobs)
+    stored["d"] = JobRecord("d")  # its skip was in the part that was not written
+    resumed = make_run(DIAMOND, parallelism=2, jobs=stored, workflow=run.workflow)
+    resumed.start(5.0)
+    assert resumed.jobs["d"].status is JobStatus.SKIPPED
+    last = resumed.job_finished("c", 1, OK, 6.0)
+    assert last.workflow is not None and last.workflow.status is WorkflowStatus.FAILED
+
+
+def test_resume_remembers_fail_fast() -> None:
+    run = make_run({"a": [], "b": [], "c": []}, parallelism=2, retries={"b": 2}, fail_fast=True)
+    run.start(0.0)
+    stored = dict(run.jobs)
+    stored["a"] = run.job_finished("a", 1, FAIL, 1.0).jobs["a"]  # recorded; the fail-fast stop was not
+    resumed = make_run({"a": [], "b": [], "c": []}, parallelism=2, retries={"b": 2}, fail_fast=True,
+                       jobs={"a": stored["a"], "b": stored["b"], "c": JobRecord("c", status=JobStatus.QUEUED)},
+                       workflow=run.workflow)
+    step = resumed.start(5.0, lost=["b"])
+    assert step.launch == [] and resumed.jobs["b"].status is JobStatus.SKIPPED
+    assert resumed.jobs["c"].status is JobStatus.SKIPPED
+    assert resumed.finished and resumed.workflow.status is WorkflowStatus.FAILED
+
+
 def test_retry_reruns_only_what_did_not_succeed() -> None:
     run = make_run({**DIAMOND, "e": []}, parallelism=4)
     drive(run, run.start(0.0), {"b": [FAIL]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,19 @@ def test_short_jobs_share_commits_and_the_final_state_is_not_held_back(driver: D
     # create, claim, the first launch, the final state; then dequeue and release (and
     # perhaps a token's last use): not one transaction per job
     assert store.current_revision() - before <= 8
+
+
+def test_a_step_that_fails_lets_commits_go_on_and_takes_up_its_runs_again(store: Any, tmp_path: Path) -> None:
+    from dagger_svc.scheduler import Scheduler
+
+    scheduler = Scheduler(store, None, tmp_path)
+    scheduler._committing = True  # a commit was on its way...
+
+    def etcd_away(workflow_id: str, now: float) -> None:
+        raise ConnectionError("etcd is away")
+
+    scheduler._take_over = etcd_away  # type: ignore[method-assign]
+    scheduler._step([("workflow", "w1", b""), ("committed", {})])  # ...and is reported with a failing take-over
+
+    assert scheduler._committing is False  # later changes are not held back for ever
+    assert scheduler._events.get_nowait() == ("workflow", "w1", b"")  # to be taken over again
