@@ -145,6 +145,8 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
             if request.WhichOneof("part") == "header":
                 raise InvalidArgument("Put: only the first message may be the header")
             size += len(request.data)
+            if declared is not None and size > declared:
+                raise InvalidArgument(f"Put: more data than the {declared} bytes declared in the header")
             if size > self._max_file_size:
                 raise InvalidArgument(
                     f"Put: the file is larger than the limit of {_size_text(self._max_file_size)}"

@@ -186,14 +186,16 @@ class LocalStorage:
                 f.flush()
                 os.fsync(f.fileno())
                 st = os.fstat(f.fileno())
+            info = FileInfo(ref, size, digest.hexdigest(), time.time(), owner)
+            # the sidecar first (it names the new version's inode): whoever reads the file
+            # in between, or after a crash, finds the owner of the path, never none
+            self._write_meta(meta_path, info, st)
             os.replace(temp, data_path)
         except BaseException as e:
             _remove_quietly(temp)
             if isinstance(e, IsADirectoryError):
                 raise _conflict(ref) from None
             raise
-        info = FileInfo(ref, size, digest.hexdigest(), time.time(), owner)
-        self._write_meta(meta_path, info, st)
         return info
 
     def open(
@@ -275,7 +277,8 @@ class LocalStorage:
 
     def _info(self, ref: FileRef, f: BinaryIO, st: os.stat_result, meta_path: str) -> FileInfo:
         """The file's info from its sidecar when that describes this very version, else
-        by hashing the file (and refreshing the sidecar)."""
+        by hashing the file (with the owner of the sidecar there is; a sidecar is made only
+        where there is none, so a reader never overwrites a writer's)."""
         meta = _read_meta(meta_path)
         if meta is not None and [meta.get(k) for k in ("ino", "size", "mtime_ns")] == [
             st.st_ino,
@@ -287,13 +290,15 @@ class LocalStorage:
         digest = hashlib.sha256()
         while block := f.read(READ_CHUNK):
             digest.update(block)
-        info = FileInfo(ref, st.st_size, digest.hexdigest(), st.st_mtime)
-        self._write_meta(meta_path, info, st)
+        owner = str(meta.get("owner", "")) if meta is not None else ""
+        info = FileInfo(ref, st.st_size, digest.hexdigest(), st.st_mtime, owner)
+        if meta is None:  # a sidecar that is not there is made, one that is garbage replaced
+            self._write_meta(meta_path, info, st, replace=os.path.exists(meta_path))
         return info
 
-    def _write_meta(self, meta_path: str, info: FileInfo, st: os.stat_result) -> None:
-        """Atomically writes the sidecar; failures only cost a re-hash later, so they are
-        logged, not raised."""
+    def _write_meta(self, meta_path: str, info: FileInfo, st: os.stat_result, replace: bool = True) -> None:
+        """Atomically writes the sidecar (without `replace`, only where there is none);
+        failures only cost a re-hash later, so they are logged, not raised."""
         record = {
             "sha256": info.sha256,
             "size": info.size,
@@ -308,7 +313,12 @@ class LocalStorage:
             fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=os.path.dirname(meta_path))
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(record, f)
-            os.replace(temp, meta_path)
+            if replace:
+                os.replace(temp, meta_path)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.link(temp, meta_path)
+                _remove_quietly(temp)
         except OSError:
             log.warning("cannot write the sidecar %s", meta_path, exc_info=True)
             if temp:

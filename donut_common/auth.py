@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -217,6 +218,15 @@ def remote_verifier(users_channel: grpc.Channel) -> Callable[[str], Principal]:
                          token_id=token_pb.id, scopes=tuple(token_pb.scopes), expires_at=expires)
 
     return verify
+
+
+TOKEN_PREFIX = "dd_"  # tokens are dd_<16 hex id>_<secret>
+
+
+def token_id_of(token: str) -> str:
+    """The id part of a token ("" if it is not one)."""
+    token_id, _, secret = token.removeprefix(TOKEN_PREFIX).partition("_")
+    return token_id if token.startswith(TOKEN_PREFIX) and re.fullmatch(r"[0-9a-f]{16}", token_id) and secret else ""
 
 
 class JobTokens:

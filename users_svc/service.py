@@ -16,11 +16,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from donut_common.auth import SCOPE_ADMIN, SCOPE_SERVICE, SCOPE_USER, Principal
+from donut_common.auth import SCOPE_ADMIN, SCOPE_SERVICE, SCOPE_USER, TOKEN_PREFIX, Principal, token_id_of
 from donut_common.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Problem, Unauthenticated
 from users_svc.store import TokenRecord, UserRecord, UserStore
 
-TOKEN_PREFIX = "dd_"
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last-used time
 LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_.]{0,62}$")
 _SCOPE_PATTERN = re.compile(r"^(user|admin|service|job:[0-9a-f-]{36}/[a-z0-9_-]{1,63}|cache:[A-Za-z0-9_.-]{1,128})$")
@@ -44,9 +43,10 @@ class UsersService:
     # ---- verification --------------------------------------------------------------
 
     def verify(self, token: str) -> Principal:
-        token_id, _, secret = token.removeprefix(TOKEN_PREFIX).partition("_")
-        if not token.startswith(TOKEN_PREFIX) or not re.fullmatch(r"[0-9a-f]{16}", token_id) or not secret:
+        token_id = token_id_of(token)
+        if not token_id:
             raise Unauthenticated("not a donut token")
+        secret = token[len(TOKEN_PREFIX) + len(token_id) + 1:]
         try:
             record, revision = self.store.token_and_revision(token_id)
         except NotFound:

@@ -84,6 +84,10 @@ class LocalExecutor:
         except (FileProblem, OSError) as e:
             self._finish(run, Ended(EXIT_INPUT_FAILED, phase="inputs", message=str(e)))
             return
+        except Exception as e:  # a bug must still end the attempt, not leave it running for ever
+            log.exception("preparing the inputs of %s failed", run.key)
+            self._finish(run, Ended(EXIT_INPUT_FAILED, phase="inputs", message=f"cannot prepare the inputs: {e!r}"))
+            return
         env = {
             **self._base_env,
             JOB_KEY_ENV: run.key,

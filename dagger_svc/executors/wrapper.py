@@ -31,7 +31,7 @@ from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import Launch, Report, run_spec
 from dagger_svc.executors.local import JOB_KEY_ENV, end_lost_attempt, job_processes, kill_leftovers
 from dagger_svc.logs import SYSTEM, LogStore
-from donut_common.auth import JobTokens
+from donut_common.auth import JobTokens, token_id_of
 from streamed_job.outcome import Ended
 from streamed_job.pump import STDERR, ProcessPump
 from streamed_job.spec import SPEC_ENV
@@ -123,7 +123,8 @@ class WrapperExecutor:
         wrappers = [pid for pid in job_processes({key}) if _is_wrapper(pid)]
         if not wrappers:
             return end_lost_attempt(self.logs, workflow_id, job, attempt)
-        adopted = _Attempt(workflow_id, job, attempt, started=True, adopted_pid=wrappers[0])
+        adopted = _Attempt(workflow_id, job, attempt, started=True, adopted_pid=wrappers[0],
+                           token_id=_token_id_of_wrapper(wrappers[0]))  # revoked when it ends, as any
         with self._lock:
             self._active[key] = adopted
         threading.Thread(target=self._watch_adopted, args=(adopted,), name="wrapper-adopted", daemon=True).start()
@@ -188,8 +189,12 @@ class WrapperExecutor:
         if not attempt.started:
             self._end(attempt, Outcome(signal="SIGTERM", message="terminated before it started"))
             return
-        self.pump.start(attempt.key, [self.python, "-m", WRAPPER_MODULE], str(self._state_dir), env,
-                        on_output=self._on_output, on_exit=self._on_exit)
+        try:
+            self.pump.start(attempt.key, [self.python, "-m", WRAPPER_MODULE], str(self._state_dir), env,
+                            on_output=self._on_output, on_exit=self._on_exit)
+        except Exception as e:  # noqa: BLE001 - the attempt fails, the executor goes on
+            log.exception("cannot start the wrapper of %s", attempt.key)
+            self._end(attempt, Outcome(message=f"cannot start the job wrapper: {e!r}"))
 
     def _mint(self, attempt: _Attempt) -> str:
         if self.tokens is None:
@@ -273,6 +278,17 @@ class WrapperExecutor:
     def _revoke(self, attempt: _Attempt) -> None:
         if attempt.token_id and self.tokens is not None:
             self.tokens.revoke(attempt.token_id)
+
+
+def _token_id_of_wrapper(pid: int) -> str:
+    """The id of the job token in a running wrapper's spec ("" if it cannot be read)."""
+    prefix = SPEC_ENV.encode() + b"="
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            spec = next((item[len(prefix):] for item in f.read().split(b"\0") if item.startswith(prefix)), b"")
+        return token_id_of(str(json.loads(spec).get("token", ""))) if spec else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _is_wrapper(pid: int) -> bool:

@@ -356,3 +356,15 @@ def test_a_put_shorter_than_its_declared_size_is_not_stored(stub: Stub, root: Pa
     assert all_files(root) == []
     whole = [pb.PutRequest(header=cache("whole"), size=5), pb.PutRequest(data=b"12345")]
     assert stub.Put(iter(whole)).size == 5
+
+
+def test_a_put_longer_than_its_declared_size_is_refused_at_once(stub: Stub, root: Path) -> None:
+    def requests() -> Any:
+        yield pb.PutRequest(header=cache("long"), size=4)
+        for _ in range(1000):  # far more than declared
+            yield pb.PutRequest(data=b"12345")
+
+    error = status_of(lambda: stub.Put(requests()))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "more data than the 4 bytes declared" in (error.details() or "")
+    assert all_files(root) == []

@@ -169,3 +169,13 @@ def test_a_step_that_fails_lets_commits_go_on_and_takes_up_its_runs_again(store:
 
     assert scheduler._committing is False  # later changes are not held back for ever
     assert scheduler._events.get_nowait() == ("workflow", "w1", b"")  # to be taken over again
+
+
+def test_an_input_through_a_symlink_loop_fails_the_job_not_the_scheduler(driver: Driver) -> None:
+    workflow_id = driver.submit([sh("ln -s loop loop", "plant"),
+                                 {**sh("cat loop/x", "job"), "inputs": [{"local": "loop/x"}]}],
+                                {"plant": ["job"]})
+    w = driver.wait(workflow_id, timeout=30)
+    job = driver.jobs(workflow_id)["job"]
+    assert w.status == pb.WORKFLOW_STATUS_FAILED
+    assert job.exit_code == 90 and "loop/x: cannot be resolved" in job.message

@@ -108,6 +108,14 @@ def test_an_input_through_a_symlink_out_of_the_workflow_dir_is_refused(wdriver: 
     failed_with(wdriver.jobs(workflow_id)["job"], EXIT_INPUT_FAILED, "outside/hostname: leads outside the workflow")
 
 
+def test_an_input_through_a_symlink_loop_fails_the_inputs(wdriver: WrapperDriver) -> None:
+    workflow_id = wdriver.submit([sh("ln -s loop loop", name="plant"),
+                                  sh("cat loop/x", name="job", inputs=[{"local": "loop/x"}])],
+                                 neighbors={"plant": ["job"]})
+    wdriver.wait(workflow_id)
+    failed_with(wdriver.jobs(workflow_id)["job"], EXIT_INPUT_FAILED, "loop/x: cannot be resolved")
+
+
 def test_a_missing_local_input_fails_the_inputs(wdriver: WrapperDriver) -> None:
     _, job = wdriver.run(sh("echo never", inputs=[{"local": "nothing.txt"}]))
     failed_with(job, EXIT_INPUT_FAILED, "inputs[0] (nothing.txt): missing")
@@ -199,6 +207,20 @@ def test_a_wrapper_killed_by_sigkill_is_reported_by_the_executor(wdriver: Wrappe
     assert job.message == "the job wrapper was killed by SIGKILL"
     assert wdriver.texts(workflow_id, "job") == [b"started", b"the job wrapper was killed by SIGKILL"]
     wait_until_gone(workflow_id)  # the command it left behind is gone too
+
+
+def test_a_command_that_ends_cleanly_on_sigterm_is_terminated_and_saves_nothing(wdriver: WrapperDriver) -> None:
+    script = "trap 'echo partial > out.txt; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
+    workflow_id = wdriver.submit([sh(script, outputs=[{"local": "out.txt", "save": True}])])
+    wait_for_line(wdriver, workflow_id, b"ready")
+    wdriver.stub.CancelWorkflow(pb.CancelWorkflowRequest(id=workflow_id))
+    wdriver.wait(workflow_id, timeout=30)
+
+    job = wdriver.jobs(workflow_id)["job"]
+    assert status_name(job.status) == "terminated", dump(job)
+    assert job.exit_code == 0 and "SIGTERM" in job.message, dump(job)
+    cellar = CellarClient(channel(wdriver.stack.endpoint, token=wdriver.stack.admin_token))
+    assert cellar.list("result", workflow_id) == []
 
 
 def test_cancel_forwards_sigterm_to_the_command(wdriver: WrapperDriver) -> None:

@@ -17,7 +17,9 @@ import pytest
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
 from donut_common.etcd_server import EtcdServer, free_port
+from dagger_svc.store import connect
 from donut_common.rpc import channel
+from users_svc.store import UserStore
 from tests.dagger.conftest import job_processes
 
 pytestmark = pytest.mark.slow
@@ -76,6 +78,11 @@ def test_a_job_printing_through_a_dagger_restart_loses_and_doubles_nothing(
         lines = [line.text for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="printer"))
                  for line in m.lines if line.stream == pb.LOG_STREAM_STDOUT]
         assert lines == [b"line %d" % i for i in range(1, LINES + 1)]
+        users = UserStore(connect(etcd_server.endpoint), etcd_prefix)
+        deadline = time.time() + 20  # revoked once the wrapper has exited, the adopted one's too
+        while not all(t.revoked for t in users.tokens() if f"job:{workflow_id}/printer" in t.scopes):
+            assert time.time() < deadline, "the job token outlived its attempt"
+            time.sleep(0.1)
         followed, notes = follower.communicate(timeout=60)
         assert follower.returncode == 0, notes
         assert followed.splitlines() == lines

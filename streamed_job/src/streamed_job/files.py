@@ -34,7 +34,10 @@ def inside(root: str, relative: str) -> Path:
     base = Path(root).resolve()
     if os.path.isabs(relative):
         raise FileProblem(f"{relative}: must be a relative path")
-    target = (base / relative).resolve()
+    try:
+        target = (base / relative).resolve()
+    except (RuntimeError, OSError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise FileProblem(f"{relative}: cannot be resolved ({e})") from None
     if target != base and base not in target.parents:
         raise FileProblem(f"{relative}: leads outside the workflow directory")
     return target
@@ -101,6 +104,9 @@ def _download(url: str, target: Path, place: str, limit: int) -> None:
             if attempt == DOWNLOAD_TRIES:
                 reason = getattr(e, "reason", e)
                 raise FileProblem(f"{place}: cannot download {url}: {reason}") from None
+        except BaseException:  # stopped (SIGTERM) mid-download
+            partial.unlink(missing_ok=True)
+            raise
         time.sleep(delay)
         delay *= 2
 

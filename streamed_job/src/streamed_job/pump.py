@@ -107,8 +107,19 @@ class ProcessPump:
             on_exit(key, Ended(EXIT_NOT_EXECUTABLE, phase="command", message=f"cannot run {argv[0]}: {e.strerror}",
                                started_at=started, finished_at=time.time()))
             return False
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError as e:  # e.g. out of file descriptors: a process nobody watches must not run
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            for pipe in (popen.stdout, popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+            on_exit(key, Ended(EXIT_NOT_EXECUTABLE, phase="command", message=f"cannot watch {argv[0]}: {e.strerror}",
+                               started_at=started, finished_at=time.time()))
+            return False
         proc = _Proc(
-            key=key, popen=popen, pidfd=os.pidfd_open(popen.pid), on_output=on_output, on_exit=on_exit,
+            key=key, popen=popen, pidfd=pidfd, on_output=on_output, on_exit=on_exit,
             started_at=started, deadline=started + timeout if timeout else None, timeout=timeout,
         )
         with self._lock:
@@ -308,6 +319,8 @@ class ProcessPump:
                 self._drain(proc, stream, pipe)  # type: ignore[arg-type]  # Popen's pipes are binary
         del self._procs[proc.key]
         exit_code, signal_name = from_wait_status(proc.returncode)
+        if proc.terminated and not signal_name:
+            signal_name = "SIGTERM"  # it ended because it was told to, even if it did so cleanly
         if proc.timed_out:
             ended = Ended(EXIT_TIMED_OUT, signal_name, phase="command",
                           message=f"timed out after {proc.timeout:g}s",
