@@ -171,11 +171,16 @@ class LocalStorage:
         validate_ref(ref)
         data_path, meta_path = self._locate(ref)
         directory = os.path.dirname(data_path)
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
-        except (FileExistsError, NotADirectoryError):
-            raise _conflict(ref) from None
+        for tries_left in (2, 1, 0):
+            try:
+                os.makedirs(directory, exist_ok=True)
+                fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+                break
+            except (FileExistsError, NotADirectoryError):
+                raise _conflict(ref) from None
+            except FileNotFoundError:  # pruned by an upload that failed meanwhile
+                if not tries_left:
+                    raise
         try:
             digest, size = hashlib.sha256(), 0
             with os.fdopen(fd, "wb") as f:
@@ -193,6 +198,7 @@ class LocalStorage:
             os.replace(temp, data_path)
         except BaseException as e:
             _remove_quietly(temp)
+            self._prune(directory, ref)
             if isinstance(e, IsADirectoryError):
                 raise _conflict(ref) from None
             raise
@@ -248,6 +254,17 @@ class LocalStorage:
         return infos
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _prune(self, directory: str, ref: FileRef) -> None:
+        """Removes the directories an upload that did not complete made, if empty, up to
+        its scope (they would clash with a file of the same name later)."""
+        top = os.path.join(self.root, ref.kind, ref.scope, *([ref.job] if ref.job else []))
+        while directory != top and directory.startswith(top + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return  # not empty (or in use): what is above it is not empty either
+            directory = os.path.dirname(directory)
 
     def _locate(self, ref: FileRef) -> tuple[str, str]:
         """The data and sidecar paths of a valid ref, refusing any symbolic link on the way."""

@@ -368,3 +368,10 @@ def test_a_put_longer_than_its_declared_size_is_refused_at_once(stub: Stub, root
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "more data than the 4 bytes declared" in (error.details() or "")
     assert all_files(root) == []
+
+
+def test_a_cut_off_upload_leaves_no_directory_to_clash_with_later(stub: Stub, root: Path) -> None:
+    requests = [pb.PutRequest(header=cache("x/y/z"), size=10), pb.PutRequest(data=b"12345")]
+    assert status_of(lambda: stub.Put(iter(requests))).code() == grpc.StatusCode.UNAVAILABLE
+    assert not (root / "cache" / "up1" / "x").exists()
+    assert put(stub, cache("x"), b"a file now").size == 10
