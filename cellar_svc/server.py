@@ -44,10 +44,11 @@ def create_server(
     address: str, storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     principal: Callable[[], Principal] = current_principal,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
     """A cellar-only server, not yet started, and its bound port (useful with port 0)."""
     return rpc.create_server(address, [registration(storage, max_file_size=max_file_size, principal=principal)],
-                             interceptors=interceptors)
+                             interceptors=interceptors, tls=tls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,10 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="host:port of users_svc, which verifies callers' tokens [env DONUT_USERS_ENDPOINT]")
     parser.add_argument("--service-token-file", default=os.environ.get("DONUT_SERVICE_TOKEN_FILE", ""),
                         help="file holding this service's own token [env DONUT_SERVICE_TOKEN_FILE]")
+    parser.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key, gRPC speaks only TLS")
+    parser.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
+    parser.add_argument("--tls-ca", default=os.environ.get("DONUT_TLS_CA", ""),
+                        help="CA certificate (PEM) to reach users_svc over TLS [env DONUT_TLS_CA]")
     parser.add_argument("-v", "--verbose", action="store_true", help="log requests' progress")
     args = parser.parse_args(argv)
     if not args.users_endpoint or not args.service_token_file:
         parser.error("--users-endpoint and --service-token-file are required: every call is authenticated")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -80,10 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with open(args.service_token_file, encoding="utf-8") as f:
             service_token = f.read().strip()
-        verifier = CachedVerifier(remote_verifier(rpc.channel(args.users_endpoint, token=service_token)))
+        ca = _read(args.tls_ca) if args.tls_ca else None
+        tls = (_read(args.tls_cert), _read(args.tls_key)) if args.tls_cert else None
+        verifier = CachedVerifier(remote_verifier(rpc.channel(args.users_endpoint, token=service_token, tls_ca=ca)))
         server, port = create_server(
             args.listen, LocalStorage(args.root), max_file_size=args.max_file_size,
-            interceptors=[AuthInterceptor(verifier)],
+            interceptors=[AuthInterceptor(verifier)], tls=tls,
         )
     except (OSError, RuntimeError) as e:
         print(f"cellar: cannot start: {e}", file=sys.stderr)
@@ -103,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("cellar stopping")
     server.stop(STOP_GRACE_SECONDS).wait()
     return 0
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 if __name__ == "__main__":

@@ -264,17 +264,17 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
                    "streamed-job process, talking gRPC as in a cluster.")
 @click.option("--etcd-endpoints", default="", help="External etcd (host:port,...); default: start one.")
 @click.option("--etcd-prefix", default="/donut/", show_default=True, help="Key prefix in etcd.")
-@click.option("--parallelism", "default_parallelism", type=click.IntRange(1, 1000), default=4, show_default=True,
+@click.option("--parallelism", type=click.IntRange(1, MAX_PARALLELISM), default=4, show_default=True,
               help="Parallelism of workflows submitted without one.")
 @click.option("--kill-grace", type=float, default=10.0, show_default=True,
-              help="Seconds between SIGTERM and SIGKILL for cancelled jobs.")
+              help="Seconds between SIGTERM and SIGKILL for jobs cancelled or over their timeout.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Server certificate (PEM); with --tls-key, gRPC speaks only TLS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Private key (PEM) of --tls-cert.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str, etcd_prefix: str,
-       default_parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None,
+       parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None,
        verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
@@ -288,7 +288,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
-                         default_parallelism=default_parallelism, kill_grace=kill_grace,
+                         default_parallelism=parallelism, kill_grace=kill_grace,
                          tls_cert=tls_cert, tls_key=tls_key)
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)

@@ -105,3 +105,36 @@ def test_the_stack_over_tls(stack_config: Any, certificate: tuple[Path, Path], d
         files = donut("results", json.loads(result.stdout)["id"], "--json", home=donut_home,
                       endpoint=stack.endpoint, env={"DONUT_TOKEN": token, "DONUT_TLS_CA": str(cert)})
         assert len(json.loads(files.stdout)) == 4
+
+
+def test_a_standalone_cellar_over_tls(stack_config: Any, certificate: tuple[Path, Path], tmp_path: Path) -> None:
+    """As in a cluster: the cellar serves TLS and reaches the users service over TLS."""
+    from donut.cellar.v1 import cellar_pb2 as cpb
+    from donut.cellar.v1 import cellar_pb2_grpc
+    from donut_cli.stack import Stack
+    from donut_common.etcd_server import free_port
+
+    cert, key = certificate
+    with Stack(replace(stack_config, tls_cert=cert, tls_key=key)) as stack:
+        token_file = tmp_path / "service-token"
+        token_file.write_text(stack.service_token)
+        port = free_port()
+        cellar = subprocess.Popen(
+            [sys.executable, "-m", "cellar_svc.server", "--listen", f"127.0.0.1:{port}", "--root", str(tmp_path / "r"),
+             "--users-endpoint", stack.endpoint, "--service-token-file", str(token_file),
+             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(cert)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            secure = channel(f"127.0.0.1:{port}", token=stack.client_token()[0], tls_ca=cert.read_bytes())
+            grpc.channel_ready_future(secure).result(timeout=20)
+            ref = cpb.FileRef(kind=cpb.KIND_CACHE, scope="up1", path="f")
+            stored = cellar_pb2_grpc.CellarStub(secure).Put(
+                iter([cpb.PutRequest(header=ref, size=2), cpb.PutRequest(data=b"hi")]), timeout=20)
+            assert stored.size == 2  # the caller was verified by the users service, over TLS
+            plain = cellar_pb2_grpc.CellarStub(channel(f"127.0.0.1:{port}", token=stack.client_token()[0]))
+            with pytest.raises(grpc.RpcError) as refused:
+                plain.Stat(ref, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            cellar.terminate()
+            cellar.wait(timeout=20)
