@@ -38,6 +38,7 @@ from donut_common.errors import Conflict, NotFound
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL = 0.01  # seconds from one commit's start to the next one's
+RELOAD_WAIT = 60.0  # seconds at most to wait for killed launches to end before a run is reloaded
 
 
 @dataclass
@@ -48,6 +49,7 @@ class _Owned:
     workflow_dir: str
     unsent: Step = field(default_factory=Step)              # changes not yet sent to etcd
     unconfirmed: list[Launch] = field(default_factory=list)  # launched, not yet committed
+    ended_unconfirmed: set[tuple[str, int]] = field(default_factory=set)  # of those, reported over
 
 
 class Scheduler:
@@ -73,6 +75,9 @@ class Scheduler:
         self._last_commit = float("-inf")         # time.monotonic() when the last commit started
         self._commit_due: float | None = None     # when unsent changes wait for the interval
         self._loop_wakes_at = float("inf")        # time.monotonic() when the idle loop wakes by itself
+        # runs whose commit failed, waiting for their killed launches to end before they are
+        # reloaded (so the same attempt number is not launched while the old one still runs)
+        self._reloads: dict[str, tuple[set[tuple[str, int]], float]] = {}
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -200,6 +205,7 @@ class Scheduler:
         waits = [w - now for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]
         if self._commit_due is not None:
             waits.append(self._commit_due - time.monotonic())
+        waits.extend(deadline - time.monotonic() for _, deadline in self._reloads.values())
         return max(0.0, min(waits)) if waits else None
 
     def _handle(self, batch: list[tuple[Any, ...]]) -> None:
@@ -219,7 +225,7 @@ class Scheduler:
                 commits.append(event[1])  # after this batch's own changes are queued up
             elif kind == "workflow":
                 workflow_id = event[1]
-                if workflow_id not in self._owned:
+                if workflow_id not in self._owned and workflow_id not in self._reloads:
                     started = self._take_over(workflow_id, now)
                     if started is not None:
                         add(workflow_id, started)
@@ -231,11 +237,19 @@ class Scheduler:
                 _, workflow_id, job, attempt, outcome = event
                 owned = self._owned.get(workflow_id)
                 if owned is not None:
+                    if any(launch.job == job and launch.attempt == attempt for launch in owned.unconfirmed):
+                        owned.ended_unconfirmed.add((job, attempt))
                     add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
+                elif workflow_id in self._reloads:
+                    self._reloads[workflow_id][0].discard((job, attempt))
         for workflow_id, owned in self._owned.items():
             wakeup = owned.run.next_wakeup()
             if wakeup is not None and wakeup <= now:
                 add(workflow_id, owned.run.tick(now))
+        for workflow_id, (waiting, deadline) in list(self._reloads.items()):
+            if not waiting or time.monotonic() >= deadline:
+                del self._reloads[workflow_id]
+                self._events.put(("workflow", workflow_id, b""))
         for workflow_id, step in steps.items():
             self._carry_out(workflow_id, step)
         for results in commits:
@@ -302,6 +316,7 @@ class Scheduler:
                 continue
             if error is None:
                 del owned.unconfirmed[:launched]
+                owned.ended_unconfirmed &= {(launch.job, launch.attempt) for launch in owned.unconfirmed}
                 if owned.run.finished and not owned.unsent:
                     requeued = not self.store.dequeue(workflow_id, owned.revisions)
                     self._forget(workflow_id)
@@ -316,8 +331,12 @@ class Scheduler:
             if self.executor is not None:
                 for launch in owned.unconfirmed:
                     self.executor.kill(workflow_id, launch.job, launch.attempt)
+            waiting = {(launch.job, launch.attempt) for launch in owned.unconfirmed} - owned.ended_unconfirmed
             self._forget(workflow_id)
-            self._events.put(("workflow", workflow_id, b""))
+            if waiting and self.executor is not None:
+                self._reloads[workflow_id] = (waiting, time.monotonic() + RELOAD_WAIT)
+            else:
+                self._events.put(("workflow", workflow_id, b""))
 
     # ---- ownership -----------------------------------------------------------------
 

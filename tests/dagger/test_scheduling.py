@@ -179,3 +179,37 @@ def test_an_input_through_a_symlink_loop_fails_the_job_not_the_scheduler(driver:
     job = driver.jobs(workflow_id)["job"]
     assert w.status == pb.WORKFLOW_STATUS_FAILED
     assert job.exit_code == 90 and "loop/x: cannot be resolved" in job.message
+
+
+def test_a_launch_whose_commit_failed_is_run_again_only_once_it_has_ended(driver: Driver) -> None:
+    """The commit recording a launch fails (etcd away): the launch is killed, and the run is
+    reloaded only when it has ended, so its attempt number is not run twice at once and its
+    kill is not taken for the new run's end."""
+    from donut_common.errors import Unavailable
+
+    store = driver.stack._parts["store"]
+    real_save = store.save_run
+    failed: list[str] = []
+
+    def first_commit_fails(workflow_id: str, *args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append(workflow_id)
+            deadline = time.monotonic() + 10
+            while not (driver.workdir(workflow_id) / "ran-once").exists():  # the first run is well under way
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            raise Unavailable("etcd is away")
+        return real_save(workflow_id, *args, **kwargs)
+
+    store.save_run = first_commit_fails
+    try:
+        # the killed run takes a moment to end, as a real one would
+        script = "if [ -e ran-once ]; then echo again; else trap 'sleep 0.5; exit 1' TERM; touch ran-once; sleep 30; fi"
+        workflow_id = driver.submit([sh(script, "job")])
+        w = driver.wait(workflow_id, timeout=40)
+    finally:
+        store.save_run = real_save
+    job = driver.jobs(workflow_id)["job"]
+    assert failed == [workflow_id]
+    assert w.status == pb.WORKFLOW_STATUS_DONE, job.message
+    assert (status_name(job.status), job.exit_code) == ("succeeded", 0)
