@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 
-from dagger_svc.core.records import Outcome
+from dagger_svc.core.records import JobStatus, Outcome
 from dagger_svc.core.run import Run, Step, plans_from
 from dagger_svc.executors.base import Executor, Launch
 from dagger_svc.store import Revisions, StoredSpec, Store
@@ -49,7 +49,6 @@ class _Owned:
     workflow_dir: str
     unsent: Step = field(default_factory=Step)              # changes not yet sent to etcd
     unconfirmed: list[Launch] = field(default_factory=list)  # launched, not yet committed
-    ended_unconfirmed: set[tuple[str, int]] = field(default_factory=set)  # of those, reported over
 
 
 class Scheduler:
@@ -237,8 +236,6 @@ class Scheduler:
                 _, workflow_id, job, attempt, outcome = event
                 owned = self._owned.get(workflow_id)
                 if owned is not None:
-                    if any(launch.job == job and launch.attempt == attempt for launch in owned.unconfirmed):
-                        owned.ended_unconfirmed.add((job, attempt))
                     add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
                 elif workflow_id in self._reloads:
                     self._reloads[workflow_id][0].discard((job, attempt))
@@ -316,7 +313,6 @@ class Scheduler:
                 continue
             if error is None:
                 del owned.unconfirmed[:launched]
-                owned.ended_unconfirmed &= {(launch.job, launch.attempt) for launch in owned.unconfirmed}
                 if owned.run.finished and not owned.unsent:
                     requeued = not self.store.dequeue(workflow_id, owned.revisions)
                     self._forget(workflow_id)
@@ -331,7 +327,9 @@ class Scheduler:
             if self.executor is not None:
                 for launch in owned.unconfirmed:
                     self.executor.kill(workflow_id, launch.job, launch.attempt)
-            waiting = {(launch.job, launch.attempt) for launch in owned.unconfirmed} - owned.ended_unconfirmed
+            jobs = owned.run.jobs  # a launch its job still shows running has not reported its end yet
+            waiting = {(launch.job, launch.attempt) for launch in owned.unconfirmed
+                       if jobs[launch.job].status is JobStatus.RUNNING and jobs[launch.job].attempt == launch.attempt}
             self._forget(workflow_id)
             if waiting and self.executor is not None:
                 self._reloads[workflow_id] = (waiting, time.monotonic() + RELOAD_WAIT)
