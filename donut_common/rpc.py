@@ -7,10 +7,11 @@ bound to an address (port 0 in tests), with domain errors mapped to statuses by
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any, TypeVar
 
@@ -30,6 +31,22 @@ def _abort(context: grpc.ServicerContext, error: DonutError) -> None:
     context.abort(getattr(grpc.StatusCode, error.code_name), str(error))
 
 
+@contextlib.contextmanager
+def _statuses(context: grpc.ServicerContext, rpc_name: str) -> Iterator[None]:
+    """Aborts the call with the status of a DonutError, or INTERNAL (logged) for anything
+    else; an RpcError of a client that went away is swallowed: nothing to answer or log."""
+    try:
+        yield
+    except DonutError as e:
+        _abort(context, e)
+    except grpc.RpcError:
+        if context.is_active():
+            raise
+    except Exception:
+        log.exception("rpc %s failed", rpc_name)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+
+
 def translate_errors(cls: type[T]) -> type[T]:
     """Wraps every RPC method of a servicer class so DonutErrors become gRPC statuses
     and anything else becomes INTERNAL with the traceback logged, not sent."""
@@ -39,33 +56,16 @@ def translate_errors(cls: type[T]) -> type[T]:
 
             @functools.wraps(method)
             def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-                try:
+                with _statuses(context, method.__name__):
                     yield from method(self, request, context)
-                except DonutError as e:
-                    _abort(context, e)
-                except grpc.RpcError:
-                    if context.is_active():
-                        raise
-                    return  # the client went away mid-stream: nothing to answer, nothing to log
-                except Exception:
-                    log.exception("rpc %s failed", method.__name__)
-                    context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
 
             return stream
 
         @functools.wraps(method)
         def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-            try:
+            with _statuses(context, method.__name__):
                 return method(self, request, context)
-            except DonutError as e:
-                _abort(context, e)
-            except grpc.RpcError:
-                if context.is_active():
-                    raise
-                return None  # the client went away mid-stream: nothing to answer, nothing to log
-            except Exception:
-                log.exception("rpc %s failed", method.__name__)
-                context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+            return None  # the client went away: nothing to answer
 
         return unary
 
