@@ -98,7 +98,7 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
             return
         if ref.kind == "cache" and caller.acts_as_user:
             # an upload belongs to whoever stored its first file
-            if all(info.owner == caller.user_id for info in self._storage.list("cache", ref.scope)):
+            if self._storage.owners("cache", ref.scope) <= {caller.user_id}:
                 return
         elif ref.kind == "result" and caller.job == (ref.scope, ref.job):
             return

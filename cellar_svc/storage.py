@@ -8,12 +8,14 @@ every adapter refuses the same names with the same messages.
 `LocalStorage` layout, under a root directory:
 
     <root>/<kind>/<scope>/[<job>/]<path>        the files
-    <root>/.meta/<kind>/<scope>/[<job>/]<path>  a JSON sidecar per file: sha256, size, ...
+    <root>/.meta/<kind>/<scope>/[<job>/]<path>  a JSON sidecar per file: sha256, size, owner, ...
+    <root>/.meta/.owners/<kind>/<scope>/<user>  an empty file per user who stored in the scope
 
 Writes stream into a temp file in the target directory (hashing as they go) and are
-published with `os.replace`, so an interrupted Put leaves nothing visible. The sidecar is a
-cache keyed by the data file's inode/size/mtime: when it is missing or describes another
-version of the file, the file is re-hashed and the sidecar rewritten. Nothing under the
+published with `os.replace`, so an interrupted Put leaves nothing visible. The sidecar is
+written first and keyed by the data file's inode/size/mtime: when it describes another
+version of the file, the file is re-hashed (keeping the sidecar's owner); a missing or
+garbled sidecar is made anew. Nothing under the
 root may go through a symbolic link, so a planted link cannot lead reads or writes astray.
 """
 
@@ -43,6 +45,8 @@ MAX_SEGMENT_BYTES = 255
 TEMP_PREFIX = ".cellar-tmp-"  # reserved: user paths may not have segments starting with it
 READ_CHUNK = 1024 * 1024
 _META_DIR = ".meta"
+_OWNERS_DIR = ".owners"  # in _META_DIR; kinds can't be named so
+_NO_OWNER = "-"          # the file name for files stored without an owner
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,10 @@ class Storage(Protocol):
     def list(self, kind: str, scope: str, job: str = "") -> list[FileInfo]:
         """Every file of the scope (of one job, or of every job when job is empty), in no
         particular order; an unknown scope has none."""
+        ...
+
+    def owners(self, kind: str, scope: str) -> set[str]:
+        """The users who have stored files in the scope (none for an unknown scope)."""
         ...
 
 
@@ -196,6 +204,7 @@ class LocalStorage:
             # in between, or after a crash, finds the owner of the path, never none
             self._write_meta(meta_path, info, st)
             os.replace(temp, data_path)
+            self._add_owner(ref, owner)
         except BaseException as e:
             _remove_quietly(temp)
             self._prune(directory, ref)
@@ -253,7 +262,24 @@ class LocalStorage:
                         continue  # vanished meanwhile, or a symbolic link
         return infos
 
+    def owners(self, kind: str, scope: str) -> set[str]:
+        validate_listing(kind, scope, "")
+        try:
+            names = os.listdir(self._owners_dir(kind, scope))
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+        return {"" if name == _NO_OWNER else name for name in names}
+
     # -- helpers ---------------------------------------------------------------------------
+
+    def _owners_dir(self, kind: str, scope: str) -> str:
+        return os.path.join(self.root, _META_DIR, _OWNERS_DIR, kind, scope)
+
+    def _add_owner(self, ref: FileRef, owner: str) -> None:
+        directory = self._owners_dir(ref.kind, ref.scope)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, owner or _NO_OWNER), "a"):
+            pass
 
     def _prune(self, directory: str, ref: FileRef) -> None:
         """Removes the directories an upload that did not complete made, if empty, up to

@@ -272,3 +272,21 @@ def test_a_linked_file_does_not_let_reads_escape(
     assert [i.ref.path for i in storage.list("cache", "up1")] == ["ok"]
     assert storage.list("cache", "up2") == []
     assert (outside / "secret.txt").read_text() == "secret"
+
+
+def test_owners_are_the_users_who_stored_in_the_scope(storage: LocalStorage) -> None:
+    assert storage.owners("cache", "up1") == set()
+    storage.put(cache("a"), [b"1"], owner="u1")
+    storage.put(cache("deep/b"), [b"2"], owner="u1")
+    assert storage.owners("cache", "up1") == {"u1"}
+
+    def broken() -> Iterator[bytes]:
+        yield b"partial"
+        raise OSError("cut off")
+
+    with pytest.raises(OSError):
+        storage.put(cache("c"), broken(), owner="u2")
+    assert storage.owners("cache", "up1") == {"u1"}  # an upload that failed stored nothing
+    storage.put(cache("c"), [b"3"], owner="u2")
+    assert storage.owners("cache", "up1") == {"u1", "u2"}
+    assert storage.owners("cache", "up2") == set()
