@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import pyetcd
-from pyetcd import etcdrpc
 
 from dagger_svc.core.definition import Definition, JobSpec
 from dagger_svc.core.records import JobRecord, WorkflowRecord
 from dagger_svc.keys import Keys
+from donut_common import etcd_ops
 from donut_common.errors import Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -54,32 +53,14 @@ def _dump(value: Mapping[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _put(key: str, value: bytes, lease: int = 0) -> Any:
-    return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease))
-
-
-def _mod_equals(key: str, revision: int) -> Any:
-    return etcdrpc.Compare(
-        key=key.encode(),
-        target=etcdrpc.Compare.MOD,
-        result=etcdrpc.Compare.EQUAL,
-        mod_revision=revision,
-    )
-
-
-def _range(key: str) -> Any:
-    return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key.encode()))
-
-
-def _range_prefix(prefix: str) -> Any:
-    start = prefix.encode()
-    end = start[:-1] + bytes([start[-1] + 1])
-    return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=start, range_end=end))
-
-
-def _stored_spec(value: bytes) -> StoredSpec:
-    doc = json.loads(value)
-    return StoredSpec(JobSpec.from_dict(doc["spec"]), tuple(doc["next"]), doc["index"])
+def _specs_by_name(values: Iterable[bytes]) -> dict[str, StoredSpec]:
+    """Stored specs, by job name in definition order."""
+    stored = []
+    for value in values:
+        doc = json.loads(value)
+        stored.append(StoredSpec(JobSpec.from_dict(doc["spec"]), tuple(doc["next"]), doc["index"]))
+    stored.sort(key=lambda s: s.index)
+    return {s.spec.name: s for s in stored}
 
 
 def connect(endpoints: str, timeout: float = 10.0) -> pyetcd.Etcd3Client:
@@ -111,12 +92,7 @@ class Store:
     # ---- low level -----------------------------------------------------------------
 
     def _txn(self, compare: list[Any], success: list[Any]) -> tuple[bool, int]:
-        try:
-            response = self.client.kvstub.Txn(
-                etcdrpc.TxnRequest(compare=compare, success=success), self.client.timeout
-            )
-        except grpc.RpcError as e:
-            raise Unavailable(f"etcd transaction failed: {e.details()}") from e
+        response = etcd_ops.txn(self.client, compare, success)
         return response.succeeded, response.header.revision
 
     def put_guarded(self, writes: Iterable[tuple[str, bytes]], revisions: Revisions,
@@ -133,8 +109,8 @@ class Store:
             size += len(key) + len(value)
             if i == len(pending) - 1 or len(chunk) >= MAX_OPS_PER_TXN or size >= MAX_BYTES_PER_TXN:
                 ok, revision = self._txn(
-                    [_mod_equals(k, revisions.get(k, 0)) for k, _ in chunk if k not in unguarded],
-                    [_put(k, v) for k, v in chunk],
+                    [etcd_ops.mod_equals(k, revisions.get(k, 0)) for k, _ in chunk if k not in unguarded],
+                    [etcd_ops.put(k, v) for k, v in chunk],
                 )
                 if not ok:
                     raise Conflict(f"someone else changed {chunk[0][0]} (or another key of its batch)")
@@ -187,9 +163,7 @@ class Store:
         return [WorkflowRecord.from_dict(json.loads(v)) for _, v, _ in self._prefix(self.keys.workflows)]
 
     def specs(self, workflow_id: str) -> dict[str, StoredSpec]:
-        stored = sorted((_stored_spec(value) for _, value, _ in self._prefix(self.keys.specs(workflow_id))),
-                        key=lambda s: s.index)
-        return {s.spec.name: s for s in stored}
+        return _specs_by_name(value for _, value, _ in self._prefix(self.keys.specs(workflow_id)))
 
     def jobs(self, workflow_id: str, revisions: Revisions | None = None) -> dict[str, JobRecord]:
         jobs = {}
@@ -222,19 +196,12 @@ class Store:
         """Claims the run for `owner` (free, or already `owner`'s: a restarted scheduler)
         with a lease-bound key, reading the whole run in the same transaction; None when
         another scheduler holds it."""
-        key = self.keys.claim(workflow_id).encode()
-        put = etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=owner, lease=lease))
-        reads = [_range(self.keys.workflow(workflow_id)), _range_prefix(self.keys.specs(workflow_id)),
-                 _range_prefix(self.keys.jobs(workflow_id)), _range(self.keys.cancel(workflow_id))]
-        free = etcdrpc.Compare(key=key, target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
-                               create_revision=0)
-        ours = etcdrpc.Compare(key=key, target=etcdrpc.Compare.VALUE, result=etcdrpc.Compare.EQUAL, value=owner)
-        for compare in (free, ours):
-            try:
-                response = self.client.kvstub.Txn(etcdrpc.TxnRequest(compare=[compare], success=[put, *reads]),
-                                                  self.client.timeout)
-            except grpc.RpcError as e:
-                raise Unavailable(f"etcd transaction failed: {e.details()}") from e
+        key = self.keys.claim(workflow_id)
+        claim = etcd_ops.put(key, owner, lease=lease)
+        reads = [etcd_ops.get(self.keys.workflow(workflow_id)), etcd_ops.get_prefix(self.keys.specs(workflow_id)),
+                 etcd_ops.get_prefix(self.keys.jobs(workflow_id)), etcd_ops.get(self.keys.cancel(workflow_id))]
+        for compare in (etcd_ops.absent(key), etcd_ops.value_equals(key, owner)):
+            response = etcd_ops.txn(self.client, [compare], [claim, *reads])
             if response.succeeded:
                 break
         else:
@@ -245,13 +212,13 @@ class Store:
         for kv in workflow_kvs:
             workflow = WorkflowRecord.from_dict(json.loads(kv.value))
             revisions[kv.key.decode()] = kv.mod_revision
-        stored = sorted((_stored_spec(kv.value) for kv in spec_kvs), key=lambda s: s.index)
         jobs = {}
         for kv in job_kvs:
             job = JobRecord.from_dict(json.loads(kv.value))
             jobs[job.name] = job
             revisions[kv.key.decode()] = kv.mod_revision
-        return RunSnapshot(workflow, {s.spec.name: s for s in stored}, jobs, revisions, bool(list(cancel_kvs)))
+        return RunSnapshot(workflow, _specs_by_name(kv.value for kv in spec_kvs), jobs, revisions,
+                           bool(list(cancel_kvs)))
 
     def queued_ids(self) -> list[str]:
         return [self.keys.last_part(key) for key, _, _ in self._prefix(self.keys.queue)]
@@ -259,13 +226,11 @@ class Store:
     def dequeue(self, workflow_id: str, revisions: Revisions | None = None) -> bool:
         """Removes the run from the queue; with revisions, only if its workflow record is
         still the one we wrote (not queued again by a retry meanwhile)."""
-        key = self.keys.queued(workflow_id).encode()
-        delete = etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
         compare = []
         if revisions is not None:
             workflow_key = self.keys.workflow(workflow_id)
-            compare.append(_mod_equals(workflow_key, revisions.get(workflow_key, 0)))
-        return self._txn(compare, [delete])[0]
+            compare.append(etcd_ops.mod_equals(workflow_key, revisions.get(workflow_key, 0)))
+        return self._txn(compare, [etcd_ops.delete(self.keys.queued(workflow_id))])[0]
 
     # ---- cancel requests -----------------------------------------------------------
 

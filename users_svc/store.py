@@ -12,11 +12,10 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import grpc
 import pyetcd
-from pyetcd import etcdrpc
 
-from donut_common.errors import Conflict, NotFound, Unavailable
+from donut_common import etcd_ops
+from donut_common.errors import Conflict, NotFound
 
 
 @dataclass(frozen=True)
@@ -54,21 +53,7 @@ class UserStore:
         return f"{self.prefix}{kind}/{name}"
 
     def _txn(self, compare: list[Any], success: list[Any]) -> bool:
-        try:
-            return bool(self.client.kvstub.Txn(etcdrpc.TxnRequest(compare=compare, success=success),
-                                               self.client.timeout).succeeded)
-        except grpc.RpcError as e:
-            raise Unavailable(f"etcd transaction failed: {e.details()}") from e
-
-    @staticmethod
-    def _absent(key: str) -> Any:
-        return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
-                               create_revision=0)
-
-    @staticmethod
-    def _put(key: str, value: str | bytes) -> Any:
-        data = value.encode() if isinstance(value, str) else value
-        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=data))
+        return bool(etcd_ops.txn(self.client, compare, success).succeeded)
 
     def _get_json(self, key: str) -> dict[str, Any] | None:
         value, _ = self.client.get(key)
@@ -79,12 +64,12 @@ class UserStore:
     def create_user(self, user: UserRecord) -> None:
         """Stores a new user; Conflict when the login (or GitHub id) is taken."""
         login_key = self._key("logins", user.login)
-        compare = [self._absent(login_key)]
-        success = [self._put(self._key("users", user.id), json.dumps(asdict(user))), self._put(login_key, user.id)]
+        compare = [etcd_ops.absent(login_key)]
+        success = [etcd_ops.put(self._key("users", user.id), json.dumps(asdict(user))), etcd_ops.put(login_key, user.id)]
         if user.github_id:
             github_key = self._key("github", user.github_id)
-            compare.append(self._absent(github_key))
-            success.append(self._put(github_key, user.id))
+            compare.append(etcd_ops.absent(github_key))
+            success.append(etcd_ops.put(github_key, user.id))
         if not self._txn(compare, success):
             raise Conflict(f"user {user.login} already exists")
 
@@ -120,9 +105,7 @@ class UserStore:
         if revision is None:
             self.client.put(key, json.dumps(asdict(token)))
             return True
-        unchanged = etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
-                                    mod_revision=revision)
-        return self._txn([unchanged], [self._put(key, json.dumps(asdict(token)))])
+        return self._txn([etcd_ops.mod_equals(key, revision)], [etcd_ops.put(key, json.dumps(asdict(token)))])
 
     def token(self, token_id: str) -> TokenRecord:
         return self.token_and_revision(token_id)[0]
