@@ -56,11 +56,7 @@ class DaggerService:
     def create(self, caller: Principal, definition_text: str | bytes, name: str = "", parallelism: int = 0,
                fail_fast: bool = False, upload_id: str = "") -> WorkflowRecord:
         caller.require_user()
-        problems = []
-        if parallelism < 0 or parallelism > MAX_PARALLELISM:
-            problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the default)"))
-        if name_problem(name):
-            problems.append(Problem("name", name_problem(name)))
+        problems = _submission_problems(name, parallelism, zero_means="the default")
         if upload_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", upload_id):
             problems.append(Problem("upload_id", "must be letters, digits, '.', '_' or '-'"))
         try:
@@ -147,11 +143,7 @@ class DaggerService:
         original = self.get(caller, workflow_id)
         specs = self.store.specs(workflow_id)
         definition = definition_from_specs(specs)
-        problems = []
-        if parallelism < 0 or parallelism > MAX_PARALLELISM:
-            problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: the original's)"))
-        if name_problem(name):
-            problems.append(Problem("name", name_problem(name)))
+        problems = _submission_problems(name, parallelism, zero_means="the original's")
         if problems:
             raise InvalidArgument(problems)
         return self._store_new(definition, name or original.name, parallelism or original.parallelism,
@@ -254,6 +246,7 @@ class DaggerService:
 
 
 _NOTHING = object()
+_FINAL_STATUS_MARKS = tuple(b'"status":"%s"' % s.value.encode() for s in WorkflowStatus if s.finished)
 
 
 class _Latest:
@@ -271,8 +264,7 @@ class _Latest:
     def offer(self, value: bytes | None) -> None:
         with self._lock:
             self._value = value
-            final = value is None or any(b'"status":"%s"' % s.value.encode() in value
-                                         for s in WorkflowStatus if s.finished)
+            final = value is None or any(mark in value for mark in _FINAL_STATUS_MARKS)
             if final or time.monotonic() >= self._sent_at + self.interval:
                 self._due.set()
 
@@ -303,6 +295,15 @@ def definition_from_specs(specs: dict[str, StoredSpec]) -> Definition:
         children=children,
         parents={name: tuple(p) for name, p in parents.items()},
     )
+
+
+def _submission_problems(name: str, parallelism: int, zero_means: str) -> list[Problem]:
+    problems = []
+    if parallelism < 0 or parallelism > MAX_PARALLELISM:
+        problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: {zero_means})"))
+    if name_problem(name):
+        problems.append(Problem("name", name_problem(name)))
+    return problems
 
 
 def _check_job_caller(caller: Principal, workflow_id: str, job: str) -> None:
