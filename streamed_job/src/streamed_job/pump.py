@@ -203,8 +203,10 @@ class ProcessPump:
         except subprocess.TimeoutExpired:
             returncode = -signal.SIGKILL
         exit_code, signal_name = from_wait_status(returncode)
-        ended = Ended(exit_code, signal_name, phase="command", message=f"output lost: {error}",
-                      started_at=proc.started_at, finished_at=proc.exited_at or time.time())
+        self._report_exit(proc, Ended(exit_code, signal_name, phase="command", message=f"output lost: {error}",
+                                      started_at=proc.started_at, finished_at=proc.exited_at or time.time()))
+
+    def _report_exit(self, proc: _Proc, ended: Ended) -> None:
         try:
             proc.on_exit(proc.key, ended)
         except Exception:
@@ -329,10 +331,7 @@ class ProcessPump:
             ended = Ended(exit_code, signal_name, phase="" if exit_code == 0 and not signal_name else "command",
                           message=_describe(exit_code, signal_name, proc.terminated),
                           started_at=proc.started_at, finished_at=proc.exited_at)
-        try:
-            proc.on_exit(proc.key, ended)
-        except Exception:
-            log.exception("exit callback for %s failed", proc.key)
+        self._report_exit(proc, ended)
 
     def _drain(self, proc: _Proc, stream: int, pipe: BinaryIO) -> None:
         drained = 0
