@@ -229,6 +229,9 @@ def token_id_of(token: str) -> str:
     return token_id if token.startswith(TOKEN_PREFIX) and re.fullmatch(r"[0-9a-f]{16}", token_id) and secret else ""
 
 
+JOB_TOKEN_SLACK = 24 * 3600  # seconds a job token lives beyond its job's timeout (waiting, retries)
+
+
 class JobTokens:
     """Mints the token of one job attempt (scoped to that job and its workflow's uploads,
     for its owner, expiring when the attempt can no longer run) and revokes it afterwards.
@@ -240,14 +243,14 @@ class JobTokens:
         self._stub = users_pb2_grpc.UsersStub(users_channel)
 
     def mint(self, owner: str, workflow_id: str, job: str, upload_id: str = "",
-             lifetime: float = 24 * 3600) -> tuple[str, str]:
-        """(token id, secret)."""
+             timeout: float | None = None) -> tuple[str, str]:
+        """(token id, secret) of a token that expires a day after the job's timeout."""
         from donut.users.v1 import users_pb2
 
         scopes = [f"job:{workflow_id}/{job}"] + ([f"cache:{upload_id}"] if upload_id else [])
         answer = self._stub.CreateToken(users_pb2.CreateTokenRequest(
             name=f"job {workflow_id}/{job}", user_id=owner, scopes=scopes,
-            expires_in_seconds=max(60, int(lifetime))), timeout=10)
+            expires_in_seconds=int((timeout or 0) + JOB_TOKEN_SLACK)), timeout=10)
         return answer.token.id, answer.secret
 
     def revoke(self, token_id: str) -> None:

@@ -22,6 +22,12 @@ class Launch:
     owner: str = ""  # the user the workflow belongs to (its job tokens act for them)
 
 
+def attempt_key(workflow_id: str, job: str, attempt: int) -> str:
+    """How executors name an attempt (and mark its processes): `<workflow>/<job>/<attempt>`,
+    as `RunSpec.key`."""
+    return f"{workflow_id}/{job}/{attempt}"
+
+
 def run_spec(launch: Launch, dagger_endpoint: str = "", token: str = "", tls_ca: str = "") -> RunSpec:
     """The wrapper's view of a launch, with how it reaches the services when it runs out
     of process."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import Launch, Report, run_spec
+from dagger_svc.executors.base import Launch, Report, attempt_key, run_spec
 from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogStore
 from donut_common.auth import JobTokens
 from streamed_job.cellar import CellarClient
@@ -113,9 +113,8 @@ class LocalExecutor:
         with self._lock:
             minted = self._job_tokens.get(run.key)
         if minted is None:
-            lifetime = (run.timeout or 0) + 24 * 3600
             minted = self.tokens.mint(self._owners.get(run.key, ""), run.workflow_id, run.job, run.upload_id,
-                                      lifetime)
+                                      run.timeout)
             with self._lock:
                 self._job_tokens[run.key] = minted
         return self.cellar(minted[1])
@@ -169,13 +168,13 @@ class LocalExecutor:
         self.logs.end(run.workflow_id, run.job, run.attempt)
 
     def kill(self, workflow_id: str, job: str, attempt: int) -> None:
-        key = f"{workflow_id}/{job}/{attempt}"
+        key = attempt_key(workflow_id, job, attempt)
         self._killed.add(key)
         self.pump.kill(key)
 
     def lost(self, workflow_id: str, job: str, attempt: int) -> bool:
         with self._lock:
-            if f"{workflow_id}/{job}/{attempt}" in self._active:
+            if attempt_key(workflow_id, job, attempt) in self._active:
                 return False
         return end_lost_attempt(self.logs, workflow_id, job, attempt)
 
@@ -188,7 +187,7 @@ class LocalExecutor:
 def end_lost_attempt(logs: LogStore, workflow_id: str, job: str, attempt: int) -> bool:
     """An attempt no executor here has (an earlier incarnation started it): whatever is left
     of it must not live on unwatched, and its log is over. Always True (it is lost)."""
-    kill_leftovers({f"{workflow_id}/{job}/{attempt}"})
+    kill_leftovers({attempt_key(workflow_id, job, attempt)})
     logs.end(workflow_id, job, attempt)
     return True
 

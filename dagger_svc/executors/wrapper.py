@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import Launch, Report, run_spec
+from dagger_svc.executors.base import Launch, Report, attempt_key, run_spec
 from dagger_svc.executors.local import JOB_KEY_ENV, end_lost_attempt, job_processes, kill_leftovers
 from dagger_svc.logs import SYSTEM, LogStore
 from donut_common.auth import JobTokens, token_id_of
@@ -57,7 +57,7 @@ class _Attempt:
 
     @property
     def key(self) -> str:
-        return f"{self.workflow_id}/{self.job}/{self.number}"
+        return attempt_key(self.workflow_id, self.job, self.number)
 
 
 class WrapperExecutor:
@@ -90,7 +90,7 @@ class WrapperExecutor:
     # ---- the Executor protocol -------------------------------------------------------
 
     def launch(self, launch: Launch) -> None:
-        key = f"{launch.workflow_id}/{launch.job}/{launch.attempt}"
+        key = attempt_key(launch.workflow_id, launch.job, launch.attempt)
         with self._lock:
             if key in self._active or self._closing:
                 return  # already launched
@@ -98,7 +98,7 @@ class WrapperExecutor:
         self._spawners.submit(self._start, attempt)  # minting a token is an RPC: not on the scheduler's thread
 
     def kill(self, workflow_id: str, job: str, attempt: int) -> None:
-        key = f"{workflow_id}/{job}/{attempt}"
+        key = attempt_key(workflow_id, job, attempt)
         with self._lock:
             running = self._active.get(key)
             if running is None:
@@ -116,7 +116,7 @@ class WrapperExecutor:
         """A wrapper that outlived an earlier incarnation of this executor (dagger was
         restarted) is adopted, as a cluster's job would be: its logs and report come over
         gRPC as before, and its end is watched. Without one, the attempt is lost."""
-        key = f"{workflow_id}/{job}/{attempt}"
+        key = attempt_key(workflow_id, job, attempt)
         with self._lock:
             if key in self._active:
                 return False
@@ -201,9 +201,8 @@ class WrapperExecutor:
             return ""  # a dagger without users: no tokens are checked
         launch = attempt.launch
         assert launch is not None
-        lifetime = (launch.spec.timeout or 0) + 24 * 3600
         attempt.token_id, secret = self.tokens.mint(launch.owner, launch.workflow_id, launch.job,
-                                                    launch.upload_id, lifetime)
+                                                    launch.upload_id, launch.spec.timeout)
         return secret
 
     def _termination_log(self, key: str) -> Path:

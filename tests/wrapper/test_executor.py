@@ -28,7 +28,7 @@ class ServerTokens:
         self.revoked: list[str] = []
 
     def mint(self, owner: str, workflow_id: str, job: str, upload_id: str = "",
-             lifetime: float = 0) -> tuple[str, str]:
+             timeout: float | None = None) -> tuple[str, str]:
         self.minted.append(f"{workflow_id}/{job}")
         return f"id-{len(self.minted)}", self.server.grant(workflow_id, job)
 
