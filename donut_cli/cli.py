@@ -361,21 +361,21 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
                 problems.append(f"--upload: cannot read {f}: {e.strerror}")
             to_upload.append((f.name if path.is_file() else str(Path(path.name) / f.relative_to(path)), f))
     client = settings.client
+    definition = "" if text is None else text.decode("utf-8", "replace")
     if text is not None:  # every problem at once: the definition's too
-        check = client.dagger.ValidateDefinition(
-            pb.ValidateDefinitionRequest(definition=text.decode("utf-8", "replace")), metadata=client.metadata)
+        check = client.dagger.ValidateDefinition(pb.ValidateDefinitionRequest(definition=definition),
+                                                 metadata=client.metadata)
         problems += [f"{p.place}: {p.message}" if p.place else p.message for p in check.problems]
     if problems:
         for problem in problems:
             click.echo("error: " + problem.replace("\n", "\n  "), err=True)
         sys.exit(EXIT_BAD_INPUT)
-    assert text is not None
     upload_id = uuid.uuid4().hex if to_upload else ""
     for relative, f in to_upload:
         client.cellar.put("cache", upload_id, relative, f)
         click.echo(f"uploaded {relative}", err=True)
     w = client.dagger.CreateWorkflow(
-        pb.CreateWorkflowRequest(definition=text.decode("utf-8", "replace"), name=name,
+        pb.CreateWorkflowRequest(definition=definition, name=name,
                                  parallelism=parallelism, fail_fast=fail_fast, upload_id=upload_id),
         metadata=client.metadata,
     )
