@@ -223,10 +223,12 @@ def remote_verifier(users_channel: grpc.Channel) -> Callable[[str], Principal]:
 TOKEN_PREFIX = "dd_"  # tokens are dd_<16 hex id>_<secret>
 
 
-def token_id_of(token: str) -> str:
-    """The id part of a token ("" if it is not one)."""
+def split_token(token: str) -> tuple[str, str]:
+    """(id, secret) of a token; ("", "") if it is not one."""
     token_id, _, secret = token.removeprefix(TOKEN_PREFIX).partition("_")
-    return token_id if token.startswith(TOKEN_PREFIX) and re.fullmatch(r"[0-9a-f]{16}", token_id) and secret else ""
+    if token.startswith(TOKEN_PREFIX) and re.fullmatch(r"[0-9a-f]{16}", token_id) and secret:
+        return token_id, secret
+    return "", ""
 
 
 JOB_TOKEN_SLACK = 24 * 3600  # seconds a job token lives beyond its job's timeout (waiting, retries)

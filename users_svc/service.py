@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from donut_common.auth import SCOPE_ADMIN, SCOPE_SERVICE, SCOPE_USER, TOKEN_PREFIX, Principal, token_id_of
+from donut_common.auth import SCOPE_ADMIN, SCOPE_SERVICE, SCOPE_USER, TOKEN_PREFIX, Principal, split_token
 from donut_common.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Problem, Unauthenticated
 from users_svc.store import TokenRecord, UserRecord, UserStore
 
@@ -43,10 +43,9 @@ class UsersService:
     # ---- verification --------------------------------------------------------------
 
     def verify(self, token: str) -> Principal:
-        token_id = token_id_of(token)
+        token_id, secret = split_token(token)
         if not token_id:
             raise Unauthenticated("not a donut token")
-        secret = token[len(TOKEN_PREFIX) + len(token_id) + 1:]
         try:
             record, revision = self.store.token_and_revision(token_id)
         except NotFound:

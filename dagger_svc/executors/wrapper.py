@@ -31,7 +31,7 @@ from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import Launch, Report, attempt_key, run_spec
 from dagger_svc.executors.local import JOB_KEY_ENV, end_lost_attempt, job_processes, kill_leftovers
 from dagger_svc.logs import SYSTEM, LogStore
-from donut_common.auth import JobTokens, token_id_of
+from donut_common.auth import JobTokens, split_token
 from streamed_job.outcome import Ended
 from streamed_job.pump import STDERR, ProcessPump
 from streamed_job.spec import SPEC_ENV
@@ -285,7 +285,7 @@ def _token_id_of_wrapper(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             spec = next((item[len(prefix):] for item in f.read().split(b"\0") if item.startswith(prefix)), b"")
-        return token_id_of(str(json.loads(spec).get("token", ""))) if spec else ""
+        return split_token(str(json.loads(spec).get("token", "")))[0] if spec else ""
     except (OSError, ValueError, AttributeError):
         return ""
 
