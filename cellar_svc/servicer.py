@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from cellar_svc.storage import FileInfo, FileRef, Storage
 from donut.cellar.v1 import cellar_pb2 as pb
@@ -25,6 +24,7 @@ from donut.cellar.v1 import cellar_pb2_grpc
 from donut_common.auth import Principal, current_principal
 from donut_common.errors import InvalidArgument, NotFound, PermissionDenied, Problem, Unavailable
 from donut_common.rpc import translate_errors
+from streamed_job.timestamps import timestamp
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -57,10 +57,9 @@ def ref_to_pb(ref: FileRef) -> pb.FileRef:
 
 
 def info_to_pb(info: FileInfo) -> pb.FileInfo:
-    created_at = Timestamp()
-    created_at.FromNanoseconds(round(info.created_at * 1e9))
     return pb.FileInfo(
-        ref=ref_to_pb(info.ref), size=info.size, sha256=info.sha256, created_at=created_at, owner=info.owner
+        ref=ref_to_pb(info.ref), size=info.size, sha256=info.sha256, created_at=timestamp(info.created_at),
+        owner=info.owner,
     )
 
 

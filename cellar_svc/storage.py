@@ -34,12 +34,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
+from donut_common import names
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
 
 log = logging.getLogger(__name__)
 
 KINDS = ("cache", "result", "archive")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_PATTERN = re.compile(f"^{names.UPLOAD_ID}$")
 MAX_PATH_CHARS = 1024
 MAX_SEGMENT_BYTES = 255
 TEMP_PREFIX = ".cellar-tmp-"  # reserved: user paths may not have segments starting with it

@@ -7,7 +7,6 @@ and talks to etcd through the Store and to running jobs through the Scheduler.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import uuid
@@ -17,16 +16,16 @@ from pathlib import Path
 
 from dagger_svc.core.definition import Definition, parse_definition
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
-from dagger_svc.core.limits import MAX_PARALLELISM, name_problem
+from dagger_svc.core.limits import submission_problems
 from dagger_svc.core.run import prepare_retry
 from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import StoredSpec, Store
+from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
 
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
-_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,8 @@ class DaggerService:
     def create(self, caller: Principal, definition_text: str | bytes, name: str = "", parallelism: int = 0,
                fail_fast: bool = False, upload_id: str = "") -> WorkflowRecord:
         caller.require_user()
-        problems = _submission_problems(name, parallelism, zero_means="the default")
-        if upload_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", upload_id):
+        problems = submission_problems(name, parallelism, zero_means="the default")
+        if upload_id and not names.matches(names.UPLOAD_ID, upload_id):
             problems.append(Problem("upload_id", "must be letters, digits, '.', '_' or '-'"))
         try:
             definition = parse_definition(definition_text)
@@ -143,7 +142,7 @@ class DaggerService:
         original = self.get(caller, workflow_id)
         specs = self.store.specs(workflow_id)
         definition = definition_from_specs(specs)
-        problems = _submission_problems(name, parallelism, zero_means="the original's")
+        problems = submission_problems(name, parallelism, zero_means="the original's")
         if problems:
             raise InvalidArgument(problems)
         return self._store_new(definition, name or original.name, parallelism or original.parallelism,
@@ -297,15 +296,6 @@ def definition_from_specs(specs: dict[str, StoredSpec]) -> Definition:
     )
 
 
-def _submission_problems(name: str, parallelism: int, zero_means: str) -> list[Problem]:
-    problems = []
-    if parallelism < 0 or parallelism > MAX_PARALLELISM:
-        problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: {zero_means})"))
-    if name_problem(name):
-        problems.append(Problem("name", name_problem(name)))
-    return problems
-
-
 def _check_job_caller(caller: Principal, workflow_id: str, job: str) -> None:
     """Only the job itself (its job token), a service or an admin speaks for a job."""
     if caller.job != (workflow_id, job) and not caller.is_service and not caller.is_admin:
@@ -313,5 +303,5 @@ def _check_job_caller(caller: Principal, workflow_id: str, job: str) -> None:
 
 
 def _check_id(workflow_id: str) -> None:
-    if not _ID_PATTERN.match(workflow_id):
+    if not names.matches(names.WORKFLOW_ID, workflow_id):
         raise InvalidArgument([Problem("id", f"not a workflow id: {workflow_id!r}")])

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from dagger_svc.core.definition import JobSpec
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
@@ -17,24 +16,9 @@ from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
 from donut_common.errors import InvalidArgument, Problem
 from donut_common.rpc import translate_errors
+from streamed_job.timestamps import seconds, timestamps
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Dagger"].full_name
-
-
-def _ts(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def _seconds(ts: Timestamp) -> float | None:
-    return ts.ToNanoseconds() / 1e9 if ts.seconds or ts.nanos else None
-
-
-def _times(**values: float | None) -> dict[str, Timestamp]:
-    return {k: t for k, v in values.items() if (t := _ts(v)) is not None}
 
 
 def workflow_pb(w: WorkflowRecord, workdir: str = "") -> pb.Workflow:
@@ -42,7 +26,7 @@ def workflow_pb(w: WorkflowRecord, workdir: str = "") -> pb.Workflow:
         id=w.id, name=w.name, owner=w.owner, status=pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{w.status.name}"),
         parallelism=w.parallelism, fail_fast=w.fail_fast, message=w.message, job_counts=dict(w.counts),
         job_total=w.job_total, upload_id=w.upload_id, workdir=workdir,
-        **_times(created_at=w.created_at, started_at=w.started_at, finished_at=w.finished_at),
+        **timestamps(created_at=w.created_at, started_at=w.started_at, finished_at=w.finished_at),
     )
 
 
@@ -62,14 +46,14 @@ def spec_pb(spec: JobSpec) -> pb.JobSpec:
 def job_pb(workflow_id: str, record: JobRecord, spec: StoredSpec, parents: tuple[str, ...]) -> pb.Job:
     attempts = [
         pb.Attempt(number=a.number, status=job_status_pb(a.status), exit_code=a.exit_code, signal=a.signal,
-                   message=a.message, **_times(started_at=a.started_at, finished_at=a.finished_at))
+                   message=a.message, **timestamps(started_at=a.started_at, finished_at=a.finished_at))
         for a in record.attempts
     ]
     return pb.Job(
         workflow_id=workflow_id, name=record.name, status=job_status_pb(record.status), attempt=record.attempt,
         exit_code=record.exit_code, message=record.message, attempts=attempts, spec=spec_pb(spec.spec),
         depends_on=list(parents), neighbors=list(spec.children),
-        **_times(started_at=record.started_at, finished_at=record.finished_at, retry_at=record.retry_at),
+        **timestamps(started_at=record.started_at, finished_at=record.finished_at, retry_at=record.retry_at),
     )
 
 
@@ -159,7 +143,7 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         outcome = Outcome(
             exit_code=request.exit_code if request.HasField("exit_code") else None,
             signal=request.signal, message=request.message,
-            started_at=_seconds(request.started_at), finished_at=_seconds(request.finished_at),
+            started_at=seconds(request.started_at), finished_at=seconds(request.finished_at),
         )
         self.service.report(self.principal(), request.workflow_id, request.job, request.attempt, outcome)
         return pb.ReportJobStatusResponse()

@@ -19,18 +19,26 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from dagger_svc.core.limits import MAX_PARALLELISM, name_problem
+from donut.dagger.v1 import dagger_pb2 as pb
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-FINISHED = ("done", "failed", "terminated", "dead")
-STATUS_NAMES = ("queued", "running", "done", "failed", "terminated", "dead")
+ACTIVE = frozenset({pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING})
+
+
+def status_name(value: int, enum: Any = pb.WorkflowStatus) -> str:
+    """`running` for WORKFLOW_STATUS_RUNNING, `succeeded` for JOB_STATUS_SUCCEEDED..."""
+    return str(enum.Name(value)).split("_STATUS_", 1)[1].lower()
+
+
+STATUS_NAMES = tuple(status_name(value) for value in pb.WorkflowStatus.values() if value)
+JOB_STATUS_NAMES = tuple(status_name(value, pb.JobStatus) for value in pb.JobStatus.values() if value)
 
 
 class Failure(click.ClickException):
     """A one-line error with its exit code."""
-
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.exit_code = code
@@ -48,7 +56,6 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 class Client:
     """Stubs over one channel, with the token on every call."""
-
     def __init__(self, endpoint: str, token: str, tls_ca: str = "") -> None:
         from donut_common.rpc import channel
 
@@ -148,20 +155,15 @@ def cli(ctx: click.Context, endpoint: str | None, token: str | None, tls_ca: str
 
 
 def _iso(ts: Any) -> str | None:
-    if not (ts.seconds or ts.nanos):
-        return None
-    return datetime.fromtimestamp(ts.ToNanoseconds() / 1e9, timezone.utc).isoformat(timespec="milliseconds")
+    from streamed_job.timestamps import seconds
 
-
-def _status(value: int, prefix: str, enum: Any) -> str:
-    return enum.Name(value).removeprefix(prefix).lower()
+    at = seconds(ts)
+    return None if at is None else datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def workflow_json(w: Any) -> dict[str, Any]:
-    from donut.dagger.v1 import dagger_pb2 as pb
-
     doc: dict[str, Any] = {
-        "id": w.id, "name": w.name, "status": _status(w.status, "WORKFLOW_STATUS_", pb.WorkflowStatus),
+        "id": w.id, "name": w.name, "status": status_name(w.status),
         "parallelism": w.parallelism, "message": w.message, "created_at": _iso(w.created_at),
         "started_at": _iso(w.started_at), "finished_at": _iso(w.finished_at), "job_counts": dict(w.job_counts),
         "workdir": w.workdir,
@@ -169,7 +171,7 @@ def workflow_json(w: Any) -> dict[str, Any]:
     if w.jobs:
         doc["jobs"] = [
             {
-                "name": j.name, "status": _status(j.status, "JOB_STATUS_", pb.JobStatus),
+                "name": j.name, "status": status_name(j.status, pb.JobStatus),
                 "exit_code": j.exit_code if j.HasField("exit_code") else None, "attempt": j.attempt,
                 "started_at": _iso(j.started_at), "finished_at": _iso(j.finished_at), "message": j.message,
             }
@@ -179,8 +181,7 @@ def workflow_json(w: Any) -> dict[str, Any]:
 
 
 def _counts_line(w: Any) -> str:
-    order = ("succeeded", "running", "queued", "waiting", "failed", "skipped", "terminated", "dead")
-    parts = [f"{w.job_counts[s]} {s}" for s in order if w.job_counts.get(s)]
+    parts = [f"{w.job_counts[s]} {s}" for s in JOB_STATUS_NAMES if w.job_counts.get(s)]
     return ", ".join(parts) or "no jobs"
 
 
@@ -204,8 +205,6 @@ def print_workflow(doc: dict[str, Any]) -> None:
 
 def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
     """Follows the workflow to its end, showing progress on stderr; exits 0 when done."""
-    from donut.dagger.v1 import dagger_pb2 as pb
-
     client = settings.client
     last = ""
     final = None
@@ -214,13 +213,13 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
         try:
             for w in client.dagger.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), metadata=client.metadata):
                 away = False
-                status = _status(w.status, "WORKFLOW_STATUS_", pb.WorkflowStatus)
+                status = status_name(w.status)
                 line = f"{status}: {_counts_line(w)}"
                 if line != last:
                     stamp = datetime.now().strftime("%H:%M:%S")
                     click.echo(f"[{stamp}] {line}", err=True)
                     last = line
-                if status in FINISHED:
+                if w.status not in ACTIVE:
                     final = status
         except Exception as e:  # the server went away mid-watch: keep watching once it is back
             import grpc
@@ -238,8 +237,6 @@ def wait_for(settings: Settings, workflow_id: str, as_json: bool) -> NoReturn:
 
 def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
     """Prints the workflow and its jobs, as a table or as JSON."""
-    from donut.dagger.v1 import dagger_pb2 as pb
-
     w = client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True), metadata=client.metadata)
     doc = workflow_json(w)
     if as_json:
@@ -337,7 +334,6 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
     """Submit the workflow definition in FILE (YAML or JSON)."""
     import uuid
 
-    from donut.dagger.v1 import dagger_pb2 as pb
 
     problems = []
     text: bytes | None = None
@@ -406,8 +402,6 @@ def status(settings: Settings, workflow_id: str, as_json: bool) -> None:
 @rpc_errors
 def list_(settings: Settings, statuses: tuple[str, ...], limit: int, as_json: bool) -> None:
     """List workflows, newest first."""
-    from donut.dagger.v1 import dagger_pb2 as pb
-
     client = settings.client
     request = pb.ListWorkflowsRequest(statuses=[pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{s.upper()}")
                                                 for s in statuses], limit=limit)
@@ -433,8 +427,6 @@ def list_(settings: Settings, statuses: tuple[str, ...], limit: int, as_json: bo
 @rpc_errors
 def logs(settings: Settings, workflow_id: str, job: str, follow: bool, attempt: int) -> None:
     """Print a job's output: stdout lines to stdout, stderr lines to stderr."""
-    from donut.dagger.v1 import dagger_pb2 as pb
-
     import grpc
 
     client = settings.client
@@ -477,8 +469,6 @@ def logs(settings: Settings, workflow_id: str, job: str, follow: bool, attempt: 
 @rpc_errors
 def results(settings: Settings, workflow_id: str, download: Path | None, as_json: bool) -> None:
     """List (or download) the saved outputs of a workflow."""
-    from donut.dagger.v1 import dagger_pb2 as pb
-
     if download is not None and download.exists() and not download.is_dir():
         fail(f"--download: not a directory: {download}", EXIT_BAD_INPUT)
     client = settings.client
@@ -505,8 +495,6 @@ def results(settings: Settings, workflow_id: str, download: Path | None, as_json
 @rpc_errors
 def cancel(settings: Settings, workflow_id: str) -> None:
     """Terminate a workflow's running jobs and skip the rest."""
-    from donut.dagger.v1 import dagger_pb2 as pb
-
     client = settings.client
     client.dagger.CancelWorkflow(pb.CancelWorkflowRequest(id=workflow_id), metadata=client.metadata)
     click.echo(f"cancelling {workflow_id}", err=True)
@@ -520,8 +508,6 @@ def cancel(settings: Settings, workflow_id: str) -> None:
 @rpc_errors
 def retry(settings: Settings, workflow_id: str, wait: bool, as_json: bool) -> None:
     """Re-run the failed, skipped, terminated and dead jobs of an ended workflow."""
-    from donut.dagger.v1 import dagger_pb2 as pb
-
     client = settings.client
     w = client.dagger.RetryWorkflow(pb.RetryWorkflowRequest(id=workflow_id), metadata=client.metadata)
     if wait:

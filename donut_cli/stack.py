@@ -8,7 +8,6 @@ address so the CLI needs only that address.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from donut_common.etcd_server import EtcdServer
+from donut_common.files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Stack:
                 pass
         account = users.ensure_user("donut-services", admin=False)
         token = users.mint(account, "donut services", ("service",)).secret
-        _write_secret(path, token)
+        write_private(path, token)
         return token
 
     def client_token(self, existing: str = "") -> tuple[str, bool]:
@@ -218,13 +218,6 @@ def _lock(data_dir: Path) -> Any:
         lock.close()
         raise RuntimeError(f"another stack is using {data_dir} (is `donut up` running already?)") from None
     return lock
-
-
-def _write_secret(path: Path, secret: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file left over from before keeps its mode otherwise
-    with os.fdopen(fd, "w") as f:
-        f.write(secret)
 
 
 def _scheduler_id(data_dir: Path) -> str:

@@ -202,6 +202,7 @@ def remote_verifier(users_channel: grpc.Channel) -> Callable[[str], Principal]:
     """Verifies tokens by asking users_svc (the channel carries this service's own
     credentials); an unknown, expired or revoked token raises Unauthenticated."""
     from donut.users.v1 import users_pb2, users_pb2_grpc
+    from streamed_job.timestamps import seconds
 
     stub = users_pb2_grpc.UsersStub(users_channel)
 
@@ -213,9 +214,8 @@ def remote_verifier(users_channel: grpc.Channel) -> Callable[[str], Principal]:
                 raise Unauthenticated(e.details() or "unknown token") from None
             raise
         token_pb = answer.token
-        expires = token_pb.expires_at.ToNanoseconds() / 1e9 if token_pb.HasField("expires_at") else None
         return Principal(user_id=answer.user.id, login=answer.user.login, admin=answer.user.admin,
-                         token_id=token_pb.id, scopes=tuple(token_pb.scopes), expires_at=expires)
+                         token_id=token_pb.id, scopes=tuple(token_pb.scopes), expires_at=seconds(token_pb.expires_at))
 
     return verify
 

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from donut_common.files import write_private
+
 DEFAULT_ENDPOINT = "127.0.0.1:7000"
 
 
@@ -51,9 +53,6 @@ class ClientConfig:
     def save(self) -> Path:
         path = client_config_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a file left over from before keeps its mode otherwise
-        with os.fdopen(fd, "w") as f:
-            json.dump({"endpoint": self.endpoint, "token": self.token, "tls_ca": self.tls_ca}, f, indent=2)
-        os.replace(path.with_suffix(".tmp"), path)
+        write_private(path, json.dumps({"endpoint": self.endpoint, "token": self.token, "tls_ca": self.tls_ca},
+                                       indent=2))
         return path

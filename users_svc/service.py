@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from donut_common import names
 from donut_common.auth import SCOPE_ADMIN, SCOPE_SERVICE, SCOPE_USER, TOKEN_PREFIX, Principal, split_token
 from donut_common.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Problem, Unauthenticated
 from users_svc.store import TokenRecord, UserRecord, UserStore
 
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last-used time
 LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_.]{0,62}$")
-_SCOPE_PATTERN = re.compile(r"^(user|admin|service|job:[0-9a-f-]{36}/[a-z0-9_-]{1,63}|cache:[A-Za-z0-9_.-]{1,128})$")
+_SCOPE_PATTERN = re.compile(f"user|admin|service|job:{names.WORKFLOW_ID}/{names.JOB_NAME}|cache:{names.UPLOAD_ID}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class UsersService:
     def create_token(self, caller: Principal, name: str = "", user_login: str = "", user_id: str = "",
                      scopes: tuple[str, ...] = (), expires_in: float = 0) -> NewToken:
         scopes = tuple(scopes) or (SCOPE_USER,)
-        problems = [Problem("scopes", f"unknown scope {s!r}") for s in scopes if not _SCOPE_PATTERN.match(s)]
+        problems = [Problem("scopes", f"unknown scope {s!r}") for s in scopes if not _SCOPE_PATTERN.fullmatch(s)]
         if expires_in < 0:
             problems.append(Problem("expires_in_seconds", "must be 0 (never) or more"))
         if len(name) > 100:

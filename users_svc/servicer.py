@@ -6,35 +6,28 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from donut.users.v1 import users_pb2 as pb
 from donut.users.v1 import users_pb2_grpc
 from donut_common.auth import Principal, current_principal
 from donut_common.errors import PermissionDenied
 from donut_common.rpc import translate_errors
+from streamed_job.timestamps import timestamp, timestamps
 from users_svc.service import UsersService
 from users_svc.store import TokenRecord, UserRecord
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Users"].full_name
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
 def user_pb(user: UserRecord) -> pb.User:
     return pb.User(id=user.id, login=user.login, github_id=user.github_id, display_name=user.display_name,
-                   admin=user.admin, created_at=_timestamp(user.created_at))
+                   admin=user.admin, created_at=timestamp(user.created_at))
 
 
 def token_pb(token: TokenRecord) -> pb.Token:
-    times = {name: _timestamp(value) for name, value in
-             (("expires_at", token.expires_at), ("last_used_at", token.last_used_at)) if value is not None}
     return pb.Token(id=token.id, user_id=token.user_id, name=token.name, scopes=list(token.scopes),
-                    created_at=_timestamp(token.created_at), revoked=token.revoked, **times)
+                    revoked=token.revoked, **timestamps(created_at=token.created_at, expires_at=token.expires_at,
+                                                        last_used_at=token.last_used_at))
 
 
 @translate_errors

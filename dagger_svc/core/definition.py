@@ -21,20 +21,17 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-from dagger_svc.core.documents import MAX_DEFINITION_BYTES, brief, load_document, quote
+from dagger_svc.core.documents import brief, load_document, quote
 from dagger_svc.core.graph import find_cycles
+from dagger_svc.core.limits import MAX_DEFINITION_BYTES, MAX_JOBS, MAX_RETRIES
+from donut_common import names
 from donut_common.errors import InvalidArgument, Problem
 
-MAX_JOBS: Final = 10_000
-"""The most jobs one workflow may have."""
-
-NAME_PATTERN: Final = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+NAME_PATTERN: Final = f"^{names.JOB_NAME}$"
 """What a job name must match (at most 63 characters)."""
 
 MAX_PROBLEMS: Final = 1000
 """Reporting stops after this many problems (a pathological document could produce millions)."""
-
-MAX_RETRIES: Final = 100
 
 _EXPANSION_BUDGET: Final = 2 * MAX_DEFINITION_BYTES
 """Characters plus list items the checked definition may hold once YAML aliases are expanded.

@@ -19,10 +19,8 @@ from typing import Any, Final
 import yaml
 from yaml.constructor import SafeConstructor
 
+from dagger_svc.core.limits import MAX_DEFINITION_BYTES
 from donut_common.errors import InvalidArgument, Problem
-
-MAX_DEFINITION_BYTES: Final = 4 * 1024 * 1024
-"""The largest definition text accepted, in UTF-8 bytes."""
 
 _MAX_YAML_DEPTH: Final = 100
 """A valid definition nests 5 deep; far deeper YAML is rejected before libyaml chokes on it."""

@@ -1,10 +1,26 @@
-"""Limits of a submission besides its definition, shared by the service and the CLI (which
-checks them before it uploads anything)."""
+"""Every limit of a submission, in one place: the service enforces them, the CLI checks the
+ones it can before it uploads anything, and the README quotes them."""
 
 from __future__ import annotations
 
-MAX_PARALLELISM = 1000
-MAX_NAME_LENGTH = 200
+from typing import Final
+
+from donut_common.errors import Problem
+
+MAX_DEFINITION_BYTES: Final = 4 * 1024 * 1024
+"""The largest definition text accepted, in UTF-8 bytes."""
+
+MAX_JOBS: Final = 10_000
+"""The most jobs one workflow may have."""
+
+MAX_RETRIES: Final = 100
+"""The most automatic retries a job may ask for."""
+
+MAX_PARALLELISM: Final = 1000
+"""The most jobs of one workflow that may run at once."""
+
+MAX_NAME_LENGTH: Final = 200
+"""The longest workflow name."""
 
 
 def name_problem(name: str) -> str:
@@ -14,3 +30,13 @@ def name_problem(name: str) -> str:
     if not name.isprintable():
         return "must be one line of printable characters"
     return ""
+
+
+def submission_problems(name: str, parallelism: int, zero_means: str) -> list[Problem]:
+    """What is wrong with a submission's name and parallelism (0 stands for `zero_means`)."""
+    problems = []
+    if not 0 <= parallelism <= MAX_PARALLELISM:
+        problems.append(Problem("parallelism", f"must be from 1 to {MAX_PARALLELISM} (0: {zero_means})"))
+    if name_problem(name):
+        problems.append(Problem("name", name_problem(name)))
+    return problems

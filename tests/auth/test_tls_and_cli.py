@@ -50,8 +50,8 @@ def test_up_writes_a_private_client_config_that_the_cli_uses(tmp_path: Path, etc
                                                             etcd_prefix: str) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    (home / "client.tmp").write_text("left over")
-    (home / "client.tmp").chmod(0o644)  # its mode must not carry over
+    (home / "client.json.tmp").write_text("left over")
+    (home / "client.json.tmp").chmod(0o644)  # its mode must not carry over
     env = {**os.environ, "DONUT_HOME": str(home)}
     env.pop("DONUT_TOKEN", None)
     up = subprocess.Popen([sys.executable, "-m", "donut_cli", "up", "--data-dir", str(tmp_path / "d"), "--port", "0",

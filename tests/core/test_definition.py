@@ -13,8 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagger_svc.core.definition import (
-    MAX_DEFINITION_BYTES,
-    MAX_JOBS,
     NAME_PATTERN,
     Definition,
     InputSpec,
@@ -23,7 +21,9 @@ from dagger_svc.core.definition import (
     parse_definition,
     validate_document,
 )
+from dagger_svc.core.limits import MAX_DEFINITION_BYTES, MAX_JOBS
 from donut_common.errors import InvalidArgument
+from tests.core.conftest import chain, chain_with_edges, job, only_problem, problems
 
 FRUIT_YAML = """\
 jobs:
@@ -81,27 +81,6 @@ def fruit() -> dict[str, Any]:
     document = yaml.safe_load(FRUIT_YAML)
     assert isinstance(document, dict)
     return document
-
-
-def job(name: str, **fields: Any) -> dict[str, Any]:
-    return {"name": name, "image": "img", "cmd": "/run", "args": [], **fields}
-
-
-def problems(source: object) -> list[tuple[str, str]]:
-    """The (place, message) pairs a definition is refused with; fails if it is accepted."""
-    with pytest.raises(InvalidArgument) as caught:
-        if isinstance(source, (str, bytes)):
-            parse_definition(source)
-        else:
-            validate_document(source)
-    assert caught.value.problems, "InvalidArgument without problems"
-    return [(p.place, p.message) for p in caught.value.problems]
-
-
-def only_problem(source: object) -> tuple[str, str]:
-    found = problems(source)
-    assert len(found) == 1, found
-    return found[0]
 
 
 # ---------------------------------------------------------------------- valid definitions
@@ -237,35 +216,6 @@ def test_good_names(name: str) -> None:
     assert list(validate_document({"jobs": [job(name)]}).jobs) == [name]
 
 
-def test_yaml_merge_keys_and_aliases() -> None:
-    text = """\
-base: &base {image: timer:mine, cmd: /timer.py, args: [1s]}
-jobs:
-- {<<: *base, name: a}
-- {<<: *base, name: b, args: [2s]}
-"""
-    # "base" is an unknown top-level field: merge keys work, the extra key is still reported.
-    assert problems(text) == [("base", "unknown field (expected jobs, neighbors)")]
-    text = """\
-jobs:
-- &a {name: a, image: timer:mine, cmd: /timer.py, args: &args [1s]}
-- {<<: *a, name: b, args: *args}
-- {<<: [{name: c, cmd: /x}, *a], retries: 1}
-"""
-    definition = parse_definition(text)
-    assert definition.jobs["b"] == JobSpec("b", "timer:mine", "/timer.py", ("1s",))
-    assert definition.jobs["c"] == JobSpec("c", "timer:mine", "/x", ("1s",), retries=1)
-
-
-def test_yaml_implicit_types_follow_safe_loader() -> None:
-    text = "jobs:\n- {name: a, image: i, cmd: c, args: [x], timeout: 1.5e+3, retries: 0x10}\n"
-    spec = parse_definition(text).jobs["a"]
-    assert spec.timeout == 1500.0 and spec.retries == 16
-    assert parse_definition("jobs:\n- {name: a, image: i, cmd: c, args: ['1', \"yes\"]}").jobs[
-        "a"
-    ].args == ("1", "yes")
-
-
 # ---------------------------------------------------------------------- one problem at a time
 
 
@@ -313,23 +263,98 @@ ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("prefix not a string", with_job_field(0, workdir_prefix=3), "jobs[0].workdir_prefix", "non-empty relative path"),
     ("inputs not a list", with_job_field(0, inputs={"local": "x"}), "jobs[0].inputs", "must be a list"),
     ("input not a mapping", with_job_field(0, inputs=["x"]), "jobs[0].inputs[0]", "must be a mapping"),
-    ("input unknown field", with_job_field(0, inputs=[{"local": "x", "size": 3}]), "jobs[0].inputs[0].size", "unknown field"),
-    ("input origin and cache", with_job_field(0, inputs=[{"local": "x"}, {"origin": "http://h/f", "cache": "f", "local": "f"}]), "jobs[0].inputs[1]", "give at most one of origin, cache"),
-    ("input local missing", with_job_field(0, inputs=[{"local": "x"}, {"cache": "f"}]), "jobs[0].inputs[1].local", "required"),
-    ("input origin ftp", with_job_field(0, inputs=[{"origin": "ftp://h/f", "local": "f"}]), "jobs[0].inputs[0].origin", "must be an http(s) URL"),
-    ("input origin no host", with_job_field(0, inputs=[{"origin": "http:///f", "local": "f"}]), "jobs[0].inputs[0].origin", "must be an http(s) URL"),
-    ("input origin not a URL", with_job_field(0, inputs=[{"origin": "example.com/f", "local": "f"}]), "jobs[0].inputs[0].origin", "must be an http(s) URL"),
-    ("input origin bad IPv6", with_job_field(0, inputs=[{"origin": "http://[::1/f", "local": "f"}]), "jobs[0].inputs[0].origin", "must be an http(s) URL"),
-    ("input origin with space", with_job_field(0, inputs=[{"origin": "http://h/a b", "local": "f"}]), "jobs[0].inputs[0].origin", "must be an http(s) URL"),
-    ("input origin not a string", with_job_field(0, inputs=[{"origin": 5, "local": "f"}]), "jobs[0].inputs[0].origin", "must be an http(s) URL"),
-    ("input cache absolute", with_job_field(0, inputs=[{"cache": "/etc/passwd", "local": "f"}]), "jobs[0].inputs[0].cache", "must be a relative path"),
-    ("input cache escapes", with_job_field(0, inputs=[{"cache": "../f", "local": "f"}]), "jobs[0].inputs[0].cache", "must stay inside the workflow directory"),
-    ("input cache empty", with_job_field(0, inputs=[{"cache": "", "local": "f"}]), "jobs[0].inputs[0].cache", "non-empty relative path"),
+    (
+        "input unknown field",
+        with_job_field(0, inputs=[{"local": "x", "size": 3}]),
+        "jobs[0].inputs[0].size",
+        "unknown field",
+    ),
+    (
+        "input origin and cache",
+        with_job_field(0, inputs=[{"local": "x"}, {"origin": "http://h/f", "cache": "f", "local": "f"}]),
+        "jobs[0].inputs[1]",
+        "give at most one of origin, cache",
+    ),
+    (
+        "input local missing",
+        with_job_field(0, inputs=[{"local": "x"}, {"cache": "f"}]),
+        "jobs[0].inputs[1].local",
+        "required",
+    ),
+    (
+        "input origin ftp",
+        with_job_field(0, inputs=[{"origin": "ftp://h/f", "local": "f"}]),
+        "jobs[0].inputs[0].origin",
+        "must be an http(s) URL",
+    ),
+    (
+        "input origin no host",
+        with_job_field(0, inputs=[{"origin": "http:///f", "local": "f"}]),
+        "jobs[0].inputs[0].origin",
+        "must be an http(s) URL",
+    ),
+    (
+        "input origin not a URL",
+        with_job_field(0, inputs=[{"origin": "example.com/f", "local": "f"}]),
+        "jobs[0].inputs[0].origin",
+        "must be an http(s) URL",
+    ),
+    (
+        "input origin bad IPv6",
+        with_job_field(0, inputs=[{"origin": "http://[::1/f", "local": "f"}]),
+        "jobs[0].inputs[0].origin",
+        "must be an http(s) URL",
+    ),
+    (
+        "input origin with space",
+        with_job_field(0, inputs=[{"origin": "http://h/a b", "local": "f"}]),
+        "jobs[0].inputs[0].origin",
+        "must be an http(s) URL",
+    ),
+    (
+        "input origin not a string",
+        with_job_field(0, inputs=[{"origin": 5, "local": "f"}]),
+        "jobs[0].inputs[0].origin",
+        "must be an http(s) URL",
+    ),
+    (
+        "input cache absolute",
+        with_job_field(0, inputs=[{"cache": "/etc/passwd", "local": "f"}]),
+        "jobs[0].inputs[0].cache",
+        "must be a relative path",
+    ),
+    (
+        "input cache escapes",
+        with_job_field(0, inputs=[{"cache": "../f", "local": "f"}]),
+        "jobs[0].inputs[0].cache",
+        "must stay inside the workflow directory",
+    ),
+    (
+        "input cache empty",
+        with_job_field(0, inputs=[{"cache": "", "local": "f"}]),
+        "jobs[0].inputs[0].cache",
+        "non-empty relative path",
+    ),
     ("outputs not a list", with_job_field(0, outputs="out.txt"), "jobs[0].outputs", "must be a list"),
     ("output local missing", with_job_field(0, outputs=[{"save": True}]), "jobs[0].outputs[0].local", "required"),
-    ("output unknown field", with_job_field(0, outputs=[{"local": "x", "keep": True}]), "jobs[0].outputs[0].keep", "unknown field"),
-    ("output save a string", with_job_field(0, outputs=[{"local": "x", "save": "yes"}]), "jobs[0].outputs[0].save", "must be true or false"),
-    ("output save an int", with_job_field(0, outputs=[{"local": "x", "save": 1}]), "jobs[0].outputs[0].save", "must be true or false"),
+    (
+        "output unknown field",
+        with_job_field(0, outputs=[{"local": "x", "keep": True}]),
+        "jobs[0].outputs[0].keep",
+        "unknown field",
+    ),
+    (
+        "output save a string",
+        with_job_field(0, outputs=[{"local": "x", "save": "yes"}]),
+        "jobs[0].outputs[0].save",
+        "must be true or false",
+    ),
+    (
+        "output save an int",
+        with_job_field(0, outputs=[{"local": "x", "save": 1}]),
+        "jobs[0].outputs[0].save",
+        "must be true or false",
+    ),
     ("retries negative", with_job_field(0, retries=-1), "jobs[0].retries", "must be an integer from 0 to 100"),
     ("retries too many", with_job_field(0, retries=101), "jobs[0].retries", "must be an integer from 0 to 100"),
     ("retries a bool", with_job_field(0, retries=True), "jobs[0].retries", "must be an integer from 0 to 100"),
@@ -344,9 +369,24 @@ ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("timeout huge int", with_job_field(0, timeout=10**400), "jobs[0].timeout", "must be a number of seconds > 0"),
     ("neighbors not a mapping", lambda d: d.update(neighbors=["apple"]), "neighbors", "must be a mapping"),
     ("neighbors unknown key", lambda d: d["neighbors"].update(kiwi=["apple"]), "neighbors.kiwi", "unknown job 'kiwi'"),
-    ("neighbors value a string", lambda d: d["neighbors"].update(banana="dragonfruit"), "neighbors.banana", "must be a list of job names"),
-    ("neighbors value with an int", lambda d: d["neighbors"].update(banana=[1]), "neighbors.banana", "must be a list of job names"),
-    ("neighbors unknown entry", lambda d: d["neighbors"].update(banana=["dragonfruit", "kiwi"]), "neighbors.banana", "unknown job 'kiwi'"),
+    (
+        "neighbors value a string",
+        lambda d: d["neighbors"].update(banana="dragonfruit"),
+        "neighbors.banana",
+        "must be a list of job names",
+    ),
+    (
+        "neighbors value with an int",
+        lambda d: d["neighbors"].update(banana=[1]),
+        "neighbors.banana",
+        "must be a list of job names",
+    ),
+    (
+        "neighbors unknown entry",
+        lambda d: d["neighbors"].update(banana=["dragonfruit", "kiwi"]),
+        "neighbors.banana",
+        "unknown job 'kiwi'",
+    ),
     ("neighbors non-string key", lambda d: d["neighbors"].update({3: ["apple"]}), "neighbors", "unknown job 3"),
 ]
 
@@ -402,7 +442,11 @@ def test_many_problems_are_reported_together_in_document_order() -> None:
     assert problems(document) == [
         ("jobs[0].colour", "unknown field"),
         ("jobs[0].args", "must be a list of strings"),
-        ("jobs[1].name", f"must match {NAME_PATTERN} (1 to 63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit)"),
+        (
+            "jobs[1].name",
+            f"must match {NAME_PATTERN} (1 to 63 lowercase letters, digits, '-' or '_', "
+            "starting and ending with a letter or digit)",
+        ),
         ("jobs[1].image", "must be a non-empty string"),
         ("jobs[1].cmd", "required"),
         ("jobs[2].name", "duplicate job name 'apple' (also jobs[0])"),
@@ -430,37 +474,7 @@ def test_error_message_is_one_line_per_problem() -> None:
     ]
 
 
-# ---------------------------------------------------------------------- cycles
-
-
-def chain_with_edges(names: str, edges: dict[str, list[str]]) -> dict[str, Any]:
-    return {"jobs": [job(name) for name in names.split()], "neighbors": edges}
-
-
-def test_cycle_path_is_reported() -> None:
-    document = chain_with_edges("z a b c", {"z": ["a"], "a": ["b"], "b": ["c"], "c": ["a"]})
-    assert only_problem(document) == ("cycle", "a -> b -> c -> a")
-
-
-def test_self_loop_is_a_cycle() -> None:
-    assert only_problem(chain_with_edges("a b", {"a": ["b"], "b": ["b"]})) == ("cycle", "b -> b")
-
-
-def test_every_separate_cycle_is_reported() -> None:
-    document = chain_with_edges(
-        "a b c d e f", {"a": ["b"], "b": ["a", "c"], "d": ["e"], "e": ["f"], "f": ["d"], "c": ["c"]}
-    )
-    assert problems(document) == [
-        ("cycle", "a -> b -> a"),
-        ("cycle", "c -> c"),
-        ("cycle", "d -> e -> f -> d"),
-    ]
-
-
-def test_cycle_is_the_shortest_way_back_to_its_first_job() -> None:
-    # a -> b -> c -> d -> a and a shortcut c -> a: one component, one (shortest) cycle.
-    document = chain_with_edges("a b c d", {"a": ["b"], "b": ["c"], "c": ["d", "a"], "d": ["a"]})
-    assert only_problem(document) == ("cycle", "a -> b -> c -> a")
+# ---------------------------------------------------------------------- cycles in a definition
 
 
 def test_cycle_is_reported_with_other_problems() -> None:
@@ -477,23 +491,73 @@ def test_cycle_from_yaml_text() -> None:
 
 
 PATH_CASES: list[tuple[str, dict[str, Any], str, str]] = [
-    ("local ../x without prefix", {"inputs": [{"local": "../x"}]}, "jobs[0].inputs[0].local", "must stay inside the workflow directory"),
+    (
+        "local ../x without prefix",
+        {"inputs": [{"local": "../x"}]},
+        "jobs[0].inputs[0].local",
+        "must stay inside the workflow directory",
+    ),
     ("local /etc/passwd", {"inputs": [{"local": "/etc/passwd"}]}, "jobs[0].inputs[0].local", "must be a relative path"),
-    ("local a/../../x", {"inputs": [{"local": "a/../../x"}]}, "jobs[0].inputs[0].local", "must stay inside the workflow directory"),
-    ("local .. alone", {"outputs": [{"local": ".."}]}, "jobs[0].outputs[0].local", "must stay inside the workflow directory"),
-    ("local escapes a prefix", {"workdir_prefix": "apple", "inputs": [{"local": "../../x"}]}, "jobs[0].inputs[0].local", "must stay inside the workflow directory"),
-    ("local escapes a deep prefix", {"workdir_prefix": "a/b", "outputs": [{"local": "../../../x"}]}, "jobs[0].outputs[0].local", "must stay inside the workflow directory"),
+    (
+        "local a/../../x",
+        {"inputs": [{"local": "a/../../x"}]},
+        "jobs[0].inputs[0].local",
+        "must stay inside the workflow directory",
+    ),
+    (
+        "local .. alone",
+        {"outputs": [{"local": ".."}]},
+        "jobs[0].outputs[0].local",
+        "must stay inside the workflow directory",
+    ),
+    (
+        "local escapes a prefix",
+        {"workdir_prefix": "apple", "inputs": [{"local": "../../x"}]},
+        "jobs[0].inputs[0].local",
+        "must stay inside the workflow directory",
+    ),
+    (
+        "local escapes a deep prefix",
+        {"workdir_prefix": "a/b", "outputs": [{"local": "../../../x"}]},
+        "jobs[0].outputs[0].local",
+        "must stay inside the workflow directory",
+    ),
     ("local is the work dir", {"outputs": [{"local": "."}]}, "jobs[0].outputs[0].local", "not the directory it is in"),
-    ("local is the prefixed work dir", {"workdir_prefix": "apple", "inputs": [{"local": "../apple"}]}, "jobs[0].inputs[0].local", "not the directory it is in"),
+    (
+        "local is the prefixed work dir",
+        {"workdir_prefix": "apple", "inputs": [{"local": "../apple"}]},
+        "jobs[0].inputs[0].local",
+        "not the directory it is in",
+    ),
     ("local with NUL", {"inputs": [{"local": "a\x00b"}]}, "jobs[0].inputs[0].local", "NUL"),
     ("local empty", {"inputs": [{"local": ""}]}, "jobs[0].inputs[0].local", "non-empty relative path"),
     ("prefix ..", {"workdir_prefix": ".."}, "jobs[0].workdir_prefix", "must stay inside the workflow directory"),
     ("prefix ../x", {"workdir_prefix": "../x"}, "jobs[0].workdir_prefix", "must stay inside the workflow directory"),
-    ("prefix a/../../x", {"workdir_prefix": "a/../../x"}, "jobs[0].workdir_prefix", "must stay inside the workflow directory"),
+    (
+        "prefix a/../../x",
+        {"workdir_prefix": "a/../../x"},
+        "jobs[0].workdir_prefix",
+        "must stay inside the workflow directory",
+    ),
     ("prefix absolute", {"workdir_prefix": "/tmp"}, "jobs[0].workdir_prefix", "must be a relative path"),
-    ("cache ../x", {"inputs": [{"cache": "../x", "local": "x"}]}, "jobs[0].inputs[0].cache", "must stay inside the workflow directory"),
-    ("cache is the upload root", {"inputs": [{"cache": "a/..", "local": "x"}]}, "jobs[0].inputs[0].cache", "not the directory it is in"),
-    ("cache with a prefix still may not escape", {"workdir_prefix": "apple", "inputs": [{"cache": "../x", "local": "x"}]}, "jobs[0].inputs[0].cache", "must stay inside the workflow directory"),
+    (
+        "cache ../x",
+        {"inputs": [{"cache": "../x", "local": "x"}]},
+        "jobs[0].inputs[0].cache",
+        "must stay inside the workflow directory",
+    ),
+    (
+        "cache is the upload root",
+        {"inputs": [{"cache": "a/..", "local": "x"}]},
+        "jobs[0].inputs[0].cache",
+        "not the directory it is in",
+    ),
+    (
+        "cache with a prefix still may not escape",
+        {"workdir_prefix": "apple", "inputs": [{"cache": "../x", "local": "x"}]},
+        "jobs[0].inputs[0].cache",
+        "must stay inside the workflow directory",
+    ),
 ]
 
 
@@ -527,83 +591,13 @@ def test_broken_prefix_is_reported_once() -> None:
     ]
 
 
-# ---------------------------------------------------------------------- text-level problems
-
-
-def test_too_large_text_is_refused_first() -> None:
-    text = "jobs: []\n" + "#" * MAX_DEFINITION_BYTES
-    size = len(text.encode())
-    expected = ("definition", f"too large ({size} bytes; the limit is 4 MiB)")
-    assert only_problem(text) == expected
-    assert only_problem(text.encode()) == expected
-    # Measured in UTF-8 bytes, and before anything else (even bad UTF-8).
-    wide = "é" * (MAX_DEFINITION_BYTES // 2 + 1)
-    assert only_problem(wide)[1].startswith(f"too large ({MAX_DEFINITION_BYTES + 2} bytes")
-    assert only_problem(b"\xff" * (MAX_DEFINITION_BYTES + 1))[1].startswith("too large")
-
-
-def test_exactly_the_limit_is_not_too_large() -> None:
-    head = json.dumps({"jobs": [job("a")]})
-    text = head + " " * (MAX_DEFINITION_BYTES - len(head))
-    assert list(parse_definition(text).jobs) == ["a"]
+# ---------------------------------------------------------------------- the document as a whole
 
 
 def test_too_many_jobs() -> None:
     document = {"jobs": [job(f"j{i}") for i in range(MAX_JOBS + 1)]}
     assert only_problem(document) == ("jobs", f"too many jobs ({MAX_JOBS + 1}; the limit is {MAX_JOBS})")
     assert only_problem(json.dumps(document)) == only_problem(document)
-
-
-@pytest.mark.parametrize(
-    ("text", "fragment"),
-    [
-        ("jobs: [a, b", "not valid YAML"),
-        ("jobs:\n  - a\n - b\n", "not valid YAML"),
-        ("jobs: *nowhere", "undefined alias"),
-        ("a: 1\n---\nb: 2\n", "single document"),
-        ("jobs: !!python/object/apply:os.system [ls]", "unsupported tag"),
-        ("jobs: !!set {a, b}", "unsupported tag"),
-        ("jobs: !custom x", "unsupported tag"),
-        ("? [a]\n: b\n", "list or mapping"),
-        ("jobs: 2020-13-45", "not valid YAML"),
-        ("jobs: " + "9" * 5000, "not valid YAML"),
-        ("jobs: {<<: 3}", "merging"),
-        ("jobs:\n\t- a", "not valid YAML"),
-        ("a: \x07", "not valid YAML"),
-    ],
-)
-def test_bad_yaml(text: str, fragment: str) -> None:
-    place, message = only_problem(text)
-    assert place == "definition" and message.startswith("not valid YAML") and fragment in message
-
-
-def test_bad_yaml_names_line_and_column() -> None:
-    place, message = only_problem("jobs:\n- name: a\n  args: [x\n")
-    assert place == "definition" and "(line " in message and "column " in message
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        '{"jobs": [',
-        '{"jobs": []',
-        "{'jobs': []}",
-        '{"jobs": [1,]}',
-        '{"jobs": 1} trailing',
-        '{"jobs": ' + "9" * 5000 + "}",
-        '{"jobs": ' + "[" * 100_000 + "]" * 100_000 + "}",
-    ],
-)
-def test_bad_json(text: str) -> None:
-    place, message = only_problem(text)
-    assert place == "definition" and message.startswith("not valid JSON")
-
-
-def test_bad_json_names_line_and_column() -> None:
-    assert only_problem('{\n  "jobs": [,]\n}') == (
-        "definition",
-        "not valid JSON: Expecting value (line 2, column 12)",
-    )
 
 
 @pytest.mark.parametrize(
@@ -614,51 +608,8 @@ def test_top_level_must_be_a_mapping(source: object) -> None:
     assert place == "definition" and message.startswith("must be a mapping")
 
 
-@pytest.mark.parametrize("data", [b"jobs: \xff\xfe", b"\xc3\x28", b"jobs:\n- name: caf\xe9"])
-def test_bytes_that_are_not_utf8(data: bytes) -> None:
-    place, message = only_problem(data)
-    assert place == "definition" and "not valid UTF-8" in message
-
-
-def test_str_with_lone_surrogate() -> None:
-    place, message = only_problem("jobs: \ud800")
-    assert place == "definition" and "not valid UTF-8" in message
-
-
 def test_not_text_at_all() -> None:
     assert only_problem(12)[0] == "definition"  # parse_definition is typed str | bytes; still safe
-
-
-def test_utf8_bom_and_non_ascii_are_fine() -> None:
-    text = "\ufeffjobs:\n- {name: a, image: i, cmd: c, args: [café, 日本]}\n"
-    assert parse_definition(text.encode()).jobs["a"].args == ("café", "日本")
-    assert parse_definition("\ufeff" + json.dumps({"jobs": [job("a")]})).jobs["a"].name == "a"
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "[" * 1_000_000 + "]" * 1_000_000,
-        "x: " + "{a: " * 200_000 + "1" + "}" * 200_000,
-        "- " * 1_000_000 + "x",
-        "jobs:\n" + "".join(" " * i + "- \n" for i in range(0, 400, 2)),
-    ],
-    ids=["flow sequences", "flow mappings", "block sequences", "indented"],
-)
-def test_deep_yaml_nesting_is_refused_quickly(text: str) -> None:
-    place, message = only_problem(text)
-    assert place == "definition" and "nested more than" in message
-
-
-def test_recursive_yaml_aliases_do_not_crash() -> None:
-    assert only_problem("&a [*a]")[0] == "definition"
-    found = problems("a: &a [*a]\njobs: *a")
-    assert found == [("a", "unknown field (expected jobs, neighbors)"), ("jobs[0]", "must be a mapping")]
-    found = problems("jobs:\n- &j {name: a, image: i, cmd: c, args: &s [x, *s], me: *j}")
-    assert found == [("jobs[0].me", "unknown field"), ("jobs[0].args", "must be a list of strings")]
-    # A mapping merged into itself: nothing new to merge, and no hang.
-    merged = parse_definition("jobs:\n- &j {name: a, image: i, cmd: c, args: [], <<: *j}")
-    assert merged.jobs["a"] == JobSpec("a", "i", "c", ())
 
 
 def test_alias_bomb_is_bounded() -> None:
@@ -682,13 +633,6 @@ def test_problem_count_is_capped() -> None:
 
 
 # ---------------------------------------------------------------------- scale
-
-
-def chain(n: int) -> dict[str, Any]:
-    return {
-        "jobs": [job(f"job-{i}", args=[str(i)]) for i in range(n)],
-        "neighbors": {f"job-{i}": [f"job-{i + 1}"] for i in range(n - 1)},
-    }
 
 
 def layered(n: int, width: int) -> dict[str, Any]:
@@ -757,16 +701,6 @@ def test_ten_thousand_job_layered_dag(form: str) -> None:
     assert definition.children["job-0"] == tuple(f"job-{i}" for i in range(10, 20))
     assert definition.parents["job-15"] == tuple(f"job-{i}" for i in range(10))
     assert definition.parents["job-0"] == ()
-
-
-def test_ten_thousand_job_cycle_is_reported_without_recursion_error() -> None:
-    document = chain(MAX_JOBS)
-    document["neighbors"][f"job-{MAX_JOBS - 1}"] = ["job-0"]
-    place, message = only_problem(json.dumps(document))
-    assert place == "cycle"
-    path = message.split(" -> ")
-    assert len(path) == MAX_JOBS + 1
-    assert path[0] == path[-1] == "job-0" and path[1] == "job-1"
 
 
 # ---------------------------------------------------------------------- hypothesis

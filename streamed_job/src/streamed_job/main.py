@@ -36,7 +36,6 @@ _FORK_SUPPORT_SET_HERE = "GRPC_ENABLE_FORK_SUPPORT" not in os.environ
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc  # noqa: E402
-from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
 
 from donut.dagger.v1 import dagger_pb2 as pb  # noqa: E402
 from donut.dagger.v1 import dagger_pb2_grpc  # noqa: E402
@@ -46,6 +45,7 @@ from streamed_job.outcome import EXIT_INPUT_FAILED, EXIT_OUTPUT_FAILED, EXIT_SIG
 from streamed_job.pump import STDERR, ProcessPump  # noqa: E402
 from streamed_job.shipper import LogShipper, ShipperSettings, channel_to  # noqa: E402
 from streamed_job.spec import SPEC_ENV, SPEC_FILE_ENV, RunSpec  # noqa: E402
+from streamed_job.timestamps import timestamps  # noqa: E402
 
 log = logging.getLogger("streamed_job")
 
@@ -136,19 +136,11 @@ class Reporter:
         self.deadline = deadline
 
     def request(self, ended: Ended) -> pb.ReportJobStatusRequest:
-        request = pb.ReportJobStatusRequest(
+        return pb.ReportJobStatusRequest(
             workflow_id=self.spec.workflow_id, job=self.spec.job, attempt=self.spec.attempt,
-            signal=ended.signal, failed_phase=PHASES[ended.phase], message=ended.message,
+            exit_code=ended.exit_code, signal=ended.signal, failed_phase=PHASES[ended.phase], message=ended.message,
+            **timestamps(started_at=ended.started_at, finished_at=ended.finished_at),
         )
-        if ended.exit_code is not None:
-            request.exit_code = ended.exit_code
-        for name in ("started_at", "finished_at"):
-            seconds = getattr(ended, name)
-            if seconds is not None:
-                stamp = Timestamp()
-                stamp.FromNanoseconds(int(seconds * 1e9))
-                getattr(request, name).CopyFrom(stamp)
-        return request
 
     def report(self, ended: Ended) -> bool:
         """True once dagger has the report; False when it refused it or stayed unreachable."""

@@ -1,0 +1,44 @@
+"""Tests of dagger_svc.core.graph.find_cycles, through the cycles a definition is refused with."""
+
+from __future__ import annotations
+
+import json
+
+from dagger_svc.core.limits import MAX_JOBS
+from tests.core.conftest import chain, chain_with_edges, only_problem, problems
+
+
+def test_cycle_path_is_reported() -> None:
+    document = chain_with_edges("z a b c", {"z": ["a"], "a": ["b"], "b": ["c"], "c": ["a"]})
+    assert only_problem(document) == ("cycle", "a -> b -> c -> a")
+
+
+def test_self_loop_is_a_cycle() -> None:
+    assert only_problem(chain_with_edges("a b", {"a": ["b"], "b": ["b"]})) == ("cycle", "b -> b")
+
+
+def test_every_separate_cycle_is_reported() -> None:
+    document = chain_with_edges(
+        "a b c d e f", {"a": ["b"], "b": ["a", "c"], "d": ["e"], "e": ["f"], "f": ["d"], "c": ["c"]}
+    )
+    assert problems(document) == [
+        ("cycle", "a -> b -> a"),
+        ("cycle", "c -> c"),
+        ("cycle", "d -> e -> f -> d"),
+    ]
+
+
+def test_cycle_is_the_shortest_way_back_to_its_first_job() -> None:
+    # a -> b -> c -> d -> a and a shortcut c -> a: one component, one (shortest) cycle.
+    document = chain_with_edges("a b c d", {"a": ["b"], "b": ["c"], "c": ["d", "a"], "d": ["a"]})
+    assert only_problem(document) == ("cycle", "a -> b -> c -> a")
+
+
+def test_ten_thousand_job_cycle_is_reported_without_recursion_error() -> None:
+    document = chain(MAX_JOBS)
+    document["neighbors"][f"job-{MAX_JOBS - 1}"] = ["job-0"]
+    place, message = only_problem(json.dumps(document))
+    assert place == "cycle"
+    path = message.split(" -> ")
+    assert len(path) == MAX_JOBS + 1
+    assert path[0] == path[-1] == "job-0" and path[1] == "job-1"
