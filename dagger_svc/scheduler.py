@@ -30,9 +30,9 @@ from typing import Any
 
 
 from dagger_svc.core.records import JobStatus, Outcome
-from dagger_svc.core.run import Run, Step, plans_from
+from dagger_svc.core.run import Run, Step
 from dagger_svc.executors.base import Executor, Launch
-from dagger_svc.store import Revisions, StoredSpec, Store
+from dagger_svc.store import Revisions, Store
 from donut_common.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ RELOAD_WAIT = 60.0  # seconds at most to wait for killed launches to end before 
 @dataclass
 class _Owned:
     run: Run
-    specs: dict[str, StoredSpec]
     revisions: Revisions
     workflow_dir: str
     unsent: Step = field(default_factory=Step)              # changes not yet sent to etcd
@@ -259,7 +258,7 @@ class Scheduler:
         owned = self._owned[workflow_id]
         for job in step.launch:
             launch = Launch(workflow_id=workflow_id, job=job, attempt=owned.run.jobs[job].attempt,
-                            spec=owned.specs[job].spec, workflow_dir=owned.workflow_dir,
+                            spec=owned.run.definition.jobs[job], workflow_dir=owned.workflow_dir,
                             upload_id=owned.run.workflow.upload_id, owner=owned.run.workflow.owner)
             owned.unconfirmed.append(launch)
             if self.executor is not None:
@@ -354,12 +353,10 @@ class Scheduler:
         if workflow is None or workflow.status.finished:
             self._release(workflow_id)
             return None
-        specs, revisions = snapshot.specs, snapshot.revisions
-        plans = plans_from({n: s.children for n, s in specs.items()}, {n: s.spec.retries for n, s in specs.items()})
-        run = Run(workflow, plans, snapshot.jobs, cancel_requested=snapshot.cancel_requested)
+        run = Run(workflow, snapshot.definition, snapshot.jobs, cancel_requested=snapshot.cancel_requested)
         workflow_dir = self.data_root / workflow_id
         workflow_dir.mkdir(parents=True, exist_ok=True)
-        self._owned[workflow_id] = _Owned(run, specs, revisions, str(workflow_dir))
+        self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(workflow_dir))
         lost = [
             name for name in run.running_jobs
             if self.executor is None or self.executor.lost(workflow_id, name, run.jobs[name].attempt)

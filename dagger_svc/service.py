@@ -20,7 +20,7 @@ from dagger_svc.core.limits import submission_problems
 from dagger_svc.core.run import prepare_retry
 from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
-from dagger_svc.store import StoredSpec, Store
+from dagger_svc.store import Store
 from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
@@ -140,8 +140,7 @@ class DaggerService:
 
     def clone(self, caller: Principal, workflow_id: str, name: str = "", parallelism: int = 0) -> WorkflowRecord:
         original = self.get(caller, workflow_id)
-        specs = self.store.specs(workflow_id)
-        definition = definition_from_specs(specs)
+        definition = self.store.definition(workflow_id)
         problems = submission_problems(name, parallelism, zero_means="the original's")
         if problems:
             raise InvalidArgument(problems)
@@ -175,22 +174,16 @@ class DaggerService:
 
     # ---- jobs ----------------------------------------------------------------------
 
-    def jobs(self, caller: Principal, workflow_id: str) -> list[tuple[JobRecord, StoredSpec, tuple[str, ...]]]:
-        """(record, spec, parents) of every job, in definition order."""
+    def jobs(self, caller: Principal, workflow_id: str) -> tuple[Definition, dict[str, JobRecord]]:
+        """The workflow's definition and its job records."""
         self.get(caller, workflow_id)
-        specs = self.store.specs(workflow_id)
-        records = self.store.jobs(workflow_id)
-        parents: dict[str, list[str]] = {name: [] for name in specs}
-        for name, spec in specs.items():
-            for child in spec.children:
-                parents[child].append(name)
-        return [(records[name], spec, tuple(parents[name])) for name, spec in specs.items()]
+        return self.store.definition(workflow_id), self.store.jobs(workflow_id)
 
-    def job(self, caller: Principal, workflow_id: str, name: str) -> tuple[JobRecord, StoredSpec, tuple[str, ...]]:
-        for record, spec, parents in self.jobs(caller, workflow_id):
-            if record.name == name:
-                return record, spec, parents
-        raise NotFound(f"workflow {workflow_id} has no job '{name}'")
+    def job(self, caller: Principal, workflow_id: str, name: str) -> tuple[Definition, JobRecord]:
+        definition, records = self.jobs(caller, workflow_id)
+        if name not in records:
+            raise NotFound(f"workflow {workflow_id} has no job '{name}'")
+        return definition, records[name]
 
     # ---- logs and reports ----------------------------------------------------------
 
@@ -281,19 +274,6 @@ class _Latest:
             self._due.clear()
             value, self._value = self._value, _NOTHING
             return value
-
-
-def definition_from_specs(specs: dict[str, StoredSpec]) -> Definition:
-    children = {name: s.children for name, s in specs.items()}
-    parents: dict[str, list[str]] = {name: [] for name in specs}
-    for name, kids in children.items():
-        for kid in kids:
-            parents[kid].append(name)
-    return Definition(
-        jobs={name: s.spec for name, s in specs.items()},
-        children=children,
-        parents={name: tuple(p) for name, p in parents.items()},
-    )
 
 
 def _check_job_caller(caller: Principal, workflow_id: str, job: str) -> None:

@@ -7,10 +7,9 @@ from typing import Any, cast
 
 import grpc
 
-from dagger_svc.core.definition import JobSpec
+from dagger_svc.core.definition import Definition, JobSpec
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
 from dagger_svc.service import DaggerService
-from dagger_svc.store import StoredSpec
 from donut_common.auth import Principal, current_principal
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
@@ -43,7 +42,7 @@ def spec_pb(spec: JobSpec) -> pb.JobSpec:
     )
 
 
-def job_pb(workflow_id: str, record: JobRecord, spec: StoredSpec, parents: tuple[str, ...]) -> pb.Job:
+def job_pb(workflow_id: str, definition: Definition, record: JobRecord) -> pb.Job:
     attempts = [
         pb.Attempt(number=a.number, status=job_status_pb(a.status), exit_code=a.exit_code, signal=a.signal,
                    message=a.message, **timestamps(started_at=a.started_at, finished_at=a.finished_at))
@@ -51,8 +50,9 @@ def job_pb(workflow_id: str, record: JobRecord, spec: StoredSpec, parents: tuple
     ]
     return pb.Job(
         workflow_id=workflow_id, name=record.name, status=job_status_pb(record.status), attempt=record.attempt,
-        exit_code=record.exit_code, message=record.message, attempts=attempts, spec=spec_pb(spec.spec),
-        depends_on=list(parents), neighbors=list(spec.children),
+        exit_code=record.exit_code, message=record.message, attempts=attempts,
+        spec=spec_pb(definition.jobs[record.name]), depends_on=list(definition.parents[record.name]),
+        neighbors=list(definition.children[record.name]),
         **timestamps(started_at=record.started_at, finished_at=record.finished_at, retry_at=record.retry_at),
     )
 
@@ -66,7 +66,8 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
     def _workflow(self, w: WorkflowRecord, include_jobs: bool = False) -> pb.Workflow:
         message = workflow_pb(w, str(self.service.config.data_root / w.id))
         if include_jobs:
-            message.jobs.extend(job_pb(w.id, *job) for job in self.service.jobs(self.principal(), w.id))
+            definition, records = self.service.jobs(self.principal(), w.id)
+            message.jobs.extend(job_pb(w.id, definition, records[name]) for name in definition.jobs)
         return message
 
     def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
@@ -118,8 +119,9 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         return job_pb(request.workflow_id, *self.service.job(self.principal(), request.workflow_id, request.name))
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        return pb.ListJobsResponse(jobs=[job_pb(request.workflow_id, *job)
-                                         for job in self.service.jobs(self.principal(), request.workflow_id)])
+        definition, records = self.service.jobs(self.principal(), request.workflow_id)
+        return pb.ListJobsResponse(jobs=[job_pb(request.workflow_id, definition, records[name])
+                                         for name in definition.jobs])
 
     def PushLogs(self, request_iterator: Iterator[pb.LogBatch], context: grpc.ServicerContext) -> Iterator[pb.LogAck]:
         caller = self.principal()

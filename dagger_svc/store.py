@@ -18,7 +18,7 @@ from typing import Any
 
 import pyetcd
 
-from dagger_svc.core.definition import Definition, JobSpec
+from dagger_svc.core.definition import Definition
 from dagger_svc.core.records import JobRecord, WorkflowRecord
 from dagger_svc.keys import Keys
 from donut_common import etcd_ops
@@ -36,31 +36,18 @@ class RunSnapshot:
     """A run as its new owner found it, read in the transaction that claimed it."""
 
     workflow: WorkflowRecord | None
-    specs: dict[str, StoredSpec]
+    definition: Definition
     jobs: dict[str, JobRecord]
     revisions: Revisions
     cancel_requested: bool
-
-
-@dataclass(frozen=True)
-class StoredSpec:
-    spec: JobSpec
-    children: tuple[str, ...]
-    index: int
 
 
 def _dump(value: Mapping[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _specs_by_name(values: Iterable[bytes]) -> dict[str, StoredSpec]:
-    """Stored specs, by job name in definition order."""
-    stored = []
-    for value in values:
-        doc = json.loads(value)
-        stored.append(StoredSpec(JobSpec.from_dict(doc["spec"]), tuple(doc["next"]), doc["index"]))
-    stored.sort(key=lambda s: s.index)
-    return {s.spec.name: s for s in stored}
+def _definition(values: Iterable[bytes]) -> Definition:
+    return Definition.from_stored(json.loads(value) for value in values)
 
 
 def connect(endpoints: str, timeout: float = 10.0) -> pyetcd.Etcd3Client:
@@ -135,9 +122,9 @@ class Store:
         """Stores specs and job records, then the workflow record that makes it visible.
         A failure part-way leaves only invisible keys, which are removed."""
         writes: list[tuple[str, bytes]] = []
-        for index, (name, spec) in enumerate(definition.jobs.items()):
-            spec_doc = {"spec": spec.to_dict(), "next": list(definition.children[name]), "index": index}
-            writes.append((self.keys.spec(workflow.id, name), _dump(spec_doc)))
+        for stored in definition.stored():
+            name = stored["spec"]["name"]
+            writes.append((self.keys.spec(workflow.id, name), _dump(stored)))
             writes.append((self.keys.job(workflow.id, name), _dump(jobs[name].to_dict())))
         writes.append((self.keys.workflow(workflow.id), _dump(workflow.to_dict())))
         writes.append((self.keys.queued(workflow.id), b"1"))
@@ -162,8 +149,8 @@ class Store:
     def workflows(self) -> list[WorkflowRecord]:
         return [WorkflowRecord.from_dict(json.loads(v)) for _, v, _ in self._prefix(self.keys.workflows)]
 
-    def specs(self, workflow_id: str) -> dict[str, StoredSpec]:
-        return _specs_by_name(value for _, value, _ in self._prefix(self.keys.specs(workflow_id)))
+    def definition(self, workflow_id: str) -> Definition:
+        return _definition(value for _, value, _ in self._prefix(self.keys.specs(workflow_id)))
 
     def jobs(self, workflow_id: str, revisions: Revisions | None = None) -> dict[str, JobRecord]:
         jobs = {}
@@ -217,7 +204,7 @@ class Store:
             job = JobRecord.from_dict(json.loads(kv.value))
             jobs[job.name] = job
             revisions[kv.key.decode()] = kv.mod_revision
-        return RunSnapshot(workflow, _specs_by_name(kv.value for kv in spec_kvs), jobs, revisions,
+        return RunSnapshot(workflow, _definition(kv.value for kv in spec_kvs), jobs, revisions,
                            bool(list(cancel_kvs)))
 
     def queued_ids(self) -> list[str]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from dagger_svc.core.documents import brief, load_document, quote
@@ -160,6 +160,14 @@ class JobSpec:
         )
 
 
+class StoredJob(TypedDict):
+    """One job of a definition as it is kept: its spec, its children, its place in the document."""
+
+    spec: dict[str, Any]
+    next: list[str]
+    index: int
+
+
 @dataclass(frozen=True)
 class Definition:
     """A checked workflow: its jobs (document order) and the DAG between them.
@@ -171,6 +179,30 @@ class Definition:
     jobs: dict[str, JobSpec]
     children: dict[str, tuple[str, ...]]
     parents: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, jobs: Iterable[JobSpec], children: Mapping[str, Iterable[str]]) -> Definition:
+        """The DAG of checked jobs (in document order) with their children: the one place
+        where parents are derived. Every child must be one of the jobs."""
+        specs = {job.name: job for job in jobs}
+        kids = {name: tuple(children.get(name, ())) for name in specs}
+        parents: dict[str, list[str]] = {name: [] for name in specs}
+        for name, names in kids.items():
+            for child in names:
+                parents[child].append(name)
+        return cls(jobs=specs, children=kids, parents={name: tuple(names) for name, names in parents.items()})
+
+    def stored(self) -> Iterator[StoredJob]:
+        """Each job as it is kept (one record per job, so no record grows with the DAG)."""
+        for index, (name, spec) in enumerate(self.jobs.items()):
+            yield StoredJob(spec=spec.to_dict(), next=list(self.children[name]), index=index)
+
+    @classmethod
+    def from_stored(cls, stored: Iterable[StoredJob]) -> Definition:
+        """The inverse of `stored`, for trusted input, in any order; it does not validate."""
+        entries = sorted(stored, key=lambda entry: entry["index"])
+        return cls.of((JobSpec.from_dict(entry["spec"]) for entry in entries),
+                      {entry["spec"]["name"]: entry["next"] for entry in entries})
 
     def to_dict(self) -> dict[str, Any]:
         """Back to the definition format; `validate_document` of it gives an equal Definition."""
@@ -271,15 +303,7 @@ class _Validator:
             self.add("cycle", " -> ".join(cycle))
         if self.problems.items:
             return None
-        parents: dict[str, list[str]] = {name: [] for name in specs}
-        for name in specs:
-            for child in children[name]:
-                parents[child].append(name)
-        return Definition(
-            jobs=specs,
-            children=children,
-            parents={name: tuple(names) for name, names in parents.items()},
-        )
+        return Definition.of(specs.values(), children)
 
     # ----------------------------------------------------------------- jobs
 

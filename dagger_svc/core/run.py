@@ -14,6 +14,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from dagger_svc.core.definition import Definition
 from dagger_svc.core.records import (
     FINISHED_JOB_STATUSES,
     RETRYABLE_JOB_STATUSES,
@@ -32,15 +33,6 @@ RETRY_BACKOFF_MAX = 300.0
 def retry_backoff(retry_number: int) -> float:
     """Seconds to wait before automatic retry number `retry_number` (1, 2, ...)."""
     return min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * 2 ** (retry_number - 1))
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """What the state machine needs to know of a job's definition."""
-
-    parents: tuple[str, ...] = ()
-    children: tuple[str, ...] = ()
-    retries: int = 0
 
 
 @dataclass
@@ -69,19 +61,19 @@ class Run:
     def __init__(
         self,
         workflow: WorkflowRecord,
-        plans: Mapping[str, JobPlan],
+        definition: Definition,
         jobs: Mapping[str, JobRecord],
         cancel_requested: bool = False,
     ) -> None:
         self.workflow = workflow
-        self.plans = plans
-        self.jobs: dict[str, JobRecord] = {name: jobs.get(name) or JobRecord(name) for name in plans}
+        self.definition = definition
+        self.jobs: dict[str, JobRecord] = {name: jobs.get(name) or JobRecord(name) for name in definition.jobs}
         self.cancelling = cancel_requested  # the user asked to cancel
         self.stopping = cancel_requested    # nothing more is launched (cancel or fail-fast)
         self._counts = Counter(j.status for j in self.jobs.values())
         self._unmet = {
-            name: sum(self.jobs[p].status is not JobStatus.SUCCEEDED for p in plan.parents)
-            for name, plan in plans.items()
+            name: sum(self.jobs[p].status is not JobStatus.SUCCEEDED for p in parents)
+            for name, parents in definition.parents.items()
         }
         self._ready: deque[str] = deque()
         self._backoff: list[tuple[float, str]] = []
@@ -152,7 +144,7 @@ class Run:
         self._running.discard(name)
         if outcome.succeeded:
             self._set_job(self._end_attempt(job, JobStatus.SUCCEEDED, outcome, now))
-            for child in self.plans[name].children:
+            for child in self.definition.children[name]:
                 self._unmet[child] -= 1
                 if self._unmet[child] == 0 and self.jobs[child].status is JobStatus.WAITING:
                     self._enqueue(child)
@@ -162,7 +154,7 @@ class Run:
             status = JobStatus.DEAD if outcome.lost else JobStatus.FAILED
             ended = self._end_attempt(job, status, outcome, now)
             retries_used = job.attempt - job.round_start - 1
-            if retries_used < self.plans[name].retries:
+            if retries_used < self.definition.jobs[name].retries:
                 retry_at = now + retry_backoff(retries_used + 1)
                 self._set_job(replace(ended, status=JobStatus.QUEUED, retry_at=retry_at))
                 heapq.heappush(self._backoff, (retry_at, name))
@@ -258,7 +250,7 @@ class Run:
         )
 
     def _skip_descendants(self, name: str, now: float) -> None:
-        todo = deque(self.plans[name].children)
+        todo = deque(self.definition.children[name])
         while todo:
             child = todo.popleft()
             job = self.jobs[child]
@@ -267,7 +259,7 @@ class Run:
                     replace(job, status=JobStatus.SKIPPED, message=f"skipped: upstream job '{name}' did not succeed",
                             retry_at=None, finished_at=now)
                 )
-                todo.extend(self.plans[child].children)
+                todo.extend(self.definition.children[child])
 
     def _check_finished(self, now: float) -> None:
         if self.finished or self._running:
@@ -332,18 +324,6 @@ def prepare_retry(
         counts={k: v for k, v in counts.items() if v},
     )
     return queued, changed
-
-
-def plans_from(children: Mapping[str, Iterable[str]], retries: Mapping[str, int]) -> dict[str, JobPlan]:
-    """JobPlans from a child map (every job a key) and per-job retry counts."""
-    parents: dict[str, list[str]] = {name: [] for name in children}
-    for name, kids in children.items():
-        for kid in kids:
-            parents[kid].append(name)
-    return {
-        name: JobPlan(parents=tuple(parents[name]), children=tuple(kids), retries=retries.get(name, 0))
-        for name, kids in children.items()
-    }
 
 
 def _describe(status: JobStatus, outcome: Outcome) -> str:

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
-from dagger_svc.core.run import Run, Step, plans_from, prepare_retry, retry_backoff
+from dagger_svc.core.definition import Definition, JobSpec
+from dagger_svc.core.run import Run, Step, prepare_retry, retry_backoff
 
 OK = Outcome(exit_code=0)
 FAIL = Outcome(exit_code=1)
@@ -18,9 +19,9 @@ FAIL = Outcome(exit_code=1)
 def make_run(children: dict[str, list[str]], parallelism: int = 1, retries: dict[str, int] | None = None,
              fail_fast: bool = False, jobs: dict[str, JobRecord] | None = None,
              workflow: WorkflowRecord | None = None) -> Run:
-    plans = plans_from(children, retries or {})
+    specs = [JobSpec(name, image="x", cmd="true", args=(), retries=(retries or {}).get(name, 0)) for name in children]
     workflow = workflow or WorkflowRecord(id="w", name="w", parallelism=parallelism, fail_fast=fail_fast)
-    return Run(workflow, plans, jobs or {})
+    return Run(workflow, Definition.of(specs, children), jobs or {})
 
 
 def drive(run: Run, first: Step, results: dict[str, list[Outcome]], now: float = 0.0) -> list[list[str]]:
@@ -246,7 +247,7 @@ def test_random_runs_keep_the_invariants(dag: dict[str, list[str]], parallelism:
     while running:
         assert len(running) <= parallelism
         name = running.pop(data.draw(st.integers(0, len(running) - 1)))
-        for parent in run.plans[name].parents:
+        for parent in run.definition.parents[name]:
             assert run.jobs[parent].status is JobStatus.SUCCEEDED
         ran.append(name)
         now += 1

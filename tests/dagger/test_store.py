@@ -34,7 +34,7 @@ def test_a_workflow_larger_than_one_transaction_is_stored_whole(store: Store) ->
     create(store, jobs)
     assert store.workflow(WORKFLOW_ID)[0].job_total == jobs
     assert len(store.jobs(WORKFLOW_ID)) == jobs
-    assert list(store.specs(WORKFLOW_ID)) == [f"j{i}" for i in range(jobs)]  # definition order
+    assert list(store.definition(WORKFLOW_ID).jobs) == [f"j{i}" for i in range(jobs)]  # definition order
     assert store.queued_ids() == [WORKFLOW_ID]
 
 
