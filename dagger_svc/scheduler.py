@@ -22,36 +22,47 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 
 from dagger_svc.core.records import JobStatus, Outcome
 from dagger_svc.core.run import Run, Step
-from dagger_svc.executors.base import Executor, Launch
-from dagger_svc.store import Revisions, Store
+from dagger_svc.events import CancelAsked, Committed, CommitResult, Event, JobEnded, Queued, Stop, Timer
+from dagger_svc.executors.base import Executor, Launch, workflow_dir
+from dagger_svc.store import Lease, Revisions, Store
 from donut_common.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL = 0.01  # seconds from one commit's start to the next one's
 RELOAD_WAIT = 60.0  # seconds at most to wait for killed launches to end before a run is reloaded
+TAKE_OVER_RETRY = 0.5  # seconds before a run whose take-over failed is tried again
+
+
+@dataclass
+class _Held:
+    """A run that is not taken (back) before `until` (time.monotonic()), or, with `waiting`,
+    before those (job, attempt) launches have ended, whichever comes first."""
+
+    until: float
+    waiting: set[tuple[str, int]] | None = None
+
+    def released(self, now: float) -> bool:
+        return now >= self.until or (self.waiting is not None and not self.waiting)
 
 
 @dataclass
 class _Owned:
     run: Run
     revisions: Revisions
-    workflow_dir: str
     unsent: Step = field(default_factory=Step)              # changes not yet sent to etcd
     unconfirmed: list[Launch] = field(default_factory=list)  # launched, not yet committed
 
 
 class Scheduler:
-    def __init__(self, store: Store, executor: Executor | None, data_root: Path,
+    def __init__(self, store: Store, executor: Executor, data_root: Path,
                  scheduler_id: str | None = None, lease_ttl: int = 10,
                  clock: Callable[[], float] = time.time, commit_interval: float = COMMIT_INTERVAL) -> None:
         self.store = store
@@ -61,26 +72,29 @@ class Scheduler:
         self.lease_ttl = lease_ttl
         self.clock = clock
         self.commit_interval = commit_interval
-        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._owned: dict[str, _Owned] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._unwatch: list[Callable[[], None]] = []
-        self._lease: Any = None
+        self._lease: Lease | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-commit")
         self._step_lock = threading.Lock()  # one step at a time, on the loop or an executor's thread
         self._committing = False
         self._last_commit = float("-inf")         # time.monotonic() when the last commit started
         self._commit_due: float | None = None     # when unsent changes wait for the interval
         self._loop_wakes_at = float("inf")        # time.monotonic() when the idle loop wakes by itself
-        # runs whose commit failed, waiting for their killed launches to end before they are
-        # reloaded (so the same attempt number is not launched while the old one still runs)
-        self._reloads: dict[str, tuple[set[tuple[str, int]], float]] = {}
+        # runs not taken (back) for now: their take-over failed (etcd away: a moment later), or
+        # their commit failed and their killed launches have not ended (so the same attempt
+        # number is not launched while the old one still runs)
+        self._held: dict[str, _Held] = {}
 
     # ---- life cycle ----------------------------------------------------------------
 
     def start(self) -> Scheduler:
-        self._lease = self.store.client.lease(self.lease_ttl)
+        """Takes the executor's reports, holds a lease, and schedules every queued run."""
+        self.executor.start(self.job_finished)
+        self._lease = self.store.grant_lease(self.lease_ttl)
         revision = self.store.current_revision()
         keys = self.store.keys
         self._unwatch = [
@@ -89,7 +103,7 @@ class Scheduler:
             self.store.watch(keys.claims, self._on_claim_change, start_revision=revision + 1),
         ]
         for workflow_id in self.store.queued_ids():
-            self._events.put(("workflow", workflow_id, b""))
+            self._events.put(Queued(workflow_id))
         for target, name in ((self._loop, "scheduler"), (self._keep_lease, "scheduler-lease")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -100,7 +114,7 @@ class Scheduler:
         """Stops scheduling; runs stay claimed until the lease ends (or are taken back at
         once by a scheduler with the same id)."""
         self._stopping.set()
-        self._events.put(("stop",))
+        self._events.put(Stop())
         for cancel in self._unwatch:
             cancel()
         for thread in self._threads:
@@ -125,6 +139,7 @@ class Scheduler:
                     log.warning("cannot record the last changes of run %s: %s", workflow_id, e)
 
     def _keep_lease(self) -> None:
+        assert self._lease is not None
         while not self._stopping.wait(self.lease_ttl / 3):
             try:
                 self._lease.refresh()
@@ -135,28 +150,28 @@ class Scheduler:
 
     def _on_queued(self, key: str, value: bytes | None) -> None:
         if value is not None:
-            self._events.put(("workflow", self.store.keys.last_part(key), b""))
+            self._events.put(Queued(self.store.keys.last_part(key)))
 
     def _on_cancel(self, key: str, value: bytes | None) -> None:
         if value is not None:
-            self._events.put(("cancel", self.store.keys.last_part(key)))
+            self._events.put(CancelAsked(self.store.keys.last_part(key)))
 
     def _on_claim_change(self, key: str, value: bytes | None) -> None:
         if value is None:  # a scheduler let go (or died): the run may need a new owner
-            self._events.put(("workflow", self.store.keys.last_part(key), None))
+            self._events.put(Queued(self.store.keys.last_part(key)))
 
     def job_finished(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         """Called by executors. When the loop is idle the event is handled at once on the
         caller's thread (a chain's next job starts without a thread hop); otherwise it is
         queued for the loop."""
-        event = ("finished", workflow_id, job, attempt, outcome)
+        event = JobEnded(workflow_id, job, attempt, outcome)
         if self._events.empty() and not self._stopping.is_set() and self._step_lock.acquire(blocking=False):
             try:
                 if self._events.empty() and not self._stopping.is_set():
                     self._step([event])
                     timeout = self._next_timeout()
                     if timeout is not None and time.monotonic() + timeout < self._loop_wakes_at:
-                        self._events.put(("timer",))  # the loop's wait must end in time for it
+                        self._events.put(Timer())  # the loop's wait must end in time for it
                     return
             finally:
                 self._step_lock.release()
@@ -176,7 +191,7 @@ class Scheduler:
                 first = self._events.get(timeout=timeout)
             except queue.Empty:
                 first = None
-            batch = [] if first is None else [first]
+            batch: list[Event] = [] if first is None else [first]
             while True:
                 try:
                     batch.append(self._events.get_nowait())
@@ -185,17 +200,18 @@ class Scheduler:
             with self._step_lock:
                 self._step(batch)
 
-    def _step(self, batch: list[tuple[Any, ...]]) -> None:
+    def _step(self, batch: Iterable[Event]) -> None:
+        batch = list(batch)
         try:
             self._handle(batch)
         except Exception:
             log.exception("scheduler step failed; it will be retried from etcd")
-            if any(event[0] == "committed" for event in batch):
+            if any(isinstance(event, Committed) for event in batch):
                 self._committing = False  # that commit is over, whatever became of the rest
             self._stopping.wait(0.5)  # etcd away, most likely: not in a tight loop
             self._reload_all()
             for event in batch:  # runs that were being taken over
-                if event[0] == "workflow":
+                if isinstance(event, Queued):
                     self._events.put(event)
 
     def _next_timeout(self) -> float | None:
@@ -203,10 +219,10 @@ class Scheduler:
         waits = [w - now for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]
         if self._commit_due is not None:
             waits.append(self._commit_due - time.monotonic())
-        waits.extend(deadline - time.monotonic() for _, deadline in self._reloads.values())
+        waits.extend(held.until - time.monotonic() for held in self._held.values())
         return max(0.0, min(waits)) if waits else None
 
-    def _handle(self, batch: list[tuple[Any, ...]]) -> None:
+    def _handle(self, batch: list[Event]) -> None:
         now = self.clock()
         steps: dict[str, Step] = {}
 
@@ -214,42 +230,48 @@ class Scheduler:
             if step:
                 steps[workflow_id] = steps[workflow_id].merge(step) if workflow_id in steps else step
 
-        commits = []
+        commits: list[Committed] = []
         for event in batch:
-            kind = event[0]
-            if kind == "stop":
-                return
-            if kind == "committed":
-                commits.append(event[1])  # after this batch's own changes are queued up
-            elif kind == "workflow":
-                workflow_id = event[1]
-                if workflow_id not in self._owned and workflow_id not in self._reloads:
-                    started = self._take_over(workflow_id, now)
-                    if started is not None:
-                        add(workflow_id, started)
-            elif kind == "cancel":
-                owned = self._owned.get(event[1])
-                if owned is not None:
-                    add(event[1], owned.run.cancel(now))
-            elif kind == "finished":
-                _, workflow_id, job, attempt, outcome = event
-                owned = self._owned.get(workflow_id)
-                if owned is not None:
-                    add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
-                elif workflow_id in self._reloads:
-                    self._reloads[workflow_id][0].discard((job, attempt))
+            match event:
+                case Stop():
+                    return
+                case Committed():
+                    commits.append(event)  # after this batch's own changes are queued up
+                case Queued(workflow_id):
+                    if workflow_id not in self._owned and workflow_id not in self._held:
+                        try:
+                            started = self._take_over(workflow_id, now)
+                        except Exception as e:  # noqa: BLE001 - this run only; the others go on
+                            log.warning("cannot take run %s over (%s); trying again shortly", workflow_id, e)
+                            self._owned.pop(workflow_id, None)
+                            self._held[workflow_id] = _Held(time.monotonic() + TAKE_OVER_RETRY)
+                            continue
+                        if started is not None:
+                            add(workflow_id, started)
+                case CancelAsked(workflow_id):
+                    owned = self._owned.get(workflow_id)
+                    if owned is not None:
+                        add(workflow_id, owned.run.cancel(now))
+                case JobEnded(workflow_id, job, attempt, outcome):
+                    owned = self._owned.get(workflow_id)
+                    if owned is not None:
+                        add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
+                    elif (held := self._held.get(workflow_id)) is not None and held.waiting is not None:
+                        held.waiting.discard((job, attempt))
+                case Timer():
+                    pass  # what is due is looked at below
         for workflow_id, owned in self._owned.items():
             wakeup = owned.run.next_wakeup()
             if wakeup is not None and wakeup <= now:
                 add(workflow_id, owned.run.tick(now))
-        for workflow_id, (waiting, deadline) in list(self._reloads.items()):
-            if not waiting or time.monotonic() >= deadline:
-                del self._reloads[workflow_id]
-                self._events.put(("workflow", workflow_id, b""))
+        for workflow_id, held in list(self._held.items()):
+            if held.released(time.monotonic()):
+                del self._held[workflow_id]
+                self._events.put(Queued(workflow_id))
         for workflow_id, step in steps.items():
             self._carry_out(workflow_id, step)
-        for results in commits:
-            self._committed(results)
+        for committed in commits:
+            self._committed(committed)
         self._commit_next()
 
     def _carry_out(self, workflow_id: str, step: Step) -> None:
@@ -258,14 +280,13 @@ class Scheduler:
         owned = self._owned[workflow_id]
         for job in step.launch:
             launch = Launch(workflow_id=workflow_id, job=job, attempt=owned.run.jobs[job].attempt,
-                            spec=owned.run.definition.jobs[job], workflow_dir=owned.workflow_dir,
+                            spec=owned.run.definition.jobs[job],
+                            workflow_dir=str(workflow_dir(self.data_root, workflow_id)),
                             upload_id=owned.run.workflow.upload_id, owner=owned.run.workflow.owner)
             owned.unconfirmed.append(launch)
-            if self.executor is not None:
-                self.executor.launch(launch)
-        if self.executor is not None:
-            for job in step.kill:
-                self.executor.kill(workflow_id, job, owned.run.jobs[job].attempt)
+            self.executor.launch(launch)
+        for job in step.kill:
+            self.executor.kill(workflow_id, job, owned.run.jobs[job].attempt)
         owned.unsent = owned.unsent.merge(step) if owned.unsent else step
 
     def _commit_next(self) -> None:
@@ -292,21 +313,22 @@ class Scheduler:
 
     def _commit(self, batch: dict[str, tuple[Step, int]]) -> None:
         """On the committer thread: one guarded transaction per run."""
-        results: dict[str, tuple[Exception | None, int]] = {}
+        results: dict[str, CommitResult] = {}
         for workflow_id, (step, launched) in batch.items():
             owned = self._owned.get(workflow_id)
             if owned is None:
                 continue
             try:
                 self.store.save_run(workflow_id, step.workflow, step.jobs.values(), owned.revisions)
-                results[workflow_id] = (None, launched)
+                results[workflow_id] = CommitResult(None, launched)
             except Exception as e:  # noqa: BLE001 - handed to the loop, which reloads the run
-                results[workflow_id] = (e, launched)
-        self._events.put(("committed", results))
+                results[workflow_id] = CommitResult(e, launched)
+        self._events.put(Committed(results))
 
-    def _committed(self, results: dict[str, tuple[Exception | None, int]]) -> None:
+    def _committed(self, committed: Committed) -> None:
         self._committing = False
-        for workflow_id, (error, launched) in results.items():
+        for workflow_id, result in committed.results.items():
+            error, launched = result.error, result.launched
             owned = self._owned.get(workflow_id)
             if owned is None:
                 continue
@@ -317,23 +339,22 @@ class Scheduler:
                     self._forget(workflow_id)
                     log.info("workflow %s %s", workflow_id, owned.run.workflow.status.value)
                     if requeued:  # retried while its last commit was on its way
-                        self._events.put(("workflow", workflow_id, b""))
+                        self._events.put(Queued(workflow_id))
                 continue
             if isinstance(error, Conflict):
                 log.info("run %s changed under us; reloading it", workflow_id)
             else:
                 log.warning("cannot record run %s (%s); reloading it", workflow_id, error)
-            if self.executor is not None:
-                for launch in owned.unconfirmed:
-                    self.executor.kill(workflow_id, launch.job, launch.attempt)
+            for launch in owned.unconfirmed:
+                self.executor.kill(workflow_id, launch.job, launch.attempt)
             jobs = owned.run.jobs  # a launch its job still shows running has not reported its end yet
             waiting = {(launch.job, launch.attempt) for launch in owned.unconfirmed
                        if jobs[launch.job].status is JobStatus.RUNNING and jobs[launch.job].attempt == launch.attempt}
             self._forget(workflow_id)
-            if waiting and self.executor is not None:
-                self._reloads[workflow_id] = (waiting, time.monotonic() + RELOAD_WAIT)
+            if waiting:
+                self._held[workflow_id] = _Held(time.monotonic() + RELOAD_WAIT, waiting)
             else:
-                self._events.put(("workflow", workflow_id, b""))
+                self._events.put(Queued(workflow_id))
 
     # ---- ownership -----------------------------------------------------------------
 
@@ -346,7 +367,8 @@ class Scheduler:
                 return None  # checked before claiming, so releasing a claim never loops
         except NotFound:
             return None
-        snapshot = self.store.claim_run(workflow_id, self.scheduler_id.encode(), self._lease.id)
+        assert self._lease is not None
+        snapshot = self.store.claim_run(workflow_id, self.scheduler_id, self._lease)
         if snapshot is None:
             return None
         workflow = snapshot.workflow
@@ -354,17 +376,13 @@ class Scheduler:
             self._release(workflow_id)
             return None
         run = Run(workflow, snapshot.definition, snapshot.jobs, cancel_requested=snapshot.cancel_requested)
-        workflow_dir = self.data_root / workflow_id
-        workflow_dir.mkdir(parents=True, exist_ok=True)
-        self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(workflow_dir))
-        lost = [
-            name for name in run.running_jobs
-            if self.executor is None or self.executor.lost(workflow_id, name, run.jobs[name].attempt)
-        ]
+        workflow_dir(self.data_root, workflow_id).mkdir(parents=True, exist_ok=True)
+        self._owned[workflow_id] = _Owned(run, snapshot.revisions)
+        lost = [name for name in run.running_jobs if self.executor.lost(workflow_id, name, run.jobs[name].attempt)]
         return run.start(now, lost=lost)
 
     def _release(self, workflow_id: str) -> None:
-        self.store.client.delete(self.store.keys.claim(workflow_id))
+        self.store.release_claim(workflow_id)
 
     def _forget(self, workflow_id: str) -> None:
         self._owned.pop(workflow_id, None)
@@ -376,4 +394,4 @@ class Scheduler:
     def _reload_all(self) -> None:
         for workflow_id in list(self._owned):
             self._owned.pop(workflow_id)
-            self._events.put(("workflow", workflow_id, b""))
+            self._events.put(Queued(workflow_id))

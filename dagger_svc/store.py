@@ -50,6 +50,20 @@ def _definition(values: Iterable[bytes]) -> Definition:
     return Definition.from_stored(json.loads(value) for value in values)
 
 
+class Lease:
+    """A lease this store granted: `refresh` keeps it, `revoke` ends it and what it binds."""
+
+    def __init__(self, lease: Any) -> None:
+        self._lease = lease
+        self.id: int = lease.id
+
+    def refresh(self) -> None:
+        self._lease.refresh()
+
+    def revoke(self) -> None:
+        self._lease.revoke()
+
+
 def connect(endpoints: str, timeout: float = 10.0) -> pyetcd.Etcd3Client:
     """A client for the first of comma-separated `host:port` endpoints that answers."""
     last: Exception | None = None
@@ -179,15 +193,19 @@ class Store:
             writes.append((queue_key, b"1"))
         self.put_guarded(writes, revisions, unguarded=frozenset({queue_key}))
 
-    def claim_run(self, workflow_id: str, owner: bytes, lease: int) -> RunSnapshot | None:
+    def grant_lease(self, ttl: int) -> Lease:
+        """A lease that ends `ttl` seconds after its last refresh; what it binds goes with it."""
+        return Lease(self.client.lease(ttl))
+
+    def claim_run(self, workflow_id: str, owner: str, lease: Lease) -> RunSnapshot | None:
         """Claims the run for `owner` (free, or already `owner`'s: a restarted scheduler)
-        with a lease-bound key, reading the whole run in the same transaction; None when
-        another scheduler holds it."""
+        with a key bound to `lease`, reading the whole run in the same transaction; None
+        when another scheduler holds it."""
         key = self.keys.claim(workflow_id)
-        claim = etcd_ops.put(key, owner, lease=lease)
+        claim = etcd_ops.put(key, owner, lease=lease.id)
         reads = [etcd_ops.get(self.keys.workflow(workflow_id)), etcd_ops.get_prefix(self.keys.specs(workflow_id)),
                  etcd_ops.get_prefix(self.keys.jobs(workflow_id)), etcd_ops.get(self.keys.cancel(workflow_id))]
-        for compare in (etcd_ops.absent(key), etcd_ops.value_equals(key, owner)):
+        for compare in (etcd_ops.absent(key), etcd_ops.value_equals(key, owner.encode())):
             response = etcd_ops.txn(self.client, [compare], [claim, *reads])
             if response.succeeded:
                 break
@@ -206,6 +224,9 @@ class Store:
             revisions[kv.key.decode()] = kv.mod_revision
         return RunSnapshot(workflow, _definition(kv.value for kv in spec_kvs), jobs, revisions,
                            bool(list(cancel_kvs)))
+
+    def release_claim(self, workflow_id: str) -> None:
+        self.client.delete(self.keys.claim(workflow_id))
 
     def queued_ids(self) -> list[str]:
         return [self.keys.last_part(key) for key, _, _ in self._prefix(self.keys.queue)]

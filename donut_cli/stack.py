@@ -12,10 +12,26 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
+import grpc
+from werkzeug.serving import BaseWSGIServer
+
+from cellar_svc.storage import LocalStorage
+from dagger_svc.executors.local import LocalExecutor
+from dagger_svc.executors.wrapper import WrapperExecutor
+from dagger_svc.keys import Keys
+from dagger_svc.logs import LogStore
+from dagger_svc.scheduler import Scheduler
+from dagger_svc.service import DaggerConfig, DaggerService
+from dagger_svc.store import Store, connect
+from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
+from donut_common.rpc import Registration, channel, create_server
+from streamed_job.cellar import CellarClient
+from users_svc.service import UsersService
+from users_svc.store import UserStore
 
 log = logging.getLogger(__name__)
 
@@ -55,92 +71,47 @@ class StackConfig:
 
 @dataclass
 class Stack:
+    """The running parts, each set once `start` has made it (None before, and after `stop`)."""
+
     config: StackConfig
     endpoint: str = ""
+    """host:port of the gRPC server."""
     http_endpoint: str = ""
+    """http://host:port of the gateway ("" without one)."""
     service_token: str = ""
-    users: Any = None
-    _parts: dict[str, Any] = field(default_factory=dict)
+    """The services' own credentials."""
+    etcd: EtcdServer | None = None
+    store: Store | None = None
+    users: UsersService | None = None
+    logs: LogStore | None = None
+    executor: LocalExecutor | WrapperExecutor | None = None
+    scheduler: Scheduler | None = None
+    server: grpc.Server | None = None
+    http: BaseWSGIServer | None = None
+    _channels: list[grpc.Channel] = field(default_factory=list)
+    _lock: TextIO | None = None
 
     def start(self) -> Stack:
-        from cellar_svc.server import registration as cellar_registration
-        from cellar_svc.storage import LocalStorage
-        from dagger_svc.executors.local import LocalExecutor
-        from dagger_svc.executors.wrapper import WrapperExecutor
-        from dagger_svc.keys import Keys
-        from dagger_svc.logs import LogStore
-        from dagger_svc.scheduler import Scheduler
-        from dagger_svc.service import DaggerConfig, DaggerService
-        from dagger_svc.servicer import registration as dagger_registration
-        from dagger_svc.store import Store, connect
-        from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
-        from donut_common.rpc import channel, create_server
-        from streamed_job.cellar import CellarClient
-        from users_svc.service import UsersService
-        from users_svc.servicer import registration as users_registration
-        from users_svc.store import UserStore
-
         c = self.config
         c.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # made here: for the stack's user only
-        self._parts["lock"] = _lock(c.data_dir)
+        self._lock = _lock(c.data_dir)
         try:
             endpoints = c.etcd_endpoints
             if not endpoints:
-                etcd = EtcdServer(c.data_dir, host="127.0.0.1", fsync=c.etcd_fsync).start()
-                self._parts["etcd"] = etcd
-                endpoints = etcd.endpoint
+                self.etcd = EtcdServer(c.data_dir, host="127.0.0.1", fsync=c.etcd_fsync).start()
+                endpoints = self.etcd.endpoint
             client = connect(endpoints)
-            store = Store(client, Keys(c.etcd_prefix))
-            self._parts["store"] = store
-            users = UsersService(UserStore(client, c.etcd_prefix))
-            self.users = users
-            self.service_token = self._service_token(users)
-            logs = LogStore(c.data_dir / "logs")
-            self._parts["logs"] = logs
-            data_root = c.data_dir / "workflows"
-            data_root.mkdir(parents=True, exist_ok=True)
-            scheduler = Scheduler(store, None, data_root, scheduler_id=_scheduler_id(c.data_dir),
-                                  lease_ttl=c.lease_ttl)
-
-            def uploaded(upload_id: str) -> dict[str, str]:
-                return {f.ref.path: f.owner for f in self._service_cellar.list("cache", upload_id)}
-
-            service = DaggerService(store, logs, scheduler, DaggerConfig(data_root, c.default_parallelism), uploaded)
+            self.store = Store(client, Keys(c.etcd_prefix))
+            self.users = UsersService(UserStore(client, c.etcd_prefix))
+            self.service_token = self._service_token(self.users)
+            self.logs = LogStore(c.data_dir / "logs")
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
-            server, port = create_server(
-                f"{c.host}:{c.port}",
-                [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
-                 users_registration(users)],
-                interceptors=[AuthInterceptor(CachedVerifier(users.verify, ttl=c.token_cache_seconds))],
-                tls=tls,
-            )
-            server.start()
-            self._parts["server"] = server
-            self.endpoint = f"{c.host}:{port}"
-            ca = c.tls_cert.read_bytes() if c.tls_cert else None
-            internal = channel(self.endpoint, tls_ca=ca)
-            self._parts["channel"] = internal
-            services = channel(self.endpoint, token=self.service_token, tls_ca=ca)
-            self._parts["services_channel"] = services
-            self._service_cellar = CellarClient(services)  # checks uploads at submit
-
-            def cellar(token: str) -> CellarClient:
-                return CellarClient(internal, (("authorization", f"Bearer {token}"),))
-
-            executor: Any
-            if c.executor == "local":
-                executor = LocalExecutor(logs, scheduler.job_finished, cellar=cellar, tokens=JobTokens(services),
-                                         kill_grace=c.kill_grace)
-            elif c.executor == "wrapper":
-                executor = WrapperExecutor(logs, scheduler.job_finished, self.endpoint, kill_grace=c.kill_grace,
-                                           tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
-                                           state_dir=c.data_dir / "wrappers")
-            else:
-                raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
-            scheduler.executor = executor
-            self._parts["executor"] = executor
-            scheduler.start()
-            self._parts["scheduler"] = scheduler
+            verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds)
+            self.server, port = create_server(f"{c.host}:{c.port}", self._services,
+                                              interceptors=[AuthInterceptor(verifier)], tls=tls)
+            self.server.start()
+            assert self.scheduler is not None
+            self.scheduler.start()
             if c.http_port >= 0:
                 self._start_gateway()
         except BaseException:
@@ -148,7 +119,49 @@ class Stack:
             raise
         return self
 
-    def _service_token(self, users: Any) -> str:
+    def _services(self, port: int) -> list[Registration]:
+        """Every service of the stack, once the server has its port (jobs are told it)."""
+        from cellar_svc.server import registration as cellar_registration
+        from dagger_svc.servicer import registration as dagger_registration
+        from users_svc.servicer import registration as users_registration
+
+        c = self.config
+        assert self.store is not None and self.users is not None and self.logs is not None
+        self.endpoint = f"{c.host}:{port}"
+        ca = c.tls_cert.read_bytes() if c.tls_cert else None
+        internal = self._channel(channel(self.endpoint, tls_ca=ca))
+        services = self._channel(channel(self.endpoint, token=self.service_token, tls_ca=ca))
+        service_cellar = CellarClient(services)  # checks uploads at submit
+
+        def uploaded(upload_id: str) -> dict[str, str]:
+            return {f.ref.path: f.owner for f in service_cellar.list("cache", upload_id)}
+
+        def cellar(token: str) -> CellarClient:
+            return CellarClient(internal, (("authorization", f"Bearer {token}"),))
+
+        if c.executor == "local":
+            self.executor = LocalExecutor(self.logs, cellar=cellar, tokens=JobTokens(services),
+                                          kill_grace=c.kill_grace)
+        elif c.executor == "wrapper":
+            self.executor = WrapperExecutor(self.logs, self.endpoint, kill_grace=c.kill_grace,
+                                            tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
+                                            state_dir=c.data_dir / "wrappers")
+        else:
+            raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
+        data_root = c.data_dir / "workflows"
+        data_root.mkdir(parents=True, exist_ok=True)
+        self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
+                                   lease_ttl=c.lease_ttl)
+        service = DaggerService(self.store, self.logs, self.scheduler,
+                                DaggerConfig(data_root, c.default_parallelism), uploaded)
+        return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
+                users_registration(self.users)]
+
+    def _channel(self, made: grpc.Channel) -> grpc.Channel:
+        self._channels.append(made)
+        return made
+
+    def _service_token(self, users: UsersService) -> str:
         """The services' own credentials: kept in the data dir (mode 0600), made on first start."""
         path = self.config.data_dir / "service-token"
         if path.exists():
@@ -167,6 +180,7 @@ class Stack:
         """A token for the person running the stack: `existing` while it still works,
         else a new admin token (on first start, the first admin user is created).
         Returns (token, whether it is new)."""
+        assert self.users is not None, "the stack is not running"
         if existing:
             try:
                 principal = self.users.verify(existing)
@@ -187,18 +201,37 @@ class Stack:
         self.http_endpoint = f"http://{self.config.host}:{http.server_port}"
         thread = threading.Thread(target=http.serve_forever, name="gateway", daemon=True)
         thread.start()
-        self._parts["http"] = http
+        self.http = http
 
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
-        order = ("http", "scheduler", "executor", "channel", "services_channel", "server", "logs", "store",
-                 "etcd", "lock")
-        for name in order:
-            part = self._parts.pop(name, None)
-            if name == "server" and part is not None:
-                part.stop(grace=1).wait()
-            elif part is not None:
-                getattr(part, next(m for m in ("shutdown", "stop", "close") if hasattr(part, m)))()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http = None
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+        if self.executor is not None:
+            self.executor.close()
+            self.executor = None
+        for made in self._channels:
+            made.close()
+        self._channels.clear()
+        if self.server is not None:
+            self.server.stop(grace=1).wait()
+            self.server = None
+        if self.logs is not None:
+            self.logs.close()
+            self.logs = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -207,7 +240,7 @@ class Stack:
         self.stop()
 
 
-def _lock(data_dir: Path) -> Any:
+def _lock(data_dir: Path) -> TextIO:
     """Holds the data dir for this stack alone (released when it stops, or dies)."""
     import fcntl
 

@@ -81,14 +81,15 @@ Registration = tuple[Callable[[Any, grpc.Server], None], Any, str]
 
 def create_server(
     address: str,
-    services: Iterable[Registration],
+    services: Iterable[Registration] | Callable[[int], Iterable[Registration]],
     *,
     max_workers: int = 64,
     interceptors: Iterable[grpc.ServerInterceptor] = (),
     tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
     """A ready (not yet started) server with the services, health and reflection; with
-    `tls` (certificate chain PEM, private key PEM) it only speaks TLS.
+    `tls` (certificate chain PEM, private key PEM) it only speaks TLS. `services` may be
+    a function of the bound port, for services that must know their own address.
 
     Returns the server and the bound port (useful with port 0)."""
     server = grpc.server(
@@ -100,21 +101,26 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-    for add, servicer, name in services:
-        add(servicer, server)
-        names.append(name)
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
     if tls is not None:
         port = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
     else:
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
+    try:
+        registrations = list(services(port) if callable(services) else services)
+    except BaseException:
+        server.stop(None)  # frees the port
+        raise
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    for add, servicer, name in registrations:
+        add(servicer, server)
+        names.append(name)
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
     return server, port
 
 

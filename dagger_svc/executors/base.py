@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from dagger_svc.core.definition import JobSpec
@@ -20,6 +21,11 @@ class Launch:
     workflow_dir: str
     upload_id: str = ""
     owner: str = ""  # the user the workflow belongs to (its job tokens act for them)
+
+
+def workflow_dir(data_root: Path, workflow_id: str) -> Path:
+    """Where a workflow's jobs run and keep their files: `<data root>/<workflow id>`."""
+    return data_root / workflow_id
 
 
 def attempt_key(workflow_id: str, job: str, attempt: int) -> str:
@@ -46,6 +52,9 @@ Report = Callable[[str, str, int, Outcome], None]
 
 
 class Executor(Protocol):
+    def start(self, report: Report) -> None:
+        """From now on, tells how attempts end through `report` (the scheduler's)."""
+
     def launch(self, launch: Launch) -> None:
         """Starts the attempt without waiting for it to be up; its end is reported through
         the Report callback (always, including when it could not start). Launching the

@@ -32,10 +32,10 @@ Cellar = Callable[[str], CellarClient]  # a cellar client acting with the given 
 
 
 class LocalExecutor:
-    def __init__(self, logs: LogStore, report: Report, cellar: Cellar | None = None,
+    def __init__(self, logs: LogStore, cellar: Cellar | None = None,
                  tokens: JobTokens | None = None, kill_grace: float = 10.0, spawners: int = 2) -> None:
         self.logs = logs
-        self.report = report
+        self.report: Report = _unstarted
         self.cellar = cellar
         self.tokens = tokens
         self._owners: dict[str, str] = {}                    # attempt key -> workflow owner
@@ -48,6 +48,9 @@ class LocalExecutor:
         self._killed: set[str] = set()  # killed while still fetching inputs
         self._spawning = 0  # launches being started or waiting for a spawner thread
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("DONUT_")}
+
+    def start(self, report: Report) -> None:
+        self.report = report
 
     def launch(self, launch: Launch) -> None:
         spec = launch.spec
@@ -182,6 +185,10 @@ class LocalExecutor:
         self._spawners.shutdown(wait=True, cancel_futures=True)
         self._slow.shutdown(wait=True, cancel_futures=True)
         self.pump.close()
+
+
+def _unstarted(workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
+    raise RuntimeError("the executor was not started")
 
 
 def end_lost_attempt(logs: LogStore, workflow_id: str, job: str, attempt: int) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import Launch, Report, attempt_key, run_spec
-from dagger_svc.executors.local import JOB_KEY_ENV, end_lost_attempt, job_processes, kill_leftovers
+from dagger_svc.executors.local import JOB_KEY_ENV, _unstarted, end_lost_attempt, job_processes, kill_leftovers
 from dagger_svc.logs import SYSTEM, LogStore
 from donut_common.auth import JobTokens, split_token
 from streamed_job.outcome import Ended
@@ -63,11 +63,11 @@ class _Attempt:
 class WrapperExecutor:
     """Starts one `python -m streamed_job.main` per attempt; logs and the end arrive over gRPC."""
 
-    def __init__(self, logs: LogStore, report: Report, dagger_endpoint: str, kill_grace: float = 10.0,
+    def __init__(self, logs: LogStore, dagger_endpoint: str, kill_grace: float = 10.0,
                  python: str = sys.executable, tokens: JobTokens | None = None, spawners: int = 2,
                  tls_ca: str = "", state_dir: Path | None = None) -> None:
         self.logs = logs
-        self.report = report
+        self.report: Report = _unstarted
         self.dagger_endpoint = dagger_endpoint
         self.tls_ca = tls_ca
         self.kill_grace = kill_grace
@@ -88,6 +88,9 @@ class WrapperExecutor:
         self._closing = False
 
     # ---- the Executor protocol -------------------------------------------------------
+
+    def start(self, report: Report) -> None:
+        self.report = report
 
     def launch(self, launch: Launch) -> None:
         key = attempt_key(launch.workflow_id, launch.job, launch.attempt)

@@ -135,7 +135,7 @@ def code_of(call: Call, stub: Any) -> grpc.StatusCode:
 
 def snapshot(stack: Any) -> tuple[dict[bytes, bytes], list[str]]:
     """Every etcd key of the stack (token use times aside) and every file it keeps."""
-    client = stack._parts["store"].client
+    client = stack.store.client
     keys = {}
     for value, meta in client.get_prefix(stack.config.etcd_prefix):
         if b"/tokens/" in meta.key:

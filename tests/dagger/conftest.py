@@ -1,19 +1,28 @@
-"""Helpers for driving a real stack (etcd, gRPC server, scheduler, local executor)."""
+"""Helpers for driving a real stack (etcd, gRPC server, scheduler, local executor), and the
+scheduler alone over a real etcd with a recording executor."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from dagger_svc.core.records import WorkflowRecord
+from dagger_svc.logs import LogStore
+from dagger_svc.scheduler import Scheduler
+from dagger_svc.service import DaggerConfig, DaggerService
+from dagger_svc.store import Store
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
+from donut_common.auth import Principal
 from donut_common.rpc import channel
+from tests.dagger.fakes import RecordingExecutor
 
 
 def sh(script: str, name: str, **extra: Any) -> dict[str, Any]:
@@ -89,3 +98,69 @@ def rpc_code(call: Callable[[], Any]) -> grpc.StatusCode:
     except grpc.RpcError as e:
         return e.code()  # type: ignore[attr-defined,no-any-return]
     raise AssertionError("the call succeeded")
+
+
+# ---- the scheduler over a real etcd, with a recording executor: no processes ----------------
+
+ADMIN = Principal(user_id="admin", login="admin", admin=True, scopes=("user", "admin"))
+
+
+def job(name: str, **extra: Any) -> dict[str, Any]:
+    """A job definition (nothing runs it: the recording executor decides how it ends)."""
+    return {"name": name, "image": "busybox", "cmd": "true", "args": [], **extra}
+
+
+class Scheduling:
+    """A scheduler over a real etcd store with a RecordingExecutor, and the dagger service
+    in front of it for submitting, retrying and cancelling."""
+
+    def __init__(self, store: Store, root: Path, executor: RecordingExecutor) -> None:
+        self.store = store
+        self.root = root
+        self.executor = executor
+        self.logs = LogStore(root / "logs")
+        self.scheduler = self._scheduler()
+        self.service = DaggerService(self.store, self.logs, self.scheduler, DaggerConfig(root / "workflows"))
+
+    def _scheduler(self) -> Scheduler:
+        return Scheduler(self.store, self.executor, self.root / "workflows", scheduler_id="test-scheduler",
+                         lease_ttl=3).start()
+
+    def restart(self, executor: RecordingExecutor | None = None) -> None:
+        """Stops the scheduler and starts another with the same id, which takes its runs
+        back at once (this waits until it has)."""
+        owned = [w.id for w in self.store.workflows() if self.scheduler.owns(w.id)]
+        self.scheduler.stop()
+        if executor is not None:
+            self.executor = executor
+        self.scheduler = self._scheduler()
+        self.service.scheduler = self.scheduler
+        self.executor.wait_for(lambda: all(self.scheduler.owns(w) for w in owned), "the runs taken back")
+
+    def submit(self, jobs: list[dict[str, Any]], neighbors: dict[str, list[str]] | None = None,
+               parallelism: int = 4, fail_fast: bool = False) -> str:
+        definition = json.dumps({"jobs": jobs, **({"neighbors": neighbors} if neighbors else {})})
+        return self.service.create(ADMIN, definition.encode(), parallelism=parallelism, fail_fast=fail_fast).id
+
+    def wait(self, workflow_id: str, timeout: float = 20.0) -> WorkflowRecord:
+        """The workflow once it has ended."""
+        deadline = time.monotonic() + timeout
+        last = None
+        for last in self.service.watch(ADMIN, workflow_id, is_active=lambda: time.monotonic() < deadline):
+            pass
+        assert last is not None and last.status.finished, f"workflow {workflow_id} did not end in {timeout}s"
+        return last
+
+    def statuses(self, workflow_id: str) -> dict[str, str]:
+        return {name: record.status.value for name, record in self.store.jobs(workflow_id).items()}
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.logs.close()
+
+
+@pytest.fixture
+def scheduling(store: Store, tmp_path: Path) -> Iterator[Scheduling]:
+    running = Scheduling(store, tmp_path, RecordingExecutor())
+    yield running
+    running.close()

@@ -136,41 +136,6 @@ def test_a_2000_job_dag_validates_and_schedules(driver: Driver) -> None:
     assert w.job_counts == {"succeeded": 2000} and w.job_total == 2000
 
 
-def test_short_jobs_share_commits_and_the_final_state_is_not_held_back(driver: Driver) -> None:
-    """With a long commit interval a chain of quick jobs runs on (launches don't wait for
-    commits), its changes go to etcd in a few transactions, and the final state at once."""
-    driver.stack._parts["scheduler"].commit_interval = 30.0
-    store = driver.stack._parts["store"]
-    jobs = [{"name": f"j{i}", "image": "busybox", "cmd": "true", "args": []} for i in range(20)]
-    neighbors = {f"j{i}": [f"j{i + 1}"] for i in range(19)}
-    before = store.current_revision()
-    workflow_id = driver.submit(jobs, neighbors, parallelism=1)
-    w = driver.wait(workflow_id, timeout=20)  # well before the 30 s interval
-
-    assert w.status == pb.WORKFLOW_STATUS_DONE
-    assert {name: status_name(job.status) for name, job in driver.jobs(workflow_id).items()} == {
-        f"j{i}": "succeeded" for i in range(20)}
-    # create, claim, the first launch, the final state; then dequeue and release (and
-    # perhaps a token's last use): not one transaction per job
-    assert store.current_revision() - before <= 8
-
-
-def test_a_step_that_fails_lets_commits_go_on_and_takes_up_its_runs_again(store: Any, tmp_path: Path) -> None:
-    from dagger_svc.scheduler import Scheduler
-
-    scheduler = Scheduler(store, None, tmp_path)
-    scheduler._committing = True  # a commit was on its way...
-
-    def etcd_away(workflow_id: str, now: float) -> None:
-        raise ConnectionError("etcd is away")
-
-    scheduler._take_over = etcd_away  # type: ignore[method-assign]
-    scheduler._step([("workflow", "w1", b""), ("committed", {})])  # ...and is reported with a failing take-over
-
-    assert scheduler._committing is False  # later changes are not held back for ever
-    assert scheduler._events.get_nowait() == ("workflow", "w1", b"")  # to be taken over again
-
-
 def test_an_input_through_a_symlink_loop_fails_the_job_not_the_scheduler(driver: Driver) -> None:
     workflow_id = driver.submit([sh("ln -s loop loop", "plant"),
                                  {**sh("cat loop/x", "job"), "inputs": [{"local": "loop/x"}]}],
@@ -179,37 +144,3 @@ def test_an_input_through_a_symlink_loop_fails_the_job_not_the_scheduler(driver:
     job = driver.jobs(workflow_id)["job"]
     assert w.status == pb.WORKFLOW_STATUS_FAILED
     assert job.exit_code == 90 and "loop/x: cannot be resolved" in job.message
-
-
-def test_a_launch_whose_commit_failed_is_run_again_only_once_it_has_ended(driver: Driver) -> None:
-    """The commit recording a launch fails (etcd away): the launch is killed, and the run is
-    reloaded only when it has ended, so its attempt number is not run twice at once and its
-    kill is not taken for the new run's end."""
-    from donut_common.errors import Unavailable
-
-    store = driver.stack._parts["store"]
-    real_save = store.save_run
-    failed: list[str] = []
-
-    def first_commit_fails(workflow_id: str, *args: Any, **kwargs: Any) -> Any:
-        if not failed:
-            failed.append(workflow_id)
-            deadline = time.monotonic() + 10
-            while not (driver.workdir(workflow_id) / "ran-once").exists():  # the first run is well under way
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            raise Unavailable("etcd is away")
-        return real_save(workflow_id, *args, **kwargs)
-
-    store.save_run = first_commit_fails
-    try:
-        # the killed run takes a moment to end, as a real one would
-        script = "if [ -e ran-once ]; then echo again; else trap 'sleep 0.5; exit 1' TERM; touch ran-once; sleep 30; fi"
-        workflow_id = driver.submit([sh(script, "job")])
-        w = driver.wait(workflow_id, timeout=40)
-    finally:
-        store.save_run = real_save
-    job = driver.jobs(workflow_id)["job"]
-    assert failed == [workflow_id]
-    assert w.status == pb.WORKFLOW_STATUS_DONE, job.message
-    assert (status_name(job.status), job.exit_code) == ("succeeded", 0)

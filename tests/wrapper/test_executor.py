@@ -60,8 +60,9 @@ def launch(tmp_path: Path, script: str) -> Launch:
 @pytest.fixture
 def setup(log_server: LogServer) -> Iterator[tuple[WrapperExecutor, Reports, ServerTokens]]:
     reports, tokens = Reports(), ServerTokens(log_server)
-    executor = WrapperExecutor(log_server.logs, reports, log_server.endpoint, kill_grace=1.0,
+    executor = WrapperExecutor(log_server.logs, log_server.endpoint, kill_grace=1.0,
                                tokens=tokens)  # type: ignore[arg-type]
+    executor.start(reports)
     yield executor, reports, tokens
     executor.close()
 
@@ -85,7 +86,8 @@ def test_an_end_the_wrapper_could_not_report_is_reported_by_the_executor(
         log_server: LogServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMED_JOB_REPORT_DEADLINE", "0.3")
     reports = Reports()
-    executor = WrapperExecutor(log_server.logs, reports, f"127.0.0.1:{closed_port()}", kill_grace=1.0)
+    executor = WrapperExecutor(log_server.logs, f"127.0.0.1:{closed_port()}", kill_grace=1.0)
+    executor.start(reports)
     try:
         attempt = launch(tmp_path, "exit 5")
         executor.launch(attempt)

@@ -5,15 +5,25 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from streamed_job.shipper import LogShipper, ShipperSettings, channel_to
+from streamed_job.shipper import POLL, LogShipper, ShipperSettings, channel_to
 from tests.wrapper.conftest import LogServer
 
 STDOUT, STDERR, SYSTEM = 1, 2, 3
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10, what: str = "the condition") -> None:
+    """Polls `predicate` every few ms until it is true; fails the test once `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
 
 
 def shipper_for(server: LogServer, **settings: float) -> tuple[LogShipper, str]:
@@ -44,19 +54,20 @@ def test_lines_go_out_in_numbered_batches_in_order(log_server: LogServer) -> Non
 def test_a_quiet_line_goes_out_after_the_linger_not_at_close(log_server: LogServer) -> None:
     shipper, workflow_id = shipper_for(log_server, linger=0.05)
     shipper.add(STDERR, [b"alone"])
-    deadline = time.monotonic() + 2
-    while not log_server.lines(workflow_id, "job") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: log_server.lines(workflow_id, "job"), what="the line to be stored before close")
     assert log_server.lines(workflow_id, "job") == [(STDERR, b"alone")]
     assert shipper.close(timeout=5)
 
 
 def test_a_quiet_stream_keeps_its_connection(log_server: LogServer) -> None:
-    shipper, workflow_id = shipper_for(log_server, ack_timeout=1.0)
+    shipper, workflow_id = shipper_for(log_server, ack_timeout=0.5)
     shipper.add(STDOUT, [b"one"])
-    time.sleep(1.5)  # longer than the ack timeout, with nothing outstanding
+    wait_for(lambda: shipper.acknowledged >= 1, what="the first batch to be acknowledged")
+    # Proves a negative, so it has to sleep: longer than the ack timeout with nothing outstanding,
+    # plus two of the sender's polls (it checks the timeout once per POLL) for a wrong reconnect to show.
+    time.sleep(shipper.settings.ack_timeout + 2 * POLL)
     shipper.add(STDOUT, [b"two"])
-    time.sleep(0.2)
+    wait_for(lambda: shipper.acknowledged >= 2, what="the second batch to be acknowledged")
     assert shipper.close(timeout=5)
     assert log_server.texts(workflow_id, "job") == [b"one", b"two"]
     assert shipper.reconnects == 0
@@ -66,7 +77,7 @@ def test_a_dagger_that_stops_acknowledging_is_left_for_a_new_connection(log_serv
     shipper, workflow_id = shipper_for(log_server, ack_timeout=0.3)
     log_server.service.storing.clear()  # stuck: the batch is received, never stored or acknowledged
     shipper.add(STDOUT, [b"one"])
-    time.sleep(1.0)
+    wait_for(lambda: shipper.reconnects >= 1, what="the shipper to give up on the silent connection")
     log_server.service.storing.set()
     assert shipper.close(timeout=5)
     assert log_server.texts(workflow_id, "job") == [b"one"]
@@ -117,9 +128,13 @@ def test_many_threads_add_at_once(log_server: LogServer) -> None:
         assert [int(t.split(b":")[1]) for t in stored if t.startswith(b"%d:" % n)] == list(range(5000))
 
 
+Flowing = tuple[LogShipper, str, Callable[[], None], list[bytes]]
+
+
 @pytest.fixture
-def flowing(log_server: LogServer) -> Iterator[tuple[LogShipper, str, threading.Event, list[bytes]]]:
-    """A shipper fed by a thread that adds lines steadily until told to stop."""
+def flowing(log_server: LogServer) -> Iterator[Flowing]:
+    """A shipper fed by a thread that adds lines steadily until `halt()` stops it (and waits
+    for it to end, so that every line in `sent` was added before the shipper closes)."""
     shipper, workflow_id = shipper_for(log_server, batch_bytes=8192, backoff_max=0.2)
     stop = threading.Event()
     sent: list[bytes] = []
@@ -131,32 +146,55 @@ def flowing(log_server: LogServer) -> Iterator[tuple[LogShipper, str, threading.
             shipper.add(STDOUT, lines)
             sent.extend(lines)
             start += 200
-            time.sleep(0.002)
+            time.sleep(0.002)  # pacing: a steady producer, not a wait for something to happen
 
     thread = threading.Thread(target=feed)
     thread.start()
-    yield shipper, workflow_id, stop, sent
-    stop.set()
-    thread.join()
+
+    def halt() -> None:
+        stop.set()
+        thread.join()
+
+    yield shipper, workflow_id, halt, sent
+    halt()
 
 
 def test_server_restarts_while_lines_flow_nothing_lost_or_doubled(
-        log_server: LogServer, flowing: tuple[LogShipper, str, threading.Event, list[bytes]]) -> None:
-    shipper, workflow_id, stop, sent = flowing
-    time.sleep(0.3)
+        log_server: LogServer, flowing: Flowing, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipper, workflow_id, halt, sent = flowing
+    received = [0]  # batches that reached dagger's push_logs (stuck there while it is not storing)
+    push_logs = log_server.service.push_logs
+
+    def counting_push_logs(*args: Any) -> int:
+        received[0] += 1
+        return push_logs(*args)
+
+    monkeypatch.setattr(log_server.service, "push_logs", counting_push_logs)
+
+    def flow(what: str, until: Callable[[], object] = lambda: True) -> None:
+        """Waits for `until` while at least 10,000 more lines are added (6 phases: over 50,000 in all);
+        the producer is never held up, not even while dagger is away."""
+        lines = len(sent)
+        wait_for(lambda: len(sent) >= lines + 10_000 and until(), what=what)
+
+    flow("lines to be acknowledged", lambda: shipper.acknowledged >= 1)
     log_server.service.storing.clear()  # dagger stops storing: batches pile up in flight...
-    time.sleep(0.3)
+    stuck = received[0]
+    flow("a batch to be held at dagger", lambda: received[0] > stuck)
     log_server.stop()                   # ...and are lost with the connection
     log_server.service.storing.set()
-    time.sleep(0.3)
+    reconnects = shipper.reconnects
+    flow("the broken connection to be noticed", lambda: shipper.reconnects > reconnects)
+    acked = shipper.acknowledged
     log_server.start()                  # same port, same store (which remembers the last sequence)
-    time.sleep(0.3)
+    flow("acknowledgements after the restart", lambda: shipper.acknowledged >= acked + 2)
     log_server.stop()                   # once more, without warning
-    time.sleep(0.3)
+    reconnects = shipper.reconnects
+    flow("the second broken connection to be noticed", lambda: shipper.reconnects > reconnects)
+    acked = shipper.acknowledged
     log_server.start()
-    time.sleep(0.3)
-    stop.set()
-    time.sleep(0.05)
+    flow("acknowledgements after the second restart", lambda: shipper.acknowledged >= acked + 2)
+    halt()
 
     assert shipper.close(timeout=20)
     stored = log_server.texts(workflow_id, "job")

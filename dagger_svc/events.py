@@ -1,0 +1,65 @@
+"""What wakes the scheduler: one typed event per thing that happened, fed to its loop.
+
+Watches on etcd, executors, the committer thread and timers put these on one queue; the
+loop takes them in batches and dispatches on their type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dagger_svc.core.records import Outcome
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The run may need an owner: it was queued (created, retried) or its owner let go."""
+
+    workflow_id: str
+
+
+@dataclass(frozen=True)
+class CancelAsked:
+    """Someone asked to cancel the run."""
+
+    workflow_id: str
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """An attempt of a job ended, as its executor (or its wrapper) tells."""
+
+    workflow_id: str
+    job: str
+    attempt: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """How one run's commit went: `error` None when it was recorded; `launched` is how
+    many of its launches (the oldest first) that commit recorded."""
+
+    error: Exception | None
+    launched: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A commit is over: one result per run it carried."""
+
+    results: Mapping[str, CommitResult]
+
+
+@dataclass(frozen=True)
+class Timer:
+    """Something is due (a retry backoff, a held-back commit, a reload): look at the clocks."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The scheduler is stopping."""
+
+
+Event = Queued | CancelAsked | JobEnded | Committed | Timer | Stop
