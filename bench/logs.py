@@ -106,7 +106,7 @@ def run_job(stack: Any, token: str, code: str, watch_memory: bool = False) -> tu
     stub = dagger_pb2_grpc.DaggerStub(channel(stack.endpoint, token=token))
     job = {"name": "job", "image": "python", "cmd": sys.executable, "args": ["-c", code]}
     submitted = time.time()
-    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=json.dumps({"jobs": [job]}))).id
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=json.dumps({"jobs": [job]}).encode())).id
     follower = subprocess.Popen([sys.executable, __file__, "--follow", stack.endpoint, token, workflow_id],
                                 stdout=subprocess.PIPE, text=True)
     done, memory = threading.Event(), {"peak_kb": 0}

@@ -102,7 +102,7 @@ class Donut:
         pb = self.pb
         text = definition(dag)
         start = time.perf_counter()
-        created = self.stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=text, parallelism=parallelism))
+        created = self.stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=text.encode(), parallelism=parallelism))
         for w in self.stub.WatchWorkflow(pb.WatchWorkflowRequest(id=created.id), timeout=3600):
             if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
                 break

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-STDOUT, STDERR, SYSTEM = 1, 2, 3
+from streamed_job.attempt import STDERR, STDOUT, SYSTEM
+
 _TAGS = {STDOUT: b"o", STDERR: b"e", SYSTEM: b"s"}
 _STREAMS = {ord("o"): STDOUT, ord("e"): STDERR, ord("s"): SYSTEM}
 _SEQUENCE = ord("q")
@@ -89,11 +90,6 @@ class LogStore:
                 entry.file.close()
             self._generation += 1
             self._changed.notify_all()
-
-    def last_sequence(self, workflow_id: str, job: str, attempt: int) -> int:
-        with self._lock:
-            entry = self._open.get((workflow_id, job, attempt))
-            return entry.sequence if entry else 0
 
     def read(self, workflow_id: str, job: str, attempt: int, offset: int = 0,
              follow_until: Callable[[], bool] | None = None,

@@ -8,14 +8,16 @@ from typing import Any, cast
 import grpc
 
 from dagger_svc.core.definition import Definition, JobSpec
-from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
+from dagger_svc.core.records import JobRecord, JobStatus, WorkflowRecord, WorkflowStatus
+from dagger_svc.executors.base import outcome_of
 from dagger_svc.service import DaggerService
 from donut_common.auth import Principal, current_principal
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
 from donut_common.errors import InvalidArgument, Problem
 from donut_common.rpc import translate_errors
-from streamed_job.timestamps import seconds, timestamps
+from streamed_job.reporter import ended_from_report
+from streamed_job.timestamps import timestamps
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Dagger"].full_name
 
@@ -142,12 +144,8 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
 
     def ReportJobStatus(self, request: pb.ReportJobStatusRequest,
                         context: grpc.ServicerContext) -> pb.ReportJobStatusResponse:
-        outcome = Outcome(
-            exit_code=request.exit_code if request.HasField("exit_code") else None,
-            signal=request.signal, message=request.message,
-            started_at=seconds(request.started_at), finished_at=seconds(request.finished_at),
-        )
-        self.service.report(self.principal(), request.workflow_id, request.job, request.attempt, outcome)
+        self.service.report(self.principal(), request.workflow_id, request.job, request.attempt,
+                            outcome_of(ended_from_report(request)))
         return pb.ReportJobStatusResponse()
 
 

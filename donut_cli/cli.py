@@ -357,7 +357,7 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
                 problems.append(f"--upload: cannot read {f}: {e.strerror}")
             to_upload.append((f.name if path.is_file() else str(Path(path.name) / f.relative_to(path)), f))
     client = settings.client
-    definition = "" if text is None else text.decode("utf-8", "replace")
+    definition = text or b""  # as it is: the server says where it is not UTF-8
     if text is not None:  # every problem at once: the definition's too
         check = client.dagger.ValidateDefinition(pb.ValidateDefinitionRequest(definition=definition),
                                                  metadata=client.metadata)

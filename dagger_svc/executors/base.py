@@ -1,4 +1,5 @@
-"""The one interface every executor implements, and what it is told to launch."""
+"""The one interface every executor implements, what it is told to launch, and how it
+tells what became of an attempt."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Protocol
 
 from dagger_svc.core.definition import JobSpec
 from dagger_svc.core.records import Outcome
-from streamed_job.spec import RunSpec
+from streamed_job.outcome import Ended
+from streamed_job.spec import InputFile, OutputFile, RunSpec
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,6 @@ def workflow_dir(data_root: Path, workflow_id: str) -> Path:
     return data_root / workflow_id
 
 
-def attempt_key(workflow_id: str, job: str, attempt: int) -> str:
-    """How executors name an attempt (and mark its processes): `<workflow>/<job>/<attempt>`,
-    as `RunSpec.key`."""
-    return f"{workflow_id}/{job}/{attempt}"
-
-
 def run_spec(launch: Launch, dagger_endpoint: str = "", token: str = "", tls_ca: str = "") -> RunSpec:
     """The wrapper's view of a launch, with how it reaches the services when it runs out
     of process."""
@@ -41,14 +37,32 @@ def run_spec(launch: Launch, dagger_endpoint: str = "", token: str = "", tls_ca:
     return RunSpec(
         workflow_id=launch.workflow_id, job=launch.job, attempt=launch.attempt, cmd=spec.cmd, args=spec.args,
         workflow_dir=launch.workflow_dir, workdir_prefix=spec.workdir_prefix,
-        inputs=tuple(i.to_dict() for i in spec.inputs), outputs=tuple(o.to_dict() for o in spec.outputs),
+        inputs=tuple(InputFile(local=i.local, origin=i.origin, cache=i.cache) for i in spec.inputs),
+        outputs=tuple(OutputFile(local=o.local, save=o.save) for o in spec.outputs),
         timeout=spec.timeout, upload_id=launch.upload_id,
         dagger_endpoint=dagger_endpoint, token=token, tls_ca=tls_ca,
     )
 
 
+def outcome_of(ended: Ended) -> Outcome:
+    """How an attempt ended, as the wrapper's machinery tells it, for the state machine."""
+    return Outcome(exit_code=ended.exit_code, signal=ended.signal, message=ended.message,
+                   started_at=ended.started_at, finished_at=ended.finished_at)
+
+
 Report = Callable[[str, str, int, Outcome], None]
 """(workflow id, job, attempt, outcome): how an executor tells the scheduler an attempt ended."""
+
+
+class AttemptLogs(Protocol):
+    """Where executors write attempts' lines (dagger's log store)."""
+
+    def append(self, workflow_id: str, job: str, attempt: int, lines: list[tuple[int, bytes]],
+               sequence: int | None = None) -> int:
+        """Stores (stream, text) lines of an attempt."""
+
+    def end(self, workflow_id: str, job: str, attempt: int) -> None:
+        """The attempt wrote its last line."""
 
 
 class Executor(Protocol):

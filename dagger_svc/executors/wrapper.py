@@ -12,7 +12,6 @@ Kubernetes keeps a container's termination message.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -23,18 +22,18 @@ import tempfile
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import Launch, Report, attempt_key, run_spec
-from dagger_svc.executors.local import JOB_KEY_ENV, _unstarted, end_lost_attempt, job_processes, kill_leftovers
-from dagger_svc.logs import SYSTEM, LogStore
+from dagger_svc.executors.base import AttemptLogs, Launch, Report, outcome_of, run_spec
+from dagger_svc.executors.local import end_lost_attempt, not_started
+from dagger_svc.executors.procs import job_processes, kill_leftovers, runs_module, signal_process, spec_token
 from donut_common.auth import JobTokens, split_token
-from streamed_job.outcome import Ended
+from streamed_job.attempt import SYSTEM
+from streamed_job.outcome import Ended, read_termination_message
 from streamed_job.pump import STDERR, ProcessPump
-from streamed_job.spec import SPEC_ENV
+from streamed_job.spec import JOB_KEY_ENV, SPEC_ENV, attempt_key
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class _Attempt:
     started: bool = False  # handed to the pump (kills go to the process from then on)
     token_id: str = ""
     adopted_pid: int = 0
-    stderr: deque = field(default_factory=lambda: deque(maxlen=STDERR_KEPT))
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_KEPT))
 
     @property
     def key(self) -> str:
@@ -63,11 +62,11 @@ class _Attempt:
 class WrapperExecutor:
     """Starts one `python -m streamed_job.main` per attempt; logs and the end arrive over gRPC."""
 
-    def __init__(self, logs: LogStore, dagger_endpoint: str, kill_grace: float = 10.0,
+    def __init__(self, logs: AttemptLogs, dagger_endpoint: str, kill_grace: float = 10.0,
                  python: str = sys.executable, tokens: JobTokens | None = None, spawners: int = 2,
                  tls_ca: str = "", state_dir: Path | None = None) -> None:
         self.logs = logs
-        self.report: Report = _unstarted
+        self.report: Report = not_started
         self.dagger_endpoint = dagger_endpoint
         self.tls_ca = tls_ca
         self.kill_grace = kill_grace
@@ -110,7 +109,7 @@ class WrapperExecutor:
             if not running.started:
                 return  # _start sees it
         if running.adopted_pid:
-            _signal(running.adopted_pid, signal.SIGTERM)
+            signal_process(running.adopted_pid, signal.SIGTERM)
             threading.Timer(self.kill_grace + REPORT_MARGIN, kill_leftovers, args=({key},)).start()
             return
         self.pump.kill(key)  # SIGTERM to the wrapper, which forwards it; SIGKILL after the grace
@@ -123,11 +122,11 @@ class WrapperExecutor:
         with self._lock:
             if key in self._active:
                 return False
-        wrappers = [pid for pid in job_processes({key}) if _is_wrapper(pid)]
+        wrappers = [pid for pid in job_processes({key}) if runs_module(pid, WRAPPER_MODULE)]
         if not wrappers:
             return end_lost_attempt(self.logs, workflow_id, job, attempt)
         adopted = _Attempt(workflow_id, job, attempt, started=True, adopted_pid=wrappers[0],
-                           token_id=_token_id_of_wrapper(wrappers[0]))  # revoked when it ends, as any
+                           token_id=split_token(spec_token(wrappers[0]))[0])  # revoked when it ends, as any
         with self._lock:
             self._active[key] = adopted
         threading.Thread(target=self._watch_adopted, args=(adopted,), name="wrapper-adopted", daemon=True).start()
@@ -232,15 +231,13 @@ class WrapperExecutor:
             pass
 
     def _wrapper_ended(self, attempt: _Attempt, ended: Ended) -> None:
-        record = self._read_termination_log(attempt.key)
-        if record is not None and record.get("reported"):
+        told = self._read_termination_log(attempt.key)
+        if told is not None and told[1]:
             self._end(attempt, None)  # the normal end: dagger has the wrapper's report
-        elif record is not None:
-            self._end(attempt, Outcome(
-                exit_code=record.get("exit_code"), signal=record.get("signal") or "",
-                message=record.get("message") or "the job wrapper could not report its end",
-                started_at=record.get("started_at"), finished_at=record.get("finished_at"),
-            ))
+        elif told is not None:
+            outcome = outcome_of(told[0])
+            self._end(attempt, outcome if outcome.message else replace(
+                outcome, message="the job wrapper could not report its end"))
         else:
             kill_leftovers({attempt.key})  # a wrapper killed outright leaves its command behind
             if ended.signal:
@@ -254,15 +251,15 @@ class WrapperExecutor:
                                        signal=ended.signal, message=message,
                                        started_at=ended.started_at, finished_at=ended.finished_at))
 
-    def _read_termination_log(self, key: str) -> dict[str, Any] | None:
+    def _read_termination_log(self, key: str) -> tuple[Ended, bool] | None:
+        """(how the wrapper ended the attempt, whether dagger has its report), if it said."""
         path = self._termination_log(key)
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return read_termination_message(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
             return None
         finally:
             path.unlink(missing_ok=True)
-        return record if isinstance(record, dict) else None
 
     def _end(self, attempt: _Attempt, outcome: Outcome | None) -> None:
         """Forgets the attempt and revokes its token; with an outcome, reports it (with a
@@ -281,28 +278,3 @@ class WrapperExecutor:
         if attempt.token_id and self.tokens is not None:
             self.tokens.revoke(attempt.token_id)
 
-
-def _token_id_of_wrapper(pid: int) -> str:
-    """The id of the job token in a running wrapper's spec ("" if it cannot be read)."""
-    prefix = SPEC_ENV.encode() + b"="
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            spec = next((item[len(prefix):] for item in f.read().split(b"\0") if item.startswith(prefix)), b"")
-        return split_token(str(json.loads(spec).get("token", "")))[0] if spec else ""
-    except (OSError, ValueError, AttributeError):
-        return ""
-
-
-def _is_wrapper(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return WRAPPER_MODULE.encode() in f.read()
-    except OSError:
-        return False
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -67,7 +67,7 @@ def world(stack: Any) -> World:
 
 def dagger_calls(w: World) -> dict[str, Call]:
     wf = w.workflow
-    definition = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": []}]})
+    definition = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": []}]}).encode()
     return {
         "CreateWorkflow": lambda s: s.CreateWorkflow(dpb.CreateWorkflowRequest(definition=definition)),
         "ValidateDefinition": lambda s: s.ValidateDefinition(dpb.ValidateDefinitionRequest(definition=definition)),
@@ -239,7 +239,7 @@ def test_an_upload_is_its_owner_s_alone(world: World) -> None:
     before = snapshot(world.stack)
 
     assert code_of(lambda s: put_cache(s, "alices-upload", "more.txt", b"x"), bob["cellar"]) == DENIED
-    definition = json.dumps({"jobs": [{"name": "steal", "image": "x", "cmd": "true", "args": []}]})
+    definition = json.dumps({"jobs": [{"name": "steal", "image": "x", "cmd": "true", "args": []}]}).encode()
     submit = dpb.CreateWorkflowRequest(definition=definition, upload_id="alices-upload")
     assert code_of(lambda s: s.CreateWorkflow(submit), bob["dagger"]) == DENIED
     empty = dpb.CreateWorkflowRequest(definition=definition, upload_id="nothing-here")
@@ -263,7 +263,7 @@ def test_an_open_stream_ends_once_its_token_is_revoked(world: World) -> None:
     alice = stubs(world.stack.endpoint, world.alice)
     follower = alice["users"].CreateToken(upb.CreateTokenRequest(name="follower"))
     definition = json.dumps({"jobs": [{"name": "ticker", "image": "x", "cmd": "/bin/sh",
-                                       "args": ["-c", "while true; do echo tick; sleep 0.1; done"]}]})
+                                       "args": ["-c", "while true; do echo tick; sleep 0.1; done"]}]}).encode()
     workflow = alice["dagger"].CreateWorkflow(dpb.CreateWorkflowRequest(definition=definition)).id
     try:
         lines = stubs(world.stack.endpoint, follower.secret)["dagger"].TailLogs(

@@ -76,6 +76,15 @@ def test_bad_definition_exits_2_names_every_problem_and_stores_nothing(cli: Any,
     assert json.loads(cli("list", "--json").stdout) == []
 
 
+def test_a_definition_that_is_not_utf8_is_refused_where_it_goes_wrong(cli: Any, tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("jobs:\n- {name: a, image: x, cmd: echo, args: [café]}\n".encode("latin-1"))
+    result = cli("submit", str(latin1))
+    assert result.returncode == 2, result.stderr
+    assert "definition: not valid UTF-8 (bad byte at offset 49)" in result.stderr
+    assert json.loads(cli("list", "--json").stdout) == []
+
+
 def test_bad_flags_and_files_exit_2(cli: Any, stack: Any, tmp_path: Path) -> None:
     assert cli("submit", str(tmp_path / "missing.yaml")).returncode == 2
     for parallelism in ("5000", "99999999999", "-1"):

@@ -39,7 +39,7 @@ class Driver:
     def submit(self, jobs: list[dict[str, Any]], neighbors: dict[str, list[str]] | None = None,
                parallelism: int = 4, fail_fast: bool = False) -> str:
         definition = json.dumps({"jobs": jobs, **({"neighbors": neighbors} if neighbors else {})})
-        request = pb.CreateWorkflowRequest(definition=definition, parallelism=parallelism, fail_fast=fail_fast)
+        request = pb.CreateWorkflowRequest(definition=definition.encode(), parallelism=parallelism, fail_fast=fail_fast)
         return self.stub.CreateWorkflow(request).id
 
     def wait(self, workflow_id: str, timeout: float = 60) -> pb.Workflow:

@@ -30,7 +30,7 @@ def test_bad_requests_get_the_right_status_and_change_nothing(driver: Driver) ->
     bad = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": "oops"}],
                       "neighbors": {"a": ["zz"]}})
     try:
-        stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=bad))
+        stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=bad.encode()))
         raise AssertionError("accepted a bad definition")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -42,7 +42,7 @@ def test_bad_requests_get_the_right_status_and_change_nothing(driver: Driver) ->
     assert rpc_code(lambda: stub.GetWorkflow(pb.GetWorkflowRequest(id=missing))) == grpc.StatusCode.NOT_FOUND
     assert rpc_code(lambda: stub.CancelWorkflow(pb.CancelWorkflowRequest(id=missing))) == grpc.StatusCode.NOT_FOUND
     assert rpc_code(lambda: stub.CreateWorkflow(pb.CreateWorkflowRequest(
-        definition=json.dumps({"jobs": [sh("true", "a")]}), parallelism=-1))) == grpc.StatusCode.INVALID_ARGUMENT
+        definition=json.dumps({"jobs": [sh("true", "a")]}).encode(), parallelism=-1))) == grpc.StatusCode.INVALID_ARGUMENT
 
     running = driver.submit([sh("sleep 30", "slow")])
     assert rpc_code(lambda: stub.RetryWorkflow(pb.RetryWorkflowRequest(id=running))) == \

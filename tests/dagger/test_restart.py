@@ -48,7 +48,7 @@ def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
             sh('echo "b attempt $DONUT_JOB_ATTEMPT"; [ "$DONUT_JOB_ATTEMPT" = 1 ] && sleep 60; true', "b"),
             sh("true", "c")]
     definition = json.dumps({"jobs": jobs, "neighbors": {"a": ["b"], "b": ["c"]}})
-    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition)).id
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
     deadline = time.time() + 30
     while stub.GetJob(pb.GetJobRequest(workflow_id=workflow_id, name="b")).status != pb.JOB_STATUS_RUNNING:
         assert time.time() < deadline
@@ -85,7 +85,7 @@ def test_sigterm_stops_the_stack_and_its_jobs(tmp_path: Path, etcd_server: EtcdS
     process, config = start_up(tmp_path / "data", tmp_path / "home", etcd_server, etcd_prefix)
     stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
     definition = json.dumps({"jobs": [sh("sleep 60 & sleep 60", "long")]})
-    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition)).id
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
     deadline = time.time() + 30
     while len(job_processes(workflow_id)) < 2:
         assert time.time() < deadline

@@ -61,7 +61,7 @@ def test_cache_and_origin_inputs_are_fetched_and_outputs_saved(wdriver: WrapperD
         {"cache": "data.csv", "local": "data.csv"}, {"origin": f"{base_url}/fruit.txt", "local": "fruit.txt"}],
         outputs=[{"local": "out/both.txt", "save": True}])
     workflow_id = wdriver.stub.CreateWorkflow(pb.CreateWorkflowRequest(
-        definition=json.dumps({"jobs": [job]}), upload_id=upload_id)).id
+        definition=json.dumps({"jobs": [job]}).encode(), upload_id=upload_id)).id
     wdriver.wait(workflow_id)
 
     result = wdriver.jobs(workflow_id)["job"]

@@ -71,7 +71,7 @@ def test_with_dagger_unreachable_the_outcome_goes_to_the_termination_log(log_ser
     assert "some log lines could not be delivered" in done.stderr
     record = json.loads(termination.read_text())
     assert record["reported"] is False
-    assert (record["exit_code"], record["phase"], record["message"]) == (4, "command", "exited with code 4")
+    assert (record["exit_code"], record["message"]) == (4, "exited with code 4")
 
 
 def test_sigterm_to_the_wrapper_stops_the_command_s_whole_group(log_server: LogServer, tmp_path: Path) -> None:

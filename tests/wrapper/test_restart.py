@@ -48,7 +48,7 @@ def test_a_job_printing_through_a_dagger_restart_loses_and_doubles_nothing(
     stub = dagger_pb2_grpc.DaggerStub(channel(f"127.0.0.1:{port}", token=token))
     script = f"i=1; while [ $i -le {LINES} ]; do echo line $i; i=$((i+1)); [ $((i % 300)) = 0 ] && sleep 0.2; done; true"
     definition = json.dumps({"jobs": [{"name": "printer", "image": "x", "cmd": "/bin/sh", "args": ["-c", script]}]})
-    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition)).id
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
     follower = subprocess.Popen(  # `donut logs --follow` rides out the restart
         [sys.executable, "-m", "donut_cli", "logs", workflow_id, "printer", "--follow"],
         env={**os.environ, "DONUT_HOME": str(home), "DONUT_ENDPOINT": f"127.0.0.1:{port}", "DONUT_TOKEN": token},

@@ -7,7 +7,6 @@ directory, symlinks included; errors name the input or output and say why.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,6 @@ DOWNLOAD_TIMEOUT = 60.0
 DOWNLOAD_TRIES = 3
 
 FetchCache = Callable[[str, Path], object]  # (cache path, destination)
-SaveOutput = Callable[[str, Path], None]   # (path relative to the workflow dir, file)
 Note = Callable[[str], None]               # a line for the job's log
 
 
@@ -50,27 +48,26 @@ def prepare_inputs(spec: RunSpec, fetch_cache: Optional[FetchCache], note: Note,
     if not os.path.isdir(spec.workdir):
         Path(spec.workdir).mkdir(parents=True, exist_ok=True)
     for i, item in enumerate(spec.inputs):
-        local = item["local"]
-        place = f"inputs[{i}] ({local})"
+        place = f"inputs[{i}] ({item.local})"
         try:
-            target = inside(spec.workflow_dir, os.path.join(spec.workdir_prefix, local))
+            target = inside(spec.workflow_dir, os.path.join(spec.workdir_prefix, item.local))
         except FileProblem as e:
             raise FileProblem(f"{place}: {e}") from None
-        if item.get("origin"):
+        if item.origin:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _download(item["origin"], target, place, max_download_bytes)
-            note(f"fetched {item['origin']} -> {local} ({target.stat().st_size} bytes)")
-        elif item.get("cache"):
+            _download(item.origin, target, place, max_download_bytes)
+            note(f"fetched {item.origin} -> {item.local} ({target.stat().st_size} bytes)")
+        elif item.cache:
             if fetch_cache is None:
-                raise FileProblem(f"{place}: no cellar to fetch cache file {item['cache']!r} from")
+                raise FileProblem(f"{place}: no cellar to fetch cache file {item.cache!r} from")
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fetch_cache(item["cache"], target)
+                fetch_cache(item.cache, target)
             except FileProblem:
                 raise
             except Exception as e:
-                raise FileProblem(f"{place}: cannot fetch cache file {item['cache']!r}: {e}") from e
-            note(f"fetched cache {item['cache']} -> {local}")
+                raise FileProblem(f"{place}: cannot fetch cache file {item.cache!r}: {e}") from e
+            note(f"fetched cache {item.cache} -> {item.local}")
         elif not target.exists():
             raise FileProblem(f"{place}: missing (no such file in the workflow directory)")
 
@@ -117,20 +114,14 @@ def outputs_to_save(spec: RunSpec) -> List[Tuple[str, Path]]:
     dir), or relative to the workflow dir for an output outside the work dir."""
     saved = []
     for i, item in enumerate(spec.outputs):
-        local = item["local"]
-        relative = os.path.normpath(os.path.join(spec.workdir_prefix, local))
+        relative = os.path.normpath(os.path.join(spec.workdir_prefix, item.local))
         try:
             path = inside(spec.workflow_dir, relative)
         except FileProblem as e:
-            raise FileProblem(f"outputs[{i}] ({local}): {e}") from None
+            raise FileProblem(f"outputs[{i}] ({item.local}): {e}") from None
         if not path.is_file():
-            raise FileProblem(f"outputs[{i}] ({local}): missing after the command ended")
-        if item.get("save"):
-            declared = os.path.normpath(local)
+            raise FileProblem(f"outputs[{i}] ({item.local}): missing after the command ended")
+        if item.save:
+            declared = os.path.normpath(item.local)
             saved.append((relative if declared.startswith("..") else declared, path))
     return saved
-
-
-def copy_file(source: Path, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, destination)

@@ -96,15 +96,15 @@ class ProcessPump:
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             )
         except FileNotFoundError:
-            on_exit(key, Ended(EXIT_COMMAND_NOT_FOUND, phase="command", message=f"command not found: {argv[0]}",
+            on_exit(key, Ended(EXIT_COMMAND_NOT_FOUND, message=f"command not found: {argv[0]}",
                                started_at=started, finished_at=time.time()))
             return False
         except PermissionError:
-            on_exit(key, Ended(EXIT_NOT_EXECUTABLE, phase="command", message=f"command not executable: {argv[0]}",
+            on_exit(key, Ended(EXIT_NOT_EXECUTABLE, message=f"command not executable: {argv[0]}",
                                started_at=started, finished_at=time.time()))
             return False
         except OSError as e:
-            on_exit(key, Ended(EXIT_NOT_EXECUTABLE, phase="command", message=f"cannot run {argv[0]}: {e.strerror}",
+            on_exit(key, Ended(EXIT_NOT_EXECUTABLE, message=f"cannot run {argv[0]}: {e.strerror}",
                                started_at=started, finished_at=time.time()))
             return False
         try:
@@ -115,7 +115,7 @@ class ProcessPump:
             for pipe in (popen.stdout, popen.stderr):
                 if pipe is not None:
                     pipe.close()
-            on_exit(key, Ended(EXIT_NOT_EXECUTABLE, phase="command", message=f"cannot watch {argv[0]}: {e.strerror}",
+            on_exit(key, Ended(EXIT_NOT_EXECUTABLE, message=f"cannot watch {argv[0]}: {e.strerror}",
                                started_at=started, finished_at=time.time()))
             return False
         proc = _Proc(
@@ -203,7 +203,7 @@ class ProcessPump:
         except subprocess.TimeoutExpired:
             returncode = -signal.SIGKILL
         exit_code, signal_name = from_wait_status(returncode)
-        self._report_exit(proc, Ended(exit_code, signal_name, phase="command", message=f"output lost: {error}",
+        self._report_exit(proc, Ended(exit_code, signal_name, message=f"output lost: {error}",
                                       started_at=proc.started_at, finished_at=proc.exited_at or time.time()))
 
     def _report_exit(self, proc: _Proc, ended: Ended) -> None:
@@ -324,12 +324,11 @@ class ProcessPump:
         if proc.terminated and not signal_name:
             signal_name = "SIGTERM"  # it ended because it was told to, even if it did so cleanly
         if proc.timed_out:
-            ended = Ended(EXIT_TIMED_OUT, signal_name, phase="command",
+            ended = Ended(EXIT_TIMED_OUT, signal_name,
                           message=f"timed out after {proc.timeout:g}s",
                           started_at=proc.started_at, finished_at=proc.exited_at)
         else:
-            ended = Ended(exit_code, signal_name, phase="" if exit_code == 0 and not signal_name else "command",
-                          message=_describe(exit_code, signal_name, proc.terminated),
+            ended = Ended(exit_code, signal_name, message=_describe(exit_code, signal_name, proc.terminated),
                           started_at=proc.started_at, finished_at=proc.exited_at)
         self._report_exit(proc, ended)
 

@@ -189,8 +189,8 @@ class LogShipper:
     def _seal(self, last: bool = False) -> None:
         self._sealed += 1
         workflow_id, job, attempt = self._identity
-        header = pb.LogBatch(workflow_id=workflow_id, job=job, attempt=attempt, sequence=self._sealed,
-                             last=last).SerializeToString()
+        header = pb.LogBatch(workflow_id=workflow_id, job=job, attempt=attempt,
+                             sequence=self._sealed).SerializeToString()
         # Serialised messages concatenate into their merge: the header, then every line.
         data = header + b"".join(self._open)
         self._open, self._open_bytes = [], 0

@@ -1,15 +1,41 @@
-"""The job spec an executor hands the wrapper (as JSON in an env var or a file)."""
+"""The job spec an executor hands the wrapper (as JSON in an env var or a file), and the
+environment and key of an attempt, built here for every executor."""
 
 from __future__ import annotations
 
 import json
 import os
 import posixpath
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 SPEC_ENV = "DONUT_JOB_SPEC"            # the spec itself, as JSON
 SPEC_FILE_ENV = "DONUT_JOB_SPEC_FILE"  # or a path to it
+JOB_KEY_ENV = "DONUT_JOB_KEY"          # <workflow>/<job>/<attempt>: finds an attempt's processes
+OWN_ENV_PREFIXES = ("DONUT_", "STREAMED_JOB_")  # never passed on from the launcher to a command
+
+
+def attempt_key(workflow_id: str, job: str, attempt: int) -> str:
+    """How an attempt is named, and its processes marked: `<workflow>/<job>/<attempt>`."""
+    return f"{workflow_id}/{job}/{attempt}"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file the job needs before it starts, at `local` (relative to its work dir):
+    downloaded from `origin`, copied from the upload's `cache` file, or only checked."""
+
+    local: str
+    origin: str = ""
+    cache: str = ""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file the job must leave at `local`; with `save`, kept as a result."""
+
+    local: str
+    save: bool = False
 
 
 @dataclass(frozen=True)
@@ -18,18 +44,16 @@ class RunSpec:
     job: str
     attempt: int
     cmd: str
-    args: tuple = ()
+    args: Tuple[str, ...] = ()
     workflow_dir: str = "."
     workdir_prefix: str = ""
-    inputs: tuple = ()     # dicts: {local, origin?, cache?}
-    outputs: tuple = ()    # dicts: {local, save?}
+    inputs: Tuple[InputFile, ...] = ()
+    outputs: Tuple[OutputFile, ...] = ()
     timeout: Optional[float] = None
     upload_id: str = ""    # cellar scope of the workflow's uploaded files
-    dagger_endpoint: str = ""
-    cellar_endpoint: str = ""
-    token: str = ""
+    dagger_endpoint: str = ""  # host:port of dagger and cellar
+    token: str = ""        # the attempt's own job token
     tls_ca: str = ""       # PEM of the CA that signed the services' certificate; empty: plain gRPC
-    env: dict = field(default_factory=dict)
 
     @property
     def workdir(self) -> str:
@@ -37,17 +61,33 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.workflow_id}/{self.job}/{self.attempt}"
+        return attempt_key(self.workflow_id, self.job, self.attempt)
+
+    def environment(self, base: Mapping[str, str]) -> Dict[str, str]:
+        """The command's environment: `base` without the launcher's own variables, plus
+        the attempt's `DONUT_*` ones."""
+        env = {k: v for k, v in base.items() if not k.startswith(OWN_ENV_PREFIXES)}
+        env.update({
+            JOB_KEY_ENV: self.key,
+            "DONUT_WORKFLOW_ID": self.workflow_id,
+            "DONUT_JOB_NAME": self.job,
+            "DONUT_JOB_ATTEMPT": str(self.attempt),
+            "DONUT_WORKFLOW_DIR": self.workflow_dir,
+        })
+        return env
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> "RunSpec":
-        data: dict[str, Any] = json.loads(text)
-        data["args"] = tuple(data.get("args", ()))
-        data["inputs"] = tuple(data.get("inputs", ()))
-        data["outputs"] = tuple(data.get("outputs", ()))
+        """Raises ValueError or TypeError for JSON that is not a spec."""
+        data: Dict[str, Any] = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("the job spec must be a JSON object")
+        data["args"] = tuple(str(arg) for arg in data.get("args", ()))
+        data["inputs"] = tuple(InputFile(**item) for item in data.get("inputs", ()))
+        data["outputs"] = tuple(OutputFile(**item) for item in data.get("outputs", ()))
         return cls(**data)
 
     @classmethod

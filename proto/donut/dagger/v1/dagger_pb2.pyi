@@ -38,13 +38,6 @@ class LogStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOG_STREAM_STDOUT: _ClassVar[LogStream]
     LOG_STREAM_STDERR: _ClassVar[LogStream]
     LOG_STREAM_SYSTEM: _ClassVar[LogStream]
-
-class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    PHASE_UNSPECIFIED: _ClassVar[Phase]
-    PHASE_INPUTS: _ClassVar[Phase]
-    PHASE_COMMAND: _ClassVar[Phase]
-    PHASE_OUTPUTS: _ClassVar[Phase]
 WORKFLOW_STATUS_UNSPECIFIED: WorkflowStatus
 WORKFLOW_STATUS_QUEUED: WorkflowStatus
 WORKFLOW_STATUS_RUNNING: WorkflowStatus
@@ -65,10 +58,6 @@ LOG_STREAM_UNSPECIFIED: LogStream
 LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
 LOG_STREAM_SYSTEM: LogStream
-PHASE_UNSPECIFIED: Phase
-PHASE_INPUTS: Phase
-PHASE_COMMAND: Phase
-PHASE_OUTPUTS: Phase
 
 class Input(_message.Message):
     __slots__ = ("origin", "cache", "local")
@@ -206,12 +195,12 @@ class CreateWorkflowRequest(_message.Message):
     PARALLELISM_FIELD_NUMBER: _ClassVar[int]
     FAIL_FAST_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
-    definition: str
+    definition: bytes
     name: str
     parallelism: int
     fail_fast: bool
     upload_id: str
-    def __init__(self, definition: _Optional[str] = ..., name: _Optional[str] = ..., parallelism: _Optional[int] = ..., fail_fast: bool = ..., upload_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, definition: _Optional[bytes] = ..., name: _Optional[str] = ..., parallelism: _Optional[int] = ..., fail_fast: bool = ..., upload_id: _Optional[str] = ...) -> None: ...
 
 class Problem(_message.Message):
     __slots__ = ("place", "message")
@@ -224,8 +213,8 @@ class Problem(_message.Message):
 class ValidateDefinitionRequest(_message.Message):
     __slots__ = ("definition",)
     DEFINITION_FIELD_NUMBER: _ClassVar[int]
-    definition: str
-    def __init__(self, definition: _Optional[str] = ...) -> None: ...
+    definition: bytes
+    def __init__(self, definition: _Optional[bytes] = ...) -> None: ...
 
 class ValidateDefinitionResponse(_message.Message):
     __slots__ = ("problems", "job_count")
@@ -236,14 +225,12 @@ class ValidateDefinitionResponse(_message.Message):
     def __init__(self, problems: _Optional[_Iterable[_Union[Problem, _Mapping]]] = ..., job_count: _Optional[int] = ...) -> None: ...
 
 class GetWorkflowRequest(_message.Message):
-    __slots__ = ("id", "include_jobs", "include_definition")
+    __slots__ = ("id", "include_jobs")
     ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_JOBS_FIELD_NUMBER: _ClassVar[int]
-    INCLUDE_DEFINITION_FIELD_NUMBER: _ClassVar[int]
     id: str
     include_jobs: bool
-    include_definition: bool
-    def __init__(self, id: _Optional[str] = ..., include_jobs: bool = ..., include_definition: bool = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., include_jobs: bool = ...) -> None: ...
 
 class ListWorkflowsRequest(_message.Message):
     __slots__ = ("statuses", "limit")
@@ -318,20 +305,18 @@ class LogLine(_message.Message):
     def __init__(self, stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[bytes] = ...) -> None: ...
 
 class LogBatch(_message.Message):
-    __slots__ = ("workflow_id", "job", "attempt", "sequence", "lines", "last")
+    __slots__ = ("workflow_id", "job", "attempt", "sequence", "lines")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
-    LAST_FIELD_NUMBER: _ClassVar[int]
     workflow_id: str
     job: str
     attempt: int
     sequence: int
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
-    last: bool
-    def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., sequence: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., last: bool = ...) -> None: ...
+    def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., sequence: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
 
 class LogAck(_message.Message):
     __slots__ = ("sequence",)
@@ -364,13 +349,12 @@ class LogLines(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class ReportJobStatusRequest(_message.Message):
-    __slots__ = ("workflow_id", "job", "attempt", "exit_code", "signal", "failed_phase", "message", "started_at", "finished_at")
+    __slots__ = ("workflow_id", "job", "attempt", "exit_code", "signal", "message", "started_at", "finished_at")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
-    FAILED_PHASE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -379,11 +363,10 @@ class ReportJobStatusRequest(_message.Message):
     attempt: int
     exit_code: int
     signal: str
-    failed_phase: Phase
     message: str
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[str] = ..., failed_phase: _Optional[_Union[Phase, str]] = ..., message: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, workflow_id: _Optional[str] = ..., job: _Optional[str] = ..., attempt: _Optional[int] = ..., exit_code: _Optional[int] = ..., signal: _Optional[str] = ..., message: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReportJobStatusResponse(_message.Message):
     __slots__ = ()

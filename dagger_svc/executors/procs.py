@@ -1,0 +1,69 @@
+"""Finding and ending an attempt's processes on this host through /proc: every process an
+executor starts carries its attempt's key in its environment (`DONUT_JOB_KEY`), so a
+restarted executor can find what an earlier incarnation left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from streamed_job.spec import JOB_KEY_ENV, SPEC_ENV
+
+
+def job_processes(keys: set[str]) -> list[int]:
+    """PIDs of live processes whose environment carries one of the attempt keys."""
+    found = []
+    needles = {f"{JOB_KEY_ENV}={key}".encode() for key in keys}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        if environ & needles:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_leftovers(keys: set[str]) -> int:
+    """SIGKILLs the process groups of processes whose environment carries one of the
+    attempt keys; how many it signalled."""
+    killed = 0
+    for pid in job_processes(keys):
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+def runs_module(pid: int, module: str) -> bool:
+    """Whether the process runs `python -m <module>`."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return module.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def spec_token(pid: int) -> str:
+    """The job token in the spec a running wrapper was given ("" if it cannot be read)."""
+    prefix = SPEC_ENV.encode() + b"="
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            spec = next((item[len(prefix):] for item in f.read().split(b"\0") if item.startswith(prefix)), b"")
+        token = json.loads(spec).get("token", "") if spec else ""
+        return token if isinstance(token, str) else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def signal_process(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,178 @@
+"""One job attempt, phase by phase: inputs, the command, outputs, then its end.
+
+The same code runs every attempt wherever it runs: in dagger's process (the local
+executor, many attempts on one pump) and in a `streamed-job` process (the wrapper
+executor here, a pod in a cluster). What differs is given: where the output lines go,
+how cellar is reached, which pump runs the command and which thread saves the outputs.
+
+`run` fetches the inputs on the caller's thread, starts the command and returns; the
+attempt ends once, through `on_end`, from whichever thread finished it. How each failure
+ends an attempt is decided here alone: an input that can't be had is exit 90, a missing
+or unsaved output 91, a bug in this machinery 70, a kill before the command ran is a
+SIGTERM without an exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import List, Optional
+
+import grpc
+
+from donut.dagger.v1 import dagger_pb2 as pb
+from streamed_job.cellar import CellarClient
+from streamed_job.files import MAX_DOWNLOAD_BYTES, FileProblem, outputs_to_save, prepare_inputs
+from streamed_job.outcome import (
+    EXIT_INPUT_FAILED,
+    EXIT_OUTPUT_FAILED,
+    EXIT_SIGNAL_BASE,
+    EXIT_WRAPPER_ERROR,
+    Ended,
+)
+from streamed_job.pump import STDERR as STDERR_PIPE
+from streamed_job.pump import ProcessPump
+from streamed_job.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+STDOUT: int = pb.LOG_STREAM_STDOUT
+STDERR: int = pb.LOG_STREAM_STDERR
+SYSTEM: int = pb.LOG_STREAM_SYSTEM  # the attempt's own notes (what was fetched and saved, why it failed)
+
+Output = Callable[[int, List[bytes]], None]
+"""(stream, lines): where the attempt's lines go, STDOUT, STDERR or SYSTEM."""
+
+
+class Shutdown(BaseException):
+    """SIGTERM or SIGINT arrived. A BaseException, so `except Exception` does not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"received {self.name}")
+
+
+class Attempt:
+    """One attempt of a job; `run` starts it, `kill` stops it, `on_end` hears how it ended."""
+
+    def __init__(self, spec: RunSpec, *, pump: ProcessPump, output: Output,
+                 cellar: Optional[Callable[[], CellarClient]], on_end: Callable[[Ended], None],
+                 base_env: Mapping[str, str], background: Callable[[Callable[[], None]], object],
+                 max_download_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
+        self.spec = spec
+        self.pump = pump
+        self.output = output
+        self.cellar = cellar
+        self.on_end = on_end
+        self.base_env = base_env
+        self.background = background  # runs slow work (saving outputs) off the pump's thread
+        self.max_download_bytes = max_download_bytes
+        self._lock = threading.Lock()
+        self._started_at: Optional[float] = None
+        self._command_started = False
+        self._killed = False
+        self._ended = False
+
+    def note(self, text: str) -> None:
+        self.output(SYSTEM, [text.encode("utf-8", "replace")])
+
+    def kill(self) -> None:
+        """Stops the attempt: the command (SIGTERM, then SIGKILL after the pump's grace)
+        or, before it started, keeps it from starting; saving stops after the current file."""
+        with self._lock:
+            self._killed = True
+            command_started = self._command_started
+        if command_started:
+            self.pump.kill(self.spec.key)
+
+    # ---- the phases ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Fetches the inputs (on this thread), then starts the command and returns."""
+        self._started_at = time.time()
+        try:
+            prepare_inputs(self.spec, self._fetch_cache if self.cellar else None, self.note,
+                           self.max_download_bytes)
+        except Shutdown as s:
+            self.end(Ended(EXIT_SIGNAL_BASE + s.signum, s.name, f"terminated by {s.name} while fetching inputs"))
+            return
+        except (FileProblem, OSError, ValueError) as e:
+            self.end(Ended(EXIT_INPUT_FAILED, message=problem(e)))
+            return
+        except Exception as e:  # a bug must still end the attempt, not leave it running for ever
+            log.exception("preparing the inputs of %s failed", self.spec.key)
+            self.end(Ended(EXIT_WRAPPER_ERROR, message=f"the job machinery failed: {e!r}"))
+            return
+        with self._lock:
+            killed = self._killed
+            self._command_started = not killed
+        if killed:
+            self.end(Ended(None, "SIGTERM", "terminated before it started"))
+            return
+        spec = self.spec
+        self.pump.start(spec.key, [spec.cmd, *spec.args], spec.workdir, spec.environment(self.base_env),
+                        on_output=self._on_output, on_exit=self._on_exit, timeout=spec.timeout)
+
+    def _fetch_cache(self, path: str, destination: Path) -> None:
+        assert self.cellar is not None
+        try:
+            self.cellar().get("cache", self.spec.upload_id, path, destination)
+        except grpc.RpcError as e:
+            raise RuntimeError(problem(e, "cellar")) from None  # files.py names the input
+
+    def _on_output(self, key: str, stream: int, lines: List[bytes]) -> None:
+        self.output(STDERR if stream == STDERR_PIPE else STDOUT, lines)
+
+    def _on_exit(self, key: str, ended: Ended) -> None:
+        if ended.succeeded and self.spec.outputs:
+            self.background(lambda: self.end(self._save_outputs(ended)))
+        else:
+            self.end(ended)
+
+    def _save_outputs(self, ended: Ended) -> Ended:
+        try:
+            saved = outputs_to_save(self.spec)
+            for name, path in saved:
+                if self._killed:
+                    return Ended(None, "SIGTERM", "terminated while saving outputs")
+                if self.cellar is None:
+                    raise FileProblem(f"{name}: no cellar to save it in")
+                self.cellar().put("result", self.spec.workflow_id, name, path, job=self.spec.job)
+                self.note(f"saved {name} ({path.stat().st_size} bytes)")
+        except FileProblem as e:
+            return Ended(EXIT_OUTPUT_FAILED, message=str(e))
+        except (OSError, grpc.RpcError) as e:
+            return Ended(EXIT_OUTPUT_FAILED, message=problem(e, "cannot save outputs"))
+        except Exception as e:  # noqa: BLE001 - a bug must still end the attempt
+            log.exception("saving the outputs of %s failed", self.spec.key)
+            return Ended(EXIT_WRAPPER_ERROR, message=f"the job machinery failed: {e!r}")
+        return ended
+
+    def end(self, ended: Ended) -> None:
+        """Ends the attempt (the first end counts; later ones are ignored): a note of why
+        it failed, then `on_end`."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        ended = dataclasses.replace(ended, started_at=self._started_at or ended.started_at, finished_at=time.time())
+        if ended.message and not ended.succeeded:
+            self.note(ended.message)
+        self.on_end(ended)
+
+
+def problem(error: BaseException, context: str = "") -> str:
+    """A one-line account of an error, for the job's log."""
+    if isinstance(error, grpc.RpcError):
+        text = f"{error.code().name}: {error.details()}"
+    elif isinstance(error, OSError) and error.strerror:
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    else:
+        text = str(error)
+    return f"{context}: {text}" if context else text
