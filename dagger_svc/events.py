@@ -9,28 +9,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dagger_svc.core.records import Outcome
+from dagger_svc.core.records import Outcome, WorkflowId
 
 
 @dataclass(frozen=True)
 class Queued:
     """The run may need an owner: it was queued (created, retried) or its owner let go."""
 
-    workflow_id: str
+    workflow_id: WorkflowId
 
 
 @dataclass(frozen=True)
 class CancelAsked:
     """Someone asked to cancel the run."""
 
-    workflow_id: str
+    workflow_id: WorkflowId
 
 
 @dataclass(frozen=True)
 class JobEnded:
     """An attempt of a job ended, as its executor (or its wrapper) tells."""
 
-    workflow_id: str
+    workflow_id: WorkflowId
     job: str
     attempt: int
     outcome: Outcome
@@ -49,7 +49,7 @@ class CommitResult:
 class Committed:
     """A commit is over: one result per run it carried."""
 
-    results: Mapping[str, CommitResult]
+    results: Mapping[WorkflowId, CommitResult]
 
 
 @dataclass(frozen=True)

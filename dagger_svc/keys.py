@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from dagger_svc.core.records import WorkflowId
+
 DEFAULT_PREFIX = "/donut/"
 
 
@@ -53,6 +55,6 @@ class Keys:
         return f"{self.schedulers}{scheduler_id}"
 
     @staticmethod
-    def last_part(key: str | bytes) -> str:
-        text = key.decode() if isinstance(key, bytes) else key
-        return text.rsplit("/", 1)[1]
+    def workflow_id(key: str) -> WorkflowId:
+        """The workflow id that ends a key (of a workflow, a queued run, a cancel, a claim)."""
+        return WorkflowId(key.rsplit("/", 1)[1])

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagger_svc.core.records import JobStatus, Outcome
+from dagger_svc.core.records import JobStatus, Outcome, WorkflowId
 from dagger_svc.core.run import Run, Step
 from dagger_svc.events import CancelAsked, Committed, CommitResult, Event, JobEnded, Queued, Stop, Timer
 from dagger_svc.executors.base import Executor, Launch, workflow_dir
@@ -73,7 +73,7 @@ class Scheduler:
         self.clock = clock
         self.commit_interval = commit_interval
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._owned: dict[str, _Owned] = {}
+        self._owned: dict[WorkflowId, _Owned] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._unwatch: list[Callable[[], None]] = []
@@ -87,7 +87,7 @@ class Scheduler:
         # runs not taken (back) for now: their take-over failed (etcd away: a moment later), or
         # their commit failed and their killed launches have not ended (so the same attempt
         # number is not launched while the old one still runs)
-        self._held: dict[str, _Held] = {}
+        self._held: dict[WorkflowId, _Held] = {}
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -96,11 +96,11 @@ class Scheduler:
         self.executor.start(self.job_finished)
         self._lease = self.store.grant_lease(self.lease_ttl)
         revision = self.store.current_revision()
-        keys = self.store.keys
         self._unwatch = [
-            self.store.watch(keys.queue, self._on_queued, start_revision=revision + 1),
-            self.store.watch(keys.cancels, self._on_cancel, start_revision=revision + 1),
-            self.store.watch(keys.claims, self._on_claim_change, start_revision=revision + 1),
+            self.store.watch_queue(lambda workflow_id: self._events.put(Queued(workflow_id)), after=revision),
+            self.store.watch_cancels(lambda workflow_id: self._events.put(CancelAsked(workflow_id)), after=revision),
+            # a scheduler let go (or died): the run may need a new owner
+            self.store.watch_releases(lambda workflow_id: self._events.put(Queued(workflow_id)), after=revision),
         ]
         for workflow_id in self.store.queued_ids():
             self._events.put(Queued(workflow_id))
@@ -148,23 +148,11 @@ class Scheduler:
 
     # ---- inputs (any thread) -------------------------------------------------------
 
-    def _on_queued(self, key: str, value: bytes | None) -> None:
-        if value is not None:
-            self._events.put(Queued(self.store.keys.last_part(key)))
-
-    def _on_cancel(self, key: str, value: bytes | None) -> None:
-        if value is not None:
-            self._events.put(CancelAsked(self.store.keys.last_part(key)))
-
-    def _on_claim_change(self, key: str, value: bytes | None) -> None:
-        if value is None:  # a scheduler let go (or died): the run may need a new owner
-            self._events.put(Queued(self.store.keys.last_part(key)))
-
     def job_finished(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         """Called by executors. When the loop is idle the event is handled at once on the
         caller's thread (a chain's next job starts without a thread hop); otherwise it is
         queued for the loop."""
-        event = JobEnded(workflow_id, job, attempt, outcome)
+        event = JobEnded(WorkflowId(workflow_id), job, attempt, outcome)
         if self._events.empty() and not self._stopping.is_set() and self._step_lock.acquire(blocking=False):
             try:
                 if self._events.empty() and not self._stopping.is_set():
@@ -224,9 +212,9 @@ class Scheduler:
 
     def _handle(self, batch: list[Event]) -> None:
         now = self.clock()
-        steps: dict[str, Step] = {}
+        steps: dict[WorkflowId, Step] = {}
 
-        def add(workflow_id: str, step: Step) -> None:
+        def add(workflow_id: WorkflowId, step: Step) -> None:
             if step:
                 steps[workflow_id] = steps[workflow_id].merge(step) if workflow_id in steps else step
 
@@ -274,7 +262,7 @@ class Scheduler:
             self._committed(committed)
         self._commit_next()
 
-    def _carry_out(self, workflow_id: str, step: Step) -> None:
+    def _carry_out(self, workflow_id: WorkflowId, step: Step) -> None:
         """Launches and kills now; the records wait for the next commit. A launch is
         undone if the commit that records it fails."""
         owned = self._owned[workflow_id]
@@ -311,9 +299,9 @@ class Scheduler:
             self._last_commit = now
             self._committer.submit(self._commit, batch)
 
-    def _commit(self, batch: dict[str, tuple[Step, int]]) -> None:
+    def _commit(self, batch: dict[WorkflowId, tuple[Step, int]]) -> None:
         """On the committer thread: one guarded transaction per run."""
-        results: dict[str, CommitResult] = {}
+        results: dict[WorkflowId, CommitResult] = {}
         for workflow_id, (step, launched) in batch.items():
             owned = self._owned.get(workflow_id)
             if owned is None:
@@ -358,12 +346,12 @@ class Scheduler:
 
     # ---- ownership -----------------------------------------------------------------
 
-    def _take_over(self, workflow_id: str, now: float) -> Step | None:
+    def _take_over(self, workflow_id: WorkflowId, now: float) -> Step | None:
         """Claims the run and starts (or resumes) it; None when it is someone else's or over."""
         try:
             stored, revision = self.store.workflow(workflow_id)
             if stored.status.finished:  # (unless a retry queued it again since that read)
-                self.store.dequeue(workflow_id, {self.store.keys.workflow(workflow_id): revision})
+                self.store.dequeue(workflow_id, self.store.workflow_revisions(workflow_id, revision))
                 return None  # checked before claiming, so releasing a claim never loops
         except NotFound:
             return None
@@ -381,10 +369,10 @@ class Scheduler:
         lost = [name for name in run.running_jobs if self.executor.lost(workflow_id, name, run.jobs[name].attempt)]
         return run.start(now, lost=lost)
 
-    def _release(self, workflow_id: str) -> None:
+    def _release(self, workflow_id: WorkflowId) -> None:
         self.store.release_claim(workflow_id)
 
-    def _forget(self, workflow_id: str) -> None:
+    def _forget(self, workflow_id: WorkflowId) -> None:
         self._owned.pop(workflow_id, None)
         try:
             self._release(workflow_id)

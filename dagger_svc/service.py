@@ -6,7 +6,6 @@ and talks to etcd through the Store and to running jobs through the Scheduler.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -15,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagger_svc.core.definition import Definition, parse_definition
-from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.limits import submission_problems
+from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowId, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.run import prepare_retry
+from dagger_svc.executors.base import workflow_dir
 from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
-from dagger_svc.store import Store
+from dagger_svc.store import RunView, Store
 from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
@@ -42,7 +42,7 @@ UploadedFiles = Callable[[str], dict[str, str]]
 
 
 class DaggerService:
-    def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler | None, config: DaggerConfig,
+    def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler, config: DaggerConfig,
                  uploaded: UploadedFiles | None = None) -> None:
         self.store = store
         self.logs = logs
@@ -52,7 +52,7 @@ class DaggerService:
 
     # ---- workflows -----------------------------------------------------------------
 
-    def create(self, caller: Principal, definition_text: str | bytes, name: str = "", parallelism: int = 0,
+    def create(self, caller: Principal, definition_text: bytes, name: str = "", parallelism: int = 0,
                fail_fast: bool = False, upload_id: str = "") -> WorkflowRecord:
         caller.require_user()
         problems = submission_problems(name, parallelism, zero_means="the default")
@@ -86,7 +86,7 @@ class DaggerService:
 
     def _store_new(self, definition: Definition, name: str, parallelism: int, fail_fast: bool,
                    upload_id: str, owner: str) -> WorkflowRecord:
-        workflow_id = str(uuid.uuid4())
+        workflow_id = WorkflowId(str(uuid.uuid4()))
         jobs = {job: JobRecord(job) for job in definition.jobs}
         workflow = WorkflowRecord(
             id=workflow_id, name=name or workflow_id[:8], owner=owner, parallelism=parallelism,
@@ -96,7 +96,7 @@ class DaggerService:
         self.store.create_workflow(workflow, definition, jobs)
         return workflow
 
-    def validate(self, caller: Principal, definition_text: str | bytes) -> Definition:
+    def validate(self, caller: Principal, definition_text: bytes) -> Definition:
         caller.require_user()
         return parse_definition(definition_text)
 
@@ -104,11 +104,18 @@ class DaggerService:
         return self._get_versioned(caller, workflow_id)[0]
 
     def _get_versioned(self, caller: Principal, workflow_id: str) -> tuple[WorkflowRecord, int]:
-        _check_id(workflow_id)
-        workflow, revision = self.store.workflow(workflow_id)
-        if not caller.owns(workflow.owner):
-            raise PermissionDenied(f"workflow {workflow_id} is not yours")
+        workflow, revision = self.store.workflow(checked_id(workflow_id))
+        _check_owner(caller, workflow)
         return workflow, revision
+
+    def run(self, caller: Principal, workflow_id: str) -> RunView:
+        """The workflow with its definition and jobs, all as they were at one moment."""
+        view = self.store.run(checked_id(workflow_id))
+        _check_owner(caller, view.workflow)
+        return view
+
+    def workdir(self, workflow_id: WorkflowId) -> Path:
+        return workflow_dir(self.config.data_root, workflow_id)
 
     def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None,
              limit: int = 0) -> list[WorkflowRecord]:
@@ -122,25 +129,25 @@ class DaggerService:
         workflow = self.get(caller, workflow_id)
         if workflow.status.finished:
             raise FailedPrecondition(f"workflow {workflow_id} already ended ({workflow.status.value})")
-        self.store.request_cancel(workflow_id)
+        self.store.request_cancel(workflow.id)
         return workflow
 
     def retry(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
         workflow, revision = self._get_versioned(caller, workflow_id)
         if not workflow.status.finished:
             raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; retry it once it ends")
-        revisions = {self.store.keys.workflow(workflow_id): revision}
-        jobs = self.store.jobs(workflow_id, revisions)
+        revisions = self.store.workflow_revisions(workflow.id, revision)
+        jobs = self.store.jobs(workflow.id, revisions)
         queued, changed = prepare_retry(workflow, jobs, time.time())
         if not changed:
             raise FailedPrecondition(f"workflow {workflow_id} has nothing to retry: every job succeeded")
-        self.store.clear_cancel(workflow_id)
-        self.store.save_run(workflow_id, queued, changed.values(), revisions, enqueue=True)
+        self.store.clear_cancel(workflow.id)
+        self.store.save_run(workflow.id, queued, changed.values(), revisions, enqueue=True)
         return queued
 
     def clone(self, caller: Principal, workflow_id: str, name: str = "", parallelism: int = 0) -> WorkflowRecord:
         original = self.get(caller, workflow_id)
-        definition = self.store.definition(workflow_id)
+        definition = self.store.definition(original.id)
         problems = submission_problems(name, parallelism, zero_means="the original's")
         if problems:
             raise InvalidArgument(problems)
@@ -151,22 +158,21 @@ class DaggerService:
               min_interval: float = WATCH_INTERVAL) -> Iterator[WorkflowRecord]:
         """The workflow now, then as it changes (at most one update per min_interval,
         the newest; the final state at once), until it has ended."""
-        self.get(caller, workflow_id)
+        workflow_id = self.get(caller, workflow_id).id
         latest = _Latest(min_interval)
-        revision = self.store.current_revision()
-        cancel = self.store.watch(self.store.keys.workflow(workflow_id), lambda k, v: latest.offer(v),
-                                  start_revision=revision + 1)
+        cancel = self.store.watch_workflow(workflow_id, latest.offer, after=self.store.current_revision())
         try:
             workflow = self.store.workflow(workflow_id)[0]
             yield workflow
             latest.sent()
             while not workflow.status.finished and is_active():
-                value = latest.take(timeout=1.0)
-                if value is _NOTHING:
+                changed = latest.take(timeout=1.0)
+                if changed is _NOTHING:
                     continue
-                if value is None:
+                if changed is None:
                     raise NotFound(f"workflow {workflow_id} was deleted")
-                workflow = WorkflowRecord.from_dict(json.loads(value))  # type: ignore[arg-type]
+                assert isinstance(changed, WorkflowRecord)
+                workflow = changed
                 yield workflow
                 latest.sent()
         finally:
@@ -174,16 +180,11 @@ class DaggerService:
 
     # ---- jobs ----------------------------------------------------------------------
 
-    def jobs(self, caller: Principal, workflow_id: str) -> tuple[Definition, dict[str, JobRecord]]:
-        """The workflow's definition and its job records."""
-        self.get(caller, workflow_id)
-        return self.store.definition(workflow_id), self.store.jobs(workflow_id)
-
     def job(self, caller: Principal, workflow_id: str, name: str) -> tuple[Definition, JobRecord]:
-        definition, records = self.jobs(caller, workflow_id)
-        if name not in records:
+        view = self.run(caller, workflow_id)
+        if name not in view.jobs:
             raise NotFound(f"workflow {workflow_id} has no job '{name}'")
-        return definition, records[name]
+        return view.definition, view.jobs[name]
 
     # ---- logs and reports ----------------------------------------------------------
 
@@ -192,7 +193,7 @@ class DaggerService:
                   is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, list[LogLine]]]:
         """(attempt, index of the first line, lines) of one attempt (0: the current one);
         with follow, then of every attempt after it, until the job has ended."""
-        self.get(caller, workflow_id)
+        workflow_id = self.get(caller, workflow_id).id
         record = self.store.job(workflow_id, job)
         if attempt < 0:
             raise InvalidArgument([Problem("attempt", "must be 0 (the current one) or more")])
@@ -231,20 +232,19 @@ class DaggerService:
 
     def report(self, caller: Principal, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         _check_job_caller(caller, workflow_id, job)
-        if self.scheduler is None or not self.scheduler.owns(workflow_id):
+        if not self.scheduler.owns(workflow_id):
             raise FailedPrecondition(f"no scheduler here runs workflow {workflow_id}")
         self.logs.end(workflow_id, job, attempt)
         self.scheduler.job_finished(workflow_id, job, attempt, outcome)
 
 
 _NOTHING = object()
-_FINAL_STATUS_MARKS = tuple(b'"status":"%s"' % s.value.encode() for s in WorkflowStatus if s.finished)
 
 
 class _Latest:
-    """The newest value of a watched key, handed over at most once per interval, except a
-    final workflow state (or a deletion), which wakes the reader at once. The watch thread
-    offers every change; the reader is woken only when something is due."""
+    """The newest state of a watched workflow, handed over at most once per interval, except
+    a final state (or a deletion), which wakes the reader at once. The watch thread offers
+    every change; the reader is woken only when something is due."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -253,10 +253,10 @@ class _Latest:
         self._lock = threading.Lock()
         self._sent_at = 0.0
 
-    def offer(self, value: bytes | None) -> None:
+    def offer(self, workflow: WorkflowRecord | None) -> None:
         with self._lock:
-            self._value = value
-            final = value is None or any(mark in value for mark in _FINAL_STATUS_MARKS)
+            self._value = workflow
+            final = workflow is None or workflow.status.finished
             if final or time.monotonic() >= self._sent_at + self.interval:
                 self._due.set()
 
@@ -282,6 +282,13 @@ def _check_job_caller(caller: Principal, workflow_id: str, job: str) -> None:
         raise PermissionDenied(f"this token may not act for job {workflow_id}/{job}")
 
 
-def _check_id(workflow_id: str) -> None:
+def checked_id(workflow_id: str) -> WorkflowId:
+    """The id, if it is one; InvalidArgument otherwise."""
     if not names.matches(names.WORKFLOW_ID, workflow_id):
         raise InvalidArgument([Problem("id", f"not a workflow id: {workflow_id!r}")])
+    return WorkflowId(workflow_id)
+
+
+def _check_owner(caller: Principal, workflow: WorkflowRecord) -> None:
+    if not caller.owns(workflow.owner):
+        raise PermissionDenied(f"workflow {workflow.id} is not yours")

@@ -11,6 +11,7 @@ from dagger_svc.core.definition import Definition, JobSpec
 from dagger_svc.core.records import JobRecord, JobStatus, WorkflowRecord, WorkflowStatus
 from dagger_svc.executors.base import outcome_of
 from dagger_svc.service import DaggerService
+from dagger_svc.store import RunView
 from donut_common.auth import Principal, current_principal
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
@@ -65,11 +66,13 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         self.service = service
         self.principal = principal
 
-    def _workflow(self, w: WorkflowRecord, include_jobs: bool = False) -> pb.Workflow:
-        message = workflow_pb(w, str(self.service.config.data_root / w.id))
-        if include_jobs:
-            definition, records = self.service.jobs(self.principal(), w.id)
-            message.jobs.extend(job_pb(w.id, definition, records[name]) for name in definition.jobs)
+    def _workflow(self, w: WorkflowRecord) -> pb.Workflow:
+        return workflow_pb(w, str(self.service.workdir(w.id)))
+
+    def _run(self, view: RunView) -> pb.Workflow:
+        """The workflow with its jobs, as they were at one moment."""
+        message = self._workflow(view.workflow)
+        message.jobs.extend(job_pb(view.workflow.id, view.definition, view.jobs[name]) for name in view.definition.jobs)
         return message
 
     def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
@@ -89,7 +92,9 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         return pb.ValidateDefinitionResponse(job_count=len(definition.jobs))
 
     def GetWorkflow(self, request: pb.GetWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
-        return self._workflow(self.service.get(self.principal(), request.id), request.include_jobs)
+        if request.include_jobs:
+            return self._run(self.service.run(self.principal(), request.id))
+        return self._workflow(self.service.get(self.principal(), request.id))
 
     def ListWorkflows(self, request: pb.ListWorkflowsRequest,
                       context: grpc.ServicerContext) -> pb.ListWorkflowsResponse:
@@ -115,15 +120,14 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
 
     def WatchWorkflow(self, request: pb.WatchWorkflowRequest, context: grpc.ServicerContext) -> Iterator[pb.Workflow]:
         for workflow in self.service.watch(self.principal(), request.id, is_active=context.is_active):
-            yield self._workflow(workflow, request.include_jobs)
+            yield self._run(self.service.run(self.principal(), workflow.id)) if request.include_jobs \
+                else self._workflow(workflow)
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return job_pb(request.workflow_id, *self.service.job(self.principal(), request.workflow_id, request.name))
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        definition, records = self.service.jobs(self.principal(), request.workflow_id)
-        return pb.ListJobsResponse(jobs=[job_pb(request.workflow_id, definition, records[name])
-                                         for name in definition.jobs])
+        return pb.ListJobsResponse(jobs=self._run(self.service.run(self.principal(), request.workflow_id)).jobs)
 
     def PushLogs(self, request_iterator: Iterator[pb.LogBatch], context: grpc.ServicerContext) -> Iterator[pb.LogAck]:
         caller = self.principal()

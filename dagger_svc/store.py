@@ -3,32 +3,38 @@
 Every write of a record is a transaction that checks the record's last known revision
 (`mod_revision`), so two writers can never both move a job on; a lost race raises
 `Conflict` and the caller re-reads. Large writes go in chunks under etcd's per-transaction
-limits, with the workflow record (the visible part) last.
+limits, with the workflow record (the visible part) last. The JSON kept in etcd stays in
+here: callers get records, definitions and typed watches. Every failure to reach etcd is
+an `Unavailable` (see `donut_common.etcd`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-import pyetcd
-
-from dagger_svc.core.definition import Definition
-from dagger_svc.core.records import JobRecord, WorkflowRecord
+from dagger_svc.core.definition import Definition, StoredJob
+from dagger_svc.core.records import JobDoc, JobRecord, WorkflowDoc, WorkflowId, WorkflowRecord
 from dagger_svc.keys import Keys
-from donut_common import etcd_ops
-from donut_common.errors import Conflict, NotFound, Unavailable
-
-log = logging.getLogger(__name__)
+from donut_common import etcd
+from donut_common.errors import Conflict, NotFound
 
 MAX_OPS_PER_TXN = 120          # etcd refuses more than 128 (--max-txn-ops)
 MAX_BYTES_PER_TXN = 1_000_000  # etcd refuses requests over 1.5 MiB
 Revisions = dict[str, int]     # key -> mod_revision last seen
+Lease = etcd.Lease
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A workflow, its definition and its job records, as they were at one revision."""
+
+    workflow: WorkflowRecord
+    definition: Definition
+    jobs: dict[str, JobRecord]
 
 
 @dataclass(frozen=True)
@@ -46,58 +52,31 @@ def _dump(value: Mapping[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def _workflow(value: bytes) -> WorkflowRecord:
+    return WorkflowRecord.from_dict(cast(WorkflowDoc, json.loads(value)))
+
+
+def _job(value: bytes) -> JobRecord:
+    return JobRecord.from_dict(cast(JobDoc, json.loads(value)))
+
+
 def _definition(values: Iterable[bytes]) -> Definition:
-    return Definition.from_stored(json.loads(value) for value in values)
-
-
-class Lease:
-    """A lease this store granted: `refresh` keeps it, `revoke` ends it and what it binds."""
-
-    def __init__(self, lease: Any) -> None:
-        self._lease = lease
-        self.id: int = lease.id
-
-    def refresh(self) -> None:
-        self._lease.refresh()
-
-    def revoke(self) -> None:
-        self._lease.revoke()
-
-
-def connect(endpoints: str, timeout: float = 10.0) -> pyetcd.Etcd3Client:
-    """A client for the first of comma-separated `host:port` endpoints that answers."""
-    last: Exception | None = None
-    for endpoint in endpoints.split(","):
-        host, _, port = endpoint.strip().removeprefix("http://").rpartition(":")
-        client = pyetcd.client(host=host or "127.0.0.1", port=int(port), timeout=timeout)
-        try:
-            client.status()
-            return client
-        except Exception as e:  # noqa: BLE001 - any failure means: try the next endpoint
-            last = e
-            client.close()
-    raise Unavailable(f"cannot reach etcd at {endpoints}: {last}")
+    return Definition.from_stored(cast(StoredJob, json.loads(value)) for value in values)
 
 
 class Store:
-    def __init__(self, client: pyetcd.Etcd3Client, keys: Keys | None = None) -> None:
-        self.client = client
+    def __init__(self, client: etcd.Etcd, keys: Keys | None = None) -> None:
+        self._etcd = client
         self.keys = keys or Keys()
-        self._closed = False
 
     def close(self) -> None:
         """Closes the etcd client; broken watches are not taken up again after this."""
-        self._closed = True
-        self.client.close()
+        self._etcd.close()
 
-    # ---- low level -----------------------------------------------------------------
+    # ---- guarded writes ------------------------------------------------------------
 
-    def _txn(self, compare: list[Any], success: list[Any]) -> tuple[bool, int]:
-        response = etcd_ops.txn(self.client, compare, success)
-        return response.succeeded, response.header.revision
-
-    def put_guarded(self, writes: Iterable[tuple[str, bytes]], revisions: Revisions,
-                    unguarded: frozenset[str] = frozenset()) -> None:
+    def _put_guarded(self, writes: Iterable[tuple[str, bytes]], revisions: Revisions,
+                     unguarded: frozenset[str] = frozenset()) -> None:
         """Writes values whose keys still have the revisions in `revisions` (0: absent),
         in chunks that fit etcd's limits, updating `revisions`; the last write lands in
         the last chunk. Keys in `unguarded` are written whatever their revision. Raises
@@ -109,25 +88,15 @@ class Store:
             chunk.append((key, value))
             size += len(key) + len(value)
             if i == len(pending) - 1 or len(chunk) >= MAX_OPS_PER_TXN or size >= MAX_BYTES_PER_TXN:
-                ok, revision = self._txn(
-                    [etcd_ops.mod_equals(k, revisions.get(k, 0)) for k, _ in chunk if k not in unguarded],
-                    [etcd_ops.put(k, v) for k, v in chunk],
+                result = self._etcd.txn(
+                    [etcd.mod_equals(k, revisions.get(k, 0)) for k, _ in chunk if k not in unguarded],
+                    [etcd.put(k, v) for k, v in chunk],
                 )
-                if not ok:
+                if not result.succeeded:
                     raise Conflict(f"someone else changed {chunk[0][0]} (or another key of its batch)")
                 for k, _ in chunk:
-                    revisions[k] = revision
+                    revisions[k] = result.revision
                 chunk, size = [], 0
-
-    def _get(self, key: str) -> tuple[bytes, int] | None:
-        value, meta = self.client.get(key)
-        return None if value is None else (value, meta.mod_revision)
-
-    def _prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
-        return [
-            (meta.key.decode(), value, meta.mod_revision)
-            for value, meta in self.client.get_prefix(prefix)
-        ]
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -143,45 +112,58 @@ class Store:
         writes.append((self.keys.workflow(workflow.id), _dump(workflow.to_dict())))
         writes.append((self.keys.queued(workflow.id), b"1"))
         try:
-            self.put_guarded(writes, {}, unguarded=frozenset({self.keys.queued(workflow.id)}))
+            self._put_guarded(writes, {}, unguarded=frozenset({self.keys.queued(workflow.id)}))
         except Exception:
-            self.delete_workflow_keys(workflow.id)
+            self._delete_workflow_keys(workflow.id)
             raise
 
-    def delete_workflow_keys(self, workflow_id: str) -> None:
+    def _delete_workflow_keys(self, workflow_id: WorkflowId) -> None:
         for prefix in (self.keys.specs(workflow_id), self.keys.jobs(workflow_id)):
-            self.client.delete_prefix(prefix)
+            self._etcd.delete_prefix(prefix)
         for key in (self.keys.workflow(workflow_id), self.keys.queued(workflow_id), self.keys.cancel(workflow_id)):
-            self.client.delete(key)
+            self._etcd.delete(key)
 
-    def workflow(self, workflow_id: str) -> tuple[WorkflowRecord, int]:
-        found = self._get(self.keys.workflow(workflow_id))
+    def workflow(self, workflow_id: WorkflowId) -> tuple[WorkflowRecord, int]:
+        """The workflow record and its revision."""
+        found = self._etcd.get(self.keys.workflow(workflow_id))
         if found is None:
             raise NotFound(f"no workflow {workflow_id}")
-        return WorkflowRecord.from_dict(json.loads(found[0])), found[1]
+        return _workflow(found.value), found.mod_revision
 
     def workflows(self) -> list[WorkflowRecord]:
-        return [WorkflowRecord.from_dict(json.loads(v)) for _, v, _ in self._prefix(self.keys.workflows)]
+        return [_workflow(kv.value) for kv in self._etcd.get_prefix(self.keys.workflows)]
 
-    def definition(self, workflow_id: str) -> Definition:
-        return _definition(value for _, value, _ in self._prefix(self.keys.specs(workflow_id)))
+    def definition(self, workflow_id: WorkflowId) -> Definition:
+        return _definition(kv.value for kv in self._etcd.get_prefix(self.keys.specs(workflow_id)))
 
-    def jobs(self, workflow_id: str, revisions: Revisions | None = None) -> dict[str, JobRecord]:
+    def jobs(self, workflow_id: WorkflowId, revisions: Revisions | None = None) -> dict[str, JobRecord]:
+        """The job records (with `revisions`, their revisions are noted there)."""
         jobs = {}
-        for key, value, revision in self._prefix(self.keys.jobs(workflow_id)):
-            job = JobRecord.from_dict(json.loads(value))
+        for kv in self._etcd.get_prefix(self.keys.jobs(workflow_id)):
+            job = _job(kv.value)
             jobs[job.name] = job
             if revisions is not None:
-                revisions[key] = revision
+                revisions[kv.key] = kv.mod_revision
         return jobs
 
-    def job(self, workflow_id: str, name: str) -> JobRecord:
-        found = self._get(self.keys.job(workflow_id, name))
+    def job(self, workflow_id: WorkflowId, name: str) -> JobRecord:
+        found = self._etcd.get(self.keys.job(workflow_id, name))
         if found is None:
             raise NotFound(f"workflow {workflow_id} has no job '{name}'")
-        return JobRecord.from_dict(json.loads(found[0]))
+        return _job(found.value)
 
-    def save_run(self, workflow_id: str, workflow: WorkflowRecord | None, jobs: Iterable[JobRecord],
+    def run(self, workflow_id: WorkflowId) -> RunView:
+        """The workflow with its definition and job records, read in one transaction."""
+        result = self._etcd.txn([], [etcd.get(self.keys.workflow(workflow_id)),
+                                     etcd.get_prefix(self.keys.specs(workflow_id)),
+                                     etcd.get_prefix(self.keys.jobs(workflow_id))])
+        workflow_kvs, spec_kvs, job_kvs = result.ranges
+        if not workflow_kvs:
+            raise NotFound(f"no workflow {workflow_id}")
+        jobs = {job.name: job for job in (_job(kv.value) for kv in job_kvs)}
+        return RunView(_workflow(workflow_kvs[0].value), _definition(kv.value for kv in spec_kvs), jobs)
+
+    def save_run(self, workflow_id: WorkflowId, workflow: WorkflowRecord | None, jobs: Iterable[JobRecord],
                  revisions: Revisions, enqueue: bool = False) -> None:
         """One guarded write of a run's changed records; the workflow record goes last
         (with enqueue, followed by the queue key that wakes a scheduler)."""
@@ -191,115 +173,103 @@ class Store:
         queue_key = self.keys.queued(workflow_id)
         if enqueue:
             writes.append((queue_key, b"1"))
-        self.put_guarded(writes, revisions, unguarded=frozenset({queue_key}))
+        self._put_guarded(writes, revisions, unguarded=frozenset({queue_key}))
+
+    def workflow_revisions(self, workflow_id: WorkflowId, revision: int) -> Revisions:
+        """The revisions a guarded write of the workflow record checks (read at `revision`)."""
+        return {self.keys.workflow(workflow_id): revision}
+
+    # ---- ownership -----------------------------------------------------------------
 
     def grant_lease(self, ttl: int) -> Lease:
         """A lease that ends `ttl` seconds after its last refresh; what it binds goes with it."""
-        return Lease(self.client.lease(ttl))
+        return self._etcd.lease(ttl)
 
-    def claim_run(self, workflow_id: str, owner: str, lease: Lease) -> RunSnapshot | None:
+    def claim_run(self, workflow_id: WorkflowId, owner: str, lease: Lease) -> RunSnapshot | None:
         """Claims the run for `owner` (free, or already `owner`'s: a restarted scheduler)
         with a key bound to `lease`, reading the whole run in the same transaction; None
         when another scheduler holds it."""
         key = self.keys.claim(workflow_id)
-        claim = etcd_ops.put(key, owner, lease=lease.id)
-        reads = [etcd_ops.get(self.keys.workflow(workflow_id)), etcd_ops.get_prefix(self.keys.specs(workflow_id)),
-                 etcd_ops.get_prefix(self.keys.jobs(workflow_id)), etcd_ops.get(self.keys.cancel(workflow_id))]
-        for compare in (etcd_ops.absent(key), etcd_ops.value_equals(key, owner.encode())):
-            response = etcd_ops.txn(self.client, [compare], [claim, *reads])
-            if response.succeeded:
+        claim = etcd.put(key, owner, lease=lease.id)
+        reads = [etcd.get(self.keys.workflow(workflow_id)), etcd.get_prefix(self.keys.specs(workflow_id)),
+                 etcd.get_prefix(self.keys.jobs(workflow_id)), etcd.get(self.keys.cancel(workflow_id))]
+        for compare in (etcd.absent(key), etcd.value_equals(key, owner.encode())):
+            result = self._etcd.txn([compare], [claim, *reads])
+            if result.succeeded:
                 break
         else:
             return None
-        workflow_kvs, spec_kvs, job_kvs, cancel_kvs = (r.response_range.kvs for r in response.responses[1:])
+        workflow_kvs, spec_kvs, job_kvs, cancel_kvs = result.ranges
         revisions: Revisions = {}
         workflow = None
         for kv in workflow_kvs:
-            workflow = WorkflowRecord.from_dict(json.loads(kv.value))
-            revisions[kv.key.decode()] = kv.mod_revision
+            workflow = _workflow(kv.value)
+            revisions[kv.key] = kv.mod_revision
         jobs = {}
         for kv in job_kvs:
-            job = JobRecord.from_dict(json.loads(kv.value))
+            job = _job(kv.value)
             jobs[job.name] = job
-            revisions[kv.key.decode()] = kv.mod_revision
-        return RunSnapshot(workflow, _definition(kv.value for kv in spec_kvs), jobs, revisions,
-                           bool(list(cancel_kvs)))
+            revisions[kv.key] = kv.mod_revision
+        return RunSnapshot(workflow, _definition(kv.value for kv in spec_kvs), jobs, revisions, bool(cancel_kvs))
 
-    def release_claim(self, workflow_id: str) -> None:
-        self.client.delete(self.keys.claim(workflow_id))
+    def release_claim(self, workflow_id: WorkflowId) -> None:
+        self._etcd.delete(self.keys.claim(workflow_id))
 
-    def queued_ids(self) -> list[str]:
-        return [self.keys.last_part(key) for key, _, _ in self._prefix(self.keys.queue)]
+    def queued_ids(self) -> list[WorkflowId]:
+        return [self.keys.workflow_id(kv.key) for kv in self._etcd.get_prefix(self.keys.queue)]
 
-    def dequeue(self, workflow_id: str, revisions: Revisions | None = None) -> bool:
+    def dequeue(self, workflow_id: WorkflowId, revisions: Revisions | None = None) -> bool:
         """Removes the run from the queue; with revisions, only if its workflow record is
         still the one we wrote (not queued again by a retry meanwhile)."""
         compare = []
         if revisions is not None:
             workflow_key = self.keys.workflow(workflow_id)
-            compare.append(etcd_ops.mod_equals(workflow_key, revisions.get(workflow_key, 0)))
-        return self._txn(compare, [etcd_ops.delete(self.keys.queued(workflow_id))])[0]
+            compare.append(etcd.mod_equals(workflow_key, revisions.get(workflow_key, 0)))
+        return self._etcd.txn(compare, [etcd.delete(self.keys.queued(workflow_id))]).succeeded
 
     # ---- cancel requests -----------------------------------------------------------
 
-    def request_cancel(self, workflow_id: str) -> None:
-        self.client.put(self.keys.cancel(workflow_id), str(time.time()))
+    def request_cancel(self, workflow_id: WorkflowId) -> None:
+        self._etcd.put(self.keys.cancel(workflow_id), str(time.time()))
 
-    def cancel_requested(self, workflow_id: str) -> bool:
-        return self._get(self.keys.cancel(workflow_id)) is not None
-
-    def clear_cancel(self, workflow_id: str) -> None:
-        self.client.delete(self.keys.cancel(workflow_id))
+    def clear_cancel(self, workflow_id: WorkflowId) -> None:
+        self._etcd.delete(self.keys.cancel(workflow_id))
 
     # ---- watching ------------------------------------------------------------------
 
-    def watch(self, prefix: str, on_event: Callable[[str, bytes | None], None],
-              start_revision: int | None = None) -> Callable[[], None]:
-        """Calls on_event(key, value or None when deleted) for every change under prefix,
-        re-subscribing after a broken stream from the last revision seen. Returns cancel."""
-        state = {"revision": start_revision, "watch_id": None, "stopped": False}
-        lock = threading.Lock()
-
-        def callback(response: Any) -> None:
-            if isinstance(response, Exception):
-                if not (state["stopped"] or self._closed):
-                    threading.Thread(target=resubscribe, daemon=True, name="etcd-rewatch").start()
-                return
-            for event in response.events:
-                state["revision"] = event.mod_revision + 1
-                deleted = isinstance(event, pyetcd.events.DeleteEvent)
-                on_event(event.key.decode(), None if deleted else event.value)
-
-        def subscribe() -> None:
-            kwargs = {} if state["revision"] is None else {"start_revision": state["revision"]}
-            state["watch_id"] = self.client.add_watch_prefix_callback(prefix, callback, **kwargs)
-
-        def resubscribe() -> None:
-            delay = 0.1
-            while not (state["stopped"] or self._closed):
-                try:
-                    with lock:
-                        subscribe()
-                    if state["stopped"]:  # cancelled while it was being taken up again
-                        cancel()
-                    return
-                except Exception as e:  # noqa: BLE001 - etcd down: keep trying
-                    log.warning("etcd watch on %s lost (%s); retrying", prefix, e)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-
-        def cancel() -> None:
-            state["stopped"] = True
-            watch_id = state["watch_id"]
-            if watch_id is not None:
-                try:
-                    self.client.cancel_watch(watch_id)
-                except Exception:  # noqa: BLE001 - closing anyway
-                    pass
-
-        with lock:
-            subscribe()
-        return cancel
-
     def current_revision(self) -> int:
-        return int(self.client.get_response(self.keys.prefix).header.revision)
+        return self._etcd.revision()
+
+    def watch_queue(self, on_queued: Callable[[WorkflowId], None], after: int) -> Callable[[], None]:
+        """Calls on_queued for every run queued after revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if value is not None:
+                on_queued(self.keys.workflow_id(key))
+
+        return self._etcd.watch_prefix(self.keys.queue, on_event, start_revision=after + 1)
+
+    def watch_cancels(self, on_cancel: Callable[[WorkflowId], None], after: int) -> Callable[[], None]:
+        """Calls on_cancel for every cancel asked for after revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if value is not None:
+                on_cancel(self.keys.workflow_id(key))
+
+        return self._etcd.watch_prefix(self.keys.cancels, on_event, start_revision=after + 1)
+
+    def watch_releases(self, on_released: Callable[[WorkflowId], None], after: int) -> Callable[[], None]:
+        """Calls on_released for every run whose owner let it go (or died) after revision
+        `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if value is None:
+                on_released(self.keys.workflow_id(key))
+
+        return self._etcd.watch_prefix(self.keys.claims, on_event, start_revision=after + 1)
+
+    def watch_workflow(self, workflow_id: WorkflowId, on_change: Callable[[WorkflowRecord | None], None],
+                       after: int) -> Callable[[], None]:
+        """Calls on_change with the workflow record (None once deleted) on every change
+        after revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            on_change(None if value is None else _workflow(value))
+
+        return self._etcd.watch_prefix(self.keys.workflow(workflow_id), on_event, start_revision=after + 1)

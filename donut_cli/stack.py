@@ -24,8 +24,9 @@ from dagger_svc.keys import Keys
 from dagger_svc.logs import LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
-from dagger_svc.store import Store, connect
+from dagger_svc.store import Store
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
+from donut_common.etcd import Etcd
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
 from donut_common.rpc import Registration, channel, create_server
@@ -100,7 +101,7 @@ class Stack:
             if not endpoints:
                 self.etcd = EtcdServer(c.data_dir, host="127.0.0.1", fsync=c.etcd_fsync).start()
                 endpoints = self.etcd.endpoint
-            client = connect(endpoints)
+            client = Etcd.connect(endpoints)
             self.store = Store(client, Keys(c.etcd_prefix))
             self.users = UsersService(UserStore(client, c.etcd_prefix))
             self.service_token = self._service_token(self.users)

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from donut_common.errors import PermissionDenied, Unauthenticated
+from donut_common.errors import DonutError, PermissionDenied, Unauthenticated
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 SCOPE_USER, SCOPE_ADMIN, SCOPE_SERVICE = "user", "admin", "service"
@@ -145,8 +145,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         def authenticate(context: grpc.ServicerContext) -> Principal | None:
             try:
                 return verifier(bearer_token(metadata))
-            except Unauthenticated as e:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+            except DonutError as e:  # unknown, revoked or expired; or etcd unavailable
+                context.abort(getattr(grpc.StatusCode, e.code_name), str(e))
             except Exception:  # noqa: BLE001 - users_svc unreachable: say so, don't leak details
                 context.abort(grpc.StatusCode.UNAVAILABLE, "cannot verify the token right now")
             return None

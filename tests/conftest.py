@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,21 +26,21 @@ def etcd_prefix() -> str:
 
 
 @pytest.fixture
-def etcd_client(etcd_server: EtcdServer) -> Iterator[object]:
-    from dagger_svc.store import connect
+def etcd_client(etcd_server: EtcdServer) -> Iterator[Any]:
+    from donut_common.etcd import Etcd
 
-    client = connect(etcd_server.endpoint)
+    client = Etcd.connect(etcd_server.endpoint)
     yield client
     client.close()
 
 
 @pytest.fixture
-def store(etcd_client: object, etcd_prefix: str) -> Iterator[object]:
+def store(etcd_client: Any, etcd_prefix: str) -> Iterator[Any]:
     from dagger_svc.keys import Keys
     from dagger_svc.store import Store
 
-    yield Store(etcd_client, Keys(etcd_prefix))  # type: ignore[arg-type]
-    etcd_client.delete_prefix(etcd_prefix)  # type: ignore[attr-defined]
+    yield Store(etcd_client, Keys(etcd_prefix))
+    etcd_client.delete_prefix(etcd_prefix)
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import pyetcd
-
-from donut_common import etcd_ops
+from donut_common import etcd
 from donut_common.errors import Conflict, NotFound
 
 
@@ -44,37 +42,37 @@ class TokenRecord:
         return replace(self, **changes)
 
 
-@dataclass
 class UserStore:
-    client: pyetcd.Etcd3Client
-    prefix: str = "/donut/"
+    def __init__(self, client: etcd.Etcd, prefix: str = "/donut/") -> None:
+        self._etcd = client
+        self.prefix = prefix
 
     def _key(self, kind: str, name: str | int) -> str:
         return f"{self.prefix}{kind}/{name}"
 
-    def _txn(self, compare: list[Any], success: list[Any]) -> bool:
-        return bool(etcd_ops.txn(self.client, compare, success).succeeded)
+    def _txn(self, compare: list[etcd.Compare], success: list[etcd.Op]) -> bool:
+        return self._etcd.txn(compare, success).succeeded
 
-    def _get_json(self, key: str) -> dict[str, Any] | None:
-        value, _ = self.client.get(key)
-        return None if value is None else json.loads(value)
+    def _get_json(self, key: str) -> Any:
+        found = self._etcd.get(key)
+        return None if found is None else json.loads(found.value)
 
     # ---- users ---------------------------------------------------------------------
 
     def create_user(self, user: UserRecord) -> None:
         """Stores a new user; Conflict when the login (or GitHub id) is taken."""
         login_key = self._key("logins", user.login)
-        compare = [etcd_ops.absent(login_key)]
-        success = [etcd_ops.put(self._key("users", user.id), json.dumps(asdict(user))), etcd_ops.put(login_key, user.id)]
+        compare = [etcd.absent(login_key)]
+        success = [etcd.put(self._key("users", user.id), json.dumps(asdict(user))), etcd.put(login_key, user.id)]
         if user.github_id:
             github_key = self._key("github", user.github_id)
-            compare.append(etcd_ops.absent(github_key))
-            success.append(etcd_ops.put(github_key, user.id))
+            compare.append(etcd.absent(github_key))
+            success.append(etcd.put(github_key, user.id))
         if not self._txn(compare, success):
             raise Conflict(f"user {user.login} already exists")
 
     def save_user(self, user: UserRecord) -> None:
-        self.client.put(self._key("users", user.id), json.dumps(asdict(user)))
+        self._etcd.put(self._key("users", user.id), json.dumps(asdict(user)))
 
     def user(self, user_id: str) -> UserRecord:
         doc = self._get_json(self._key("users", user_id))
@@ -83,17 +81,17 @@ class UserStore:
         return UserRecord(**doc)
 
     def user_id_by_login(self, login: str) -> str:
-        value, _ = self.client.get(self._key("logins", login))
-        if value is None:
+        found = self._etcd.get(self._key("logins", login))
+        if found is None:
             raise NotFound(f"no user with login {login!r}")
-        return str(value.decode())
+        return found.value.decode()
 
     def user_id_by_github(self, github_id: int) -> str | None:
-        value, _ = self.client.get(self._key("github", github_id))
-        return None if value is None else str(value.decode())
+        found = self._etcd.get(self._key("github", github_id))
+        return None if found is None else found.value.decode()
 
     def users(self) -> list[UserRecord]:
-        return sorted((UserRecord(**json.loads(v)) for v, _ in self.client.get_prefix(self._key("users", ""))),
+        return sorted((UserRecord(**json.loads(kv.value)) for kv in self._etcd.get_prefix(self._key("users", ""))),
                       key=lambda u: u.login)
 
     # ---- tokens --------------------------------------------------------------------
@@ -103,23 +101,23 @@ class UserStore:
         (False if it changed meanwhile: a revocation is never overwritten by a stale copy)."""
         key = self._key("tokens", token.id)
         if revision is None:
-            self.client.put(key, json.dumps(asdict(token)))
+            self._etcd.put(key, json.dumps(asdict(token)))
             return True
-        return self._txn([etcd_ops.mod_equals(key, revision)], [etcd_ops.put(key, json.dumps(asdict(token)))])
+        return self._txn([etcd.mod_equals(key, revision)], [etcd.put(key, json.dumps(asdict(token)))])
 
     def token(self, token_id: str) -> TokenRecord:
         return self.token_and_revision(token_id)[0]
 
     def token_and_revision(self, token_id: str) -> tuple[TokenRecord, int]:
-        value, meta = self.client.get(self._key("tokens", token_id))
-        if value is None:
+        found = self._etcd.get(self._key("tokens", token_id))
+        if found is None:
             raise NotFound(f"no token {token_id}")
-        return _token(json.loads(value)), int(meta.mod_revision)
+        return _token(json.loads(found.value)), found.mod_revision
 
     def tokens(self, user_id: str | None = None) -> list[TokenRecord]:
         found = []
-        for value, _ in self.client.get_prefix(self._key("tokens", "")):
-            doc = json.loads(value)
+        for kv in self._etcd.get_prefix(self._key("tokens", "")):
+            doc = json.loads(kv.value)
             if user_id is None or doc["user_id"] == user_id:
                 found.append(_token(doc))
         return sorted(found, key=lambda t: t.created_at)

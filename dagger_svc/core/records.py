@@ -1,7 +1,7 @@
 """The state records of workflows and jobs, as kept in etcd (one small key per job).
 
 Frozen dataclasses with `with_*`-style transitions (via dataclasses.replace) and compact
-JSON conversion; no I/O.
+conversion to the JSON documents the store keeps (the TypedDicts below); no I/O.
 """
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NewType, TypedDict, cast
+
+WorkflowId = NewType("WorkflowId", str)
+"""A workflow's id (a lowercase UUID), once checked."""
 
 
 class JobStatus(str, enum.Enum):
@@ -64,6 +67,52 @@ class Outcome:
         return self.exit_code == 0 and not self.signal and not self.lost
 
 
+class AttemptDoc(TypedDict, total=False):
+    """An attempt as kept: fields at their defaults are left out."""
+
+    number: int
+    status: str
+    exit_code: int
+    signal: str
+    message: str
+    started_at: float
+    finished_at: float
+
+
+class JobDoc(TypedDict, total=False):
+    """A job record as kept (`<prefix>jobs/<workflow>/<job>`): defaults left out."""
+
+    name: str
+    status: str
+    attempt: int
+    round_start: int
+    exit_code: int
+    signal: str
+    message: str
+    started_at: float
+    finished_at: float
+    retry_at: float
+    attempts: list[AttemptDoc]
+
+
+class WorkflowDoc(TypedDict, total=False):
+    """A workflow record as kept (`<prefix>workflows/<workflow>`): defaults left out."""
+
+    id: str
+    name: str
+    owner: str
+    status: str
+    parallelism: int
+    fail_fast: bool
+    message: str
+    created_at: float
+    started_at: float
+    finished_at: float
+    upload_id: str
+    job_total: int
+    counts: dict[str, int]
+
+
 @dataclass(frozen=True)
 class AttemptRecord:
     number: int
@@ -74,12 +123,14 @@ class AttemptRecord:
     started_at: float | None = None
     finished_at: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _compact(dict(self.__dict__), status=self.status.value)
+    def to_dict(self) -> AttemptDoc:
+        return cast(AttemptDoc, _compact(dict(self.__dict__), status=self.status.value))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AttemptRecord:
-        return cls(**{**d, "status": JobStatus(d["status"])})
+    def from_dict(cls, d: AttemptDoc) -> AttemptRecord:
+        return cls(number=d["number"], status=JobStatus(d["status"]), exit_code=d.get("exit_code"),
+                   signal=d.get("signal", ""), message=d.get("message", ""), started_at=d.get("started_at"),
+                   finished_at=d.get("finished_at"))
 
 
 @dataclass(frozen=True)
@@ -99,23 +150,22 @@ class JobRecord:
     retry_at: float | None = None
     attempts: tuple[AttemptRecord, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return _compact(dict(self.__dict__), status=self.status.value, attempts=[a.to_dict() for a in self.attempts])
+    def to_dict(self) -> JobDoc:
+        return cast(JobDoc, _compact(dict(self.__dict__), status=self.status.value,
+                                     attempts=[a.to_dict() for a in self.attempts]))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> JobRecord:
-        return cls(
-            **{
-                **d,
-                "status": JobStatus(d.get("status", "waiting")),
-                "attempts": tuple(AttemptRecord.from_dict(a) for a in d.get("attempts", ())),
-            }
-        )
+    def from_dict(cls, d: JobDoc) -> JobRecord:
+        return cls(name=d["name"], status=JobStatus(d.get("status", "waiting")), attempt=d.get("attempt", 0),
+                   round_start=d.get("round_start", 0), exit_code=d.get("exit_code"), signal=d.get("signal", ""),
+                   message=d.get("message", ""), started_at=d.get("started_at"), finished_at=d.get("finished_at"),
+                   retry_at=d.get("retry_at"),
+                   attempts=tuple(AttemptRecord.from_dict(a) for a in d.get("attempts", ())))
 
 
 @dataclass(frozen=True)
 class WorkflowRecord:
-    id: str
+    id: WorkflowId
     name: str
     owner: str = ""
     status: WorkflowStatus = WorkflowStatus.QUEUED
@@ -129,12 +179,16 @@ class WorkflowRecord:
     job_total: int = 0
     counts: Mapping[str, int] = field(default_factory=dict)  # job status value -> count
 
-    def to_dict(self) -> dict[str, Any]:
-        return _compact(dict(self.__dict__), status=self.status.value, counts=dict(self.counts))
+    def to_dict(self) -> WorkflowDoc:
+        return cast(WorkflowDoc, _compact(dict(self.__dict__), status=self.status.value, counts=dict(self.counts)))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> WorkflowRecord:
-        return cls(**{**d, "status": WorkflowStatus(d["status"])})
+    def from_dict(cls, d: WorkflowDoc) -> WorkflowRecord:
+        return cls(id=WorkflowId(d["id"]), name=d["name"], owner=d.get("owner", ""),
+                   status=WorkflowStatus(d["status"]), parallelism=d.get("parallelism", 1),
+                   fail_fast=d.get("fail_fast", False), message=d.get("message", ""),
+                   created_at=d.get("created_at"), started_at=d.get("started_at"), finished_at=d.get("finished_at"),
+                   upload_id=d.get("upload_id", ""), job_total=d.get("job_total", 0), counts=d.get("counts", {}))
 
 
 def _compact(d: dict[str, Any], **overrides: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ used outside its job. Each call must get the right status and change nothing."""
 from __future__ import annotations
 
 import json
+from contextlib import closing
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from donut.dagger.v1 import dagger_pb2 as dpb
 from donut.dagger.v1 import dagger_pb2_grpc
 from donut.users.v1 import users_pb2 as upb
 from donut.users.v1 import users_pb2_grpc
+from donut_common.etcd import Etcd
 from donut_common.auth import JobTokens
 from donut_common.rpc import channel
 from tests.dagger.conftest import Driver
@@ -133,16 +135,17 @@ def code_of(call: Call, stub: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def snapshot(stack: Any) -> tuple[dict[bytes, bytes], list[str]]:
+def snapshot(stack: Any) -> tuple[dict[str, bytes], list[str]]:
     """Every etcd key of the stack (token use times aside) and every file it keeps."""
-    client = stack.store.client
     keys = {}
-    for value, meta in client.get_prefix(stack.config.etcd_prefix):
-        if b"/tokens/" in meta.key:
-            doc = json.loads(value)
-            doc.pop("last_used_at", None)
-            value = json.dumps(doc, sort_keys=True).encode()
-        keys[meta.key] = value
+    with closing(Etcd.connect(stack.config.etcd_endpoints)) as client:
+        for kv in client.get_prefix(stack.config.etcd_prefix):
+            value = kv.value
+            if "/tokens/" in kv.key:
+                doc = json.loads(value)
+                doc.pop("last_used_at", None)
+                value = json.dumps(doc, sort_keys=True).encode()
+            keys[kv.key] = value
     root = Path(stack.config.data_dir)
     files = sorted(f"{p.relative_to(root)}:{p.stat().st_size}" for p in root.rglob("*")
                    if p.is_file() and "etcd" not in p.parts and not p.name.startswith("service-token"))
@@ -182,7 +185,7 @@ def test_the_matrix(world: World) -> None:
     assert wrong == {}
     # Bob's own creations aside (a workflow of his), nothing changed.
     created = {k for k in after[0] if k not in before[0]}
-    bob_workflows = [k.rsplit(b"/", 1)[1] for k in created if b"/workflows/" in k]
+    bob_workflows = [k.rsplit("/", 1)[1] for k in created if "/workflows/" in k]
     assert len(bob_workflows) == 1
     assert [k for k in created if bob_workflows[0] not in k] == []
     changed = {k for k in before[0] if after[0].get(k) != before[0][k]}

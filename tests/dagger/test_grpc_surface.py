@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from donut.dagger.v1 import dagger_pb2 as pb
+from donut.dagger.v1 import dagger_pb2_grpc as pb_grpc
 from tests.dagger.conftest import Driver, rpc_code, sh
 
 
@@ -70,3 +71,37 @@ def test_clone_submits_the_same_definition_again(driver: Driver) -> None:
     done = driver.wait(clone.id)
     assert done.status == pb.WORKFLOW_STATUS_DONE
     assert [(j.name, list(j.depends_on)) for j in done.jobs] == [("a", []), ("b", ["a"])]
+
+
+def test_with_etcd_gone_calls_are_unavailable_saying_why(tmp_path: Any, stack_config: Any) -> None:
+    """Whether the caller's token is still in the verification cache or not, a call that
+    needs etcd while it is gone gets UNAVAILABLE naming etcd (not INTERNAL, not a repr)."""
+    import dataclasses
+
+    from donut_cli.stack import Stack
+    from donut_common.etcd_server import EtcdServer
+    from donut_common.rpc import channel
+
+    etcd = EtcdServer(tmp_path / "etcd", fsync=False).start()
+    config = dataclasses.replace(stack_config, etcd_endpoints=etcd.endpoint, token_cache_seconds=60)
+    with Stack(config) as stack:
+        token = stack.client_token()[0]
+        stub = pb_grpc.DaggerStub(channel(stack.endpoint, token=token))
+        stub.ListWorkflows(pb.ListWorkflowsRequest())  # the token is verified and cached
+        etcd.stop()
+        for call in (lambda: stub.ListWorkflows(pb.ListWorkflowsRequest()),
+                     lambda: stub.GetWorkflow(pb.GetWorkflowRequest(id="00000000-0000-4000-8000-000000000000")),
+                     lambda: stub.CreateWorkflow(pb.CreateWorkflowRequest(
+                         definition=json.dumps({"jobs": [sh("true", "a")]}).encode()))):
+            try:
+                call()
+                raise AssertionError("a call succeeded without etcd")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
+                assert "etcd unavailable" in e.details()
+        uncached = pb_grpc.DaggerStub(channel(stack.endpoint, token=token + "x"))
+        try:
+            uncached.ListWorkflows(pb.ListWorkflowsRequest())
+            raise AssertionError("a call succeeded without etcd")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE and "etcd unavailable" in e.details()

@@ -8,8 +8,10 @@ import pytest
 
 from dagger_svc.core.definition import parse_definition
 from dagger_svc.core.records import JobRecord, JobStatus, WorkflowRecord
+from dagger_svc.keys import Keys
 from dagger_svc.store import MAX_OPS_PER_TXN, Store
-from donut_common.errors import Conflict, NotFound
+from donut_common.etcd import Etcd
+from donut_common.errors import Conflict, NotFound, Unavailable
 
 WORKFLOW_ID = "11111111-2222-4333-8444-555555555555"
 
@@ -38,23 +40,30 @@ def test_a_workflow_larger_than_one_transaction_is_stored_whole(store: Store) ->
     assert store.queued_ids() == [WORKFLOW_ID]
 
 
-def test_a_creation_that_fails_half_way_leaves_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"n": 0}
-    real = store._txn
+class ThirdTransactionFails:
+    """An etcd client whose third transaction finds etcd gone."""
 
-    def failing(compare: Any, success: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("etcd went away")
-        return real(compare, success)
+    def __init__(self, etcd: Etcd) -> None:
+        self.etcd = etcd
+        self.transactions = 0
 
-    monkeypatch.setattr(store, "_txn", failing)
-    with pytest.raises(RuntimeError):
+    def txn(self, compare: Any, success: Any) -> Any:
+        self.transactions += 1
+        if self.transactions == 3:
+            raise Unavailable("etcd unavailable (a transaction: UNAVAILABLE)")
+        return self.etcd.txn(compare, success)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.etcd, name)
+
+
+def test_a_creation_that_fails_half_way_leaves_nothing(etcd_client: Etcd, etcd_prefix: str) -> None:
+    store = Store(ThirdTransactionFails(etcd_client), Keys(etcd_prefix))  # type: ignore[arg-type]
+    with pytest.raises(Unavailable):
         create(store, MAX_OPS_PER_TXN * 3)
-    monkeypatch.undo()
     with pytest.raises(NotFound):
         store.workflow(WORKFLOW_ID)
-    assert list(store.client.get_prefix(store.keys.prefix)) == []
+    assert etcd_client.get_prefix(etcd_prefix) == []
 
 
 def test_a_stale_write_is_refused_and_changes_nothing(store: Store) -> None:
@@ -70,3 +79,37 @@ def test_a_stale_write_is_refused_and_changes_nothing(store: Store) -> None:
                                                JobRecord("j0", status=JobStatus.FAILED, attempt=1)], mine)
     assert store.job(WORKFLOW_ID, "j0").status is JobStatus.RUNNING
     assert store.job(WORKFLOW_ID, "j1").status is JobStatus.WAITING
+
+
+def test_with_etcd_gone_every_call_is_unavailable(tmp_path: Any) -> None:
+    """Whatever the store or the users store asks of an etcd that has gone, the caller gets
+    Unavailable naming etcd, never the client library's own exception."""
+    from donut_common.etcd_server import EtcdServer
+    from users_svc.store import UserStore
+
+    server = EtcdServer(tmp_path / "etcd", fsync=False).start()
+    client = Etcd.connect(server.endpoint, timeout=2)
+    store, users = Store(client, Keys("/gone/")), UserStore(client, "/gone/")
+    lease = store.grant_lease(5)
+    create(store, 2)
+    server.stop()
+    calls = {
+        "workflow": lambda: store.workflow(WORKFLOW_ID), "workflows": store.workflows,
+        "definition": lambda: store.definition(WORKFLOW_ID), "jobs": lambda: store.jobs(WORKFLOW_ID),
+        "run": lambda: store.run(WORKFLOW_ID), "job": lambda: store.job(WORKFLOW_ID, "j0"),
+        "save_run": lambda: store.save_run(WORKFLOW_ID, None, [JobRecord("j0")], {}),
+        "claim_run": lambda: store.claim_run(WORKFLOW_ID, "me", lease), "queued_ids": store.queued_ids,
+        "release_claim": lambda: store.release_claim(WORKFLOW_ID), "dequeue": lambda: store.dequeue(WORKFLOW_ID),
+        "request_cancel": lambda: store.request_cancel(WORKFLOW_ID), "grant_lease": lambda: store.grant_lease(5),
+        "refresh": lease.refresh, "current_revision": store.current_revision,
+        "watch_queue": lambda: store.watch_queue(lambda w: None, after=0),
+        "users": users.users, "token": lambda: users.token("0123456789abcdef"),
+        "user_id_by_login": lambda: users.user_id_by_login("admin"),
+    }
+    try:
+        for name, call in calls.items():
+            with pytest.raises(Unavailable, match="etcd unavailable"):
+                call()
+                raise AssertionError(f"{name} did not fail")
+    finally:
+        client.close()

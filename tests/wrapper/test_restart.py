@@ -16,8 +16,8 @@ import pytest
 
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
+from donut_common.etcd import Etcd
 from donut_common.etcd_server import EtcdServer, free_port
-from dagger_svc.store import connect
 from donut_common.rpc import channel
 from users_svc.store import UserStore
 from tests.dagger.conftest import job_processes
@@ -78,7 +78,7 @@ def test_a_job_printing_through_a_dagger_restart_loses_and_doubles_nothing(
         lines = [line.text for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="printer"))
                  for line in m.lines if line.stream == pb.LOG_STREAM_STDOUT]
         assert lines == [b"line %d" % i for i in range(1, LINES + 1)]
-        users = UserStore(connect(etcd_server.endpoint), etcd_prefix)
+        users = UserStore(Etcd.connect(etcd_server.endpoint), etcd_prefix)
         deadline = time.time() + 20  # revoked once the wrapper has exited, the adopted one's too
         while not all(t.revoked for t in users.tokens() if f"job:{workflow_id}/printer" in t.scopes):
             assert time.time() < deadline, "the job token outlived its attempt"

@@ -1,0 +1,239 @@
+"""The etcd client every store goes through, with one error boundary.
+
+Whatever goes wrong between a store and etcd (a connection refused or dropped, a deadline
+passed, a node the client has marked failed, any gRPC error) reaches the store as
+`Unavailable`, with a message for people, never as the client library's own exception.
+The pieces of a transaction (`put`, `get_prefix`, `mod_equals`...) are built here too,
+so the stores never touch the client library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pyetcd
+from pyetcd import etcdrpc
+
+from donut_common.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+Op = Any       # an etcdrpc.RequestOp
+Compare = Any  # an etcdrpc.Compare
+
+
+@contextlib.contextmanager
+def boundary(what: str) -> Iterator[None]:
+    """Turns every failure to reach etcd into Unavailable."""
+    try:
+        yield
+    except grpc.RpcError as e:
+        raise Unavailable(f"etcd unavailable ({what}: {e.code().name}: {e.details()})") from e
+    except pyetcd.exceptions.Etcd3Exception as e:
+        raise Unavailable(f"etcd unavailable ({what}: {type(e).__name__} {e})".rstrip()) from e
+    except ValueError as e:
+        if "failed node" not in str(e):  # the client's own word for an endpoint it gave up on
+            raise
+        raise Unavailable(f"etcd unavailable ({what}: {e})") from e
+
+
+# ---- the pieces of a transaction ------------------------------------------------------------
+
+
+def put(key: str, value: str | bytes, lease: int = 0) -> Op:
+    data = value.encode() if isinstance(value, str) else value
+    return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=data, lease=lease))
+
+
+def get(key: str) -> Op:
+    return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key.encode()))
+
+
+def get_prefix(prefix: str) -> Op:
+    start = prefix.encode()
+    return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=start, range_end=_prefix_end(start)))
+
+
+def delete(key: str) -> Op:
+    return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode()))
+
+
+def absent(key: str) -> Compare:
+    """The key does not exist."""
+    return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,
+                           create_revision=0)
+
+
+def mod_equals(key: str, revision: int) -> Compare:
+    """The key was last changed at `revision` (0: it does not exist)."""
+    return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.EQUAL,
+                           mod_revision=revision)
+
+
+def value_equals(key: str, value: bytes) -> Compare:
+    return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.VALUE, result=etcdrpc.Compare.EQUAL,
+                           value=value)
+
+
+def _prefix_end(start: bytes) -> bytes:
+    return start[:-1] + bytes([start[-1] + 1])
+
+
+# ---- what comes back ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    ranges: list[list[KeyValue]]  # the key-values each range read of the transaction found, in order
+
+
+class Lease:
+    """A lease: `refresh` keeps it, `revoke` ends it and removes the keys bound to it."""
+
+    def __init__(self, lease: Any) -> None:
+        self._lease = lease
+        self.id: int = lease.id
+
+    def refresh(self) -> None:
+        with boundary("refreshing a lease"):
+            self._lease.refresh()
+
+    def revoke(self) -> None:
+        with boundary("revoking a lease"):
+            self._lease.revoke()
+
+
+# ---- the client -----------------------------------------------------------------------------
+
+
+class Etcd:
+    """An etcd client for the stores: plain reads and writes, transactions, leases and
+    watches, every failure an Unavailable."""
+
+    def __init__(self, client: pyetcd.Etcd3Client) -> None:
+        self._client = client
+        self._closed = False
+
+    @classmethod
+    def connect(cls, endpoints: str, timeout: float = 10.0) -> Etcd:
+        """A client of the first of comma-separated `host:port` endpoints that answers."""
+        last: Exception | None = None
+        for endpoint in endpoints.split(","):
+            host, _, port = endpoint.strip().removeprefix("http://").rpartition(":")
+            client = pyetcd.client(host=host or "127.0.0.1", port=int(port), timeout=timeout)
+            try:
+                with boundary("connecting"):
+                    client.status()
+                return cls(client)
+            except Unavailable as e:
+                last = e
+                client.close()
+        raise Unavailable(f"cannot reach etcd at {endpoints}: {last}")
+
+    def close(self) -> None:
+        """Closes the client; broken watches are not taken up again after this."""
+        self._closed = True
+        self._client.close()
+
+    def get(self, key: str) -> KeyValue | None:
+        with boundary(f"reading {key}"):
+            value, meta = self._client.get(key)
+        return None if value is None else KeyValue(key, value, meta.mod_revision)
+
+    def get_prefix(self, prefix: str) -> list[KeyValue]:
+        with boundary(f"reading {prefix}"):
+            return [KeyValue(meta.key.decode(), value, meta.mod_revision)
+                    for value, meta in self._client.get_prefix(prefix)]
+
+    def put(self, key: str, value: str | bytes) -> None:
+        with boundary(f"writing {key}"):
+            self._client.put(key, value)
+
+    def delete(self, key: str) -> None:
+        with boundary(f"deleting {key}"):
+            self._client.delete(key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        with boundary(f"deleting {prefix}"):
+            self._client.delete_prefix(prefix)
+
+    def txn(self, compare: list[Compare], success: list[Op]) -> TxnResult:
+        """Runs `success` if every `compare` holds; the range reads among them come back."""
+        with boundary("a transaction"):
+            response = self._client.kvstub.Txn(etcdrpc.TxnRequest(compare=compare, success=success),
+                                               self._client.timeout)
+        ranges = [[KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in r.response_range.kvs]
+                  for r in response.responses if r.WhichOneof("response") == "response_range"]
+        return TxnResult(response.succeeded, response.header.revision, ranges)
+
+    def revision(self) -> int:
+        """The store's current revision."""
+        with boundary("reading the revision"):
+            return int(self._client.get_response("\0").header.revision)  # an empty read's header
+
+    def lease(self, ttl: int) -> Lease:
+        with boundary("granting a lease"):
+            return Lease(self._client.lease(ttl))
+
+    def watch_prefix(self, prefix: str, on_event: Callable[[str, bytes | None], None],
+                     start_revision: int | None = None) -> Callable[[], None]:
+        """Calls on_event(key, value or None when deleted) for every change under prefix,
+        re-subscribing after a broken stream from the last revision seen. Returns cancel."""
+        state: dict[str, Any] = {"revision": start_revision, "watch_id": None, "stopped": False}
+        lock = threading.Lock()
+
+        def callback(response: Any) -> None:
+            if isinstance(response, Exception):
+                if not (state["stopped"] or self._closed):
+                    threading.Thread(target=resubscribe, daemon=True, name="etcd-rewatch").start()
+                return
+            for event in response.events:
+                state["revision"] = event.mod_revision + 1
+                deleted = isinstance(event, pyetcd.events.DeleteEvent)
+                on_event(event.key.decode(), None if deleted else event.value)
+
+        def subscribe() -> None:
+            kwargs = {} if state["revision"] is None else {"start_revision": state["revision"]}
+            with boundary(f"watching {prefix}"):
+                state["watch_id"] = self._client.add_watch_prefix_callback(prefix, callback, **kwargs)
+
+        def resubscribe() -> None:
+            delay = 0.1
+            while not (state["stopped"] or self._closed):
+                try:
+                    with lock:
+                        subscribe()
+                    if state["stopped"]:  # cancelled while it was being taken up again
+                        cancel()
+                    return
+                except Unavailable as e:
+                    log.warning("etcd watch on %s lost (%s); retrying", prefix, e)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+        def cancel() -> None:
+            state["stopped"] = True
+            watch_id = state["watch_id"]
+            if watch_id is not None:
+                with contextlib.suppress(Exception):  # closing anyway
+                    self._client.cancel_watch(watch_id)
+
+        with lock:
+            subscribe()
+        return cancel
