@@ -27,6 +27,7 @@ protos: $(PROTOC_VENV)/.installed
 
 test: install $(PROTOC_VENV)/.installed
 	$(PROTOC_VENV)/bin/python proto/generate.py && git diff --exit-code --stat -- proto/ || { echo "generated code is stale: run make protos and commit" >&2; exit 1; }
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q

@@ -81,8 +81,9 @@ def wrapper_peak_rss(workflow_id: str, done: threading.Event, result: dict[str, 
         if pid is None:
             for entry in os.scandir("/proc"):
                 try:
-                    if entry.name.isdigit() and b"streamed_job.main" in Path(f"/proc/{entry.name}/cmdline").read_bytes() \
-                            and needle in Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"):
+                    proc = Path(f"/proc/{entry.name}")
+                    if entry.name.isdigit() and b"streamed_job.main" in (proc / "cmdline").read_bytes() \
+                            and needle in (proc / "environ").read_bytes().split(b"\0"):
                         pid = int(entry.name)
                 except OSError:
                     pass

@@ -16,14 +16,15 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 import grpc
 
 from cellar_svc.servicer import DEFAULT_MAX_FILE_SIZE, CellarServicer
 from cellar_svc.storage import LocalStorage, Storage
+from donut.cellar.v1 import cellar_pb2, cellar_pb2_grpc
 from donut_common import rpc
 from donut_common.auth import AuthInterceptor, CachedVerifier, Principal, current_principal, remote_verifier
-from donut.cellar.v1 import cellar_pb2, cellar_pb2_grpc
 
 SERVICE_NAME = cellar_pb2.DESCRIPTOR.services_by_name["Cellar"].full_name  # donut.cellar.v1.Cellar
 STOP_GRACE_SECONDS = 5.0
@@ -43,7 +44,7 @@ def registration(
 def create_server(
     address: str, storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     principal: Callable[[], Principal] = current_principal,
-    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
     tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
     """A cellar-only server, not yet started, and its bound port (useful with port 0)."""

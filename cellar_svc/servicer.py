@@ -22,7 +22,7 @@ from cellar_svc.storage import FileInfo, FileRef, Storage
 from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
 from donut_common.auth import Principal, current_principal
-from donut_common.errors import InvalidArgument, NotFound, PermissionDenied, Problem, Unavailable
+from donut_common.errors import InvalidArgument, PermissionDenied, Problem, Unavailable
 from donut_common.rpc import translate_errors
 from streamed_job.timestamps import timestamp
 
@@ -32,15 +32,12 @@ DEFAULT_MAX_FILE_SIZE = 5 * GiB
 MAX_CHUNK = MiB
 CANCEL_GRACE_SECONDS = 0.005
 
-_KIND_NAMES: dict[pb.Kind, str] = {
-    pb.KIND_CACHE: "cache",
-    pb.KIND_RESULT: "result",
-    pb.KIND_ARCHIVE: "archive",
-}
-_KIND_VALUES: dict[str, pb.Kind] = {name: value for value, name in _KIND_NAMES.items()}
+_KIND_NAMES: dict[pb.Kind.ValueType, str] = {value: pb.Kind.Name(value).removeprefix("KIND_").lower()
+                                             for value in pb.Kind.values() if value != pb.KIND_UNSPECIFIED}
+_KIND_VALUES: dict[str, pb.Kind.ValueType] = {name: value for value, name in _KIND_NAMES.items()}
 
 
-def kind_from_pb(kind: pb.Kind) -> str:
+def kind_from_pb(kind: pb.Kind.ValueType) -> str:
     if kind == pb.KIND_UNSPECIFIED:
         raise InvalidArgument([Problem("kind", "required")])
     if kind not in _KIND_NAMES:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ class LogStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
             sequence = _recover(path)
-            entry = self._open[key] = _Open(open(path, "ab"), sequence)
+            entry = self._open[key] = _Open(open(path, "ab"), sequence)  # noqa: SIM115 - open until `end`
         return entry
 
     def append(self, workflow_id: str, job: str, attempt: int, lines: list[LogLine],
@@ -150,9 +151,7 @@ def _recover(path: Path) -> int:
             tail = f.read(start - new_start) + tail
             unsearched = start - new_start + _MARKER_ROOM
             start = new_start
-            found = None
-            for found in _MARKER.finditer(tail, 0, unsearched):
-                pass
+            found = next(iter(deque(_MARKER.finditer(tail, 0, unsearched), maxlen=1)), None)  # the last one
             # a match at the very start of tail begins a line only if the byte before does
             # not belong to the line: sure at the start of the file, else read further back
             if found is not None and (found.start() > 0 or start == 0):

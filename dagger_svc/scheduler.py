@@ -17,6 +17,7 @@ scheduler that dies loses its runs to another (or to itself, restarted, at once)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -29,10 +30,10 @@ from pathlib import Path
 
 from dagger_svc.core.records import JobStatus, Outcome, WorkflowId
 from dagger_svc.core.run import Run, Step
-from dagger_svc.events import CancelAsked, Committed, CommitResult, Event, JobEnded, Queued, Stop, Timer
+from dagger_svc.events import CancelAsked, CommitResult, Committed, Event, JobEnded, Queued, Stop, Timer
 from dagger_svc.executors.base import Executor, Launch, workflow_dir
 from dagger_svc.store import Lease, Revisions, Store
-from donut_common.errors import Conflict, NotFound
+from donut_common.errors import Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,8 @@ class Scheduler:
             self._committer.shutdown(wait=True)
             self._flush()
         if self._lease is not None:
-            try:
+            with contextlib.suppress(Unavailable):  # etcd may be gone already: the lease ends anyway
                 self._lease.revoke()
-            except Exception:  # noqa: BLE001 - etcd may be gone already
-                pass
 
     def _flush(self) -> None:
         """Records what the loop left unsent (jobs that ended as it stopped)."""
@@ -374,10 +373,8 @@ class Scheduler:
 
     def _forget(self, workflow_id: WorkflowId) -> None:
         self._owned.pop(workflow_id, None)
-        try:
+        with contextlib.suppress(Unavailable):  # the lease will drop it
             self._release(workflow_id)
-        except Exception:  # noqa: BLE001 - the lease will drop it
-            pass
 
     def _reload_all(self) -> None:
         for workflow_id in list(self._owned):

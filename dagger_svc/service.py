@@ -18,12 +18,13 @@ from dagger_svc.core.limits import submission_problems
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowId, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.run import prepare_retry
 from dagger_svc.executors.base import workflow_dir
-from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogLine, LogStore
+from dagger_svc.logs import LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import RunView, Store
 from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
+from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
 
@@ -78,9 +79,11 @@ class DaggerService:
         present = self.uploaded(upload_id) if upload_id else {}
         if upload_id and not caller.is_admin and any(owner != caller.user_id for owner in present.values()):
             raise PermissionDenied(f"upload {upload_id} is not yours")
-        problems = [Problem("upload_id", f"nothing was uploaded under '{upload_id}'")] if upload_id and not present else []
-        wanted = [(f"jobs[{j}].inputs[{i}].cache", item.cache)
-                  for j, spec in enumerate(definition.jobs.values()) for i, item in enumerate(spec.inputs) if item.cache]
+        problems = []
+        if upload_id and not present:
+            problems.append(Problem("upload_id", f"nothing was uploaded under '{upload_id}'"))
+        wanted = [(f"jobs[{j}].inputs[{i}].cache", item.cache) for j, spec in enumerate(definition.jobs.values())
+                  for i, item in enumerate(spec.inputs) if item.cache]
         return problems + [Problem(place, f"'{path}' was not uploaded with this workflow (submit --upload)")
                            for place, path in wanted if path not in present]
 

@@ -12,13 +12,13 @@ from dagger_svc.core.records import JobRecord, JobStatus, WorkflowRecord, Workfl
 from dagger_svc.executors.base import outcome_of
 from dagger_svc.service import DaggerService
 from dagger_svc.store import RunView
-from donut_common.auth import Principal, current_principal
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
+from donut_common.auth import Principal, current_principal
 from donut_common.errors import InvalidArgument, Problem
 from donut_common.rpc import translate_errors
 from streamed_job.reporter import ended_from_report
-from streamed_job.timestamps import timestamps
+from streamed_job.timestamps import timestamp
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Dagger"].full_name
 
@@ -28,7 +28,8 @@ def workflow_pb(w: WorkflowRecord, workdir: str = "") -> pb.Workflow:
         id=w.id, name=w.name, owner=w.owner, status=pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{w.status.name}"),
         parallelism=w.parallelism, fail_fast=w.fail_fast, message=w.message, job_counts=dict(w.counts),
         job_total=w.job_total, upload_id=w.upload_id, workdir=workdir,
-        **timestamps(created_at=w.created_at, started_at=w.started_at, finished_at=w.finished_at),
+        created_at=timestamp(w.created_at), started_at=timestamp(w.started_at),
+        finished_at=timestamp(w.finished_at),
     )
 
 
@@ -48,7 +49,7 @@ def spec_pb(spec: JobSpec) -> pb.JobSpec:
 def job_pb(workflow_id: str, definition: Definition, record: JobRecord) -> pb.Job:
     attempts = [
         pb.Attempt(number=a.number, status=job_status_pb(a.status), exit_code=a.exit_code, signal=a.signal,
-                   message=a.message, **timestamps(started_at=a.started_at, finished_at=a.finished_at))
+                   message=a.message, started_at=timestamp(a.started_at), finished_at=timestamp(a.finished_at))
         for a in record.attempts
     ]
     return pb.Job(
@@ -56,7 +57,8 @@ def job_pb(workflow_id: str, definition: Definition, record: JobRecord) -> pb.Jo
         exit_code=record.exit_code, message=record.message, attempts=attempts,
         spec=spec_pb(definition.jobs[record.name]), depends_on=list(definition.parents[record.name]),
         neighbors=list(definition.children[record.name]),
-        **timestamps(started_at=record.started_at, finished_at=record.finished_at, retry_at=record.retry_at),
+        started_at=timestamp(record.started_at), finished_at=timestamp(record.finished_at),
+        retry_at=timestamp(record.retry_at),
     )
 
 
@@ -105,9 +107,8 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
             statuses.add(WorkflowStatus[pb.WorkflowStatus.Name(value).removeprefix("WORKFLOW_STATUS_")])
         if request.limit < 0:
             raise InvalidArgument([Problem("limit", "must be 0 (all) or more")])
-        return pb.ListWorkflowsResponse(
-            workflows=[self._workflow(w) for w in self.service.list_workflows(self.principal(), statuses, request.limit)]
-        )
+        listed = self.service.list_workflows(self.principal(), statuses, request.limit)
+        return pb.ListWorkflowsResponse(workflows=[self._workflow(w) for w in listed])
 
     def CancelWorkflow(self, request: pb.CancelWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         return self._workflow(self.service.cancel(self.principal(), request.id))

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
+from donut.users.v1 import users_pb2
 from donut_cli.cli import EXIT_BAD_INPUT, Settings, _iso, cli, fail, pass_settings, rpc_errors
-
 
 MAX_LIFETIME = 100 * 365 * 86400  # seconds; longer is "never", which is the default
 
@@ -26,7 +26,7 @@ def _duration(text: str) -> int:
     return seconds
 
 
-def _token_json(t: Any) -> dict[str, Any]:
+def _token_json(t: users_pb2.Token) -> dict[str, Any]:
     return {"id": t.id, "name": t.name, "scopes": list(t.scopes), "created_at": _iso(t.created_at),
             "expires_at": _iso(t.expires_at), "last_used_at": _iso(t.last_used_at), "revoked": t.revoked}
 

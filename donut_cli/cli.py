@@ -12,14 +12,21 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from dagger_svc.core.limits import MAX_PARALLELISM, name_problem
 from donut.dagger.v1 import dagger_pb2 as pb
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from donut.dagger.v1 import dagger_pb2_grpc
+    from donut.users.v1 import users_pb2_grpc
+    from streamed_job.cellar import CellarClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,13 +35,18 @@ EXIT_BAD_INPUT = 2
 ACTIVE = frozenset({pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING})
 
 
-def status_name(value: int, enum: Any = pb.WorkflowStatus) -> str:
-    """`running` for WORKFLOW_STATUS_RUNNING, `succeeded` for JOB_STATUS_SUCCEEDED..."""
-    return str(enum.Name(value)).split("_STATUS_", 1)[1].lower()
+def status_name(value: pb.WorkflowStatus.ValueType) -> str:
+    """`running` for WORKFLOW_STATUS_RUNNING..."""
+    return pb.WorkflowStatus.Name(value).removeprefix("WORKFLOW_STATUS_").lower()
+
+
+def job_status_name(value: pb.JobStatus.ValueType) -> str:
+    """`succeeded` for JOB_STATUS_SUCCEEDED..."""
+    return pb.JobStatus.Name(value).removeprefix("JOB_STATUS_").lower()
 
 
 STATUS_NAMES = tuple(status_name(value) for value in pb.WorkflowStatus.values() if value)
-JOB_STATUS_NAMES = tuple(status_name(value, pb.JobStatus) for value in pb.JobStatus.values() if value)
+JOB_STATUS_NAMES = tuple(job_status_name(value) for value in pb.JobStatus.values() if value)
 
 
 class Failure(click.ClickException):
@@ -70,19 +82,19 @@ class Client:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     @functools.cached_property
-    def users(self) -> Any:
+    def users(self) -> users_pb2_grpc.UsersStub:
         from donut.users.v1 import users_pb2_grpc
 
         return users_pb2_grpc.UsersStub(self.channel)
 
     @functools.cached_property
-    def dagger(self) -> Any:
+    def dagger(self) -> dagger_pb2_grpc.DaggerStub:
         from donut.dagger.v1 import dagger_pb2_grpc
 
         return dagger_pb2_grpc.DaggerStub(self.channel)
 
     @functools.cached_property
-    def cellar(self) -> Any:
+    def cellar(self) -> CellarClient:
         from streamed_job.cellar import CellarClient
 
         return CellarClient(self.channel, self.metadata)
@@ -154,14 +166,14 @@ def cli(ctx: click.Context, endpoint: str | None, token: str | None, tls_ca: str
 # ---- formatting ------------------------------------------------------------------------
 
 
-def _iso(ts: Any) -> str | None:
+def _iso(ts: Timestamp) -> str | None:
     from streamed_job.timestamps import seconds
 
     at = seconds(ts)
-    return None if at is None else datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
-def workflow_json(w: Any) -> dict[str, Any]:
+def workflow_json(w: pb.Workflow) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "id": w.id, "name": w.name, "status": status_name(w.status),
         "parallelism": w.parallelism, "message": w.message, "created_at": _iso(w.created_at),
@@ -171,7 +183,7 @@ def workflow_json(w: Any) -> dict[str, Any]:
     if w.jobs:
         doc["jobs"] = [
             {
-                "name": j.name, "status": status_name(j.status, pb.JobStatus),
+                "name": j.name, "status": job_status_name(j.status),
                 "exit_code": j.exit_code if j.HasField("exit_code") else None, "attempt": j.attempt,
                 "started_at": _iso(j.started_at), "finished_at": _iso(j.finished_at), "message": j.message,
             }
@@ -180,7 +192,7 @@ def workflow_json(w: Any) -> dict[str, Any]:
     return doc
 
 
-def _counts_line(w: Any) -> str:
+def _counts_line(w: pb.Workflow) -> str:
     parts = [f"{w.job_counts[s]} {s}" for s in JOB_STATUS_NAMES if w.job_counts.get(s)]
     return ", ".join(parts) or "no jobs"
 
@@ -278,8 +290,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     import signal
     import threading
 
-    from donut_common.config import ClientConfig
     from donut_cli.stack import Stack, StackConfig
+    from donut_common.config import ClientConfig
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -523,7 +535,6 @@ def main() -> None:
 
 
 from donut_cli import accounts  # noqa: E402,F401 - registers whoami, token and user on the group
-
 
 if __name__ == "__main__":
     main()

@@ -245,7 +245,7 @@ def _lock(data_dir: Path) -> TextIO:
     """Holds the data dir for this stack alone (released when it stops, or dies)."""
     import fcntl
 
-    lock = open(data_dir / "lock", "a")
+    lock = open(data_dir / "lock", "a")  # noqa: SIM115 - held while the stack runs
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -131,7 +131,13 @@ def bearer_token(metadata: Any) -> str:
 STREAM_RECHECK_SECONDS = 1.0  # how often an open stream's token is verified again (through the cache)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+class AuthInterceptor(_ServerInterceptor):
     def __init__(self, verifier: Callable[[str], Principal]) -> None:
         self.verifier = verifier
 

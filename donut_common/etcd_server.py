@@ -81,22 +81,20 @@ class EtcdServer:
         ]
         if not self.fsync:
             args.append("--unsafe-no-fsync")
-        log_file = open(self.data_dir / "etcd.log", "ab")
-        self.process = subprocess.Popen(
-            args, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
-        log_file.close()
+        with open(self.data_dir / "etcd.log", "ab") as log_file:  # etcd keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                args, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"etcd exited with {self.process.returncode}; see {self.data_dir / 'etcd.log'}"
                 )
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{client_url}/health", timeout=1) as r:
-                    if b'"health":"true"' in r.read():
-                        return self
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{client_url}/health", timeout=1) as r:
+                if b'"health":"true"' in r.read():
+                    return self
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"etcd did not become healthy within {timeout:.0f}s")

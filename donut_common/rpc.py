@@ -13,7 +13,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -84,7 +84,7 @@ def create_server(
     services: Iterable[Registration] | Callable[[int], Iterable[Registration]],
     *,
     max_workers: int = 64,
-    interceptors: Iterable[grpc.ServerInterceptor] = (),
+    interceptors: Iterable[grpc.ServerInterceptor[Any, Any]] = (),
     tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
     """A ready (not yet started) server with the services, health and reflection; with
@@ -124,8 +124,17 @@ def create_server(
     return server, port
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnary = grpc.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStream = grpc.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary, _UnaryStream = grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor
+    _StreamUnary, _StreamStream = grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor
+
+
+class _Bearer(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
     """Adds `authorization: Bearer <token>` to every call of a channel."""
 
     def __init__(self, token: str) -> None:

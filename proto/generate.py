@@ -13,7 +13,8 @@ import sys
 from grpc_tools import protoc
 
 PROTO_DIR = pathlib.Path(__file__).resolve().parent
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+PLUGINS = pathlib.Path(sys.executable).parent  # mypy-protobuf's protoc plugins, installed beside this Python
 
 
 def main() -> int:
@@ -26,9 +27,12 @@ def main() -> int:
         "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
         f"-I{include}",
+        f"--plugin=protoc-gen-mypy={PLUGINS / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={PLUGINS / 'protoc-gen-mypy_grpc'}",
         f"--python_out={PROTO_DIR}",
-        f"--pyi_out={PROTO_DIR}",
         f"--grpc_python_out={PROTO_DIR}",
+        f"--mypy_out={PROTO_DIR}",  # typed messages (.pyi), so callers of the stubs are checked
+        f"--mypy_grpc_out={PROTO_DIR}",
         *(str(p) for p in protos),
     ]
     if protoc.main(args) != 0:

@@ -12,7 +12,7 @@ from donut.users.v1 import users_pb2_grpc
 from donut_common.auth import Principal, current_principal
 from donut_common.errors import PermissionDenied
 from donut_common.rpc import translate_errors
-from streamed_job.timestamps import timestamp, timestamps
+from streamed_job.timestamps import timestamp
 from users_svc.service import UsersService
 from users_svc.store import TokenRecord, UserRecord
 
@@ -26,8 +26,8 @@ def user_pb(user: UserRecord) -> pb.User:
 
 def token_pb(token: TokenRecord) -> pb.Token:
     return pb.Token(id=token.id, user_id=token.user_id, name=token.name, scopes=list(token.scopes),
-                    revoked=token.revoked, **timestamps(created_at=token.created_at, expires_at=token.expires_at,
-                                                        last_used_at=token.last_used_at))
+                    revoked=token.revoked, created_at=timestamp(token.created_at),
+                    expires_at=timestamp(token.expires_at), last_used_at=timestamp(token.last_used_at))
 
 
 @translate_errors

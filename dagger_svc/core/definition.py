@@ -187,10 +187,10 @@ class Definition:
         specs = {job.name: job for job in jobs}
         kids = {name: tuple(children.get(name, ())) for name in specs}
         parents: dict[str, list[str]] = {name: [] for name in specs}
-        for name, names in kids.items():
-            for child in names:
+        for name, its_kids in kids.items():
+            for child in its_kids:
                 parents[child].append(name)
-        return cls(jobs=specs, children=kids, parents={name: tuple(names) for name, names in parents.items()})
+        return cls(jobs=specs, children=kids, parents={name: tuple(them) for name, them in parents.items()})
 
     def stored(self) -> Iterator[StoredJob]:
         """Each job as it is kept (one record per job, so no record grows with the DAG)."""

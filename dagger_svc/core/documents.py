@@ -73,7 +73,7 @@ def _load_json(text: str) -> object:
         message = "not valid JSON: nested too deeply"
     except MemoryError:
         raise
-    except Exception as error:  # e.g. an integer literal with too many digits
+    except Exception as error:  # noqa: BLE001 - e.g. an integer literal with too many digits
         message = f"not valid JSON: {brief(str(error))}"
     raise InvalidArgument([Problem("definition", message)])
 
@@ -97,7 +97,7 @@ def _load_yaml(text: str) -> object:
         message = brief(str(error))
     except MemoryError:
         raise
-    except Exception as error:  # a scalar constructor's ValueError and the like
+    except Exception as error:  # noqa: BLE001 - a scalar constructor's ValueError and the like
         message = brief(str(error)) or type(error).__name__
     raise InvalidArgument([Problem("definition", f"not valid YAML: {message}")])
 

@@ -15,7 +15,7 @@ WorkflowId = NewType("WorkflowId", str)
 """A workflow's id (a lowercase UUID), once checked."""
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     WAITING = "waiting"        # some parent has not succeeded yet
     QUEUED = "queued"          # ready, waiting for a parallelism slot (or a retry backoff)
     RUNNING = "running"
@@ -38,7 +38,7 @@ RETRYABLE_JOB_STATUSES = frozenset(
 )
 
 
-class WorkflowStatus(str, enum.Enum):
+class WorkflowStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"

@@ -8,7 +8,6 @@ it touches), never O(the DAG), so large DAGs schedule as fast as small ones.
 
 from __future__ import annotations
 
-
 import heapq
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
@@ -32,7 +31,7 @@ RETRY_BACKOFF_MAX = 300.0
 
 def retry_backoff(retry_number: int) -> float:
     """Seconds to wait before automatic retry number `retry_number` (1, 2, ...)."""
-    return min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * 2 ** (retry_number - 1))
+    return min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_BASE * 2.0 ** (retry_number - 1))
 
 
 @dataclass
@@ -193,7 +192,7 @@ class Run:
 
     def _stop_everything(self, now: float, status: JobStatus, message: str) -> None:
         self.stopping = True
-        for name, job in self.jobs.items():
+        for job in list(self.jobs.values()):
             if job.status in (JobStatus.WAITING, JobStatus.QUEUED):
                 self._set_job(replace(job, status=status, message=message, retry_at=None, finished_at=now))
         self._ready.clear()
@@ -315,8 +314,7 @@ def prepare_retry(
         if job.status in RETRYABLE_JOB_STATUSES
     }
     counts = Counter(job.status.value for job in jobs.values())
-    for job in changed.values():
-        counts[JobStatus.WAITING.value] += 1
+    counts[JobStatus.WAITING.value] += len(changed)
     for name in changed:
         counts[jobs[name].status.value] -= 1
     queued = replace(
@@ -333,6 +331,6 @@ def _describe(status: JobStatus, outcome: Outcome) -> str:
         return f"killed by {outcome.signal}"
     if outcome.exit_code is not None:
         return f"exited with code {outcome.exit_code}"
-    return status.value
+    return str(status.value)
 
 

@@ -4,6 +4,7 @@ restarted executor can find what an earlier incarnation left running."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,7 +64,5 @@ def spec_token(pid: int) -> str:
 
 
 def signal_process(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -12,6 +12,7 @@ Kubernetes keeps a container's termination message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -194,7 +195,7 @@ class WrapperExecutor:
         try:
             self.pump.start(attempt.key, [self.python, "-m", WRAPPER_MODULE], str(self._state_dir), env,
                             on_output=self._on_output, on_exit=self._on_exit)
-        except Exception as e:  # noqa: BLE001 - the attempt fails, the executor goes on
+        except Exception as e:
             log.exception("cannot start the wrapper of %s", attempt.key)
             self._end(attempt, Outcome(message=f"cannot start the job wrapper: {e!r}"))
 
@@ -225,10 +226,8 @@ class WrapperExecutor:
             attempt = self._active.get(key)
             if attempt is None or self._closing:
                 return
-        try:
+        with contextlib.suppress(RuntimeError):  # closing
             self._spawners.submit(self._wrapper_ended, attempt, ended)  # reading files, RPCs: off the pump thread
-        except RuntimeError:  # closing
-            pass
 
     def _wrapper_ended(self, attempt: _Attempt, ended: Ended) -> None:
         told = self._read_termination_log(attempt.key)

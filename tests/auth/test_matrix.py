@@ -5,9 +5,9 @@ used outside its job. Each call must get the right status and change nothing."""
 from __future__ import annotations
 
 import json
-from contextlib import closing
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from donut.dagger.v1 import dagger_pb2 as dpb
 from donut.dagger.v1 import dagger_pb2_grpc
 from donut.users.v1 import users_pb2 as upb
 from donut.users.v1 import users_pb2_grpc
-from donut_common.etcd import Etcd
 from donut_common.auth import JobTokens
+from donut_common.etcd import Etcd
 from donut_common.rpc import channel
 from tests.dagger.conftest import Driver
 
@@ -225,7 +225,8 @@ def test_tokens_are_long_and_never_logged(world: World, caplog: pytest.LogCaptur
     assert len(secret) >= 43  # 256 random bits, url-safe base64
     stubs(world.stack.endpoint, world.alice)["dagger"].ListWorkflows(dpb.ListWorkflowsRequest())
     code_of(lambda s: s.WhoAmI(upb.WhoAmIRequest()), stubs(world.stack.endpoint, world.alice + "x")["users"])
-    logged = caplog.text + "".join(p.read_text(errors="replace") for p in Path(world.stack.config.data_dir).rglob("*.log"))
+    logs = Path(world.stack.config.data_dir).rglob("*.log")
+    logged = caplog.text + "".join(p.read_text(errors="replace") for p in logs)
     assert world.alice not in logged and secret not in logged
 
 
@@ -257,7 +258,7 @@ def test_looking_up_someone_else_says_nothing_of_whether_they_exist(world: World
     bob = stubs(world.stack.endpoint, world.bob)["users"]
     admin = stubs(world.stack.endpoint, world.stack.admin_token)["users"]
     for login in ("alice", "no-such-user"):
-        assert code_of(lambda s: s.GetUser(upb.GetUserRequest(login=login)), bob) == DENIED
+        assert code_of(lambda s, login=login: s.GetUser(upb.GetUserRequest(login=login)), bob) == DENIED
     assert code_of(lambda s: s.GetUser(upb.GetUserRequest(login="no-such-user")), admin) == grpc.StatusCode.NOT_FOUND
     assert bob.GetUser(upb.GetUserRequest(login="bob")).login == "bob"
 

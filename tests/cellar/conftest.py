@@ -13,12 +13,12 @@ import grpc
 import pytest
 
 from cellar_svc.server import create_server
-from donut_common.auth import SCOPE_ADMIN, Principal
-
-ADMIN = Principal(user_id="admin-id", login="admin", admin=True, scopes=(SCOPE_ADMIN,))
 from cellar_svc.storage import TEMP_PREFIX, FileInfo, FileRef, LocalStorage
 from donut.cellar.v1 import cellar_pb2_grpc
+from donut_common.auth import SCOPE_ADMIN, Principal
 from donut_common.rpc import channel
+
+ADMIN = Principal(user_id="admin-id", login="admin", admin=True, scopes=(SCOPE_ADMIN,))
 
 
 class SpyStorage:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.definition import Definition, JobSpec
+from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.run import Run, Step, prepare_retry, retry_backoff
 
 OK = Outcome(exit_code=0)
@@ -231,7 +231,8 @@ def test_lost_attempt_is_dead_and_counts_as_a_failure() -> None:
 def dags(draw: st.DrawFn) -> dict[str, list[str]]:
     n = draw(st.integers(1, 12))
     names = [f"j{i}" for i in range(n)]
-    return {name: sorted({names[k] for k in draw(st.lists(st.integers(i + 1, n - 1), max_size=3))} if i < n - 1 else set())
+    return {name: sorted({names[k] for k in draw(st.lists(st.integers(i + 1, n - 1), max_size=3))}
+                         if i < n - 1 else set())
             for i, name in enumerate(names)}
 
 

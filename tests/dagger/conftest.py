@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ class Driver:
                 break
         return self.stub.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True))
 
-    def wait_until(self, workflow_id: str, predicate: Callable[[pb.Workflow], bool], timeout: float = 30) -> pb.Workflow:
+    def wait_until(self, workflow_id: str, predicate: Callable[[pb.Workflow], bool],
+                   timeout: float = 30) -> pb.Workflow:
         for w in self.stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id, include_jobs=True), timeout=timeout):
             if predicate(w):
                 return w
@@ -145,9 +147,8 @@ class Scheduling:
     def wait(self, workflow_id: str, timeout: float = 20.0) -> WorkflowRecord:
         """The workflow once it has ended."""
         deadline = time.monotonic() + timeout
-        last = None
-        for last in self.service.watch(ADMIN, workflow_id, is_active=lambda: time.monotonic() < deadline):
-            pass
+        states = self.service.watch(ADMIN, workflow_id, is_active=lambda: time.monotonic() < deadline)
+        last = deque(states, maxlen=1).pop()
         assert last is not None and last.status.finished, f"workflow {workflow_id} did not end in {timeout}s"
         return last
 

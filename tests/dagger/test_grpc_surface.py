@@ -42,8 +42,9 @@ def test_bad_requests_get_the_right_status_and_change_nothing(driver: Driver) ->
     assert rpc_code(lambda: stub.GetWorkflow(pb.GetWorkflowRequest(id="nope"))) == grpc.StatusCode.INVALID_ARGUMENT
     assert rpc_code(lambda: stub.GetWorkflow(pb.GetWorkflowRequest(id=missing))) == grpc.StatusCode.NOT_FOUND
     assert rpc_code(lambda: stub.CancelWorkflow(pb.CancelWorkflowRequest(id=missing))) == grpc.StatusCode.NOT_FOUND
-    assert rpc_code(lambda: stub.CreateWorkflow(pb.CreateWorkflowRequest(
-        definition=json.dumps({"jobs": [sh("true", "a")]}).encode(), parallelism=-1))) == grpc.StatusCode.INVALID_ARGUMENT
+    good = json.dumps({"jobs": [sh("true", "a")]}).encode()
+    assert rpc_code(lambda: stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=good, parallelism=-1))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
 
     running = driver.submit([sh("sleep 30", "slow")])
     assert rpc_code(lambda: stub.RetryWorkflow(pb.RetryWorkflowRequest(id=running))) == \
@@ -57,7 +58,8 @@ def test_bad_requests_get_the_right_status_and_change_nothing(driver: Driver) ->
     assert rpc_code(lambda: list(stub.TailLogs(pb.TailLogsRequest(workflow_id=running, job="slow", attempt=7)))) == \
         grpc.StatusCode.NOT_FOUND
     unknown_stream = pb.LogBatch(workflow_id=running, job="slow", attempt=1, sequence=9,
-                                 lines=[pb.LogLine(stream=pb.LOG_STREAM_STDOUT, text=b"ok"), pb.LogLine(stream=cast(Any, 99), text=b"?")])
+                                 lines=[pb.LogLine(stream=pb.LOG_STREAM_STDOUT, text=b"ok"),
+                                        pb.LogLine(stream=cast(Any, 99), text=b"?")])
     assert rpc_code(lambda: list(stub.PushLogs(iter([unknown_stream])))) == grpc.StatusCode.INVALID_ARGUMENT
     assert [line.text for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=running, job="slow"))
             for line in m.lines] == [b"terminated (SIGTERM)"]  # nothing of the refused batch

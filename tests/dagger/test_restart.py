@@ -23,7 +23,8 @@ from tests.dagger.conftest import job_processes, sh, status_name
 pytestmark = pytest.mark.slow
 
 
-def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_up(data_dir: Path, home: Path, etcd: EtcdServer,
+             prefix: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     config = home / "client.json"
     config.unlink(missing_ok=True)
     process = subprocess.Popen(
@@ -73,8 +74,8 @@ def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
         assert [status_name(a.status) for a in found["b"].attempts] == ["dead", "succeeded"]
         assert (data_dir / "workflows" / workflow_id / "a.runs").read_text() == "run\n"
         assert job_processes(workflow_id) == []
-        first_log = b"".join(l.text for m in stub.TailLogs(pb.TailLogsRequest(
-            workflow_id=workflow_id, job="b", attempt=1)) for l in m.lines)
+        first_log = b"".join(line.text for m in stub.TailLogs(pb.TailLogsRequest(
+            workflow_id=workflow_id, job="b", attempt=1)) for line in m.lines)
         assert b"b attempt 1" in first_log
     finally:
         process.send_signal(signal.SIGTERM)

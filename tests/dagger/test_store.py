@@ -10,8 +10,8 @@ from dagger_svc.core.definition import parse_definition
 from dagger_svc.core.records import JobRecord, JobStatus, WorkflowRecord
 from dagger_svc.keys import Keys
 from dagger_svc.store import MAX_OPS_PER_TXN, Store
-from donut_common.etcd import Etcd
 from donut_common.errors import Conflict, NotFound, Unavailable
+from donut_common.etcd import Etcd
 
 WORKFLOW_ID = "11111111-2222-4333-8444-555555555555"
 

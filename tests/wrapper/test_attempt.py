@@ -73,7 +73,7 @@ def test_a_command_runs_in_its_work_dir_with_the_attempt_s_environment(pump: Pro
 
 @pytest.mark.parametrize("inputs, message", [
     ((InputFile(local="missing.txt"),), "inputs[0] (missing.txt): missing (no such file in the workflow directory)"),
-    ((InputFile(local="../../escape"),), "inputs[0] (../../escape): ../../escape: leads outside the workflow directory"),
+    ((InputFile(local="../../escape"),), "(../../escape): ../../escape: leads outside the workflow directory"),
     ((InputFile(local="a\x00b"),), "embedded null byte"),  # a ValueError: an input failure like any other
     ((InputFile(local="c.txt", cache="c.txt"),), "inputs[0] (c.txt): no cellar to fetch cache file 'c.txt' from"),
 ])
@@ -138,7 +138,8 @@ def test_a_missing_output_fails_the_attempt_that_succeeded(pump: ProcessPump, tm
     run = Run(pump, spec(tmp_path, "true", outputs=(OutputFile("never.txt"),)))
     run.attempt.run()
     ended = run.ended()
-    assert ended.exit_code == EXIT_OUTPUT_FAILED and ended.message == "outputs[0] (never.txt): missing after the command ended"
+    assert ended.exit_code == EXIT_OUTPUT_FAILED
+    assert ended.message == "outputs[0] (never.txt): missing after the command ended"
 
 
 def test_a_bug_while_saving_ends_the_attempt_as_the_machinery_s_failure(pump: ProcessPump, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_a_process_the_pump_cannot_follow_is_killed_and_reported_not_left_hangin
     real_read = pump._read
 
     def broken_read(proc: object, stream: int, pipe: object) -> bool:
-        if getattr(proc, "key") == "broken":
+        if proc.key == "broken":
             raise OSError("injected read failure")
         return real_read(proc, stream, pipe)  # type: ignore[arg-type]
 

@@ -19,8 +19,8 @@ from donut.dagger.v1 import dagger_pb2_grpc
 from donut_common.etcd import Etcd
 from donut_common.etcd_server import EtcdServer, free_port
 from donut_common.rpc import channel
-from users_svc.store import UserStore
 from tests.dagger.conftest import job_processes
+from users_svc.store import UserStore
 
 pytestmark = pytest.mark.slow
 LINES = 3000
@@ -46,7 +46,8 @@ def test_a_job_printing_through_a_dagger_restart_loses_and_doubles_nothing(
     process = start(data_dir, home, port, etcd_server, etcd_prefix)
     token = json.loads((home / "client.json").read_text())["token"]
     stub = dagger_pb2_grpc.DaggerStub(channel(f"127.0.0.1:{port}", token=token))
-    script = f"i=1; while [ $i -le {LINES} ]; do echo line $i; i=$((i+1)); [ $((i % 300)) = 0 ] && sleep 0.2; done; true"
+    script = (f"i=1; while [ $i -le {LINES} ]; do echo line $i; i=$((i+1)); [ $((i % 300)) = 0 ] && sleep 0.2; done;"
+              " true")
     definition = json.dumps({"jobs": [{"name": "printer", "image": "x", "cmd": "/bin/sh", "args": ["-c", script]}]})
     workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
     follower = subprocess.Popen(  # `donut logs --follow` rides out the restart

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import List, Optional
 
 import grpc
 
@@ -45,7 +44,7 @@ STDOUT: int = pb.LOG_STREAM_STDOUT
 STDERR: int = pb.LOG_STREAM_STDERR
 SYSTEM: int = pb.LOG_STREAM_SYSTEM  # the attempt's own notes (what was fetched and saved, why it failed)
 
-Output = Callable[[int, List[bytes]], None]
+Output = Callable[[int, list[bytes]], None]
 """(stream, lines): where the attempt's lines go, STDOUT, STDERR or SYSTEM."""
 
 
@@ -62,7 +61,7 @@ class Attempt:
     """One attempt of a job; `run` starts it, `kill` stops it, `on_end` hears how it ended."""
 
     def __init__(self, spec: RunSpec, *, pump: ProcessPump, output: Output,
-                 cellar: Optional[Callable[[], CellarClient]], on_end: Callable[[Ended], None],
+                 cellar: Callable[[], CellarClient] | None, on_end: Callable[[Ended], None],
                  base_env: Mapping[str, str], background: Callable[[Callable[[], None]], object],
                  max_download_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
         self.spec = spec
@@ -74,7 +73,7 @@ class Attempt:
         self.background = background  # runs slow work (saving outputs) off the pump's thread
         self.max_download_bytes = max_download_bytes
         self._lock = threading.Lock()
-        self._started_at: Optional[float] = None
+        self._started_at: float | None = None
         self._command_started = False
         self._killed = False
         self._ended = False
@@ -126,7 +125,7 @@ class Attempt:
         except grpc.RpcError as e:
             raise RuntimeError(problem(e, "cellar")) from None  # files.py names the input
 
-    def _on_output(self, key: str, stream: int, lines: List[bytes]) -> None:
+    def _on_output(self, key: str, stream: int, lines: list[bytes]) -> None:
         self.output(STDERR if stream == STDERR_PIPE else STDOUT, lines)
 
     def _on_exit(self, key: str, ended: Ended) -> None:
@@ -149,7 +148,7 @@ class Attempt:
             return Ended(EXIT_OUTPUT_FAILED, message=str(e))
         except (OSError, grpc.RpcError) as e:
             return Ended(EXIT_OUTPUT_FAILED, message=problem(e, "cannot save outputs"))
-        except Exception as e:  # noqa: BLE001 - a bug must still end the attempt
+        except Exception as e:
             log.exception("saving the outputs of %s failed", self.spec.key)
             return Ended(EXIT_WRAPPER_ERROR, message=f"the job machinery failed: {e!r}")
         return ended

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 
@@ -14,9 +15,11 @@ from donut.cellar.v1 import cellar_pb2_grpc
 CHUNK_BYTES = 1024 * 1024
 KINDS = {"cache": pb.KIND_CACHE, "result": pb.KIND_RESULT, "archive": pb.KIND_ARCHIVE}
 
+Metadata = tuple[tuple[str, str], ...]
+
 
 class CellarClient:
-    def __init__(self, channel: grpc.Channel, metadata: tuple = ()) -> None:
+    def __init__(self, channel: grpc.Channel, metadata: Metadata = ()) -> None:
         self.stub = cellar_pb2_grpc.CellarStub(channel)
         self.metadata = metadata
 
@@ -53,6 +56,6 @@ class CellarClient:
         assert info is not None
         return info
 
-    def list(self, kind: str, scope: str, job: str = "") -> list:
+    def list(self, kind: str, scope: str, job: str = "") -> builtins.list[pb.FileInfo]:
         return list(self.stub.List(pb.ListRequest(kind=KINDS[kind], scope=scope, job=job),
                                    metadata=self.metadata).files)

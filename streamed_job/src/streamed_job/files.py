@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable
 
 from streamed_job.spec import RunSpec
 
@@ -41,7 +41,7 @@ def inside(root: str, relative: str) -> Path:
     return target
 
 
-def prepare_inputs(spec: RunSpec, fetch_cache: Optional[FetchCache], note: Note,
+def prepare_inputs(spec: RunSpec, fetch_cache: FetchCache | None, note: Note,
                    max_download_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
     if spec.workdir_prefix:
         inside(spec.workflow_dir, spec.workdir_prefix)
@@ -108,7 +108,7 @@ def _download(url: str, target: Path, place: str, limit: int) -> None:
         delay *= 2
 
 
-def outputs_to_save(spec: RunSpec) -> List[Tuple[str, Path]]:
+def outputs_to_save(spec: RunSpec) -> list[tuple[str, Path]]:
     """(result name, file) of every `save` output; raises FileProblem for a declared
     output that does not exist. The name is the path as declared (relative to the work
     dir), or relative to the workflow dir for an output outside the work dir."""

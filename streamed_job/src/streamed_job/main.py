@@ -23,9 +23,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any
 
 # The command is forked while the log shipper's gRPC threads are busy. A child that execs
 # at once needs none of gRPC's fork handlers, and on some versions (with fork(), as Python
@@ -72,9 +73,9 @@ class Settings:
     """File that receives the outcome as JSON when the wrapper ends ("": none)."""
 
     @classmethod
-    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        values: Dict[str, Any] = {}
+        values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(SETTINGS_PREFIX + f.name.upper())
             if raw is not None:
@@ -86,7 +87,7 @@ class SignalGuard:
     """Raises Shutdown in the main thread on SIGTERM/SIGINT; while `held`, only remembers it."""
 
     def __init__(self) -> None:
-        self.received: Optional[Shutdown] = None
+        self.received: Shutdown | None = None
         self._held = 0
 
     def install(self) -> None:
@@ -116,7 +117,7 @@ def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     shipper = LogShipper(channel, spec.workflow_id, spec.job, spec.attempt, spec.token,
                          ShipperSettings(memory_bytes=settings.log_memory_bytes))
     cellar = CellarClient(channel, metadata)
-    ends: List[Ended] = []
+    ends: list[Ended] = []
     done = threading.Event()
 
     def on_end(ended: Ended) -> None:
@@ -141,7 +142,7 @@ def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     except Shutdown as s:  # between the inputs and the command
         attempt.kill()
         attempt.end(Ended(EXIT_SIGNAL_BASE + s.signum, s.name, f"terminated by {s.name}"))
-    except Exception as e:  # noqa: BLE001 - a bug here must still end in a report
+    except Exception as e:
         log.exception("the job wrapper failed")
         attempt.end(Ended(EXIT_WRAPPER_ERROR, message=f"the job wrapper failed: {e!r}"))
     with guard.held():  # from here on the report must go out
@@ -168,7 +169,7 @@ def write_termination_log(path: str, ended: Ended, reported: bool) -> None:
         log.warning("cannot write the termination log %s: %s", path, e)
 
 
-def load_spec(spec_file: Optional[str]) -> RunSpec:
+def load_spec(spec_file: str | None) -> RunSpec:
     if spec_file:
         with open(spec_file, encoding="utf-8") as f:
             spec = RunSpec.from_json(f.read())
@@ -179,7 +180,7 @@ def load_spec(spec_file: Optional[str]) -> RunSpec:
     return spec
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="streamed-job",
         description="Run one donut-dagger job attempt: fetch its inputs, run its command, stream its "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal as _signal
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 EXIT_NOT_EXECUTABLE = 126
 EXIT_COMMAND_NOT_FOUND = 127
@@ -25,21 +25,21 @@ class Ended:
     """How an attempt ended: the command's exit code (None when there is none to tell),
     the signal that ended it, and why, for people."""
 
-    exit_code: Optional[int]
+    exit_code: int | None
     signal: str = ""
     message: str = ""
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
+    started_at: float | None = None
+    finished_at: float | None = None
 
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0 and not self.signal
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, doc: Dict[str, Any]) -> "Ended":
+    def from_dict(cls, doc: dict[str, Any]) -> Ended:
         """Raises ValueError for a document that is not an Ended."""
         exit_code, signal, message = doc.get("exit_code"), doc.get("signal") or "", doc.get("message") or ""
         times = [doc.get("started_at"), doc.get("finished_at")]
@@ -60,7 +60,7 @@ def termination_message(ended: Ended, reported: bool) -> str:
     return text
 
 
-def read_termination_message(text: str) -> Optional[Tuple[Ended, bool]]:
+def read_termination_message(text: str) -> tuple[Ended, bool] | None:
     """(the end, whether it was reported) from a termination message; None if it is not one."""
     try:
         doc = json.loads(text)
@@ -71,7 +71,7 @@ def read_termination_message(text: str) -> Optional[Tuple[Ended, bool]]:
         return None
 
 
-def from_wait_status(returncode: int) -> Tuple[int, str]:
+def from_wait_status(returncode: int) -> tuple[int, str]:
     """(exit code, signal name) from a Popen returncode (negative: killed by a signal)."""
     if returncode < 0:
         number = -returncode

@@ -8,6 +8,7 @@ behind are killed once it exits, so nothing is orphaned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -139,10 +140,8 @@ class ProcessPump:
 
     def _request(self, what: str, arg: object) -> None:
         self._requests.put((what, arg))
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-        except OSError:
-            pass
 
     # ---- the pump thread -----------------------------------------------------------
 
@@ -188,10 +187,8 @@ class ProcessPump:
         for fileobj in (proc.popen.stdout, proc.popen.stderr, proc.pidfd):
             if fileobj is None:
                 continue
-            try:
+            with contextlib.suppress(KeyError, ValueError):  # not (or no longer) registered
                 self._selector.unregister(fileobj)
-            except (KeyError, ValueError):
-                pass  # not (or no longer) registered
         for pipe in (proc.popen.stdout, proc.popen.stderr):
             if pipe is not None:
                 pipe.close()
@@ -354,10 +351,8 @@ class ProcessPump:
         proc.open_streams.discard(stream)
 
     def _signal(self, proc: _Proc, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _next_timer(self) -> float | None:
         now_mono, now = time.monotonic(), time.time()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import grpc
 
@@ -13,7 +13,7 @@ from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
 from streamed_job.outcome import Ended
 from streamed_job.spec import RunSpec
-from streamed_job.timestamps import seconds, timestamps
+from streamed_job.timestamps import seconds, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def report_request(spec: RunSpec, ended: Ended) -> pb.ReportJobStatusRequest:
     return pb.ReportJobStatusRequest(
         workflow_id=spec.workflow_id, job=spec.job, attempt=spec.attempt, exit_code=ended.exit_code,
         signal=ended.signal, message=ended.message,
-        **timestamps(started_at=ended.started_at, finished_at=ended.finished_at),
+        started_at=timestamp(ended.started_at), finished_at=timestamp(ended.finished_at),
     )
 
 
@@ -39,7 +39,7 @@ def ended_from_report(request: pb.ReportJobStatusRequest) -> Ended:
 class Reporter:
     """Sends the attempt's end to dagger, retrying until acknowledged or `deadline` seconds pass."""
 
-    def __init__(self, channel: grpc.Channel, spec: RunSpec, metadata: Sequence[Tuple[str, str]],
+    def __init__(self, channel: grpc.Channel, spec: RunSpec, metadata: Sequence[tuple[str, str]],
                  deadline: float) -> None:
         self.stub = dagger_pb2_grpc.DaggerStub(channel)
         self.spec = spec

@@ -17,8 +17,9 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Deque, Iterable, Iterator, List, Optional, Tuple
+from typing import BinaryIO
 
 import grpc
 
@@ -41,7 +42,7 @@ class ShipperSettings:
     """...or once its first line has waited this many seconds."""
     memory_bytes: int = 16 * 1024 * 1024
     """Unacknowledged batches kept in memory; beyond this they spill to a temporary file."""
-    spill_dir: Optional[str] = None
+    spill_dir: str | None = None
     """Where the spill file is made (None: the system's temporary directory)."""
     backoff_initial: float = 0.05
     """Seconds before the first reconnect after a dropped connection; doubled each time..."""
@@ -72,7 +73,7 @@ def channel_to(endpoint: str, tls_ca: str = "") -> grpc.Channel:
 class _Batch:
     sequence: int
     size: int
-    data: Optional[bytes]  # the serialised LogBatch, or None when it is in the spill file
+    data: bytes | None  # the serialised LogBatch, or None when it is in the spill file
     offset: int = 0        # where it is in the spill file
 
 
@@ -81,7 +82,7 @@ class _Connection:
 
     def __init__(self) -> None:
         self.over = False
-        self.call: Optional[grpc.Call] = None
+        self.call: grpc.Call | None = None
 
 
 class LogShipper:
@@ -99,21 +100,21 @@ class LogShipper:
         self._identity = (workflow_id, job, attempt)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._cond = threading.Condition()
-        self._open: List[bytes] = []   # encoded lines of the batch being gathered
+        self._open: list[bytes] = []   # encoded lines of the batch being gathered
         self._open_bytes = 0
         self._open_since = 0.0
-        self._unacked: Deque[_Batch] = deque()
+        self._unacked: deque[_Batch] = deque()
         self._sealed = 0               # sequence of the newest batch
         self._acked = 0                # every batch up to this one is stored
         self._sent = 0                 # the highest sequence handed to gRPC
         self._ack_progress = time.monotonic()  # the last ack, or when the oldest unacked batch left
         self._memory = 0               # bytes of unacknowledged batches held in memory
-        self._spill: Optional[BinaryIO] = None  # unnamed: it goes away with the process
+        self._spill: BinaryIO | None = None  # unnamed: it goes away with the process
         self._spill_end = 0
         self._spilled_now = 0          # unacknowledged batches in the spill file
         self._last = False             # the final batch is sealed: nothing more is taken
         self._stopping = False
-        self._connection: Optional[_Connection] = None
+        self._connection: _Connection | None = None
         # what happened, for tests, benchmarks and the wrapper's own diagnostics
         self.lines = 0
         self.reconnects = 0
@@ -205,7 +206,8 @@ class LogShipper:
 
     def _spill_out(self, batch: _Batch) -> None:
         if self._spill is None:
-            self._spill = tempfile.TemporaryFile(prefix="streamed-job-logs-", dir=self.settings.spill_dir)
+            self._spill = tempfile.TemporaryFile(  # noqa: SIM115 - kept until `close`
+                prefix="streamed-job-logs-", dir=self.settings.spill_dir)
         assert batch.data is not None
         batch.offset = self._spill_end
         written = 0
@@ -225,7 +227,7 @@ class LogShipper:
             raise OSError(f"log spill file: batch {batch.sequence} is cut short")
         return data
 
-    def _seal_if_due(self) -> Optional[float]:
+    def _seal_if_due(self) -> float | None:
         """Seals the gathering batch if it has lingered long enough; else the seconds until it has."""
         if not self._open:
             return None
@@ -301,7 +303,7 @@ class LogShipper:
             yield data
             following += 1
 
-    def _next_batch(self, connection: _Connection, following: int) -> Optional[Tuple[int, bytes]]:
+    def _next_batch(self, connection: _Connection, following: int) -> tuple[int, bytes] | None:
         """(sequence, data) of the first unacknowledged batch from `following` on, once
         there is one; None when the connection should end. Called with the lock held."""
         while not (connection.over or self._stopping):
@@ -327,7 +329,7 @@ class LogShipper:
         return None
 
 
-def _encode(stream: int, lines: Iterable[bytes], limit: int) -> List[Tuple[bytes, int]]:
+def _encode(stream: int, lines: Iterable[bytes], limit: int) -> list[tuple[bytes, int]]:
     """(serialised lines, how many) in fragments of about `limit` bytes each."""
     fragments = []
     message = pb.LogBatch()

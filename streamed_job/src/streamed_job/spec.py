@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any
 
 SPEC_ENV = "DONUT_JOB_SPEC"            # the spec itself, as JSON
 SPEC_FILE_ENV = "DONUT_JOB_SPEC_FILE"  # or a path to it
@@ -44,12 +45,12 @@ class RunSpec:
     job: str
     attempt: int
     cmd: str
-    args: Tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
     workflow_dir: str = "."
     workdir_prefix: str = ""
-    inputs: Tuple[InputFile, ...] = ()
-    outputs: Tuple[OutputFile, ...] = ()
-    timeout: Optional[float] = None
+    inputs: tuple[InputFile, ...] = ()
+    outputs: tuple[OutputFile, ...] = ()
+    timeout: float | None = None
     upload_id: str = ""    # cellar scope of the workflow's uploaded files
     dagger_endpoint: str = ""  # host:port of dagger and cellar
     token: str = ""        # the attempt's own job token
@@ -63,7 +64,7 @@ class RunSpec:
     def key(self) -> str:
         return attempt_key(self.workflow_id, self.job, self.attempt)
 
-    def environment(self, base: Mapping[str, str]) -> Dict[str, str]:
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
         """The command's environment: `base` without the launcher's own variables, plus
         the attempt's `DONUT_*` ones."""
         env = {k: v for k, v in base.items() if not k.startswith(OWN_ENV_PREFIXES)}
@@ -80,9 +81,9 @@ class RunSpec:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "RunSpec":
+    def from_json(cls, text: str) -> RunSpec:
         """Raises ValueError or TypeError for JSON that is not a spec."""
-        data: Dict[str, Any] = json.loads(text)
+        data: dict[str, Any] = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("the job spec must be a JSON object")
         data["args"] = tuple(str(arg) for arg in data.get("args", ()))
@@ -91,7 +92,7 @@ class RunSpec:
         return cls(**data)
 
     @classmethod
-    def from_environment(cls) -> "RunSpec":
+    def from_environment(cls) -> RunSpec:
         if SPEC_ENV in os.environ:
             return cls.from_json(os.environ[SPEC_ENV])
         if SPEC_FILE_ENV in os.environ:

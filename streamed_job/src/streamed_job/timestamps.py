@@ -3,22 +3,24 @@ one way every service, the CLI and the wrapper convert them (to the nearest nano
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
-def timestamp(seconds: float) -> Timestamp:
+@overload
+def timestamp(seconds: float) -> Timestamp: ...
+@overload
+def timestamp(seconds: None) -> None: ...
+def timestamp(seconds: float | None) -> Timestamp | None:
+    """The Timestamp of `seconds`; None (an unset field) for None."""
+    if seconds is None:
+        return None
     stamp = Timestamp()
     stamp.FromNanoseconds(round(seconds * 1e9))
     return stamp
 
 
-def timestamps(**values: Optional[float]) -> dict[str, Timestamp]:
-    """The values that are set, as Timestamps: keyword arguments for a message's constructor."""
-    return {name: timestamp(seconds) for name, seconds in values.items() if seconds is not None}
-
-
-def seconds(stamp: Timestamp) -> Optional[float]:
+def seconds(stamp: Timestamp) -> float | None:
     """The seconds a Timestamp holds; None for an unset (zero) one."""
     return stamp.ToNanoseconds() / 1e9 if stamp.seconds or stamp.nanos else None
