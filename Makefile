@@ -34,4 +34,5 @@ test: install $(PROTOC_VENV)/.installed
 
 bench: install
 	$(PY) bench/scheduling.py
+	$(PY) bench/throughput.py
 	$(PY) bench/logs.py

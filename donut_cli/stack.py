@@ -26,6 +26,7 @@ from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
 from dagger_svc.store import Store
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
+from donut_common.clock import Clock
 from donut_common.etcd import Etcd
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
@@ -75,6 +76,8 @@ class Stack:
     """The running parts, each set once `start` has made it (None before, and after `stop`)."""
 
     config: StackConfig
+    clock: Clock = field(default_factory=Clock)
+    """Where token lifetimes and the verification cache read the time (tests move it)."""
     endpoint: str = ""
     """host:port of the gRPC server."""
     http_endpoint: str = ""
@@ -103,11 +106,11 @@ class Stack:
                 endpoints = self.etcd.endpoint
             client = Etcd.connect(endpoints)
             self.store = Store(client, Keys(c.etcd_prefix))
-            self.users = UsersService(UserStore(client, c.etcd_prefix))
+            self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
             self.service_token = self._service_token(self.users)
             self.logs = LogStore(c.data_dir / "logs")
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
-            verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds)
+            verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds, clock=self.clock)
             self.server, port = create_server(f"{c.host}:{c.port}", self._services,
                                               interceptors=[AuthInterceptor(verifier)], tls=tls)
             self.server.start()

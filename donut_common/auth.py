@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from donut_common.clock import REAL_CLOCK, Clock
 from donut_common.errors import DonutError, PermissionDenied, Unauthenticated
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -90,7 +91,7 @@ class CachedVerifier:
     process), remembering answers for `ttl` seconds; at most `max_entries` are kept."""
 
     def __init__(self, verify: Callable[[str], Principal], ttl: float = 3.0, max_entries: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock = REAL_CLOCK) -> None:
         self._verify = verify
         self.ttl = ttl
         self.max_entries = max_entries
@@ -100,12 +101,12 @@ class CachedVerifier:
 
     def __call__(self, token: str) -> Principal:
         key = hashlib.sha256(token.encode()).digest()
-        now = self._clock()
+        now = self._clock.monotonic()
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0] > now:
                 principal = hit[1]
-                if principal.expires_at is not None and principal.expires_at <= time.time():
+                if principal.expires_at is not None and principal.expires_at <= self._clock.time():
                     del self._cache[key]
                     raise Unauthenticated("the token has expired")
                 return principal

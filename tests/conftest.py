@@ -4,6 +4,7 @@ prefix per test, and a whole stack on loopback ports."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,11 +52,33 @@ def stack_config(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> o
                        etcd_prefix=etcd_prefix, kill_grace=1.0, lease_ttl=3)
 
 
-@pytest.fixture
-def stack(stack_config: object) -> Iterator[object]:
-    from donut_cli.stack import Stack
+class MovableClock:
+    """The real clocks plus an offset that a test moves forward instead of sleeping."""
 
-    with Stack(stack_config) as running:  # type: ignore[arg-type]
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@pytest.fixture
+def clock() -> MovableClock:
+    return MovableClock()
+
+
+@pytest.fixture
+def stack(stack_config: object, clock: MovableClock) -> Iterator[object]:
+    from donut_cli.stack import Stack
+    from donut_common.clock import Clock
+
+    with Stack(stack_config, clock=Clock(time=clock.time, monotonic=clock.monotonic)) as running:  # type: ignore[arg-type]
         running.admin_token = running.client_token()[0]
         yield running
 

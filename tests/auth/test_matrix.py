@@ -23,6 +23,7 @@ from donut.users.v1 import users_pb2_grpc
 from donut_common.auth import JobTokens
 from donut_common.etcd import Etcd
 from donut_common.rpc import channel
+from tests.conftest import MovableClock
 from tests.dagger.conftest import Driver
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
@@ -33,7 +34,7 @@ Call = Callable[[Any], Any]
 class World:
     """Alice's workflow (one job that saved a result) and the tokens to try on it."""
 
-    def __init__(self, stack: Any) -> None:
+    def __init__(self, stack: Any, clock: MovableClock) -> None:
         self.stack = stack
         admin = channel(stack.endpoint, token=stack.admin_token)
         users = users_pb2_grpc.UsersStub(admin)
@@ -59,12 +60,12 @@ class World:
         assert driver.wait(self.workflow).status == dpb.WORKFLOW_STATUS_DONE
         services = channel(stack.endpoint, token=stack.service_token)
         self.job_token = JobTokens(services).mint(self.alice_id, self.workflow, "j")[1]
-        time.sleep(1.1)  # the short token has expired by now (it was never used, so never cached)
+        clock.advance(2)  # the short token has expired (it was never used, so never cached)
 
 
 @pytest.fixture
-def world(stack: Any) -> World:
-    return World(stack)
+def world(stack: Any, clock: MovableClock) -> World:
+    return World(stack, clock)
 
 
 def dagger_calls(w: World) -> dict[str, Call]:

@@ -19,10 +19,11 @@ import pytest
 from donut.dagger.v1 import dagger_pb2 as dpb
 from donut.dagger.v1 import dagger_pb2_grpc
 from donut_common.rpc import channel
-from tests.cli.test_cli import FRUIT, donut
+from tests.cli.conftest import FRUIT, donut
+from tests.conftest import MovableClock
 
 
-def test_token_commands(stack: Any, donut_home: Path) -> None:
+def test_token_commands(stack: Any, donut_home: Path, clock: MovableClock) -> None:
     def run(*args: str, token: str = stack.admin_token) -> subprocess.CompletedProcess[str]:
         return donut(*args, home=donut_home, endpoint=stack.endpoint, env={"DONUT_TOKEN": token})
 
@@ -40,7 +41,7 @@ def test_token_commands(stack: Any, donut_home: Path) -> None:
     denied = run("user", "create", "dave", token=carol)
     assert denied.returncode == 1 and "admins only" in denied.stderr
     assert run("token", "revoke", mine["id"], token=carol).returncode == 0
-    time.sleep(stack.config.token_cache_seconds + 0.5)
+    clock.advance(stack.config.token_cache_seconds + 0.5)  # the verification cache has forgotten it
     refused = run("whoami", token=mine["token"])
     assert refused.returncode == 1 and "revoked" in refused.stderr
     assert run("token", "create", "--expires", "soon", token=carol).returncode == 2

@@ -10,30 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from donut_common.etcd_server import free_port
-
-FRUIT = Path(__file__).resolve().parents[2] / "examples" / "fruit_gather.yaml"
-
-
-def donut(*args: str, home: Path, endpoint: str | None = None, timeout: float = 60,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {**{k: v for k, v in os.environ.items() if k != "DONUT_TOKEN"}, "DONUT_HOME": str(home),
-                   **(env or {})}
-    if endpoint:
-        environment["DONUT_ENDPOINT"] = endpoint
-    return subprocess.run([sys.executable, "-m", "donut_cli", *args], env=environment, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-@pytest.fixture
-def cli(stack: Any, donut_home: Path) -> Any:
-    def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        env = {"DONUT_TOKEN": stack.admin_token, **kwargs.pop("env", {})}
-        return donut(*args, home=donut_home, endpoint=stack.endpoint, env=env, **kwargs)
-
-    return run
+from tests.cli.conftest import FRUIT, donut
 
 
 def test_submit_wait_json_runs_the_fruit_example(cli: Any, tmp_path: Path) -> None:

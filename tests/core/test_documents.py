@@ -159,3 +159,15 @@ def test_recursive_yaml_aliases_do_not_crash() -> None:
     # A mapping merged into itself: nothing new to merge, and no hang.
     merged = parse_definition("jobs:\n- &j {name: a, image: i, cmd: c, args: [], <<: *j}")
     assert merged.jobs["a"] == JobSpec("a", "i", "c", ())
+
+
+def test_load_document_takes_text_only() -> None:
+    from dagger_svc.core.documents import load_document
+    from donut_common.errors import InvalidArgument
+
+    for not_text in (12, None, ["jobs"]):
+        try:
+            load_document(not_text)  # type: ignore[arg-type]
+            raise AssertionError(f"{not_text!r} was loaded")
+        except InvalidArgument as e:
+            assert [str(p) for p in e.problems] == ["definition: must be text (str or bytes)"]

@@ -42,3 +42,15 @@ def test_ten_thousand_job_cycle_is_reported_without_recursion_error() -> None:
     path = message.split(" -> ")
     assert len(path) == MAX_JOBS + 1
     assert path[0] == path[-1] == "job-0" and path[1] == "job-1"
+
+
+def test_find_cycles_directly_ignores_edges_to_unknown_jobs_and_follows_document_order() -> None:
+    from dagger_svc.core.graph import find_cycles
+
+    order = ["a", "b", "c", "d"]
+    children = {"a": ("b", "ghost"), "b": ("c",), "c": ("b",), "d": ()}
+    assert find_cycles(order, children) == [["b", "c", "b"]]
+    assert find_cycles(["a", "b"], {"a": ("b",), "b": ()}) == []
+    # each cycle starts at its first job in document order
+    assert find_cycles(["x", "y"], {"x": ("y",), "y": ("x",)}) == [["x", "y", "x"]]
+    assert find_cycles(["y", "x"], {"x": ("y",), "y": ("x",)}) == [["y", "x", "y"]]
