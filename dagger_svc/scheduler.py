@@ -58,6 +58,7 @@ class _Held:
 class _Owned:
     run: Run
     revisions: Revisions
+    workflow_dir: str
     unsent: Step = field(default_factory=Step)              # changes not yet sent to etcd
     unconfirmed: list[Launch] = field(default_factory=list)  # launched, not yet committed
 
@@ -267,8 +268,7 @@ class Scheduler:
         owned = self._owned[workflow_id]
         for job in step.launch:
             launch = Launch(workflow_id=workflow_id, job=job, attempt=owned.run.jobs[job].attempt,
-                            spec=owned.run.definition.jobs[job],
-                            workflow_dir=str(workflow_dir(self.data_root, workflow_id)),
+                            spec=owned.run.definition.jobs[job], workflow_dir=owned.workflow_dir,
                             upload_id=owned.run.workflow.upload_id, owner=owned.run.workflow.owner)
             owned.unconfirmed.append(launch)
             self.executor.launch(launch)
@@ -363,8 +363,9 @@ class Scheduler:
             self._release(workflow_id)
             return None
         run = Run(workflow, snapshot.definition, snapshot.jobs, cancel_requested=snapshot.cancel_requested)
-        workflow_dir(self.data_root, workflow_id).mkdir(parents=True, exist_ok=True)
-        self._owned[workflow_id] = _Owned(run, snapshot.revisions)
+        directory = workflow_dir(self.data_root, workflow_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(directory))
         lost = [name for name in run.running_jobs if self.executor.lost(workflow_id, name, run.jobs[name].attempt)]
         return run.start(now, lost=lost)
 

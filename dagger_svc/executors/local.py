@@ -25,7 +25,7 @@ from streamed_job.cellar import CellarClient
 from streamed_job.files import FileProblem
 from streamed_job.outcome import Ended
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import attempt_key
+from streamed_job.spec import attempt_key, base_environment
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class LocalExecutor:
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._spawning = 0  # launches being started or waiting for a spawner thread
+        self._base_env = base_environment(os.environ)  # read once: os.environ decodes every variable on each read
 
     def start(self, report: Report) -> None:
         self.report = report
@@ -61,7 +62,7 @@ class LocalExecutor:
         key = run.key
         attempt = Attempt(run, pump=self.pump, output=lambda stream, lines: self._output(launch, stream, lines),
                           cellar=(lambda: self._job_cellar(key)) if self.cellar is not None else None,
-                          on_end=lambda ended: self._ended(key, ended), base_env=os.environ,
+                          on_end=lambda ended: self._ended(key, ended), base_env=self._base_env,
                           background=self._slow.submit)
         fetches = any(i.origin or i.cache for i in run.inputs)
         with self._lock:

@@ -22,7 +22,7 @@ from streamed_job.outcome import (
     termination_message,
 )
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import InputFile, OutputFile, RunSpec
+from streamed_job.spec import InputFile, OutputFile, RunSpec, base_environment
 
 
 class Run:
@@ -34,7 +34,8 @@ class Run:
         self.done = threading.Event()
         self.attempt = Attempt(spec, pump=pump, output=lambda stream, lines: self.lines.extend(
             (stream, line) for line in lines), cellar=cellar, on_end=self._on_end,
-            base_env={"PATH": "/usr/bin:/bin", "DONUT_TOKEN": "secret", "STREAMED_JOB_X": "1", "KEEP": "me"},
+            base_env=base_environment({"PATH": "/usr/bin:/bin", "DONUT_TOKEN": "secret", "STREAMED_JOB_X": "1",
+                                       "KEEP": "me"}),
             background=lambda work: threading.Thread(target=work).start())
 
     def _on_end(self, ended: Ended) -> None:

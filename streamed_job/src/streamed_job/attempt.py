@@ -69,7 +69,7 @@ class Attempt:
         self.output = output
         self.cellar = cellar
         self.on_end = on_end
-        self.base_env = base_env
+        self.base_env = base_env  # what every command gets besides its own DONUT_* (spec.base_environment)
         self.background = background  # runs slow work (saving outputs) off the pump's thread
         self.max_download_bytes = max_download_bytes
         self._lock = threading.Lock()

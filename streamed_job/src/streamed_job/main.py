@@ -47,7 +47,7 @@ from streamed_job.outcome import (  # noqa: E402
 from streamed_job.pump import ProcessPump  # noqa: E402
 from streamed_job.reporter import Reporter  # noqa: E402
 from streamed_job.shipper import LogShipper, ShipperSettings, channel_to  # noqa: E402
-from streamed_job.spec import SPEC_ENV, SPEC_FILE_ENV, RunSpec  # noqa: E402
+from streamed_job.spec import SPEC_ENV, SPEC_FILE_ENV, RunSpec, base_environment  # noqa: E402
 
 log = logging.getLogger("streamed_job")
 
@@ -128,7 +128,7 @@ def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs")
     own = {"GRPC_ENABLE_FORK_SUPPORT"} if _FORK_SUPPORT_SET_HERE else set()
     attempt = Attempt(spec, pump=pump, output=shipper.add, cellar=lambda: cellar, on_end=on_end,
-                      base_env={k: v for k, v in os.environ.items() if k not in own},
+                      base_env={k: v for k, v in base_environment(os.environ).items() if k not in own},
                       background=background.submit, max_download_bytes=settings.max_download_bytes)
     try:
         attempt.run()  # a signal while fetching inputs ends the attempt there

@@ -21,6 +21,12 @@ def attempt_key(workflow_id: str, job: str, attempt: int) -> str:
     return f"{workflow_id}/{job}/{attempt}"
 
 
+def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a launcher passes on to every command it starts: its own environment without
+    its own variables (`DONUT_*`: its spec and tokens; `STREAMED_JOB_*`: its settings)."""
+    return {k: v for k, v in environ.items() if not k.startswith(OWN_ENV_PREFIXES)}
+
+
 @dataclass(frozen=True)
 class InputFile:
     """A file the job needs before it starts, at `local` (relative to its work dir):
@@ -65,9 +71,9 @@ class RunSpec:
         return attempt_key(self.workflow_id, self.job, self.attempt)
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
-        """The command's environment: `base` without the launcher's own variables, plus
-        the attempt's `DONUT_*` ones."""
-        env = {k: v for k, v in base.items() if not k.startswith(OWN_ENV_PREFIXES)}
+        """The command's environment: `base` (see `base_environment`) plus the attempt's
+        `DONUT_*` variables."""
+        env = dict(base)
         env.update({
             JOB_KEY_ENV: self.key,
             "DONUT_WORKFLOW_ID": self.workflow_id,
