@@ -18,8 +18,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
-from typing import BinaryIO
 
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
@@ -34,7 +34,7 @@ LogLine = tuple[int, bytes]  # (stream, text without newline)
 
 @dataclass
 class _Open:
-    file: BinaryIO
+    file: FileIO  # unbuffered: what a failed write leaves behind is on disk or nowhere, never in a buffer
     sequence: int = 0
 
 
@@ -58,7 +58,7 @@ class LogStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
             sequence = _recover(path)
-            entry = self._open[key] = _Open(open(path, "ab"), sequence)  # noqa: SIM115 - open until `end`
+            entry = self._open[key] = _Open(FileIO(path, "ab"), sequence)
         return entry
 
     def append(self, workflow_id: str, job: str, attempt: int, lines: list[LogLine],
@@ -75,8 +75,14 @@ class LogStore:
                     if entry.file.tell() == 0:
                         data = b"q0\n" + data
                     data += b"q%d\n" % sequence
-                entry.file.write(data)
-                entry.file.flush()  # before the sequence counts as stored (and is acknowledged)
+                try:
+                    _write_all(entry.file, data)  # before the sequence counts as stored (and is acknowledged)
+                except OSError:
+                    # A torn batch may be on disk: the file is reopened for the next append,
+                    # which cuts it off after the last whole batch (and the resend is stored once).
+                    del self._open[(workflow_id, job, attempt)]
+                    entry.file.close()
+                    raise
                 if sequence is not None:
                     entry.sequence = sequence
                 self._generation += 1
@@ -133,6 +139,13 @@ class LogStore:
             for entry in self._open.values():
                 entry.file.close()
             self._open.clear()
+
+
+def _write_all(file: FileIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        view = view[written or 0:]
 
 
 def _recover(path: Path) -> int:

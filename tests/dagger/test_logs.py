@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
+import resource
+import signal
 from pathlib import Path
+
+import pytest
 
 from dagger_svc.logs import STDERR, STDOUT, LogStore
 
@@ -79,21 +82,19 @@ def test_recovery_finds_a_marker_far_back_and_across_read_boundaries(tmp_path: P
 
 
 def test_a_failed_write_is_not_acknowledged(tmp_path: Path) -> None:
+    """The file can't grow (as on a full disk: here a file size limit) while a batch is
+    written: the batch is not acknowledged, and its resend is stored once there is room."""
     store = LogStore(tmp_path)
     store.append("w", "j", 1, [(STDOUT, b"one")], sequence=1)
-    entry = store._open[("w", "j", 1)]
-    real_file = entry.file
-
-    class Full:
-        def tell(self) -> int:
-            return real_file.tell()
-
-        def write(self, data: bytes) -> int:
-            raise OSError(28, "No space left on device")
-
-    entry.file = Full()  # type: ignore[assignment]
-    with contextlib.suppress(OSError):
-        store.append("w", "j", 1, [(STDOUT, b"two")], sequence=2)
-    entry.file = real_file
+    size = store.path("w", "j", 1).stat().st_size
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    no_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+        with pytest.raises(OSError):
+            store.append("w", "j", 1, [(STDOUT, b"two")], sequence=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, no_signal)
     assert store.append("w", "j", 1, [(STDOUT, b"two")], sequence=2) == 2  # the resend is stored
     assert lines(store) == [(STDOUT, b"one"), (STDOUT, b"two")]
