@@ -1,12 +1,11 @@
 """What wakes the scheduler: one typed event per thing that happened, fed to its loop.
 
-Watches on etcd, executors, the committer thread and timers put these on one queue; the
-loop takes them in batches and dispatches on their type.
+Watches on etcd, executors and timers put these on one queue; the loop takes them in
+batches and dispatches on their type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dagger_svc.core.records import Outcome, WorkflowId
@@ -37,22 +36,6 @@ class JobEnded:
 
 
 @dataclass(frozen=True)
-class CommitResult:
-    """How one run's commit went: `error` None when it was recorded; `launched` is how
-    many of its launches (the oldest first) that commit recorded."""
-
-    error: Exception | None
-    launched: int
-
-
-@dataclass(frozen=True)
-class Committed:
-    """A commit is over: one result per run it carried."""
-
-    results: Mapping[WorkflowId, CommitResult]
-
-
-@dataclass(frozen=True)
 class Timer:
     """Something is due (a retry backoff, a held-back commit, a reload): look at the clocks."""
 
@@ -62,4 +45,4 @@ class Stop:
     """The scheduler is stopping."""
 
 
-Event = Queued | CancelAsked | JobEnded | Committed | Timer | Stop
+Event = Queued | CancelAsked | JobEnded | Timer | Stop

@@ -2,17 +2,18 @@
 
 Events (a workflow queued, a cancel asked for, a job attempt ended, a retry timer) arrive
 on one queue from etcd watches and executor callbacks; each wake-up drains the queue and
-feeds the runs. Changed records are written by a committer thread, one guarded
-transaction per run, with one commit in flight at a time: what changes meanwhile goes
-into the next one, so the transaction rate never limits throughput and a busy run's
-changes are batched. Commits start at most every COMMIT_INTERVAL (a run's final state
-goes at once): a chain of short jobs then shares transactions instead of paying for one
-per job in etcd and here. Launches start at once, before their records are committed (a
-launch is idempotent per workflow, job and attempt: the Kubernetes executor adopts an
-existing job of the same name); if a commit fails, every attempt launched since the last
-good commit is killed and the run is reloaded from etcd, so no attempt outlives a
-transition that was not recorded. Runs are owned through a lease-bound claim key, so a
-scheduler that dies loses its runs to another (or to itself, restarted, at once).
+feeds the runs. Changed records are written by a committer thread, the changes of every
+run in as few guarded transactions as etcd's limits allow, with one commit in flight at
+a time: what changes meanwhile goes into the next one, so the transaction rate never
+limits throughput and a busy stack's changes are batched.
+
+Launches are write-ahead: an attempt is started only once the commit that records it as
+running has succeeded, so after any crash every attempt that may be running is in etcd,
+and a restarted scheduler ends what it cannot adopt and runs it again under a new attempt
+number: an attempt number never runs twice. A launch whose commit fails never starts (its
+run is reloaded from etcd); a kill of an attempt not started yet ends it there. Runs are
+owned through a lease-bound claim key, so a scheduler that dies loses its runs to another
+(or to itself, restarted, at once).
 """
 
 from __future__ import annotations
@@ -28,30 +29,60 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagger_svc.core.records import JobStatus, Outcome, WorkflowId
+from dagger_svc.core.records import Outcome, WorkflowId
 from dagger_svc.core.run import Run, Step
-from dagger_svc.events import CancelAsked, CommitResult, Committed, Event, JobEnded, Queued, Stop, Timer
+from dagger_svc.events import CancelAsked, Event, JobEnded, Queued, Stop, Timer
 from dagger_svc.executors.base import Executor, Launch, workflow_dir
-from dagger_svc.store import Lease, Revisions, Store
+from dagger_svc.store import Lease, Revisions, RunChanges, Store
 from donut_common.errors import Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
-COMMIT_INTERVAL = 0.01  # seconds from one commit's start to the next one's
-RELOAD_WAIT = 60.0  # seconds at most to wait for killed launches to end before a run is reloaded
 TAKE_OVER_RETRY = 0.5  # seconds before a run whose take-over failed is tried again
+NOT_STARTED = Outcome(signal="SIGTERM", message="terminated before it started")
 
 
 @dataclass
-class _Held:
-    """A run that is not taken (back) before `until` (time.monotonic()), or, with `waiting`,
-    before those (job, attempt) launches have ended, whichever comes first."""
+class _Pending:
+    """A launch waiting for the commit that records it. Its state goes from "waiting" to
+    "launching" and "launched" (the committer hands it to the executor once it is
+    recorded) or to "dropped" (killed before, or its commit failed). A kill that comes
+    while it is being handed over is carried out by the committer right after, so a kill
+    and a launch of one attempt never cross. The lock is never held across a call out."""
 
-    until: float
-    waiting: set[tuple[str, int]] | None = None
+    launch: Launch
+    state: str = "waiting"
+    kill_asked: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def released(self, now: float) -> bool:
-        return now >= self.until or (self.waiting is not None and not self.waiting)
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.launch.job, self.launch.attempt
+
+    def drop(self) -> str:
+        """Keeps it from starting: "dropped"; or "later" (being launched: the committer
+        kills it next) or "now" (launched: the caller kills it)."""
+        with self.lock:
+            if self.state in ("waiting", "dropped"):
+                self.state = "dropped"
+                return "dropped"
+            if self.state == "launching":
+                self.kill_asked = True
+                return "later"
+            return "now"
+
+    def begin_launch(self) -> bool:
+        with self.lock:
+            if self.state != "waiting":
+                return False
+            self.state = "launching"
+            return True
+
+    def end_launch(self) -> bool:
+        """True when a kill came while it was being launched."""
+        with self.lock:
+            self.state = "launched"
+            return self.kill_asked
 
 
 @dataclass
@@ -59,21 +90,21 @@ class _Owned:
     run: Run
     revisions: Revisions
     workflow_dir: str
-    unsent: Step = field(default_factory=Step)              # changes not yet sent to etcd
-    unconfirmed: list[Launch] = field(default_factory=list)  # launched, not yet committed
+    unsent: Step = field(default_factory=Step)                   # changes not yet sent to etcd
+    unsent_launches: list[_Pending] = field(default_factory=list)  # launches among them
+    pending: dict[tuple[str, int], _Pending] = field(default_factory=dict)  # not started yet
 
 
 class Scheduler:
     def __init__(self, store: Store, executor: Executor, data_root: Path,
                  scheduler_id: str | None = None, lease_ttl: int = 10,
-                 clock: Callable[[], float] = time.time, commit_interval: float = COMMIT_INTERVAL) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.executor = executor
         self.data_root = data_root
         self.scheduler_id = scheduler_id or uuid.uuid4().hex
         self.lease_ttl = lease_ttl
         self.clock = clock
-        self.commit_interval = commit_interval
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._owned: dict[WorkflowId, _Owned] = {}
         self._stopping = threading.Event()
@@ -83,13 +114,8 @@ class Scheduler:
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-commit")
         self._step_lock = threading.Lock()  # one step at a time, on the loop or an executor's thread
         self._committing = False
-        self._last_commit = float("-inf")         # time.monotonic() when the last commit started
-        self._commit_due: float | None = None     # when unsent changes wait for the interval
-        self._loop_wakes_at = float("inf")        # time.monotonic() when the idle loop wakes by itself
-        # runs not taken (back) for now: their take-over failed (etcd away: a moment later), or
-        # their commit failed and their killed launches have not ended (so the same attempt
-        # number is not launched while the old one still runs)
-        self._held: dict[WorkflowId, _Held] = {}
+        self._loop_wakes_at = float("inf")  # time.monotonic() when the idle loop wakes by itself
+        self._held: dict[WorkflowId, float] = {}  # runs whose take-over failed -> when to try again
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -121,8 +147,8 @@ class Scheduler:
             cancel()
         for thread in self._threads:
             thread.join(timeout=10)
+        self._committer.shutdown(wait=True)  # the commit on its way ends (it takes the step lock)
         with self._step_lock:  # a step running on an executor's thread ends first
-            self._committer.shutdown(wait=True)
             self._flush()
         if self._lease is not None:
             with contextlib.suppress(Unavailable):  # etcd may be gone already: the lease ends anyway
@@ -194,8 +220,6 @@ class Scheduler:
             self._handle(batch)
         except Exception:
             log.exception("scheduler step failed; it will be retried from etcd")
-            if any(isinstance(event, Committed) for event in batch):
-                self._committing = False  # that commit is over, whatever became of the rest
             self._stopping.wait(0.5)  # etcd away, most likely: not in a tight loop
             self._reload_all()
             for event in batch:  # runs that were being taken over
@@ -205,9 +229,7 @@ class Scheduler:
     def _next_timeout(self) -> float | None:
         now = self.clock()
         waits = [w - now for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]
-        if self._commit_due is not None:
-            waits.append(self._commit_due - time.monotonic())
-        waits.extend(held.until - time.monotonic() for held in self._held.values())
+        waits.extend(until - time.monotonic() for until in self._held.values())
         return max(0.0, min(waits)) if waits else None
 
     def _handle(self, batch: list[Event]) -> None:
@@ -218,13 +240,10 @@ class Scheduler:
             if step:
                 steps[workflow_id] = steps[workflow_id].merge(step) if workflow_id in steps else step
 
-        commits: list[Committed] = []
         for event in batch:
             match event:
                 case Stop():
                     return
-                case Committed():
-                    commits.append(event)  # after this batch's own changes are queued up
                 case Queued(workflow_id):
                     if workflow_id not in self._owned and workflow_id not in self._held:
                         try:
@@ -232,7 +251,7 @@ class Scheduler:
                         except Exception as e:  # noqa: BLE001 - this run only; the others go on
                             log.warning("cannot take run %s over (%s); trying again shortly", workflow_id, e)
                             self._owned.pop(workflow_id, None)
-                            self._held[workflow_id] = _Held(time.monotonic() + TAKE_OVER_RETRY)
+                            self._held[workflow_id] = time.monotonic() + TAKE_OVER_RETRY
                             continue
                         if started is not None:
                             add(workflow_id, started)
@@ -244,83 +263,107 @@ class Scheduler:
                     owned = self._owned.get(workflow_id)
                     if owned is not None:
                         add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
-                    elif (held := self._held.get(workflow_id)) is not None and held.waiting is not None:
-                        held.waiting.discard((job, attempt))
                 case Timer():
                     pass  # what is due is looked at below
         for workflow_id, owned in self._owned.items():
             wakeup = owned.run.next_wakeup()
             if wakeup is not None and wakeup <= now:
                 add(workflow_id, owned.run.tick(now))
-        for workflow_id, held in list(self._held.items()):
-            if held.released(time.monotonic()):
+        for workflow_id, until in list(self._held.items()):
+            if time.monotonic() >= until:
                 del self._held[workflow_id]
                 self._events.put(Queued(workflow_id))
         for workflow_id, step in steps.items():
             self._carry_out(workflow_id, step)
-        for committed in commits:
-            self._committed(committed)
         self._commit_next()
 
     def _carry_out(self, workflow_id: WorkflowId, step: Step) -> None:
-        """Launches and kills now; the records wait for the next commit. A launch is
-        undone if the commit that records it fails."""
+        """Kills now; launches once the next commit has recorded them (with the rest of
+        the step's records)."""
         owned = self._owned[workflow_id]
         for job in step.launch:
-            launch = Launch(workflow_id=workflow_id, job=job, attempt=owned.run.jobs[job].attempt,
-                            spec=owned.run.definition.jobs[job], workflow_dir=owned.workflow_dir,
-                            upload_id=owned.run.workflow.upload_id, owner=owned.run.workflow.owner)
-            owned.unconfirmed.append(launch)
-            self.executor.launch(launch)
+            pending = _Pending(Launch(
+                workflow_id=workflow_id, job=job, attempt=owned.run.jobs[job].attempt,
+                spec=owned.run.definition.jobs[job], workflow_dir=owned.workflow_dir,
+                upload_id=owned.run.workflow.upload_id, owner=owned.run.workflow.owner))
+            owned.unsent_launches.append(pending)
+            owned.pending[pending.key] = pending
         for job in step.kill:
-            self.executor.kill(workflow_id, job, owned.run.jobs[job].attempt)
+            attempt = owned.run.jobs[job].attempt
+            waiting = owned.pending.get((job, attempt))
+            dropped = "now" if waiting is None else waiting.drop()
+            if dropped == "dropped":
+                del owned.pending[(job, attempt)]
+                self._events.put(JobEnded(workflow_id, job, attempt, NOT_STARTED))
+            elif dropped == "now":
+                self.executor.kill(workflow_id, job, attempt)
         owned.unsent = owned.unsent.merge(step) if owned.unsent else step
 
     def _commit_next(self) -> None:
-        """Sends every run's unsent records, one transaction per run, unless a commit is
-        already on its way: then they go together with whatever follows, once it is done."""
+        """Sends every run's unsent records in one commit, unless a commit is already on
+        its way: then they go together with whatever follows, once it is done."""
         if self._committing:
             return
-        pending = [owned for owned in self._owned.values() if owned.unsent]
-        now = time.monotonic()
-        due = self._last_commit + self.commit_interval
-        if pending and now < due and not any(owned.run.finished for owned in pending):
-            self._commit_due = due  # the loop wakes up for it
-            return
-        self._commit_due = None
-        batch = {}
+        batch = []
         for workflow_id, owned in self._owned.items():
             if owned.unsent:
-                batch[workflow_id] = (owned.unsent, len(owned.unconfirmed))
-                owned.unsent = Step()
+                batch.append((workflow_id, owned.unsent, owned.unsent_launches))
+                owned.unsent, owned.unsent_launches = Step(), []
         if batch:
             self._committing = True
-            self._last_commit = now
             self._committer.submit(self._commit, batch)
 
-    def _commit(self, batch: dict[WorkflowId, tuple[Step, int]]) -> None:
-        """On the committer thread: one guarded transaction per run."""
-        results: dict[WorkflowId, CommitResult] = {}
-        for workflow_id, (step, launched) in batch.items():
+    def _commit(self, batch: list[tuple[WorkflowId, Step, list[_Pending]]]) -> None:
+        """On the committer thread: records the changes of every run in the batch, then
+        starts the launches they record (the others never start)."""
+        changes = []
+        for workflow_id, step, _ in batch:
             owned = self._owned.get(workflow_id)
-            if owned is None:
-                continue
+            if owned is not None:
+                changes.append(RunChanges(workflow_id, step.workflow, list(step.jobs.values()), owned.revisions))
+        errors = self.store.save_runs(changes)
+        for workflow_id, _, launches in batch:
+            if errors.get(workflow_id, False) is None:
+                for pending in launches:
+                    self._launch(pending)
+        with self._step_lock:  # what follows goes out at once, from here: no hop to the loop
             try:
-                self.store.save_run(workflow_id, step.workflow, step.jobs.values(), owned.revisions)
-                results[workflow_id] = CommitResult(None, launched)
-            except Exception as e:  # noqa: BLE001 - handed to the loop, which reloads the run
-                results[workflow_id] = CommitResult(e, launched)
-        self._events.put(Committed(results))
+                self._committed(batch, errors)
+            except Exception:
+                log.exception("scheduler step failed; it will be retried from etcd")
+                self._reload_all()
+            finally:
+                self._committing = False
+            if not self._stopping.is_set():
+                self._commit_next()
 
-    def _committed(self, committed: Committed) -> None:
-        self._committing = False
-        for workflow_id, result in committed.results.items():
-            error, launched = result.error, result.launched
+    def _launch(self, pending: _Pending) -> None:
+        if not pending.begin_launch():
+            return  # killed meanwhile: ended already
+        launch = pending.launch
+        try:
+            self.executor.launch(launch)
+        except Exception as e:  # an executor's bug: the attempt fails, the run goes on
+            log.exception("cannot launch %s/%s attempt %d", launch.workflow_id, launch.job, launch.attempt)
+            self._events.put(JobEnded(WorkflowId(launch.workflow_id), launch.job, launch.attempt,
+                                      Outcome(message=f"cannot be launched: {e!r}")))
+        if pending.end_launch():
+            self.executor.kill(launch.workflow_id, launch.job, launch.attempt)
+
+    def _committed(self, batch: list[tuple[WorkflowId, Step, list[_Pending]]],
+                   errors: dict[WorkflowId, Exception | None]) -> None:
+        """The bookkeeping after a commit: a run that ended is let go, a run whose commit
+        failed is reloaded from etcd (its launches never started)."""
+        for workflow_id, _, launches in batch:
             owned = self._owned.get(workflow_id)
-            if owned is None:
+            if owned is None or workflow_id not in errors:
                 continue
+            error = errors[workflow_id]
+            for pending in launches:
+                owned.pending.pop(pending.key, None)
+                if error is not None:
+                    pending.drop()  # its commit failed: it never started
             if error is None:
-                del owned.unconfirmed[:launched]
                 if owned.run.finished and not owned.unsent:
                     requeued = not self.store.dequeue(workflow_id, owned.revisions)
                     self._forget(workflow_id)
@@ -332,16 +375,10 @@ class Scheduler:
                 log.info("run %s changed under us; reloading it", workflow_id)
             else:
                 log.warning("cannot record run %s (%s); reloading it", workflow_id, error)
-            for launch in owned.unconfirmed:
-                self.executor.kill(workflow_id, launch.job, launch.attempt)
-            jobs = owned.run.jobs  # a launch its job still shows running has not reported its end yet
-            waiting = {(launch.job, launch.attempt) for launch in owned.unconfirmed
-                       if jobs[launch.job].status is JobStatus.RUNNING and jobs[launch.job].attempt == launch.attempt}
+            for pending in owned.pending.values():
+                pending.drop()
             self._forget(workflow_id)
-            if waiting:
-                self._held[workflow_id] = _Held(time.monotonic() + RELOAD_WAIT, waiting)
-            else:
-                self._events.put(Queued(workflow_id))
+            self._events.put(Queued(workflow_id))
 
     # ---- ownership -----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from dagger_svc.core.definition import Definition, StoredJob
 from dagger_svc.core.records import JobDoc, JobRecord, WorkflowDoc, WorkflowId, WorkflowRecord
 from dagger_svc.keys import Keys
 from donut_common import etcd
-from donut_common.errors import Conflict, NotFound
+from donut_common.errors import Conflict, NotFound, Unavailable
 
 MAX_OPS_PER_TXN = 120          # etcd refuses more than 128 (--max-txn-ops)
 MAX_BYTES_PER_TXN = 1_000_000  # etcd refuses requests over 1.5 MiB
@@ -35,6 +35,16 @@ class RunView:
     workflow: WorkflowRecord
     definition: Definition
     jobs: dict[str, JobRecord]
+
+
+@dataclass(frozen=True)
+class RunChanges:
+    """A run's changed records, to be written if its keys still have `revisions`."""
+
+    workflow_id: WorkflowId
+    workflow: WorkflowRecord | None
+    jobs: list[JobRecord]
+    revisions: Revisions
 
 
 @dataclass(frozen=True)
@@ -167,13 +177,64 @@ class Store:
                  revisions: Revisions, enqueue: bool = False) -> None:
         """One guarded write of a run's changed records; the workflow record goes last
         (with enqueue, followed by the queue key that wakes a scheduler)."""
-        writes = [(self.keys.job(workflow_id, j.name), _dump(j.to_dict())) for j in jobs]
-        if workflow is not None:
-            writes.append((self.keys.workflow(workflow_id), _dump(workflow.to_dict())))
+        writes = self._run_writes(RunChanges(workflow_id, workflow, list(jobs), revisions))
         queue_key = self.keys.queued(workflow_id)
         if enqueue:
             writes.append((queue_key, b"1"))
         self._put_guarded(writes, revisions, unguarded=frozenset({queue_key}))
+
+    def save_runs(self, runs: Iterable[RunChanges]) -> dict[WorkflowId, Exception | None]:
+        """Writes the changes of many runs in as few guarded transactions as etcd's limits
+        allow (runs that fit together share one); per run, None once it is recorded, or
+        why not (Conflict: another writer changed one of its records; Unavailable). A
+        shared transaction that is refused is tried again run by run, so one run's
+        conflict is never another's."""
+        results: dict[WorkflowId, Exception | None] = {}
+        group: list[tuple[RunChanges, list[tuple[str, bytes]]]] = []
+        ops = size = 0
+        for run in runs:
+            writes = self._run_writes(run)
+            run_size = sum(len(k) + len(v) for k, v in writes)
+            if group and (ops + len(writes) > MAX_OPS_PER_TXN or size + run_size > MAX_BYTES_PER_TXN):
+                self._save_group(group, results)
+                group, ops, size = [], 0, 0
+            group.append((run, writes))
+            ops, size = ops + len(writes), size + run_size
+        if group:
+            self._save_group(group, results)
+        return results
+
+    def _save_group(self, group: list[tuple[RunChanges, list[tuple[str, bytes]]]],
+                    results: dict[WorkflowId, Exception | None]) -> None:
+        writes = [write for _, run_writes in group for write in run_writes]
+        if len(group) == 1 or len(writes) > MAX_OPS_PER_TXN:
+            for run, run_writes in group:  # (a run too large for one transaction goes in chunks)
+                try:
+                    self._put_guarded(run_writes, run.revisions)
+                    results[run.workflow_id] = None
+                except (Conflict, Unavailable) as e:
+                    results[run.workflow_id] = e
+            return
+        try:
+            result = self._etcd.txn([etcd.mod_equals(k, run.revisions.get(k, 0)) for run, run_writes in group
+                                     for k, _ in run_writes], [etcd.put(k, v) for k, v in writes])
+        except Unavailable as e:
+            results.update({run.workflow_id: e for run, _ in group})
+            return
+        if not result.succeeded:
+            for run, run_writes in group:  # whose record changed? each run on its own
+                self._save_group([(run, run_writes)], results)
+            return
+        for run, run_writes in group:
+            for k, _ in run_writes:
+                run.revisions[k] = result.revision
+            results[run.workflow_id] = None
+
+    def _run_writes(self, run: RunChanges) -> list[tuple[str, bytes]]:
+        writes = [(self.keys.job(run.workflow_id, j.name), _dump(j.to_dict())) for j in run.jobs]
+        if run.workflow is not None:
+            writes.append((self.keys.workflow(run.workflow_id), _dump(run.workflow.to_dict())))
+        return writes
 
     def workflow_revisions(self, workflow_id: WorkflowId, revision: int) -> Revisions:
         """The revisions a guarded write of the workflow record checks (read at `revision`)."""

@@ -3,6 +3,8 @@ and what it records, for every kind of event; no process is started."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -112,28 +114,95 @@ def test_an_attempt_the_executor_lost_becomes_dead_and_runs_again(scheduling: Sc
     assert [(at.number, at.status) for at in a.attempts] == [(1, JobStatus.DEAD), (2, JobStatus.SUCCEEDED)]
 
 
-def test_a_launch_whose_commit_failed_is_killed_and_run_again_only_once_it_ended(
-        scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
-    executor = RecordingExecutor(end_on_kill=False)
+def test_an_attempt_is_recorded_running_before_it_is_launched(scheduling: Scheduling) -> None:
+    store = scheduling.store
+    seen: list[tuple[str, int]] = []
+
+    class Checking(RecordingExecutor):
+        def launch(self, launch: Launch) -> None:
+            record = store.job(launch.workflow_id, launch.job)
+            seen.append((record.status.value, record.attempt))
+            super().launch(launch)
+
+    executor = Checking(outcome_of=lambda launch: FAILED if (launch.job, launch.attempt) == ("a", 1) else OK)
     scheduling.restart(executor)
-    real_save = scheduling.store.save_run
-    failed: list[str] = []
-
-    def first_commit_fails(workflow_id: str, *args: Any, **kwargs: Any) -> None:
-        if not failed:
-            failed.append(workflow_id)
-            raise Unavailable("etcd is away")
-        real_save(workflow_id, *args, **kwargs)
-
-    monkeypatch.setattr(scheduling.store, "save_run", first_commit_fails)
-    workflow_id = scheduling.submit([job("a")])
-    executor.wait_for(lambda: executor.kills, "the unrecorded launch killed")
-    assert executor.kills == [Attempt(workflow_id, "a", 1)]
-    assert len(executor.launches) == 1  # not launched again while the killed one still runs
-    executor.end(Attempt(workflow_id, "a", 1), FAILED)  # the kill takes effect
-    executor.finish(workflow_id, "a")  # the run, reloaded, launches again
+    workflow_id = scheduling.submit([job("a", retries=1), job("b")], {"a": ["b"]})
     assert scheduling.wait(workflow_id).status is WorkflowStatus.DONE
-    assert failed == [workflow_id] and len(executor.launches) == 2
+    assert seen == [("running", 1), ("running", 2), ("running", 1)]  # a, a's retry, b
+
+
+def test_a_launch_whose_commit_failed_never_starts_and_the_run_goes_on(
+        scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = scheduling.store.save_runs
+    failed: list[list[str]] = []
+
+    def first_commit_fails(runs: Any) -> Any:
+        runs = list(runs)
+        if not failed:
+            failed.append([run.workflow_id for run in runs])
+            return {run.workflow_id: Unavailable("etcd unavailable (a transaction: UNAVAILABLE)") for run in runs}
+        return real_save(runs)
+
+    monkeypatch.setattr(scheduling.store, "save_runs", first_commit_fails)
+    workflow_id = scheduling.submit([job("a")])
+    scheduling.executor.finish(workflow_id, "a")  # the run, reloaded, launches it (for the first time)
+    assert scheduling.wait(workflow_id).status is WorkflowStatus.DONE
+    assert failed == [[workflow_id]]
+    assert [(launch.job, launch.attempt) for launch in scheduling.executor.launches] == [("a", 1)]
+    assert scheduling.executor.kills == []
+
+
+class HeldCommits:
+    """Holds the scheduler's commits until `release`, counting the runs each one carries."""
+
+    def __init__(self, scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open = threading.Event()
+        self.sizes: list[int] = []
+        real_save = scheduling.store.save_runs
+
+        def held(runs: Any) -> Any:
+            runs = list(runs)
+            self.open.wait(20)
+            self.sizes.append(len(runs))
+            return real_save(runs)
+
+        monkeypatch.setattr(scheduling.store, "save_runs", held)
+
+    def release(self) -> None:
+        self.open.set()
+
+
+def test_the_launches_of_many_runs_share_a_transaction(scheduling: Scheduling,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    executor = RecordingExecutor(outcome_of=lambda launch: OK)
+    scheduling.restart(executor)
+    held = HeldCommits(scheduling, monkeypatch)
+    workflows = [scheduling.submit([job("a")]) for _ in range(12)]
+    deadline = time.monotonic() + 10
+    while sum(scheduling.scheduler.owns(w) for w in workflows) < 12:  # all taken over, waiting for a commit
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert executor.launches == []  # nothing starts before its record is written
+    held.release()
+    assert all(scheduling.wait(w).status is WorkflowStatus.DONE for w in workflows)
+    assert max(held.sizes) >= 11  # the first commit went alone; every other run's launch went in the next
+
+
+def test_a_kill_before_the_launch_is_recorded_ends_the_attempt_unstarted(
+        scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = HeldCommits(scheduling, monkeypatch)
+    workflow_id = scheduling.submit([job("a")])
+    deadline = time.monotonic() + 10
+    while not scheduling.scheduler.owns(workflow_id):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    scheduling.service.cancel(ADMIN, workflow_id)
+    time.sleep(0.2)  # the cancel reaches the scheduler while the launch's commit is held
+    held.release()
+    assert scheduling.wait(workflow_id).status is WorkflowStatus.TERMINATED
+    a = scheduling.store.job(workflow_id, "a")
+    assert a.status is JobStatus.TERMINATED and a.message == "terminated before it started"
+    assert scheduling.executor.launches == [] and scheduling.executor.kills == []
 
 
 def test_failing_take_overs_hold_nothing_back(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,40 +225,28 @@ def test_failing_take_overs_hold_nothing_back(scheduling: Scheduling, monkeypatc
 
 
 def test_a_step_that_fails_holds_nothing_back(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step fails part-way (here a launch raises) while commits come and go: later
-    commits still go out and every run is taken up again from etcd."""
+    """A step fails part-way (here: taking a finished run off the queue finds etcd away)
+    while commits come and go: later commits still go out and every run is taken up
+    again from etcd."""
     executor = RecordingExecutor(outcome_of=lambda launch: OK)
     scheduling.restart(executor)
-    real_launch = executor.launch
-    failures = [3, 7]  # which launches raise
+    real_dequeue = scheduling.store.dequeue
+    calls = [0]
 
-    def sometimes_raises(launch: Launch) -> None:
-        failures[:] = [n - 1 for n in failures]
-        if 0 in failures:
-            raise RuntimeError("a bug in an executor")
-        real_launch(launch)
+    def sometimes_away(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] in (2, 5):
+            raise Unavailable("etcd unavailable (a transaction: UNAVAILABLE)")
+        return real_dequeue(*args, **kwargs)
 
-    monkeypatch.setattr(executor, "launch", sometimes_raises)
+    monkeypatch.setattr(scheduling.store, "dequeue", sometimes_away)
     workflows = [scheduling.submit([job("a"), job("b")], {"a": ["b"]}) for _ in range(10)]
     assert all(scheduling.wait(w, timeout=30).status is WorkflowStatus.DONE for w in workflows)
-
-
-def test_short_jobs_share_commits_and_the_final_state_is_not_held_back(store: Any, tmp_path: Any) -> None:
-    """With a long commit interval a chain of quick jobs runs on (launches don't wait for
-    commits), its changes go to etcd in a few transactions, and the final state at once."""
-    running = Scheduling(store, tmp_path, RecordingExecutor(outcome_of=lambda launch: OK))
-    running.scheduler.commit_interval = 30.0
-    try:
-        before = store.current_revision()
-        workflow_id = running.submit([job(f"j{i}") for i in range(20)], {f"j{i}": [f"j{i + 1}"] for i in range(19)},
-                                     parallelism=1)
-        assert running.wait(workflow_id, timeout=20).status is WorkflowStatus.DONE  # well before 30 s
-        assert set(running.statuses(workflow_id).values()) == {"succeeded"}
-        # create, claim, the first launch, the final state; then dequeue and release: not one per job
-        assert store.current_revision() - before <= 8
-    finally:
-        running.close()
-
+    deadline = time.monotonic() + 10
+    while scheduling.store.queued_ids():  # each finished run is taken off the queue, failures or not
+        assert time.monotonic() < deadline, "a finished run stayed queued"
+        time.sleep(0.02)
+    assert calls[0] >= 12  # both failures happened, and their runs were dequeued later
 
 def test_launches_carry_the_workflow_and_its_owner(scheduling: Scheduling) -> None:
     workflow_id = scheduling.submit([job("a", retries=2, timeout=5)])
