@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
-from dagger_svc.core.documents import brief, load_document, quote
+from dagger_svc.core.documents import brief, duplicate_keys, load_document, quote
 from dagger_svc.core.graph import find_cycles
 from dagger_svc.core.limits import MAX_DEFINITION_BYTES, MAX_JOBS, MAX_RETRIES
 from donut_common import names
@@ -29,6 +29,8 @@ from donut_common.errors import InvalidArgument, Problem
 
 NAME_PATTERN: Final = f"^{names.JOB_NAME}$"
 """What a job name must match (at most 63 characters)."""
+
+_CYCLE_SHOWN: Final = 12  # jobs of a longer cycle shown (the rest counted)
 
 MAX_PROBLEMS: Final = 1000
 """Reporting stops after this many problems (a pathological document could produce millions)."""
@@ -287,6 +289,7 @@ class _Validator:
                         mentioned.add(name)
         if raw_jobs is None:
             self.add("jobs", "required")
+        self.duplicates(document, "")
         specs: dict[str, JobSpec] = {}
         named: dict[str, int] = {}  # valid, unique names -> index (the graph's nodes)
         edges: dict[str, tuple[str, ...]] = {}
@@ -300,7 +303,7 @@ class _Validator:
                 self.unknown_field("", key, f"expected {', '.join(_TOP_FIELDS)}")
         children = {name: edges.get(name, ()) for name in named}
         for cycle in find_cycles(list(named), children):
-            self.add("cycle", " -> ".join(cycle))
+            self.add("cycle", _shown(cycle))
         if self.problems.items:
             return None
         return Definition.of(specs.values(), children)
@@ -327,6 +330,7 @@ class _Validator:
         self, raw: dict[object, object], place: str, named: dict[str, int], index: int
     ) -> JobSpec | None:
         count = len(self.problems.items)
+        self.duplicates(raw, place)
         for key in raw:
             if key not in _JOB_FIELDS:
                 self.unknown_field(place, key)
@@ -413,8 +417,10 @@ class _Validator:
             self.add(place, "must be a list of strings")
             return None
         self.problems.spend(len(value))
-        if not all(isinstance(arg, str) for arg in value):
-            self.add(place, "must be a list of strings")
+        wrong = [index for index, arg in enumerate(value) if not isinstance(arg, str)]
+        for index in wrong:
+            self.add(f"{place}[{index}]", f"must be a string, not {_describe(value[index])}")
+        if wrong:
             return None
         args: tuple[str, ...] = tuple(value)
         self.problems.spend(sum(map(len, args)))
@@ -459,6 +465,7 @@ class _Validator:
         self, raw: dict[object, object], place: str, prefix_ok: bool, prefix: str
     ) -> InputSpec | None:
         count = len(self.problems.items)
+        self.duplicates(raw, place)
         for key in raw:
             if key not in _INPUT_FIELDS:
                 self.unknown_field(place, key)
@@ -484,6 +491,7 @@ class _Validator:
         self, raw: dict[object, object], place: str, prefix_ok: bool, prefix: str
     ) -> OutputSpec | None:
         count = len(self.problems.items)
+        self.duplicates(raw, place)
         for key in raw:
             if key not in _OUTPUT_FIELDS:
                 self.unknown_field(place, key)
@@ -541,6 +549,7 @@ class _Validator:
         if not isinstance(value, dict):
             self.add("neighbors", "must be a mapping of job name to the jobs that run after it")
             return edges
+        self.duplicates(value, "neighbors")
         for key, targets in value.items():
             if not isinstance(key, str):
                 self.add("neighbors", f"unknown job {_describe(key)}")
@@ -559,12 +568,22 @@ class _Validator:
                 self.add(place, "must be a list of job names")
                 continue
             unique: tuple[str, ...] = tuple(dict.fromkeys(targets))
+            if len(unique) != len(targets):
+                twice = sorted({target for target in targets if targets.count(target) > 1})
+                self.add(place, "lists " + ", ".join(quote(t) for t in twice[:5]) + " more than once")
             if known is not None:
                 for target in unique:
                     if target not in known:
                         self.add(place, f"unknown job {quote(target)}")
             edges[key] = unique
         return edges
+
+    def duplicates(self, raw: object, place: str) -> None:
+        """A problem for every key the mapping gave more than once."""
+        for key in dict.fromkeys(duplicate_keys(raw)):
+            where = (f"{place}.{brief(key)}" if place else brief(key)) if isinstance(key, str) else place
+            self.add(where or "definition", "given more than once" if isinstance(key, str)
+                     else f"key {_describe(key)} given more than once")
 
     def unknown_field(self, place: str, key: object, expected: str = "") -> None:
         suffix = f" ({expected})" if expected else ""
@@ -575,6 +594,14 @@ class _Validator:
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _shown(cycle: list[str]) -> str:
+    """A cycle as a path, its middle left out when it is long (the first job closes it)."""
+    if len(cycle) <= _CYCLE_SHOWN:
+        return " -> ".join(cycle)
+    hidden = len(cycle) - _CYCLE_SHOWN
+    return " -> ".join([*cycle[:_CYCLE_SHOWN - 3], f"... ({hidden} more)", *cycle[-3:]])
 
 
 def _text_trouble(value: str) -> str | None:
@@ -621,4 +648,8 @@ def _describe(value: object) -> str:
         return "(a huge integer)"
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
     return f"(a {type(value).__name__})"

@@ -26,6 +26,20 @@ _MAX_YAML_DEPTH: Final = 100
 """A valid definition nests 5 deep; far deeper YAML is rejected before libyaml chokes on it."""
 
 
+class LoadedMapping(dict[object, object]):
+    """A mapping as loaded, with the keys it gave more than once (the last value is kept;
+    the validator refuses the document, naming each one by its place)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.duplicates: list[object] = []
+
+
+def duplicate_keys(value: object) -> list[object]:
+    """The keys a loaded mapping gave more than once."""
+    return value.duplicates if isinstance(value, LoadedMapping) else []
+
+
 def load_document(text: str | bytes) -> object:
     """Load definition text (YAML, or JSON when it starts with `{`) as plain Python data.
 
@@ -64,9 +78,18 @@ def load_document(text: str | bytes) -> object:
     return _load_yaml(text)
 
 
+def _json_mapping(pairs: list[tuple[str, object]]) -> LoadedMapping:
+    mapping = LoadedMapping()
+    for key, value in pairs:
+        if key in mapping:
+            mapping.duplicates.append(key)
+        mapping[key] = value
+    return mapping
+
+
 def _load_json(text: str) -> object:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_json_mapping)
     except json.JSONDecodeError as error:
         message = f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
     except RecursionError:
@@ -139,7 +162,7 @@ _NO_KEY: Final = object()
 class _Frame:
     __slots__ = ("container", "key", "merges", "mark")
 
-    def __init__(self, container: list[object] | dict[object, object], mark: Any) -> None:
+    def __init__(self, container: list[object] | LoadedMapping, mark: Any) -> None:
         self.container = container
         self.key: object = _NO_KEY
         self.merges: list[object] = []
@@ -208,7 +231,7 @@ def _build_yaml(text: str) -> object:
                     raise _YamlProblem(
                         f"nested more than {_MAX_YAML_DEPTH} levels deep", event.start_mark
                     )
-                value = [] if is_sequence else {}
+                value = [] if is_sequence else LoadedMapping()
                 if event.anchor is not None:
                     anchors[event.anchor] = value
             elif kind is yaml.SequenceEndEvent:
@@ -250,14 +273,16 @@ def _build_yaml(text: str) -> object:
                             ) from None
                         frame.key = value
                 else:
-                    assert isinstance(container, dict)
+                    assert isinstance(container, LoadedMapping)
                     if frame.key is _MERGE_KEY:
                         frame.merges.append(value)
                     else:
+                        if frame.key in container:
+                            container.duplicates.append(frame.key)
                         container[frame.key] = value
                     frame.key = _NO_KEY
             if kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
-                assert isinstance(value, (list, dict))
+                assert isinstance(value, (list, LoadedMapping))
                 stack.append(_Frame(value, event.start_mark))
     finally:
         loader.dispose()

@@ -48,7 +48,7 @@ def test_bad_definition_exits_2_names_every_problem_and_stores_nothing(cli: Any,
     result = cli("submit", str(bad))
     assert result.returncode == 2
     assert "jobs[0].name: must match" in result.stderr
-    assert "jobs[0].args: must be a list of strings" in result.stderr
+    assert "jobs[0].args[0]: must be a string, not 1" in result.stderr
     assert "jobs[1].args: required" in result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads(cli("list", "--json").stdout) == []

@@ -174,12 +174,28 @@ def test_jobs_without_neighbors_have_empty_children_and_parents() -> None:
     assert definition.parents == {"a": (), "b": ()}
 
 
-def test_duplicate_neighbor_entries_are_dropped() -> None:
-    definition = validate_document(
-        {"jobs": [job("a"), job("b"), job("c")], "neighbors": {"a": ["b", "c", "b"], "c": []}}
-    )
-    assert definition.children == {"a": ("b", "c"), "b": (), "c": ()}
-    assert definition.parents == {"a": (), "b": ("a",), "c": ("a",)}
+def test_a_neighbor_listed_twice_is_refused() -> None:
+    document = {"jobs": [job("a"), job("b"), job("c")], "neighbors": {"a": ["b", "c", "b"], "c": []}}
+    assert only_problem(document) == ("neighbors.a", "lists 'b' more than once")
+
+
+@pytest.mark.parametrize("text, place", [
+    ("jobs:\n- {name: a, name: b, image: x, cmd: y, args: []}", "jobs[0].name"),
+    ('{"jobs": [{"name": "a", "image": "x", "cmd": "y", "args": [], "args": ["q"]}]}', "jobs[0].args"),
+    ("jobs:\n- {name: a, image: x, cmd: y, args: [], inputs: [{local: f, local: g}]}", "jobs[0].inputs[0].local"),
+    ("jobs:\n- {name: a, image: x, cmd: y, args: [], outputs: [{local: f, save: true, save: false}]}",
+     "jobs[0].outputs[0].save"),
+    ("jobs:\n- {name: a, image: x, cmd: y, args: []}\n- {name: b, image: x, cmd: y, args: []}\n"
+     "neighbors: {a: [b], a: []}", "neighbors.a"),
+    ("jobs: []\njobs:\n- {name: a, image: x, cmd: y, args: []}", "jobs"),
+])
+def test_a_key_given_twice_is_refused_at_its_place(text: str, place: str) -> None:
+    assert (place, "given more than once") in problems(text)
+
+
+def test_a_key_merged_in_is_not_a_duplicate() -> None:
+    definition = parse_definition("jobs:\n- &j {name: a, image: x, cmd: y, args: []}\n- {<<: *j, name: b}")
+    assert list(definition.jobs) == ["a", "b"]
 
 
 def test_optional_fields_may_be_null() -> None:
@@ -255,8 +271,8 @@ ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("cmd with NUL", with_job_field(2, cmd="/a\x00b"), "jobs[2].cmd", "NUL"),
     ("args missing", with_job_field(2, args=_DROP), "jobs[2].args", "required"),
     ("args a string", with_job_field(2, args="30s"), "jobs[2].args", "must be a list of strings"),
-    ("args with an int", with_job_field(2, args=["a", 30]), "jobs[2].args", "must be a list of strings"),
-    ("args with null", with_job_field(2, args=[None]), "jobs[2].args", "must be a list of strings"),
+    ("args with an int", with_job_field(2, args=["a", 30]), "jobs[2].args[1]", "must be a string, not 30"),
+    ("args with null", with_job_field(2, args=[None]), "jobs[2].args[0]", "must be a string, not None"),
     ("arg with NUL", with_job_field(2, args=["ok", "a\x00"]), "jobs[2].args[1]", "NUL"),
     ("arg with lone surrogate", with_job_field(2, args=["\ud800"]), "jobs[2].args[0]", "surrogate"),
     ("prefix empty", with_job_field(0, workdir_prefix=""), "jobs[0].workdir_prefix", "non-empty relative path"),
@@ -421,7 +437,7 @@ def test_error_in_yaml_text_is_reported_at_its_place() -> None:
         ("jobs[1].colour", "unknown field"),
     ]
     assert problems("jobs:\n- {name: a, image: i, cmd: c, args: [1]}") == [
-        ("jobs[0].args", "must be a list of strings")
+        ("jobs[0].args[0]", "must be a string, not 1")
     ]
 
 
@@ -441,7 +457,7 @@ def test_many_problems_are_reported_together_in_document_order() -> None:
     }
     assert problems(document) == [
         ("jobs[0].colour", "unknown field"),
-        ("jobs[0].args", "must be a list of strings"),
+        ("jobs[0].args[1]", "must be a string, not 1"),
         (
             "jobs[1].name",
             f"must match {NAME_PATTERN} (1 to 63 lowercase letters, digits, '-' or '_', "

@@ -155,7 +155,7 @@ def test_recursive_yaml_aliases_do_not_crash() -> None:
     found = problems("a: &a [*a]\njobs: *a")
     assert found == [("a", "unknown field (expected jobs, neighbors)"), ("jobs[0]", "must be a mapping")]
     found = problems("jobs:\n- &j {name: a, image: i, cmd: c, args: &s [x, *s], me: *j}")
-    assert found == [("jobs[0].me", "unknown field"), ("jobs[0].args", "must be a list of strings")]
+    assert found == [("jobs[0].me", "unknown field"), ("jobs[0].args[1]", "must be a string, not a list")]
     # A mapping merged into itself: nothing new to merge, and no hang.
     merged = parse_definition("jobs:\n- &j {name: a, image: i, cmd: c, args: [], <<: *j}")
     assert merged.jobs["a"] == JobSpec("a", "i", "c", ())

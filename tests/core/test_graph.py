@@ -39,9 +39,9 @@ def test_ten_thousand_job_cycle_is_reported_without_recursion_error() -> None:
     document["neighbors"][f"job-{MAX_JOBS - 1}"] = ["job-0"]
     place, message = only_problem(json.dumps(document))
     assert place == "cycle"
-    path = message.split(" -> ")
-    assert len(path) == MAX_JOBS + 1
-    assert path[0] == path[-1] == "job-0" and path[1] == "job-1"
+    path = message.split(" -> ")  # shown shortened: 9 jobs, what is left out, the last 3
+    assert path[:3] == ["job-0", "job-1", "job-2"] and path[-1] == "job-0"
+    assert path[9] == f"... ({MAX_JOBS + 1 - 12} more)" and len(message) < 200
 
 
 def test_find_cycles_directly_ignores_edges_to_unknown_jobs_and_follows_document_order() -> None:
