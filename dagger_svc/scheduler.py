@@ -165,12 +165,21 @@ class Scheduler:
                     log.warning("cannot record the last changes of run %s: %s", workflow_id, e)
 
     def _keep_lease(self) -> None:
-        assert self._lease is not None
+        """Refreshes the lease; one that ended (etcd was away longer than its life, so
+        every claim bound to it is gone) is replaced, and the runs are claimed again."""
         while not self._stopping.wait(self.lease_ttl / 3):
+            assert self._lease is not None
             try:
-                self._lease.refresh()
-            except Exception as e:  # noqa: BLE001 - keep trying while etcd is away
+                if self._lease.refresh():
+                    continue
+                lease = self.store.grant_lease(self.lease_ttl)
+            except Unavailable as e:
                 log.warning("cannot refresh the scheduler lease: %s", e)
+                continue
+            log.warning("the scheduler lease ended (etcd was away); claiming the runs again")
+            with self._step_lock:
+                self._lease = lease
+                self._claim_again()
 
     # ---- inputs (any thread) -------------------------------------------------------
 
@@ -413,6 +422,19 @@ class Scheduler:
         self._owned.pop(workflow_id, None)
         with contextlib.suppress(Unavailable):  # the lease will drop it
             self._release(workflow_id)
+
+    def _claim_again(self) -> None:
+        """Claims every owned run with the current lease, keeping what is known of it;
+        a run that can't be claimed (another scheduler has it) is let go."""
+        assert self._lease is not None
+        for workflow_id in list(self._owned):
+            try:
+                claimed = self.store.claim_run(workflow_id, self.scheduler_id, self._lease) is not None
+            except Unavailable:
+                claimed = False
+            if not claimed:
+                self._owned.pop(workflow_id)
+                self._events.put(Queued(workflow_id))
 
     def _reload_all(self) -> None:
         for workflow_id in list(self._owned):

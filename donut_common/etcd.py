@@ -25,6 +25,9 @@ from donut_common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+CALL_TIMEOUT = 5.0  # seconds an etcd call may take before it is Unavailable
+RETRY_FAILED = 1.0  # seconds an endpoint that failed is left alone (the client's default: 300)
+
 Op = Any       # an etcdrpc.RequestOp
 Compare = Any  # an etcdrpc.Compare
 
@@ -110,9 +113,11 @@ class Lease:
         self._lease = lease
         self.id: int = lease.id
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Keeps the lease; False when it has ended already (etcd let it expire)."""
         with boundary("refreshing a lease"):
-            self._lease.refresh()
+            answers = self._lease.refresh()
+        return bool(answers) and answers[0].TTL > 0
 
     def revoke(self) -> None:
         with boundary("revoking a lease"):
@@ -131,20 +136,24 @@ class Etcd:
         self._closed = False
 
     @classmethod
-    def connect(cls, endpoints: str, timeout: float = 10.0) -> Etcd:
-        """A client of the first of comma-separated `host:port` endpoints that answers."""
-        last: Exception | None = None
+    def connect(cls, endpoints: str, timeout: float = CALL_TIMEOUT) -> Etcd:
+        """A client of comma-separated `host:port` endpoints (it moves to another when one
+        fails); Unavailable when none answers."""
+        members = []
         for endpoint in endpoints.split(","):
             host, _, port = endpoint.strip().removeprefix("http://").rpartition(":")
-            client = pyetcd.client(host=host or "127.0.0.1", port=int(port), timeout=timeout)
+            members.append(pyetcd.Endpoint(host or "127.0.0.1", int(port), secure=False, time_retry=RETRY_FAILED))
+        client = pyetcd.MultiEndpointEtcd3Client(endpoints=members, timeout=timeout, failover=True)
+        problem: Unavailable | None = None
+        for _ in members:  # an endpoint that fails is passed over by the next call
             try:
                 with boundary("connecting"):
                     client.status()
                 return cls(client)
             except Unavailable as e:
-                last = e
-                client.close()
-        raise Unavailable(f"cannot reach etcd at {endpoints}: {last}")
+                problem = e
+        client.close()
+        raise Unavailable(f"cannot reach etcd at {endpoints}: {problem}")
 
     def close(self) -> None:
         """Closes the client; broken watches are not taken up again after this."""

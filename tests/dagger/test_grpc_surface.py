@@ -107,3 +107,37 @@ def test_with_etcd_gone_calls_are_unavailable_saying_why(tmp_path: Any, stack_co
             raise AssertionError("a call succeeded without etcd")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNAVAILABLE and "etcd unavailable" in e.details()
+
+
+def test_after_an_etcd_stall_longer_than_the_lease_work_resumes_by_itself(tmp_path: Any, stack_config: Any) -> None:
+    """etcd is frozen (SIGSTOP) for longer than the scheduler's lease, then goes on: the
+    stack needs no restart: the run that was under way finishes, and a new one runs."""
+    import dataclasses
+    import os
+    import signal
+    import time
+
+    from donut_cli.stack import Stack
+    from donut_common.etcd_server import EtcdServer
+    from tests.dagger.conftest import Driver
+
+    etcd = EtcdServer(tmp_path / "etcd", fsync=False).start()
+    config = dataclasses.replace(stack_config, etcd_endpoints=etcd.endpoint, lease_ttl=2)
+    try:
+        with Stack(config) as stack:
+            stack.admin_token = stack.client_token()[0]
+            driver = Driver(stack)
+            before = driver.submit([sh("sleep 2", "a"), sh("true", "b")], {"a": ["b"]})
+            driver.wait_until(before, lambda w: any(j.status == pb.JOB_STATUS_RUNNING for j in w.jobs))
+            assert etcd.process is not None
+            os.kill(etcd.process.pid, signal.SIGSTOP)
+            time.sleep(7)  # longer than the lease's life and than an etcd call may take
+            os.kill(etcd.process.pid, signal.SIGCONT)
+            started = time.monotonic()
+            assert driver.wait(before, timeout=30).status == pb.WORKFLOW_STATUS_DONE
+            after = driver.submit([sh("true", "c")])
+            assert driver.wait(after, timeout=30).status == pb.WORKFLOW_STATUS_DONE
+            assert time.monotonic() - started < 20
+            driver.close()
+    finally:
+        etcd.stop()
