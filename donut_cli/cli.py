@@ -114,6 +114,8 @@ def rpc_errors(command: F) -> F:
             settings = click.get_current_context().find_object(Settings)
             endpoint = settings.endpoint if settings is not None else "?"
             if code == grpc.StatusCode.UNAVAILABLE:
+                if (e.details() or "").startswith("etcd unavailable"):
+                    fail(f"donut at {endpoint} answers, but its {e.details()}")
                 fail(f"cannot reach donut at {endpoint} ({e.details()})")
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 for line in (e.details() or "").splitlines():

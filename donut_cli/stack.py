@@ -93,6 +93,7 @@ class Stack:
     server: grpc.Server | None = None
     http: BaseWSGIServer | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
     _lock: TextIO | None = None
 
     def start(self) -> Stack:
@@ -104,6 +105,8 @@ class Stack:
             if not endpoints:
                 self.etcd = EtcdServer(c.data_dir, host="127.0.0.1", fsync=c.etcd_fsync).start()
                 endpoints = self.etcd.endpoint
+                threading.Thread(target=self.etcd.supervise, args=(self._stopping,), name="etcd-supervisor",
+                                 daemon=True).start()
             client = Etcd.connect(endpoints)
             self.store = Store(client, Keys(c.etcd_prefix))
             self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
@@ -209,6 +212,7 @@ class Stack:
 
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
+        self._stopping.set()
         if self.http is not None:
             self.http.shutdown()
             self.http = None

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -98,6 +99,29 @@ class EtcdServer:
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"etcd did not become healthy within {timeout:.0f}s")
+
+    def supervise(self, stopping: threading.Event, backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+        """Starts etcd again (same ports, same data) whenever it exits, until `stopping` is
+        set; waits longer between starts while it keeps failing. Runs on the caller's thread."""
+        delay = backoff
+        while not stopping.is_set():
+            process = self.process
+            assert process is not None
+            while process.poll() is None:
+                if stopping.wait(0.2):
+                    return
+            log.warning("etcd exited with %s; starting it again in %.1fs", process.returncode, delay)
+            if stopping.wait(delay):
+                return
+            started = time.monotonic()
+            try:
+                self.start()
+            except (OSError, RuntimeError, TimeoutError) as e:
+                log.warning("etcd did not start again: %s", e)
+                self.process = process  # still the exited one: wait again
+                delay = min(delay * 2, max_backoff)
+                continue
+            delay = backoff if time.monotonic() - started < max_backoff else delay
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -141,3 +141,33 @@ def test_after_an_etcd_stall_longer_than_the_lease_work_resumes_by_itself(tmp_pa
             driver.close()
     finally:
         etcd.stop()
+
+
+def test_the_embedded_etcd_killed_is_started_again_and_the_stack_goes_on(tmp_path: Any, stack_config: Any) -> None:
+    import dataclasses
+    import time
+
+    from donut_cli.stack import Stack
+    from tests.dagger.conftest import Driver
+
+    config = dataclasses.replace(stack_config, etcd_endpoints="", etcd_fsync=False)
+    with Stack(config) as stack:
+        stack.admin_token = stack.client_token()[0]
+        driver = Driver(stack)
+        assert driver.wait(driver.submit([sh("true", "a")])).status == pb.WORKFLOW_STATUS_DONE
+        assert stack.etcd is not None and stack.etcd.process is not None
+        first = stack.etcd.process
+        first.kill()
+        first.wait()
+        deadline = time.monotonic() + 30
+        while True:  # calls say why they fail while etcd is away, then work again by themselves
+            try:
+                workflow_id = driver.submit([sh("true", "b")])
+                break
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE and "etcd unavailable" in e.details(), e.details()
+                assert time.monotonic() < deadline, "the stack did not recover"
+                time.sleep(0.2)
+        assert driver.wait(workflow_id, timeout=30).status == pb.WORKFLOW_STATUS_DONE
+        assert stack.etcd.process is not first and stack.etcd.process.poll() is None
+        driver.close()
