@@ -30,6 +30,7 @@ _MARKER = re.compile(rb"(?m)^q(\d{1,20})\n")
 _MARKER_ROOM = 32  # bytes a marker line can take (looked at again across a read boundary)
 
 LogLine = tuple[int, bytes]  # (stream, text without newline)
+READ_BATCH_BYTES = 4 * 1024 * 1024  # lines are at most 1 MiB: a batch stays well under a message's 16 MiB
 
 
 @dataclass
@@ -100,10 +101,11 @@ class LogStore:
 
     def read(self, workflow_id: str, job: str, attempt: int, offset: int = 0,
              follow_until: Callable[[], bool] | None = None,
-             batch: int = 1000) -> Iterator[tuple[int, list[LogLine]]]:
-        """Yields (index of the first line, lines) from line `offset`. With follow_until,
-        keeps waiting for new lines until it returns True (the attempt is over) and the
-        file has been read to its end."""
+             batch: int = 1000, batch_bytes: int = READ_BATCH_BYTES) -> Iterator[tuple[int, list[LogLine]]]:
+        """Yields (index of the first line, lines) from line `offset`, at most `batch`
+        lines and about `batch_bytes` at a time (read from disk as they go: memory does not
+        grow with the log). With follow_until, keeps waiting for new lines until it returns
+        True (the attempt is over) and the file has been read to its end."""
         path = self.path(workflow_id, job, attempt)
         position, index = 0, 0
         while True:
@@ -111,6 +113,7 @@ class LogStore:
                 generation = self._generation
             over = follow_until is None or follow_until()
             lines: list[LogLine] = []
+            size = 0
             if path.exists():
                 with open(path, "rb") as f:
                     f.seek(position)
@@ -122,10 +125,11 @@ class LogStore:
                             continue
                         if index >= offset:
                             lines.append((_STREAMS.get(raw[0], STDOUT), raw[1:-1]))
+                            size += len(raw)
                         index += 1
-                        if len(lines) >= batch:
+                        if len(lines) >= batch or size >= batch_bytes:
                             yield index - len(lines), lines
-                            lines = []
+                            lines, size = [], 0
             if lines:
                 yield index - len(lines), lines
             if over:

@@ -171,3 +171,12 @@ def test_the_embedded_etcd_killed_is_started_again_and_the_stack_goes_on(tmp_pat
         assert driver.wait(workflow_id, timeout=30).status == pb.WORKFLOW_STATUS_DONE
         assert stack.etcd.process is not first and stack.etcd.process.poll() is None
         driver.close()
+
+
+def test_a_twenty_megabyte_line_is_read_back_whole(driver: Driver) -> None:
+    workflow_id = driver.submit([sh("head -c 20000000 /dev/zero | tr '\\0' x; echo; echo done", "big")])
+    assert driver.wait(workflow_id, timeout=60).status == pb.WORKFLOW_STATUS_DONE
+    texts = [line.text for chunk in driver.stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="big"))
+             for line in chunk.lines]
+    assert sum(len(t) for t in texts[:-1]) == 20_000_000 and set(b"".join(texts[:-1])) == {ord("x")}
+    assert texts[-1] == b"done"

@@ -98,3 +98,14 @@ def test_a_failed_write_is_not_acknowledged(tmp_path: Path) -> None:
         signal.signal(signal.SIGXFSZ, no_signal)
     assert store.append("w", "j", 1, [(STDOUT, b"two")], sequence=2) == 2  # the resend is stored
     assert lines(store) == [(STDOUT, b"one"), (STDOUT, b"two")]
+
+
+def test_reading_back_goes_in_batches_bounded_by_bytes(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    piece = b"x" * (1024 * 1024)  # the longest a stored line gets (longer output is cut into pieces)
+    store.append("w", "j", 1, [(STDOUT, piece)] * 20)
+    store.append("w", "j", 1, [(STDOUT, b"end")])
+    batches = list(store.read("w", "j", 1))
+    assert sum(len(lines) for _, lines in batches) == 21
+    assert max(sum(len(text) for _, text in lines) for _, lines in batches) <= 5 * 1024 * 1024
+    assert [index for index, _ in batches] == [sum(len(b[1]) for b in batches[:i]) for i in range(len(batches))]
