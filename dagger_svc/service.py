@@ -57,14 +57,16 @@ class DaggerService:
                fail_fast: bool = False, upload_id: str = "") -> WorkflowRecord:
         caller.require_user()
         problems = submission_problems(name, parallelism, zero_means="the default")
-        if upload_id and not names.matches(names.UPLOAD_ID, upload_id):
+        upload_ok = not upload_id or names.matches(names.UPLOAD_ID, upload_id)
+        if not upload_ok:
             problems.append(Problem("upload_id", "must be letters, digits, '.', '_' or '-'"))
         try:
             definition = parse_definition(definition_text)
         except InvalidArgument as e:
             problems.extend(e.problems)
         else:
-            problems.extend(self._upload_problems(caller, definition, upload_id))
+            if upload_ok:
+                problems.extend(self._upload_problems(caller, definition, upload_id))
         if problems:
             raise InvalidArgument(problems)
         return self._store_new(definition, name, parallelism or self.config.default_parallelism,

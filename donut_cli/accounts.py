@@ -10,8 +10,6 @@ import click
 from donut.users.v1 import users_pb2
 from donut_cli.cli import EXIT_BAD_INPUT, Settings, _iso, cli, fail, pass_settings, rpc_errors
 
-MAX_LIFETIME = 100 * 365 * 86400  # seconds; longer is "never", which is the default
-
 
 def _duration(text: str) -> int:
     """Seconds in '90', '45m', '12h', '30d'."""
@@ -20,7 +18,9 @@ def _duration(text: str) -> int:
         seconds = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
     except ValueError:
         fail(f"--expires: expected a duration like 3600, 45m, 12h or 30d, not {text!r}", EXIT_BAD_INPUT)
-    if not 0 < seconds <= MAX_LIFETIME:
+    from donut_common.auth import MAX_TOKEN_LIFETIME
+
+    if not 0 < seconds <= MAX_TOKEN_LIFETIME:
         fail(f"--expires: must be more than 0 and at most 100 years (leave it out for never), not {text!r}",
              EXIT_BAD_INPUT)
     return seconds

@@ -283,9 +283,12 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
               help="Server certificate (PEM); with --tls-key, gRPC speaks only TLS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Private key (PEM) of --tls-cert.")
+@click.option("--job-env", multiple=True, metavar="NAME",
+              help="An environment variable of the stack that jobs get too (repeatable; they always get PATH, "
+                   "HOME, the locale...; never the rest).")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str, etcd_prefix: str,
-       parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None,
+       parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
        verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
@@ -300,7 +303,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
                          default_parallelism=parallelism, kill_grace=kill_grace,
-                         tls_cert=tls_cert, tls_key=tls_key)
+                         tls_cert=tls_cert, tls_key=tls_key, job_env=job_env)
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     stopped = threading.Event()

@@ -67,6 +67,9 @@ class StackConfig:
     """PEM certificate (chain) of the gRPC server; with tls_key, gRPC speaks only TLS."""
     tls_key: Path | None = None
     """PEM private key of tls_cert."""
+    job_env: tuple[str, ...] = ()
+    """Names of the stack's environment variables that jobs get too (besides PATH, HOME,
+    the locale...); the rest, credentials the server holds among them, never reach a job."""
     token_cache_seconds: float = 3.0
     """How long a verified token is trusted without asking users_svc (revocation delay)."""
 
@@ -98,7 +101,8 @@ class Stack:
 
     def start(self) -> Stack:
         c = self.config
-        c.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # made here: for the stack's user only
+        c.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        c.data_dir.chmod(0o700)  # for the stack's user only, even when it existed
         self._lock = _lock(c.data_dir)
         try:
             endpoints = c.etcd_endpoints
@@ -148,11 +152,11 @@ class Stack:
 
         if c.executor == "local":
             self.executor = LocalExecutor(self.logs, cellar=cellar, tokens=JobTokens(services),
-                                          kill_grace=c.kill_grace)
+                                          kill_grace=c.kill_grace, job_env=c.job_env)
         elif c.executor == "wrapper":
             self.executor = WrapperExecutor(self.logs, self.endpoint, kill_grace=c.kill_grace,
                                             tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
-                                            state_dir=c.data_dir / "wrappers")
+                                            state_dir=c.data_dir / "wrappers", job_env=c.job_env)
         else:
             raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
         data_root = c.data_dir / "workflows"

@@ -228,6 +228,7 @@ def remote_verifier(users_channel: grpc.Channel) -> Callable[[str], Principal]:
 
 
 TOKEN_PREFIX = "dd_"  # tokens are dd_<16 hex id>_<secret>
+MAX_TOKEN_LIFETIME = 100 * 365 * 86400  # seconds a token may be made to live; longer is "never" (0)
 
 
 def split_token(token: str) -> tuple[str, str]:

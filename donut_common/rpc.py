@@ -34,14 +34,20 @@ def _abort(context: grpc.ServicerContext, error: DonutError) -> None:
 @contextlib.contextmanager
 def _statuses(context: grpc.ServicerContext, rpc_name: str) -> Iterator[None]:
     """Aborts the call with the status of a DonutError, or INTERNAL (logged) for anything
-    else; an RpcError of a client that went away is swallowed: nothing to answer or log."""
+    else, never with a Python repr; an RpcError of a client that went away is swallowed:
+    nothing to answer or log."""
     try:
         yield
     except DonutError as e:
         _abort(context, e)
-    except grpc.RpcError:
-        if context.is_active():
-            raise
+    except grpc.RpcError as e:
+        if not context.is_active():
+            return
+        code = e.code() if isinstance(e, grpc.Call) else None
+        log.warning("rpc %s: a call it made failed: %s", rpc_name, e)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "a service it needs is unavailable; try again")
+        context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
     except Exception:
         log.exception("rpc %s failed", rpc_name)
         context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")

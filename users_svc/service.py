@@ -17,7 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from donut_common import names
-from donut_common.auth import SCOPE_ADMIN, SCOPE_SERVICE, SCOPE_USER, TOKEN_PREFIX, Principal, split_token
+from donut_common.auth import (
+    MAX_TOKEN_LIFETIME,
+    SCOPE_ADMIN,
+    SCOPE_SERVICE,
+    SCOPE_USER,
+    TOKEN_PREFIX,
+    Principal,
+    split_token,
+)
 from donut_common.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Problem, Unauthenticated
 from users_svc.store import TokenRecord, UserRecord, UserStore
 
@@ -109,8 +117,9 @@ class UsersService:
                      scopes: tuple[str, ...] = (), expires_in: float = 0) -> NewToken:
         scopes = tuple(scopes) or (SCOPE_USER,)
         problems = [Problem("scopes", f"unknown scope {s!r}") for s in scopes if not _SCOPE_PATTERN.fullmatch(s)]
-        if expires_in < 0:
-            problems.append(Problem("expires_in_seconds", "must be 0 (never) or more"))
+        if not 0 <= expires_in <= MAX_TOKEN_LIFETIME:
+            problems.append(Problem("expires_in_seconds",
+                                    f"must be from 0 (never) to {MAX_TOKEN_LIFETIME} (100 years)"))
         if len(name) > 100:
             problems.append(Problem("name", "must be at most 100 characters"))
         if problems:

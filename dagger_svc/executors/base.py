@@ -3,10 +3,10 @@ tells what became of an attempt."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 from dagger_svc.core.definition import JobSpec
 from dagger_svc.core.records import Outcome
@@ -23,6 +23,17 @@ class Launch:
     workflow_dir: str
     upload_id: str = ""
     owner: str = ""  # the user the workflow belongs to (its job tokens act for them)
+
+
+HOST_ENV: Final = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM")
+"""What a job started on the stack's own host gets of the stack's environment (and LC_*)."""
+
+
+def host_environment(environ: Mapping[str, str], allow: Iterable[str] = ()) -> dict[str, str]:
+    """The part of the stack's environment that jobs run on its host get: HOST_ENV, the
+    locale and the names in `allow`; never the rest (credentials the server holds)."""
+    names = {*HOST_ENV, *allow}
+    return {k: v for k, v in environ.items() if k in names or k.startswith("LC_")}
 
 
 def workflow_dir(data_root: Path, workflow_id: str) -> Path:

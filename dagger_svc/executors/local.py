@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import AttemptLogs, Launch, Report, outcome_of, run_spec
+from dagger_svc.executors.base import AttemptLogs, Launch, Report, host_environment, outcome_of, run_spec
 from dagger_svc.executors.procs import kill_leftovers
 from donut_common.auth import JobTokens
 from streamed_job.attempt import Attempt
@@ -25,7 +25,7 @@ from streamed_job.cellar import CellarClient
 from streamed_job.files import FileProblem
 from streamed_job.outcome import Ended
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import attempt_key, base_environment
+from streamed_job.spec import attempt_key
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class _Running:
 
 class LocalExecutor:
     def __init__(self, logs: AttemptLogs, cellar: Cellar | None = None,
-                 tokens: JobTokens | None = None, kill_grace: float = 10.0, spawners: int = 2) -> None:
+                 tokens: JobTokens | None = None, kill_grace: float = 10.0, spawners: int = 2,
+                 job_env: Iterable[str] = ()) -> None:
         self.logs = logs
         self.cellar = cellar
         self.tokens = tokens
@@ -52,7 +53,7 @@ class LocalExecutor:
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._spawning = 0  # launches being started or waiting for a spawner thread
-        self._base_env = base_environment(os.environ)  # read once: os.environ decodes every variable on each read
+        self._base_env = host_environment(os.environ, job_env)  # read once, not per launch
 
     def start(self, report: Report) -> None:
         self.report = report

@@ -22,12 +22,13 @@ import sys
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import AttemptLogs, Launch, Report, outcome_of, run_spec
+from dagger_svc.executors.base import AttemptLogs, Launch, Report, host_environment, outcome_of, run_spec
 from dagger_svc.executors.local import end_lost_attempt, not_started
 from dagger_svc.executors.procs import job_processes, kill_leftovers, runs_module, signal_process, spec_token
 from donut_common.auth import JobTokens, split_token
@@ -65,9 +66,10 @@ class WrapperExecutor:
 
     def __init__(self, logs: AttemptLogs, dagger_endpoint: str, kill_grace: float = 10.0,
                  python: str = sys.executable, tokens: JobTokens | None = None, spawners: int = 2,
-                 tls_ca: str = "", state_dir: Path | None = None) -> None:
+                 tls_ca: str = "", state_dir: Path | None = None, job_env: Iterable[str] = ()) -> None:
         self.logs = logs
         self.report: Report = not_started
+        self._host_env = host_environment(os.environ, job_env)
         self.dagger_endpoint = dagger_endpoint
         self.tls_ca = tls_ca
         self.kill_grace = kill_grace
@@ -180,7 +182,9 @@ class WrapperExecutor:
             self._end(attempt, Outcome(message=f"cannot mint the job token: {type(e).__name__}"))
             return
         run = run_spec(launch, dagger_endpoint=self.dagger_endpoint, token=token, tls_ca=self.tls_ca)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DONUT_")}
+        env = dict(self._host_env)
+        # the wrapper's settings (STREAMED_JOB_*) go to it; it does not pass them on to the command
+        env.update({k: v for k, v in os.environ.items() if k.startswith("STREAMED_JOB_")})
         env.update({
             SPEC_ENV: run.to_json(),
             JOB_KEY_ENV: attempt.key,

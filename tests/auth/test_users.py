@@ -34,3 +34,18 @@ def test_recording_a_token_s_use_never_undoes_its_revocation(etcd_client: Any, e
     with pytest.raises(Unauthenticated):
         service.verify(token.secret)
     etcd_client.delete_prefix(etcd_prefix)
+
+
+def test_a_token_lifetime_past_a_century_is_refused(etcd_client: Any, etcd_prefix: str) -> None:
+    import pytest
+
+    from donut_common.auth import Principal
+    from donut_common.errors import InvalidArgument
+
+    service = UsersService(UserStore(etcd_client, etcd_prefix))
+    admin = service.ensure_user("root", admin=True)
+    caller = Principal(user_id=admin.id, login="root", admin=True, scopes=("user", "admin"))
+    with pytest.raises(InvalidArgument, match="expires_in_seconds"):
+        service.create_token(caller, name="forever", expires_in=10**12)
+    assert service.create_token(caller, name="long", expires_in=99 * 365 * 86400).record.expires_at is not None
+    etcd_client.delete_prefix(etcd_prefix)

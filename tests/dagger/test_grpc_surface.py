@@ -6,6 +6,7 @@ import json
 from typing import Any, cast
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -180,3 +181,36 @@ def test_a_twenty_megabyte_line_is_read_back_whole(driver: Driver) -> None:
              for line in chunk.lines]
     assert sum(len(t) for t in texts[:-1]) == 20_000_000 and set(b"".join(texts[:-1])) == {ord("x")}
     assert texts[-1] == b"done"
+
+
+def test_a_bad_upload_id_is_invalid_argument_never_a_python_repr(driver: Driver) -> None:
+    definition = json.dumps({"jobs": [sh("true", "a")]}).encode()
+    try:
+        driver.stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition, upload_id="../../etc"))
+        raise AssertionError("accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.details()
+        assert e.details() == "upload_id: must be letters, digits, '.', '_' or '-'"
+
+
+@pytest.mark.parametrize("executor", ["local", "wrapper"])
+def test_jobs_get_only_the_stack_environment_they_are_allowed(tmp_path: Any, stack_config: Any,
+                                                             monkeypatch: pytest.MonkeyPatch, executor: str) -> None:
+    import dataclasses
+
+    from donut_cli.stack import Stack
+    from tests.dagger.conftest import Driver
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "server-secret")
+    monkeypatch.setenv("SHARED_SETTING", "for-jobs")
+    config = dataclasses.replace(stack_config, executor=executor, job_env=("SHARED_SETTING",))
+    with Stack(config) as stack:
+        stack.admin_token = stack.client_token()[0]
+        driver = Driver(stack)
+        script = 'echo "secret=${AWS_SECRET_ACCESS_KEY:-none} shared=$SHARED_SETTING path=${PATH:+set}"'
+        workflow_id = driver.submit([sh(script, "env")])
+        assert driver.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
+        lines = [line.text for chunk in driver.stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="env"))
+                 for line in chunk.lines if line.stream == pb.LOG_STREAM_STDOUT]
+        assert lines == [b"secret=none shared=for-jobs path=set"]
+        driver.close()
