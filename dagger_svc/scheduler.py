@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dagger_svc.core.records import Outcome, WorkflowId
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TAKE_OVER_RETRY = 0.5  # seconds before a run whose take-over failed is tried again
 NOT_STARTED = Outcome(signal="SIGTERM", message="terminated before it started")
+STOPPED = "stopped with the stack"
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Scheduler:
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-commit")
         self._step_lock = threading.Lock()  # one step at a time, on the loop or an executor's thread
         self._committing = False
+        self._draining = False
         self._loop_wakes_at = float("inf")  # time.monotonic() when the idle loop wakes by itself
         self._held: dict[WorkflowId, float] = {}  # runs whose take-over failed -> when to try again
 
@@ -137,6 +139,15 @@ class Scheduler:
             thread.start()
             self._threads.append(thread)
         return self
+
+    def drain(self) -> None:
+        """The stack is stopping: nothing more is launched, and an attempt that ends from
+        now on is recorded `dead` ("stopped with the stack"), to run again as a new attempt
+        at the next start; call `stop` once the executor has stopped every attempt."""
+        with self._step_lock:
+            self._draining = True
+            for owned in self._owned.values():
+                owned.run.pause()
 
     def stop(self) -> None:
         """Stops scheduling; runs stay claimed until the lease ends (or are taken back at
@@ -187,6 +198,8 @@ class Scheduler:
         """Called by executors. When the loop is idle the event is handled at once on the
         caller's thread (a chain's next job starts without a thread hop); otherwise it is
         queued for the loop."""
+        if self._draining and not outcome.succeeded:
+            outcome = replace(outcome, lost=True, message=STOPPED)
         event = JobEnded(WorkflowId(workflow_id), job, attempt, outcome)
         if self._events.empty() and not self._stopping.is_set() and self._step_lock.acquire(blocking=False):
             try:
@@ -347,8 +360,8 @@ class Scheduler:
                 self._commit_next()
 
     def _launch(self, pending: _Pending) -> None:
-        if not pending.begin_launch():
-            return  # killed meanwhile: ended already
+        if self._draining or not pending.begin_launch():
+            return  # killed meanwhile: ended already; or the stack is stopping (it runs at the next start)
         launch = pending.launch
         try:
             self.executor.launch(launch)

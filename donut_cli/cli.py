@@ -307,7 +307,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         signal.signal(sig, lambda *_: stopped.set())
     try:
         stack = Stack(config).start()

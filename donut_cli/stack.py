@@ -8,6 +8,9 @@ address so the CLI needs only that address.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -97,6 +100,7 @@ class Stack:
     http: BaseWSGIServer | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _reaper: subprocess.Popen[bytes] | None = None
     _lock: TextIO | None = None
 
     def start(self) -> Stack:
@@ -161,6 +165,10 @@ class Stack:
             raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
         data_root = c.data_dir / "workflows"
         data_root.mkdir(parents=True, exist_ok=True)
+        if c.executor == "local":  # its jobs can't be adopted: none may outlive this process
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-m", "dagger_svc.executors.reaper", "--parent", str(os.getpid()),
+                 "--root", str(data_root)], stdin=subprocess.DEVNULL, start_new_session=True)
         self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                    lease_ttl=c.lease_ttl)
         service = DaggerService(self.store, self.logs, self.scheduler,
@@ -221,11 +229,17 @@ class Stack:
             self.http.shutdown()
             self.http = None
         if self.scheduler is not None:
-            self.scheduler.stop()
-            self.scheduler = None
+            self.scheduler.drain()  # the attempts the executor stops now run again at the next start
         if self.executor is not None:
             self.executor.close()
             self.executor = None
+        if self._reaper is not None:
+            self._reaper.terminate()
+            self._reaper.wait()
+            self._reaper = None
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
         for made in self._channels:
             made.close()
         self._channels.clear()

@@ -25,6 +25,8 @@ from dagger_svc.core.records import (
     WorkflowStatus,
 )
 
+LOST = Outcome(lost=True, message="lost by its executor")
+MAX_LOST_ATTEMPTS = 3  # attempts of a job lost one after another before it is given up (dead)
 RETRY_BACKOFF_BASE = 1.0  # seconds before the first automatic retry; doubles each time
 RETRY_BACKOFF_MAX = 300.0
 
@@ -68,6 +70,7 @@ class Run:
         self.definition = definition
         self.jobs: dict[str, JobRecord] = {name: jobs.get(name) or JobRecord(name) for name in definition.jobs}
         self.cancelling = cancel_requested  # the user asked to cancel
+        self.paused = False                 # launch nothing more (the scheduler is stopping)
         self.stopping = cancel_requested    # nothing more is launched (cancel or fail-fast)
         self._counts = Counter(j.status for j in self.jobs.values())
         self._unmet = {
@@ -112,12 +115,9 @@ class Run:
         if self.workflow.status is WorkflowStatus.QUEUED:
             self._set_workflow(status=WorkflowStatus.RUNNING, started_at=now, finished_at=None, message="")
         for name in lost:
-            job = self.jobs[name]
-            if job.status is JobStatus.RUNNING:
+            if self.jobs[name].status is JobStatus.RUNNING:
                 self._running.discard(name)
-                ended = self._end_attempt(job, JobStatus.DEAD, Outcome(lost=True, message="lost by its executor"), now)
-                self._set_job(replace(ended, status=JobStatus.QUEUED, round_start=job.round_start + 1))
-                self._ready.append(name)
+                self._failed(self.jobs[name], LOST, now)
         # What the last commit may not have recorded in full (a large one is several
         # transactions): the descendants of jobs that did not succeed are skipped, and
         # with fail-fast a failure stops everything.
@@ -150,18 +150,7 @@ class Run:
         elif self.stopping:
             self._set_job(self._end_attempt(job, JobStatus.TERMINATED, outcome, now))
         else:
-            status = JobStatus.DEAD if outcome.lost else JobStatus.FAILED
-            ended = self._end_attempt(job, status, outcome, now)
-            retries_used = job.attempt - job.round_start - 1
-            if retries_used < self.definition.jobs[name].retries:
-                retry_at = now + retry_backoff(retries_used + 1)
-                self._set_job(replace(ended, status=JobStatus.QUEUED, retry_at=retry_at))
-                heapq.heappush(self._backoff, (retry_at, name))
-            else:
-                self._set_job(ended)
-                self._skip_descendants(name, now)
-                if self.workflow.fail_fast:
-                    self._stop_everything(now, JobStatus.SKIPPED, "skipped: fail-fast after a failure")
+            self._failed(job, outcome, now)
         if not self.stopping:
             self._fill_slots(now)
         self._check_finished(now)
@@ -203,8 +192,13 @@ class Run:
         self._set_job(replace(self.jobs[name], status=JobStatus.QUEUED, message=""))
         self._ready.append(name)
 
+    def pause(self) -> Step:
+        """Launches nothing more (the stack is stopping); what runs still reports its end."""
+        self.paused = True
+        return self._take()
+
     def _fill_slots(self, now: float) -> None:
-        while self._ready and len(self._running) < self.workflow.parallelism:
+        while self._ready and len(self._running) < self.workflow.parallelism and not self.paused:
             name = self._ready.popleft()
             job = self.jobs[name]
             if job.status is not JobStatus.QUEUED or job.retry_at is not None:
@@ -223,6 +217,28 @@ class Run:
             )
             self._running.add(name)
             self._step.launch.append(name)
+
+    def _failed(self, job: JobRecord, outcome: Outcome, now: float) -> None:
+        """An attempt that did not succeed: lost to the infrastructure (the stack stopped,
+        a node went), it runs again without using a retry, up to MAX_LOST_ATTEMPTS in a
+        row; failed, it is retried after a backoff while it has retries; else it ends."""
+        name = job.name
+        if outcome.lost and _lost_in_a_row(job) + 1 < MAX_LOST_ATTEMPTS:
+            ended = self._end_attempt(job, JobStatus.DEAD, outcome, now)
+            self._set_job(replace(ended, status=JobStatus.QUEUED, round_start=job.round_start + 1))
+            self._ready.append(name)
+            return
+        ended = self._end_attempt(job, JobStatus.DEAD if outcome.lost else JobStatus.FAILED, outcome, now)
+        retries_used = job.attempt - job.round_start - 1
+        if retries_used < self.definition.jobs[name].retries:
+            retry_at = now + retry_backoff(retries_used + 1)
+            self._set_job(replace(ended, status=JobStatus.QUEUED, retry_at=retry_at))
+            heapq.heappush(self._backoff, (retry_at, name))
+        else:
+            self._set_job(ended)
+            self._skip_descendants(name, now)
+            if self.workflow.fail_fast:
+                self._stop_everything(now, JobStatus.SKIPPED, "skipped: fail-fast after a failure")
 
     def _end_attempt(self, job: JobRecord, status: JobStatus, outcome: Outcome, now: float) -> JobRecord:
         started = outcome.started_at or job.started_at
@@ -322,6 +338,16 @@ def prepare_retry(
         counts={k: v for k, v in counts.items() if v},
     )
     return queued, changed
+
+
+def _lost_in_a_row(job: JobRecord) -> int:
+    """How many of the job's last attempts were lost to the infrastructure, one after another."""
+    count = 0
+    for attempt in reversed(job.attempts):
+        if attempt.status is not JobStatus.DEAD:
+            break
+        count += 1
+    return count
 
 
 def _describe(status: JobStatus, outcome: Outcome) -> str:

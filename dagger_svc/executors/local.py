@@ -129,6 +129,8 @@ class LocalExecutor:
         return end_lost_attempt(self.logs, workflow_id, job, attempt)
 
     def close(self) -> None:
+        """Stops every attempt: SIGTERM, then SIGKILL after the grace; their ends are reported."""
+        self.pump.stop_all()
         self._spawners.shutdown(wait=True, cancel_futures=True)
         self._slow.shutdown(wait=True, cancel_futures=True)
         self.pump.close()

@@ -8,32 +8,45 @@ import contextlib
 import json
 import os
 import signal
+from collections.abc import Iterator
 
 from streamed_job.spec import JOB_KEY_ENV, SPEC_ENV
 
 
-def job_processes(keys: set[str]) -> list[int]:
-    """PIDs of live processes whose environment carries one of the attempt keys."""
-    found = []
-    needles = {f"{JOB_KEY_ENV}={key}".encode() for key in keys}
+def _environments() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, environment entries) of every live process that can be read."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
-                environ = set(f.read().split(b"\0"))
+                yield int(entry.name), f.read().split(b"\0")
         except OSError:
             continue
-        if environ & needles:
-            found.append(int(entry.name))
-    return found
+
+
+def job_processes(keys: set[str]) -> list[int]:
+    """PIDs of live processes whose environment carries one of the attempt keys."""
+    needles = {f"{JOB_KEY_ENV}={key}".encode() for key in keys}
+    return [pid for pid, environ in _environments() if needles.intersection(environ)]
+
+
+def processes_under(workflows_root: str) -> list[int]:
+    """PIDs of live processes of jobs whose workflow directory is under `workflows_root`."""
+    needle = f"DONUT_WORKFLOW_DIR={workflows_root.rstrip('/')}/".encode()
+    return [pid for pid, environ in _environments() if any(item.startswith(needle) for item in environ)]
 
 
 def kill_leftovers(keys: set[str]) -> int:
     """SIGKILLs the process groups of processes whose environment carries one of the
     attempt keys; how many it signalled."""
+    return kill_processes(job_processes(keys))
+
+
+def kill_processes(pids: list[int]) -> int:
+    """SIGKILLs the process groups of the processes; how many it signalled."""
     killed = 0
-    for pid in job_processes(keys):
+    for pid in pids:
         try:
             os.killpg(os.getpgid(pid), signal.SIGKILL)
             killed += 1

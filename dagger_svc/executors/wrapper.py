@@ -151,8 +151,9 @@ class WrapperExecutor:
         self._wrapper_ended(attempt, Ended(None, message="the adopted job wrapper ended without reporting"))
 
     def close(self) -> None:
-        """Stops every attempt now (wrappers and commands); none is reported: a restarted
-        scheduler finds them lost and runs them again."""
+        """Stops every attempt: SIGTERM to the wrappers, which stop their commands and
+        report (SIGKILL after the grace); what is left is killed."""
+        self.pump.stop_all(wait=REPORT_MARGIN)
         with self._lock:
             self._closing = True
         self._spawners.shutdown(wait=True, cancel_futures=True)

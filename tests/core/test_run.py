@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dagger_svc.core.definition import Definition, JobSpec
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
-from dagger_svc.core.run import Run, Step, prepare_retry, retry_backoff
+from dagger_svc.core.run import MAX_LOST_ATTEMPTS, Run, Step, prepare_retry, retry_backoff
 
 OK = Outcome(exit_code=0)
 FAIL = Outcome(exit_code=1)
@@ -219,11 +219,13 @@ def test_retry_reruns_only_what_did_not_succeed() -> None:
     assert again.jobs["b"].attempt == 2 and again.jobs["a"].attempt == 1
 
 
-def test_lost_attempt_is_dead_and_counts_as_a_failure() -> None:
+def test_a_job_lost_again_and_again_is_given_up_dead() -> None:
     run = make_run({"a": ["b"], "b": []})
     run.start(0.0)
-    run.job_finished("a", 1, Outcome(lost=True, message="pod vanished"), 1.0)
+    for attempt in range(1, MAX_LOST_ATTEMPTS + 1):
+        run.job_finished("a", attempt, Outcome(lost=True, message="pod vanished"), float(attempt))
     assert run.jobs["a"].status is JobStatus.DEAD and run.jobs["a"].message == "pod vanished"
+    assert run.jobs["a"].attempt == MAX_LOST_ATTEMPTS
     assert run.workflow.status is WorkflowStatus.DEAD
 
 
@@ -259,3 +261,23 @@ def test_random_runs_keep_the_invariants(dag: dict[str, list[str]], parallelism:
     assert all(job.status.finished for job in run.jobs.values())
     assert Counter(j.status.value for j in run.jobs.values()) == Counter(run.workflow.counts)
     assert len(ran) == len(set(ran))
+
+
+def test_an_attempt_lost_to_the_infrastructure_runs_again_without_using_a_retry() -> None:
+    run = make_run({"a": []}, retries={"a": 0})
+    assert run.start(0.0).launch == ["a"]
+    again = run.job_finished("a", 1, Outcome(lost=True, message="stopped with the stack"), 1.0)
+    assert again.launch == ["a"] and run.jobs["a"].attempt == 2
+    assert [(at.number, at.status, at.message) for at in run.jobs["a"].attempts] == [
+        (1, JobStatus.DEAD, "stopped with the stack")]
+    last = run.job_finished("a", 2, FAIL, 2.0)  # its own failure: no retries left
+    assert last.workflow is not None and last.workflow.status is WorkflowStatus.FAILED
+
+
+def test_a_paused_run_launches_nothing_more_but_records_ends() -> None:
+    run = make_run({"a": ["b"], "b": []})
+    run.start(0.0)
+    run.pause()
+    step = run.job_finished("a", 1, OK, 1.0)
+    assert step.launch == [] and run.jobs["a"].status is JobStatus.SUCCEEDED
+    assert run.jobs["b"].status is JobStatus.QUEUED

@@ -133,6 +133,18 @@ class ProcessPump:
         """SIGTERM to the command's process group, SIGKILL after the grace period."""
         self._request("kill", key)
 
+    def stop_all(self, wait: float | None = None) -> None:
+        """SIGTERM to every command's process group, SIGKILL after the grace period; their
+        ends are reported as usual. Returns once none is left (or after the grace and
+        `wait` more seconds)."""
+        self._request("stop_all", None)
+        deadline = time.monotonic() + self.kill_grace + (2.0 if wait is None else wait)
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._procs:
+                    return
+            time.sleep(0.05)
+
     def close(self) -> None:
         """Kills every command (SIGKILL) and stops the pump thread."""
         self._request("close", None)
@@ -226,6 +238,9 @@ class ProcessPump:
                 if proc is None:
                     self._early_kills.add(key)
                 else:
+                    self._terminate(proc)
+            elif what == "stop_all":
+                for proc in list(self._procs.values()):
                     self._terminate(proc)
             elif what == "close":
                 self._closing = True
