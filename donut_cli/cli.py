@@ -500,8 +500,11 @@ def results(settings: Settings, workflow_id: str, download: Path | None, as_json
         for f in files:
             click.echo(f"{f.ref.job}/{f.ref.path}  {f.size} bytes  sha256:{f.sha256[:16]}")
     if download is not None:
+        root = download.resolve()
         for f in files:
-            target = download / f.ref.job / f.ref.path
+            target = (root / f.ref.job / f.ref.path).resolve()
+            if root not in target.parents:  # every name the server sends is checked again here
+                fail(f"the server named a result outside {download}: {f.ref.job}/{f.ref.path}")
             client.cellar.get("result", workflow_id, f.ref.path, target, job=f.ref.job)
         click.echo(f"downloaded {len(files)} file(s) to {download}", err=True)
 

@@ -234,3 +234,27 @@ def test_cancel_forwards_sigterm_to_the_command(wdriver: WrapperDriver) -> None:
     assert log[:2] == [b"ready", b"SIGTERM received: stopping the command"]
     assert b"got TERM" in log[2:]
     wait_until_gone(workflow_id)
+
+
+def test_a_planted_partial_download_link_is_not_followed(wdriver: WrapperDriver, http_files: Any,
+                                                         tmp_path: Path) -> None:
+    """A job plants symbolic links where a download's temporary file used to go; the next
+    job's download writes only its own file."""
+    base_url, served = http_files
+    (served / "data.txt").write_text("fetched\n")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched\n")
+    plant = sh(f"ln -s {outside} data.txt.part; ln -s {outside} .data.txt.part", name="plant")
+    fetch = sh("cat data.txt", name="fetch", inputs=[{"origin": f"{base_url}/data.txt", "local": "data.txt"}])
+    workflow_id = wdriver.submit([plant, fetch], {"plant": ["fetch"]})
+    assert wdriver.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
+    assert outside.read_text() == "untouched\n"
+    assert (wdriver.workdir(workflow_id) / "data.txt").read_text() == "fetched\n"
+
+
+def test_a_hard_link_is_never_saved_as_a_result(wdriver: WrapperDriver, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the stack's own file\n")
+    workflow_id, job = wdriver.run(sh(f"ln {secret} out.txt", outputs=[{"local": "out.txt", "save": True}]))
+    failed_with(job, 91, "outputs[0] (out.txt): a hard link")
+    assert CellarClient(wdriver.channel).list("result", workflow_id) == []

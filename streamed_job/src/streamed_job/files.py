@@ -6,12 +6,15 @@ directory, symlinks included; errors name the input or output and say why.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from streamed_job.spec import RunSpec
 
@@ -72,12 +75,27 @@ def prepare_inputs(spec: RunSpec, fetch_cache: FetchCache | None, note: Note,
             raise FileProblem(f"{place}: missing (no such file in the workflow directory)")
 
 
+@contextlib.contextmanager
+def replacing(target: Path) -> Iterator[BinaryIO]:
+    """A new file beside `target` that becomes it once written whole: a partial target is
+    never seen, and the temporary file's name is fresh and created exclusively, so nothing
+    planted beforehand (a symbolic link) is followed."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+        os.replace(name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+
+
 def _download(url: str, target: Path, place: str, limit: int) -> None:
-    partial = target.with_name(target.name + ".part")
     delay = 1.0
     for attempt in range(1, DOWNLOAD_TRIES + 1):
         try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(partial, "wb") as out:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, replacing(target) as out:
                 copied = 0
                 while True:
                     chunk = response.read(1024 * 1024)
@@ -87,23 +105,14 @@ def _download(url: str, target: Path, place: str, limit: int) -> None:
                     if copied > limit:
                         raise FileProblem(f"{place}: {url} is larger than {limit} bytes")
                     out.write(chunk)
-            os.replace(partial, target)
             return
         except urllib.error.HTTPError as e:
-            partial.unlink(missing_ok=True)
             if e.code < 500 or attempt == DOWNLOAD_TRIES:
                 raise FileProblem(f"{place}: GET {url} answered {e.code} {e.reason}") from None
-        except FileProblem:
-            partial.unlink(missing_ok=True)
-            raise
         except (urllib.error.URLError, OSError) as e:
-            partial.unlink(missing_ok=True)
             if attempt == DOWNLOAD_TRIES:
                 reason = getattr(e, "reason", e)
                 raise FileProblem(f"{place}: cannot download {url}: {reason}") from None
-        except BaseException:  # stopped (SIGTERM) mid-download
-            partial.unlink(missing_ok=True)
-            raise
         time.sleep(delay)
         delay *= 2
 
@@ -121,6 +130,8 @@ def outputs_to_save(spec: RunSpec) -> list[tuple[str, Path]]:
             raise FileProblem(f"outputs[{i}] ({item.local}): {e}") from None
         if not path.is_file():
             raise FileProblem(f"outputs[{i}] ({item.local}): missing after the command ended")
+        if item.save and path.stat().st_nlink > 1:  # it could be any file of the host's, linked in
+            raise FileProblem(f"outputs[{i}] ({item.local}): a hard link (only a file of its own can be saved)")
         if item.save:
             declared = os.path.normpath(item.local)
             saved.append((relative if declared.startswith("..") else declared, path))
