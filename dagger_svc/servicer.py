@@ -14,7 +14,7 @@ from dagger_svc.service import DaggerService
 from dagger_svc.store import RunView
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
-from donut_common.auth import Principal, current_principal
+from donut_common.auth import Principal, check_still_valid, current_principal
 from donut_common.errors import InvalidArgument, Problem
 from donut_common.rpc import translate_errors
 from streamed_job.reporter import ended_from_report
@@ -120,7 +120,7 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         return self._workflow(self.service.clone(self.principal(), request.id, request.name, request.parallelism))
 
     def WatchWorkflow(self, request: pb.WatchWorkflowRequest, context: grpc.ServicerContext) -> Iterator[pb.Workflow]:
-        for workflow in self.service.watch(self.principal(), request.id, is_active=context.is_active):
+        for workflow in self.service.watch(self.principal(), request.id, is_active=lambda: _active(context)):
             yield self._run(self.service.run(self.principal(), workflow.id)) if request.include_jobs \
                 else self._workflow(workflow)
 
@@ -142,7 +142,7 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
     def TailLogs(self, request: pb.TailLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogLines]:
         for attempt, offset, lines in self.service.tail_logs(
             self.principal(), request.workflow_id, request.job, request.attempt, request.offset, request.follow,
-            is_active=context.is_active,
+            is_active=lambda: _active(context),
         ):
             yield pb.LogLines(offset=offset, attempt=attempt,
                               lines=[pb.LogLine(stream=cast(Any, s), text=t) for s, t in lines])
@@ -152,6 +152,11 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         self.service.report(self.principal(), request.workflow_id, request.job, request.attempt,
                             outcome_of(ended_from_report(request)))
         return pb.ReportJobStatusResponse()
+
+
+def _active(context: grpc.ServicerContext) -> bool:
+    """The stream's client is still there, and its token still good (Unauthenticated if not)."""
+    return bool(context.is_active()) and check_still_valid()
 
 
 def registration(service: DaggerService,

@@ -78,6 +78,19 @@ class Principal:
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("donut_principal", default=None)
 
 
+_recheck: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("donut_recheck", default=None)
+
+
+def check_still_valid() -> bool:
+    """For a stream that waits a long time between messages: raises Unauthenticated once
+    the caller's token is revoked or has expired (checked through the verification cache,
+    at most every STREAM_RECHECK_SECONDS); else True."""
+    recheck = _recheck.get()
+    if recheck is not None:
+        recheck()
+    return True
+
+
 def current_principal() -> Principal:
     """The caller of the RPC being served (set by AuthInterceptor)."""
     principal = _current.get()
@@ -172,19 +185,27 @@ class AuthInterceptor(_ServerInterceptor):
             def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 principal = authenticate(context)
                 checked = time.monotonic()
+                last_check = [checked]
+
+                def recheck() -> None:  # between messages, for a stream that waits long for the next
+                    if time.monotonic() - last_check[0] >= STREAM_RECHECK_SECONDS:
+                        verifier(bearer_token(metadata))
+                        last_check[0] = time.monotonic()
+
                 token = _current.set(principal)
                 try:
                     responses = behavior(request, context)
                 finally:
                     _current.reset(token)
                 while True:  # the servicer's generator runs step by step: give each step the principal
-                    token = _current.set(principal)
+                    token, checking = _current.set(principal), _recheck.set(recheck)
                     try:
                         item = next(responses)
                     except StopIteration:
                         return
                     finally:
                         _current.reset(token)
+                        _recheck.reset(checking)
                     if time.monotonic() - checked >= STREAM_RECHECK_SECONDS:
                         authenticate(context)  # a long stream ends once its token is revoked or expires
                         checked = time.monotonic()

@@ -283,3 +283,34 @@ def test_an_open_stream_ends_once_its_token_is_revoked(world: World) -> None:
         assert time.monotonic() - revoked_at < world.stack.config.token_cache_seconds + 10
     finally:
         alice["dagger"].CancelWorkflow(dpb.CancelWorkflowRequest(id=workflow))
+
+
+def test_an_idle_stream_ends_once_its_token_is_revoked(world: World) -> None:
+    """Nothing happens on the streams (a quiet job): they still end, UNAUTHENTICATED, soon
+    after their token is revoked."""
+    alice = stubs(world.stack.endpoint, world.alice)
+    follower = alice["users"].CreateToken(upb.CreateTokenRequest(name="idle"))
+    definition = json.dumps({"jobs": [{"name": "quiet", "image": "x", "cmd": "sleep", "args": ["60"]}]}).encode()
+    workflow = alice["dagger"].CreateWorkflow(dpb.CreateWorkflowRequest(definition=definition)).id
+    try:
+        theirs = stubs(world.stack.endpoint, follower.secret)["dagger"]
+        watch = theirs.WatchWorkflow(dpb.WatchWorkflowRequest(id=workflow), timeout=60)
+        next(iter(watch))
+        alice["dagger"].GetWorkflow(dpb.GetWorkflowRequest(id=workflow))
+        deadline = time.monotonic() + 20
+        while alice["dagger"].GetJob(dpb.GetJobRequest(workflow_id=workflow, name="quiet")).status \
+                != dpb.JOB_STATUS_RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tail = theirs.TailLogs(dpb.TailLogsRequest(workflow_id=workflow, job="quiet", follow=True), timeout=60)
+        time.sleep(1.5)  # both streams are open and idle
+        alice["users"].RevokeToken(upb.RevokeTokenRequest(id=follower.token.id))
+        revoked_at = time.monotonic()
+        for stream in (watch, tail):
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in stream:
+                    pass
+            assert ended.value.code() == UNAUTH  # type: ignore[attr-defined]
+        assert time.monotonic() - revoked_at < world.stack.config.token_cache_seconds + 5
+    finally:
+        alice["dagger"].CancelWorkflow(dpb.CancelWorkflowRequest(id=workflow))
