@@ -38,7 +38,8 @@ from donut_common.errors import Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
-TAKE_OVER_RETRY = 0.5  # seconds before a run whose take-over failed is tried again
+TAKE_OVER_RETRY = 0.5  # seconds before a run whose take-over failed is tried again (doubling each time)
+TAKE_OVER_RETRY_MAX = 30.0
 NOT_STARTED = Outcome(signal="SIGTERM", message="terminated before it started")
 STOPPED = "stopped with the stack"
 
@@ -118,6 +119,7 @@ class Scheduler:
         self._draining = False
         self._loop_wakes_at = float("inf")  # time.monotonic() when the idle loop wakes by itself
         self._held: dict[WorkflowId, float] = {}  # runs whose take-over failed -> when to try again
+        self._failed_take_overs: dict[WorkflowId, int] = {}  # -> how many times in a row
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -271,10 +273,14 @@ class Scheduler:
                         try:
                             started = self._take_over(workflow_id, now)
                         except Exception as e:  # noqa: BLE001 - this run only; the others go on
-                            log.warning("cannot take run %s over (%s); trying again shortly", workflow_id, e)
+                            failures = self._failed_take_overs[workflow_id] = \
+                                self._failed_take_overs.get(workflow_id, 0) + 1
+                            delay = min(TAKE_OVER_RETRY * 2 ** (failures - 1), TAKE_OVER_RETRY_MAX)
+                            log.warning("cannot take run %s over (%s); trying again in %.1fs", workflow_id, e, delay)
                             self._owned.pop(workflow_id, None)
-                            self._held[workflow_id] = time.monotonic() + TAKE_OVER_RETRY
+                            self._held[workflow_id] = time.monotonic() + delay
                             continue
+                        self._failed_take_overs.pop(workflow_id, None)
                         if started is not None:
                             add(workflow_id, started)
                 case CancelAsked(workflow_id):

@@ -163,15 +163,14 @@ class Store:
         return _job(found.value)
 
     def run(self, workflow_id: WorkflowId) -> RunView:
-        """The workflow with its definition and job records, read in one transaction."""
-        result = self._etcd.txn([], [etcd.get(self.keys.workflow(workflow_id)),
-                                     etcd.get_prefix(self.keys.specs(workflow_id)),
-                                     etcd.get_prefix(self.keys.jobs(workflow_id))])
-        workflow_kvs, spec_kvs, job_kvs = result.ranges
-        if not workflow_kvs:
+        """The workflow with its definition and job records, all as they were at one revision."""
+        result = self._etcd.txn([], [etcd.get(self.keys.workflow(workflow_id))])
+        if not result.ranges[0]:
             raise NotFound(f"no workflow {workflow_id}")
+        specs = self._etcd.get_prefix(self.keys.specs(workflow_id), revision=result.revision)
+        job_kvs = self._etcd.get_prefix(self.keys.jobs(workflow_id), revision=result.revision)
         jobs = {job.name: job for job in (_job(kv.value) for kv in job_kvs)}
-        return RunView(_workflow(workflow_kvs[0].value), _definition(kv.value for kv in spec_kvs), jobs)
+        return RunView(_workflow(result.ranges[0][0].value), _definition(kv.value for kv in specs), jobs)
 
     def save_run(self, workflow_id: WorkflowId, workflow: WorkflowRecord | None, jobs: Iterable[JobRecord],
                  revisions: Revisions, enqueue: bool = False) -> None:
@@ -252,15 +251,17 @@ class Store:
         when another scheduler holds it."""
         key = self.keys.claim(workflow_id)
         claim = etcd.put(key, owner, lease=lease.id)
-        reads = [etcd.get(self.keys.workflow(workflow_id)), etcd.get_prefix(self.keys.specs(workflow_id)),
-                 etcd.get_prefix(self.keys.jobs(workflow_id)), etcd.get(self.keys.cancel(workflow_id))]
+        reads = [etcd.get(self.keys.workflow(workflow_id)), etcd.get(self.keys.cancel(workflow_id))]
         for compare in (etcd.absent(key), etcd.value_equals(key, owner.encode())):
             result = self._etcd.txn([compare], [claim, *reads])
             if result.succeeded:
                 break
         else:
             return None
-        workflow_kvs, spec_kvs, job_kvs, cancel_kvs = result.ranges
+        workflow_kvs, cancel_kvs = result.ranges
+        # the rest as it was when claimed, in pages (a large run's records exceed one answer)
+        spec_kvs = self._etcd.get_prefix(self.keys.specs(workflow_id), revision=result.revision)
+        job_kvs = self._etcd.get_prefix(self.keys.jobs(workflow_id), revision=result.revision)
         revisions: Revisions = {}
         workflow = None
         for kv in workflow_kvs:

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 5.0  # seconds an etcd call may take before it is Unavailable
 RETRY_FAILED = 1.0  # seconds an endpoint that failed is left alone (the client's default: 300)
+PAGE_KEYS = 500  # keys per read: a page of the largest records stays far under an answer's limit
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # what one answer may carry (gRPC's default: 4 MiB)
 
 Op = Any       # an etcdrpc.RequestOp
 Compare = Any  # an etcdrpc.Compare
@@ -142,7 +144,8 @@ class Etcd:
         members = []
         for endpoint in endpoints.split(","):
             host, _, port = endpoint.strip().removeprefix("http://").rpartition(":")
-            members.append(pyetcd.Endpoint(host or "127.0.0.1", int(port), secure=False, time_retry=RETRY_FAILED))
+            members.append(pyetcd.Endpoint(host or "127.0.0.1", int(port), secure=False, time_retry=RETRY_FAILED,
+                                           opts=[("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]))
         client = pyetcd.MultiEndpointEtcd3Client(endpoints=members, timeout=timeout, failover=True)
         problem: Unavailable | None = None
         for _ in members:  # an endpoint that fails is passed over by the next call
@@ -165,10 +168,20 @@ class Etcd:
             value, meta = self._client.get(key)
         return None if value is None else KeyValue(key, value, meta.mod_revision)
 
-    def get_prefix(self, prefix: str) -> list[KeyValue]:
-        with boundary(f"reading {prefix}"):
-            return [KeyValue(meta.key.decode(), value, meta.mod_revision)
-                    for value, meta in self._client.get_prefix(prefix)]
+    def get_prefix(self, prefix: str, revision: int = 0) -> list[KeyValue]:
+        """Every key under `prefix`, as it was at `revision` (0: now), read in pages so
+        that no answer grows with the number of keys."""
+        start, end = prefix.encode(), _prefix_end(prefix.encode())
+        found: list[KeyValue] = []
+        while True:
+            request = etcdrpc.RangeRequest(key=start, range_end=end, limit=PAGE_KEYS, revision=revision)
+            with boundary(f"reading {prefix}"):
+                response = self._client.kvstub.Range(request, self._client.timeout)
+            found.extend(KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in response.kvs)
+            if not response.more or not response.kvs:
+                return found
+            revision = revision or response.header.revision  # every page as the first one saw it
+            start = response.kvs[-1].key + b"\0"
 
     def put(self, key: str, value: str | bytes) -> None:
         with boundary(f"writing {key}"):

@@ -113,3 +113,23 @@ def test_with_etcd_gone_every_call_is_unavailable(tmp_path: Any) -> None:
                 raise AssertionError(f"{name} did not fail")
     finally:
         client.close()
+
+
+def test_a_run_larger_than_one_answer_of_etcd_is_claimed_and_read_in_pages(store: Store) -> None:
+    """10,000 jobs with 300-byte args: a definition inside the limits (3.8 MB), whose
+    records (about 6 MB with their keys) are more than one etcd answer may carry (4 MiB by
+    default): claiming and reading the run still work."""
+    import json
+
+    from dagger_svc.core.definition import parse_definition
+
+    jobs = [{"name": f"j{i}", "image": "x", "cmd": "true", "args": ["a" * 300]} for i in range(10_000)]
+    definition = parse_definition(json.dumps({"jobs": jobs}))
+    records = {name: JobRecord(name) for name in definition.jobs}
+    store.create_workflow(WorkflowRecord(id=WORKFLOW_ID, name="large", job_total=10_000), definition, records)
+    snapshot = store.claim_run(WORKFLOW_ID, "me", store.grant_lease(5))
+    assert snapshot is not None and len(snapshot.jobs) == 10_000 and len(snapshot.definition.jobs) == 10_000
+    assert list(snapshot.definition.jobs)[:3] == ["j0", "j1", "j2"]  # document order
+    assert len(snapshot.revisions) == 10_001  # every job record, and the workflow's
+    view = store.run(WORKFLOW_ID)
+    assert len(view.jobs) == 10_000 and view.definition.jobs["j7"].args == ("a" * 300,)
