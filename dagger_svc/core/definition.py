@@ -13,6 +13,7 @@ of reported problems is capped, and the cycle check is iterative.
 
 from __future__ import annotations
 
+import json
 import math
 import posixpath
 import re
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 from dagger_svc.core.documents import brief, duplicate_keys, load_document, quote
 from dagger_svc.core.graph import find_cycles
-from dagger_svc.core.limits import MAX_DEFINITION_BYTES, MAX_JOBS, MAX_RETRIES
+from dagger_svc.core.limits import MAX_DEFINITION_BYTES, MAX_JOB_BYTES, MAX_JOBS, MAX_RETRIES
 from donut_common import names
 from donut_common.errors import InvalidArgument, Problem
 
@@ -383,7 +384,7 @@ class _Validator:
         assert image is not None and cmd is not None and args is not None
         assert inputs is not None and outputs is not None
         self.problems.spend(len(name) + len(image) + len(cmd) + len(prefix) + 4)
-        return JobSpec(
+        spec = JobSpec(
             name=name,
             image=image,
             cmd=cmd,
@@ -394,6 +395,11 @@ class _Validator:
             retries=retries,
             timeout=timeout,
         )
+        size = len(json.dumps(spec.to_dict()))  # as it is kept: one etcd value per job
+        if size > MAX_JOB_BYTES:
+            self.add(place, f"too large ({size} bytes as kept; one job may take up to {MAX_JOB_BYTES})")
+            return None
+        return spec
 
     def required_text(self, raw: dict[object, object], place: str, key: str) -> str | None:
         value = raw.get(key)

@@ -13,6 +13,10 @@ MAX_DEFINITION_BYTES: Final = 4 * 1024 * 1024
 MAX_JOBS: Final = 10_000
 """The most jobs one workflow may have."""
 
+MAX_JOB_BYTES: Final = 1024 * 1024
+"""The largest one job's spec may be as kept (JSON): one etcd value, and etcd takes no
+request over 1.5 MiB."""
+
 MAX_RETRIES: Final = 100
 """The most automatic retries a job may ask for."""
 

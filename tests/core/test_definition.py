@@ -823,3 +823,11 @@ def test_mutated_valid_definitions_parse_or_are_refused(
 
 
 FRUIT_DOCUMENT = fruit()
+
+
+def test_a_job_too_large_to_keep_is_refused_at_its_place() -> None:
+    from dagger_svc.core.limits import MAX_JOB_BYTES
+
+    document = {"jobs": [job("small"), job("big", args=["x" * (MAX_JOB_BYTES // 2)] * 2 + ["é" * 10])]}
+    place, message = only_problem(document)
+    assert place == "jobs[1]" and message.startswith("too large (") and f"up to {MAX_JOB_BYTES}" in message
