@@ -229,14 +229,14 @@ class DaggerService:
 
     def push_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int, sequence: int,
                   lines: list[LogLine]) -> int:
-        _check_job_caller(caller, workflow_id, job)
+        _check_job_caller(caller, workflow_id, job, attempt)
         if not {stream for stream, _ in lines} <= {STDOUT, STDERR, SYSTEM}:
             bad = next(i for i, (stream, _) in enumerate(lines) if stream not in (STDOUT, STDERR, SYSTEM))
             raise InvalidArgument([Problem(f"lines[{bad}].stream", "must be stdout, stderr or system")])
         return self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
 
     def report(self, caller: Principal, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
-        _check_job_caller(caller, workflow_id, job)
+        _check_job_caller(caller, workflow_id, job, attempt)
         if not self.scheduler.owns(workflow_id):
             raise FailedPrecondition(f"no scheduler here runs workflow {workflow_id}")
         self.logs.end(workflow_id, job, attempt)
@@ -281,10 +281,10 @@ class _Latest:
             return value
 
 
-def _check_job_caller(caller: Principal, workflow_id: str, job: str) -> None:
-    """Only the job itself (its job token), a service or an admin speaks for a job."""
-    if caller.job != (workflow_id, job) and not caller.is_service and not caller.is_admin:
-        raise PermissionDenied(f"this token may not act for job {workflow_id}/{job}")
+def _check_job_caller(caller: Principal, workflow_id: str, job: str, attempt: int) -> None:
+    """Only the attempt itself (its job token), a service or an admin speaks for an attempt."""
+    if caller.attempt != (workflow_id, job, attempt) and not caller.is_service and not caller.is_admin:
+        raise PermissionDenied(f"this token may not act for job {workflow_id}/{job} attempt {attempt}")
 
 
 def checked_id(workflow_id: str) -> WorkflowId:

@@ -51,13 +51,21 @@ class Principal:
         return SCOPE_USER in self.scopes or self.is_admin
 
     @property
+    def attempt(self) -> tuple[str, str, int] | None:
+        """(workflow id, job, attempt) of a job token: the one attempt it speaks for."""
+        for scope in self.scopes:
+            if scope.startswith("job:"):
+                workflow_id, _, rest = scope[4:].partition("/")
+                job, _, number = rest.partition("/")
+                if number.isdigit():
+                    return workflow_id, job, int(number)
+        return None
+
+    @property
     def job(self) -> tuple[str, str] | None:
         """(workflow id, job) of a job token."""
-        for scope in self.scopes:
-            if scope.startswith("job:") and "/" in scope:
-                workflow_id, _, job = scope[4:].partition("/")
-                return workflow_id, job
-        return None
+        attempt = self.attempt
+        return None if attempt is None else attempt[:2]
 
     def may_read_cache(self, upload_id: str) -> bool:
         return f"cache:{upload_id}" in self.scopes
@@ -273,14 +281,15 @@ class JobTokens:
 
         self._stub = users_pb2_grpc.UsersStub(users_channel)
 
-    def mint(self, owner: str, workflow_id: str, job: str, upload_id: str = "",
+    def mint(self, owner: str, workflow_id: str, job: str, attempt: int, upload_id: str = "",
              timeout: float | None = None) -> tuple[str, str]:
-        """(token id, secret) of a token that expires a day after the job's timeout."""
+        """(token id, secret) of a token for one attempt of a job, which expires a day after
+        the job's timeout."""
         from donut.users.v1 import users_pb2
 
-        scopes = [f"job:{workflow_id}/{job}"] + ([f"cache:{upload_id}"] if upload_id else [])
+        scopes = [f"job:{workflow_id}/{job}/{attempt}"] + ([f"cache:{upload_id}"] if upload_id else [])
         answer = self._stub.CreateToken(users_pb2.CreateTokenRequest(
-            name=f"job {workflow_id}/{job}", user_id=owner, scopes=scopes,
+            name=f"job {workflow_id}/{job} attempt {attempt}", user_id=owner, scopes=scopes,
             expires_in_seconds=int((timeout or 0) + JOB_TOKEN_SLACK)), timeout=10)
         return answer.token.id, answer.secret
 

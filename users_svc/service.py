@@ -31,7 +31,8 @@ from users_svc.store import TokenRecord, UserRecord, UserStore
 
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last-used time
 LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_.]{0,62}$")
-_SCOPE_PATTERN = re.compile(f"user|admin|service|job:{names.WORKFLOW_ID}/{names.JOB_NAME}|cache:{names.UPLOAD_ID}")
+_SCOPE_PATTERN = re.compile(
+    f"user|admin|service|job:{names.WORKFLOW_ID}/{names.JOB_NAME}/[1-9][0-9]{{0,8}}|cache:{names.UPLOAD_ID}")
 
 
 @dataclass(frozen=True)

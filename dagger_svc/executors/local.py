@@ -98,7 +98,7 @@ class LocalExecutor:
             token = running.token
         if token is None:
             launch = running.launch
-            token = self.tokens.mint(launch.owner, launch.workflow_id, launch.job, launch.upload_id,
+            token = self.tokens.mint(launch.owner, launch.workflow_id, launch.job, launch.attempt, launch.upload_id,
                                      launch.spec.timeout)
             with self._lock:
                 running.token = token

@@ -209,7 +209,7 @@ class WrapperExecutor:
             return ""  # a dagger without users: no tokens are checked
         launch = attempt.launch
         assert launch is not None
-        attempt.token_id, secret = self.tokens.mint(launch.owner, launch.workflow_id, launch.job,
+        attempt.token_id, secret = self.tokens.mint(launch.owner, launch.workflow_id, launch.job, launch.attempt,
                                                     launch.upload_id, launch.spec.timeout)
         return secret
 

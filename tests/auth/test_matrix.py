@@ -59,7 +59,7 @@ class World:
         ])
         assert driver.wait(self.workflow).status == dpb.WORKFLOW_STATUS_DONE
         services = channel(stack.endpoint, token=stack.service_token)
-        self.job_token = JobTokens(services).mint(self.alice_id, self.workflow, "j")[1]
+        self.job_token = JobTokens(services).mint(self.alice_id, self.workflow, "j", 1)[1]
         clock.advance(2)  # the short token has expired (it was never used, so never cached)
 
 
@@ -206,6 +206,13 @@ def test_a_job_token_works_for_its_own_job_only(world: World) -> None:
                                                          sequence=50, lines=[])])))
     assert ack[-1].sequence == 50
     assert code_of(lambda s: s.GetWorkflow(dpb.GetWorkflowRequest(id=world.workflow)), job["dagger"]) == DENIED
+    # its own attempt only: not a log file (an open file each) for every attempt number it names
+    for attempt in (2, 5000):
+        other = dpb.LogBatch(workflow_id=world.workflow, job="j", attempt=attempt, sequence=1, lines=[])
+        assert code_of(lambda s, other=other: list(s.PushLogs(iter([other]))), job["dagger"]) == DENIED
+        report = dpb.ReportJobStatusRequest(workflow_id=world.workflow, job="j", attempt=attempt, exit_code=0)
+        assert code_of(lambda s, report=report: s.ReportJobStatus(report), job["dagger"]) == DENIED
+    assert not (Path(world.stack.config.data_dir) / "logs" / world.workflow / "j.5000.log").exists()
 
 
 def test_revocation_takes_effect_within_the_cache_lifetime(world: World) -> None:

@@ -77,10 +77,11 @@ class LogServer:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def grant(self, workflow_id: str, job: str) -> str:
-        """A job token for one job, as users_svc would mint it."""
+    def grant(self, workflow_id: str, job: str, attempt: int = 1) -> str:
+        """A job token for one attempt of a job, as users_svc would mint it."""
         token = f"dd_test_{uuid.uuid4().hex}"
-        self._tokens[token] = Principal(user_id="owner", login="owner", scopes=(f"job:{workflow_id}/{job}",))
+        self._tokens[token] = Principal(user_id="owner", login="owner",
+                                        scopes=(f"job:{workflow_id}/{job}/{attempt}",))
         return token
 
     def _verify(self, token: str) -> Principal:

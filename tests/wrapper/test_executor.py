@@ -27,10 +27,10 @@ class ServerTokens:
         self.minted: list[str] = []
         self.revoked: list[str] = []
 
-    def mint(self, owner: str, workflow_id: str, job: str, upload_id: str = "",
+    def mint(self, owner: str, workflow_id: str, job: str, attempt: int, upload_id: str = "",
              timeout: float | None = None) -> tuple[str, str]:
         self.minted.append(f"{workflow_id}/{job}")
-        return f"id-{len(self.minted)}", self.server.grant(workflow_id, job)
+        return f"id-{len(self.minted)}", self.server.grant(workflow_id, job, attempt)
 
     def revoke(self, token_id: str) -> None:
         self.revoked.append(token_id)

@@ -81,7 +81,7 @@ def test_a_job_printing_through_a_dagger_restart_loses_and_doubles_nothing(
         assert lines == [b"line %d" % i for i in range(1, LINES + 1)]
         users = UserStore(Etcd.connect(etcd_server.endpoint), etcd_prefix)
         deadline = time.time() + 20  # revoked once the wrapper has exited, the adopted one's too
-        while not all(t.revoked for t in users.tokens() if f"job:{workflow_id}/printer" in t.scopes):
+        while not all(t.revoked for t in users.tokens() if f"job:{workflow_id}/printer/1" in t.scopes):
             assert time.time() < deadline, "the job token outlived its attempt"
             time.sleep(0.1)
         followed, notes = follower.communicate(timeout=60)
