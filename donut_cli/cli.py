@@ -450,6 +450,9 @@ def logs(settings: Settings, workflow_id: str, job: str, follow: bool, attempt: 
     out, err = sys.stdout.buffer, sys.stderr.buffer
     shown, offset = attempt, 0  # where to take up again if the connection drops
     connected, away = False, False
+    if follow:  # a follower rides out a lost connection once it has reached the job, lines or not
+        client.dagger.GetJob(pb.GetJobRequest(workflow_id=workflow_id, name=job), metadata=client.metadata)
+        connected = True
     while True:
         request = pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=shown, offset=offset, follow=follow)
         try:

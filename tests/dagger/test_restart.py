@@ -17,7 +17,7 @@ import pytest
 
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
-from donut_common.etcd_server import EtcdServer
+from donut_common.etcd_server import EtcdServer, free_port
 from donut_common.rpc import channel
 from tests.dagger.conftest import job_processes, sh, status_name
 
@@ -25,11 +25,11 @@ pytestmark = pytest.mark.slow
 
 
 def start_up(data_dir: Path, home: Path, etcd: EtcdServer,
-             prefix: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+             prefix: str, port: int = 0) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     config = home / "client.json"
     config.unlink(missing_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", "0", "--http-port", "-1",
+        [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", str(port), "--http-port", "-1",
          "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1"],
         env={**os.environ, "DONUT_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
@@ -82,6 +82,50 @@ def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
             workflow_id=workflow_id, job="b", attempt=1)) for line in m.lines)
         assert b"b attempt 1" in first_log
     finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_log_followers_ride_out_a_killed_stack(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    """`donut logs --follow` of a running job and of one still waiting, while `donut up` is
+    killed and started again: the running attempt is lost and run again, and the followers
+    go on through the new attempts to the end, every line once."""
+    data_dir, home, port = tmp_path / "data", tmp_path / "home", free_port()
+    process, config = start_up(data_dir, home, etcd_server, etcd_prefix, port)
+    stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
+    jobs = [sh('echo "a $DONUT_JOB_ATTEMPT"; [ "$DONUT_JOB_ATTEMPT" = 1 ] && sleep 60; echo "a done"', "a"),
+            sh('echo "b $DONUT_JOB_ATTEMPT"', "b")]
+    definition = json.dumps({"jobs": jobs, "neighbors": {"a": ["b"]}})
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
+    deadline = time.time() + 30
+    while not any(m.lines for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="a"))):
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+    def follow(job: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "donut_cli", "logs", workflow_id, job, "--follow"],
+            env={**os.environ, "DONUT_HOME": str(home), "DONUT_ENDPOINT": config["endpoint"],
+                 "DONUT_TOKEN": config["token"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    followers = {"a": follow("a"), "b": follow("b")}
+    assert followers["a"].stdout.readline() == b"a 1\n"  # type: ignore[union-attr]
+    time.sleep(1)  # b's follower, started with a's, is waiting for b to start
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(1.5)  # the followers notice
+    process, config = start_up(data_dir, home, etcd_server, etcd_prefix, port)
+    try:
+        a_out, a_notes = followers["a"].communicate(timeout=60)
+        b_out, b_notes = followers["b"].communicate(timeout=60)
+        assert followers["a"].returncode == 0, a_notes
+        assert a_out.splitlines() == [b"a 2", b"a done"]
+        assert b"attempt 2" in a_notes and b"lost the connection" in a_notes
+        assert followers["b"].returncode == 0, b_notes
+        assert b_out.splitlines() == [b"b 1"]
+    finally:
+        for follower in followers.values():
+            follower.kill()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
 
