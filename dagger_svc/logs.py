@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import FileIO
@@ -31,6 +31,7 @@ _MARKER_ROOM = 32  # bytes a marker line can take (looked at again across a read
 
 LogLine = tuple[int, bytes]  # (stream, text without newline)
 READ_BATCH_BYTES = 4 * 1024 * 1024  # lines are at most 1 MiB: a batch stays well under a message's 16 MiB
+MAX_OPEN_LOGS = 256  # files kept open for appending; the least recently used is closed (and reopened when needed)
 
 
 @dataclass
@@ -40,9 +41,10 @@ class _Open:
 
 
 class LogStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_open: int = MAX_OPEN_LOGS) -> None:
         self.root = root
-        self._open: dict[tuple[str, str, int], _Open] = {}
+        self.max_open = max_open
+        self._open: OrderedDict[tuple[str, str, int], _Open] = OrderedDict()
         self._dirs: set[Path] = set()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -53,7 +55,11 @@ class LogStore:
 
     def _writer(self, key: tuple[str, str, int]) -> _Open:
         entry = self._open.get(key)
-        if entry is None:
+        if entry is not None:
+            self._open.move_to_end(key)
+        else:
+            while len(self._open) >= self.max_open:
+                self._open.popitem(last=False)[1].file.close()
             path = self.path(*key)
             if path.parent not in self._dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)

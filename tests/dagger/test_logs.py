@@ -109,3 +109,17 @@ def test_reading_back_goes_in_batches_bounded_by_bytes(tmp_path: Path) -> None:
     assert sum(len(lines) for _, lines in batches) == 21
     assert max(sum(len(text) for _, text in lines) for _, lines in batches) <= 5 * 1024 * 1024
     assert [index for index, _ in batches] == [sum(len(b[1]) for b in batches[:i]) for i in range(len(batches))]
+
+
+def test_open_log_files_are_bounded_and_a_reopened_one_still_drops_resends(tmp_path: Path) -> None:
+    import os
+
+    store = LogStore(tmp_path, max_open=3)
+    for attempt in range(1, 41):  # forty attempts pushing and never ending
+        assert store.append("w", "j", attempt, [(STDOUT, b"line %d" % attempt)], sequence=1) == 1
+    fd_dir = Path("/proc/self/fd")
+    open_logs = [fd for fd in os.listdir(fd_dir) if str(tmp_path) in os.path.realpath(fd_dir / fd)]
+    assert len(open_logs) <= 3
+    assert store.append("w", "j", 1, [(STDOUT, b"line 1")], sequence=1) == 1  # reopened: still a resend
+    assert [lines for _, lines in store.read("w", "j", 1)] == [[(STDOUT, b"line 1")]]
+    store.close()
