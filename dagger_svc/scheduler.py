@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TAKE_OVER_RETRY = 0.5  # seconds before a run whose take-over failed is tried again (doubling each time)
 TAKE_OVER_RETRY_MAX = 30.0
+MAX_FAILED_TAKE_OVERS = 5  # failures in a row (etcd away aside) before the run is given up as dead
 NOT_STARTED = Outcome(signal="SIGTERM", message="terminated before it started")
 STOPPED = "stopped with the stack"
 
@@ -275,6 +276,9 @@ class Scheduler:
                         except Exception as e:  # noqa: BLE001 - this run only; the others go on
                             failures = self._failed_take_overs[workflow_id] = \
                                 self._failed_take_overs.get(workflow_id, 0) + 1
+                            if failures >= MAX_FAILED_TAKE_OVERS and not isinstance(e, Unavailable) \
+                                    and self._give_up(workflow_id, e, now):
+                                continue
                             delay = min(TAKE_OVER_RETRY * 2 ** (failures - 1), TAKE_OVER_RETRY_MAX)
                             log.warning("cannot take run %s over (%s); trying again in %.1fs", workflow_id, e, delay)
                             self._owned.pop(workflow_id, None)
@@ -433,6 +437,19 @@ class Scheduler:
         self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(directory))
         lost = [name for name in run.running_jobs if self.executor.lost(workflow_id, name, run.jobs[name].attempt)]
         return run.start(now, lost=lost)
+
+    def _give_up(self, workflow_id: WorkflowId, error: Exception, now: float) -> bool:
+        """Ends a run that fails every take-over (its records can't be read, say): `dead`,
+        saying why, and off the queue. False if that could not be recorded either."""
+        message = f"could not be scheduled: {type(error).__name__}: {error}"
+        try:
+            self.store.give_up(workflow_id, message, now)
+        except Exception as e:  # noqa: BLE001 - it is tried again later
+            log.warning("cannot end run %s (%s)", workflow_id, e)
+            return False
+        log.error("run %s %s", workflow_id, message)
+        self._failed_take_overs.pop(workflow_id, None)
+        return True
 
     def _release(self, workflow_id: WorkflowId) -> None:
         self.store.release_claim(workflow_id)

@@ -10,6 +10,7 @@ an `Unavailable` (see `donut_common.etcd`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from dagger_svc.core.definition import Definition, StoredJob
-from dagger_svc.core.records import JobDoc, JobRecord, WorkflowDoc, WorkflowId, WorkflowRecord
+from dagger_svc.core.records import JobDoc, JobRecord, WorkflowDoc, WorkflowId, WorkflowRecord, WorkflowStatus
 from dagger_svc.keys import Keys
 from donut_common import etcd
 from donut_common.errors import Conflict, NotFound, Unavailable
@@ -273,6 +274,25 @@ class Store:
             jobs[job.name] = job
             revisions[kv.key] = kv.mod_revision
         return RunSnapshot(workflow, _definition(kv.value for kv in spec_kvs), jobs, revisions, bool(cancel_kvs))
+
+    def give_up(self, workflow_id: WorkflowId, message: str, now: float) -> None:
+        """Takes a run that can't be scheduled off the queue, its workflow `dead` with the
+        message (unless it has ended, or its record can't be read either), and its claim
+        released, in one transaction."""
+        key = self.keys.workflow(workflow_id)
+        found = self._etcd.get(key)
+        ops = [etcd.delete(self.keys.queued(workflow_id)), etcd.delete(self.keys.claim(workflow_id))]
+        if found is not None:
+            try:
+                workflow: WorkflowRecord | None = _workflow(found.value)
+            except (ValueError, KeyError, TypeError):
+                workflow = None
+            if workflow is not None and not workflow.status.finished:
+                ops.append(etcd.put(key, _dump(dataclasses.replace(
+                    workflow, status=WorkflowStatus.DEAD, message=message, finished_at=now).to_dict())))
+        compare = [etcd.mod_equals(key, found.mod_revision if found is not None else 0)]
+        if not self._etcd.txn(compare, ops).succeeded:
+            raise Conflict(f"someone else changed {key}")
 
     def release_claim(self, workflow_id: WorkflowId) -> None:
         self._etcd.delete(self.keys.claim(workflow_id))

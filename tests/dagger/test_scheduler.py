@@ -253,3 +253,26 @@ def test_launches_carry_the_workflow_and_its_owner(scheduling: Scheduling) -> No
     launch: Launch = scheduling.executor.wait_for(lambda: scheduling.executor.launches, "a launched")[0]
     assert (launch.workflow_id, launch.job, launch.attempt) == (workflow_id, "a", 1)
     assert launch.spec.retries == 2 and launch.spec.timeout == 5
+
+
+def test_a_run_that_can_never_be_taken_over_ends_dead_and_holds_nothing_back(
+        scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose records can't be read (here: a spec that is not JSON) fails every
+    take-over; after a few tries, a moment apart, it ends `dead` saying why, and it is off
+    the queue, while the other runs go on."""
+    import dagger_svc.scheduler
+
+    monkeypatch.setattr(dagger_svc.scheduler, "TAKE_OVER_RETRY", 0.05)
+    scheduling.scheduler.stop()
+    executor = RecordingExecutor(outcome_of=lambda launch: OK)
+    broken = scheduling.submit([job("a"), job("b")], {"a": ["b"]})
+    scheduling.store._etcd.put(scheduling.store.keys.spec(broken, "b"), b"{not json")
+    fine = scheduling.submit([job("a")])
+    scheduling.executor = executor
+    scheduling.scheduler = scheduling.service.scheduler = scheduling._scheduler()
+    assert scheduling.wait(fine).status is WorkflowStatus.DONE
+    w = scheduling.wait(broken)
+    assert w.status is WorkflowStatus.DEAD
+    assert w.message.startswith("could not be scheduled: ") and "JSON" in w.message, w.message
+    assert broken not in scheduling.store.queued_ids()
+    assert executor.launches and {launch.workflow_id for launch in executor.launches} == {fine}
