@@ -9,6 +9,9 @@ A batch pushed by a job wrapper is written together with a `q<sequence>` line in
 write, so a resent batch is stored once, even after a restart: reopening the file finds
 the last sequence stored and drops a batch that was cut short (the wrapper resends it).
 A sequenced log starts with `q0`, so even its first batch can be found cut short.
+
+An attempt's log is cut at a size limit: the line that would cross it is replaced by a
+note saying so, and later lines are dropped (their sequence markers are still stored).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from io import FileIO
 from pathlib import Path
 
+from dagger_svc.core.limits import MAX_LOG_BYTES
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 _TAGS = {STDOUT: b"o", STDERR: b"e", SYSTEM: b"s"}
@@ -38,11 +42,13 @@ MAX_OPEN_LOGS = 256  # files kept open for appending; the least recently used is
 class _Open:
     file: FileIO  # unbuffered: what a failed write leaves behind is on disk or nowhere, never in a buffer
     sequence: int = 0
+    size: int = 0
 
 
 class LogStore:
-    def __init__(self, root: Path, max_open: int = MAX_OPEN_LOGS) -> None:
+    def __init__(self, root: Path, max_bytes: int = MAX_LOG_BYTES, max_open: int = MAX_OPEN_LOGS) -> None:
         self.root = root
+        self.max_bytes = max_bytes
         self.max_open = max_open
         self._open: OrderedDict[tuple[str, str, int], _Open] = OrderedDict()
         self._dirs: set[Path] = set()
@@ -65,8 +71,24 @@ class LogStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
             sequence = _recover(path)
-            entry = self._open[key] = _Open(FileIO(path, "ab"), sequence)
+            file = FileIO(path, "ab")
+            entry = self._open[key] = _Open(file, sequence, file.seek(0, 2))
         return entry
+
+    def _lines_within_limit(self, entry: _Open, lines: list[LogLine]) -> bytes:
+        """The stored form of the lines that fit under the limit, and the note saying where
+        the log was cut when this batch reaches it (once: a log over it takes no more)."""
+        if entry.size > self.max_bytes:  # cut already (the note takes it over)
+            return b""
+        stored = [_TAGS[s] + text.replace(b"\n", b" ") + b"\n" for s, text in lines]
+        room = self.max_bytes - entry.size
+        for i, line in enumerate(stored):
+            room -= len(line)
+            if room < 0:
+                note = (f"log cut: this attempt's log reached its limit of {self.max_bytes} bytes; "
+                        "later lines are dropped").encode()
+                return b"".join(stored[:i]) + _TAGS[SYSTEM] + note + b"\n"
+        return b"".join(stored)
 
     def append(self, workflow_id: str, job: str, attempt: int, lines: list[LogLine],
                sequence: int | None = None) -> int:
@@ -77,7 +99,7 @@ class LogStore:
             if sequence is not None and sequence <= entry.sequence:
                 return entry.sequence
             if lines or sequence is not None:
-                data = b"".join(_TAGS[s] + text.replace(b"\n", b" ") + b"\n" for s, text in lines)
+                data = self._lines_within_limit(entry, lines)
                 if sequence is not None:
                     if entry.file.tell() == 0:
                         data = b"q0\n" + data
@@ -90,6 +112,7 @@ class LogStore:
                     del self._open[(workflow_id, job, attempt)]
                     entry.file.close()
                     raise
+                entry.size += len(data)
                 if sequence is not None:
                     entry.sequence = sequence
                 self._generation += 1

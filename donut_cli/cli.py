@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from dagger_svc.core.limits import MAX_PARALLELISM, name_problem
+from dagger_svc.core.limits import MAX_LOG_BYTES, MAX_PARALLELISM, name_problem
 from donut.dagger.v1 import dagger_pb2 as pb
 
 if TYPE_CHECKING:
@@ -286,10 +286,12 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
 @click.option("--job-env", multiple=True, metavar="NAME",
               help="An environment variable of the stack that jobs get too (repeatable; they always get PATH, "
                    "HOME, the locale...; never the rest).")
+@click.option("--max-log-bytes", type=click.IntRange(1024), default=MAX_LOG_BYTES, show_default=True,
+              help="Size at which a job attempt's log is cut, with a note saying so; later lines are dropped.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str, etcd_prefix: str,
        parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
-       verbose: bool) -> None:
+       max_log_bytes: int, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
     import signal
@@ -303,7 +305,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
                          default_parallelism=parallelism, kill_grace=kill_grace,
-                         tls_cert=tls_cert, tls_key=tls_key, job_env=job_env)
+                         tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, max_log_bytes=max_log_bytes)
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     stopped = threading.Event()

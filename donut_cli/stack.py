@@ -21,6 +21,7 @@ import grpc
 from werkzeug.serving import BaseWSGIServer
 
 from cellar_svc.storage import LocalStorage
+from dagger_svc.core.limits import MAX_LOG_BYTES
 from dagger_svc.executors.local import LocalExecutor
 from dagger_svc.executors.wrapper import WrapperExecutor
 from dagger_svc.keys import Keys
@@ -73,6 +74,8 @@ class StackConfig:
     job_env: tuple[str, ...] = ()
     """Names of the stack's environment variables that jobs get too (besides PATH, HOME,
     the locale...); the rest, credentials the server holds among them, never reach a job."""
+    max_log_bytes: int = MAX_LOG_BYTES
+    """Size at which an attempt's log is cut (with a note saying so); later lines are dropped."""
     token_cache_seconds: float = 3.0
     """How long a verified token is trusted without asking users_svc (revocation delay)."""
 
@@ -119,7 +122,7 @@ class Stack:
             self.store = Store(client, Keys(c.etcd_prefix))
             self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
             self.service_token = self._service_token(self.users)
-            self.logs = LogStore(c.data_dir / "logs")
+            self.logs = LogStore(c.data_dir / "logs", max_bytes=c.max_log_bytes)
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
             verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds, clock=self.clock)
             self.server, port = create_server(f"{c.host}:{c.port}", self._services,

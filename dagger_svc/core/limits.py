@@ -26,6 +26,10 @@ MAX_PARALLELISM: Final = 1000
 MAX_NAME_LENGTH: Final = 200
 """The longest workflow name."""
 
+MAX_LOG_BYTES: Final = 1024 ** 3
+"""Where a job attempt's log is cut by default (`donut up --max-log-bytes`): a note says
+so, and later lines are dropped."""
+
 
 def name_problem(name: str) -> str:
     """What is wrong with a workflow name ("" if nothing)."""

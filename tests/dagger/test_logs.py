@@ -5,10 +5,11 @@ from __future__ import annotations
 import resource
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dagger_svc.logs import STDERR, STDOUT, LogStore
+from dagger_svc.logs import STDERR, STDOUT, SYSTEM, LogStore
 
 
 def lines(store: LogStore) -> list[tuple[int, bytes]]:
@@ -123,3 +124,43 @@ def test_open_log_files_are_bounded_and_a_reopened_one_still_drops_resends(tmp_p
     assert store.append("w", "j", 1, [(STDOUT, b"line 1")], sequence=1) == 1  # reopened: still a resend
     assert [lines for _, lines in store.read("w", "j", 1)] == [[(STDOUT, b"line 1")]]
     store.close()
+
+
+def test_an_attempt_log_is_cut_at_its_limit_with_a_note_and_resends_still_drop(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, max_bytes=100)
+    for sequence in range(1, 6):  # 5 batches of two 20-byte lines: over the limit from the third
+        store.append("w", "j", 1, [(STDOUT, b"%019d" % (2 * sequence - 1)), (STDOUT, b"%019d" % (2 * sequence))],
+                     sequence=sequence)
+    assert store.append("w", "j", 1, [(STDOUT, b"x")], sequence=5) == 5  # a resend, still dropped
+    lines = [line for _, batch in store.read("w", "j", 1) for line in batch]
+    assert [text for stream, text in lines if stream == STDOUT] == [b"%019d" % i for i in range(1, 5)]
+    assert lines[-1][0] == SYSTEM and b"100 bytes" in lines[-1][1]
+    assert sum(1 for stream, _ in lines if stream == SYSTEM) == 1
+    store.close()
+    again = LogStore(tmp_path, max_bytes=100)  # after a restart: still cut, no second note
+    assert again.append("w", "j", 1, [(STDOUT, b"more")], sequence=6) == 6
+    assert [line for _, batch in again.read("w", "j", 1) for line in batch] == lines
+
+
+@pytest.mark.parametrize("executor", ["local", "wrapper"])
+def test_a_job_printing_past_the_limit_keeps_running_and_its_log_is_cut(stack_config: Any, executor: str) -> None:
+    import dataclasses
+
+    from donut.dagger.v1 import dagger_pb2 as pb
+    from donut_cli.stack import Stack
+    from tests.dagger.conftest import Driver, sh
+
+    config = dataclasses.replace(stack_config, executor=executor, max_log_bytes=4096)
+    with Stack(config) as stack:
+        stack.admin_token = stack.client_token()[0]
+        driver = Driver(stack)
+        workflow_id = driver.submit([sh('seq 1 5000; echo done > finished', "chatty")])
+        assert driver.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
+        assert (driver.workdir(workflow_id) / "finished").exists()
+        lines = [line for m in driver.stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="chatty"))
+                 for line in m.lines]
+        printed = [line.text for line in lines if line.stream == pb.LOG_STREAM_STDOUT]
+        assert printed == [b"%d" % i for i in range(1, len(printed) + 1)] and 500 < len(printed) < 2000
+        notes = [line.text for line in lines if line.stream == pb.LOG_STREAM_SYSTEM]
+        assert any(b"limit of 4096 bytes" in note for note in notes), notes
+        driver.close()
