@@ -90,6 +90,43 @@ def job_processes(workflow_id: str) -> list[int]:
     return pids
 
 
+MARKED = 'echo "$DONUT_JOB_NAME $DONUT_JOB_ATTEMPT" >> marks; echo "ran $DONUT_JOB_ATTEMPT"; sleep 0.05'
+
+
+def submit_marked_load(stub: Any, count: int = 8) -> list[str]:
+    """Workflows of 12 short jobs (6 pairs) that each leave a mark: '<job> <attempt>'."""
+    jobs = [sh(MARKED, f"j{i}") for i in range(12)]
+    neighbors = {f"j{i}": [f"j{i + 1}"] for i in range(0, 11, 2)}
+    definition = json.dumps({"jobs": jobs, "neighbors": neighbors}).encode()
+    return [stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition, parallelism=3)).id
+            for _ in range(count)]
+
+
+def marks_so_far(root: Path, workflows: list[str]) -> int:
+    return sum(len((root / w / "marks").read_text().splitlines()) for w in workflows if (root / w / "marks").exists())
+
+
+def assert_every_attempt_ran_once(stub: Any, root: Path, workflows: list[str], timeout: float = 120) -> None:
+    """Each workflow ends done; no (job, attempt) ran twice (by the marks its runs left); the
+    recorded attempt is the one that ran last; every attempt's log holds its line once."""
+    for workflow_id in workflows:
+        for w in stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), timeout=timeout):
+            if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
+                break
+        assert w.status == pb.WORKFLOW_STATUS_DONE, w.message
+        marks = (root / workflow_id / "marks").read_text().splitlines()
+        assert len(marks) == len(set(marks)), f"an attempt ran twice: {sorted(marks)}"
+        found = {j.name: j for j in stub.ListJobs(pb.ListJobsRequest(workflow_id=workflow_id)).jobs}
+        assert {m.split()[0] for m in marks} == set(found)
+        for name, job in found.items():
+            assert f"{name} {job.attempt}" in marks  # the recorded attempt is the one that ran last
+            for attempt in range(1, job.attempt + 1):
+                lines = [line.text for m in stub.TailLogs(pb.TailLogsRequest(
+                    workflow_id=workflow_id, job=name, attempt=attempt)) for line in m.lines
+                    if line.stream == pb.LOG_STREAM_STDOUT]
+                assert lines in ([], [b"ran %d" % attempt]), (name, attempt, lines)
+
+
 def status_name(value: int) -> str:
     return pb.JobStatus.Name(value).removeprefix("JOB_STATUS_").lower()
 

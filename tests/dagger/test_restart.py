@@ -19,7 +19,14 @@ from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
 from donut_common.etcd_server import EtcdServer, free_port
 from donut_common.rpc import channel
-from tests.dagger.conftest import job_processes, sh, status_name
+from tests.dagger.conftest import (
+    assert_every_attempt_ran_once,
+    job_processes,
+    marks_so_far,
+    sh,
+    status_name,
+    submit_marked_load,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -148,21 +155,14 @@ def test_sigterm_stops_the_stack_and_its_jobs(tmp_path: Path, etcd_server: EtcdS
 
 def test_killed_under_load_no_attempt_runs_twice(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
     """dagger is killed (SIGKILL) while workflows of short jobs run; started again, it
-    finishes every one, and no (job, attempt) ran twice: every run of a job leaves a mark
-    with its attempt number, and every attempt's log holds its lines once."""
+    finishes every one, and no (job, attempt) ran twice."""
     data_dir, home = tmp_path / "data", tmp_path / "home"
     process, config = start_up(data_dir, home, etcd_server, etcd_prefix)
     stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
-    mark = 'echo "$DONUT_JOB_NAME $DONUT_JOB_ATTEMPT" >> marks; echo "ran $DONUT_JOB_ATTEMPT"; sleep 0.05'
-    jobs = [sh(mark, f"j{i}") for i in range(12)]
-    neighbors = {f"j{i}": [f"j{i + 1}"] for i in range(0, 11, 2)}
-    definition = json.dumps({"jobs": jobs, "neighbors": neighbors}).encode()
-    workflows = [stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition, parallelism=3)).id
-                 for _ in range(8)]
+    workflows = submit_marked_load(stub)
     root = data_dir / "workflows"
     deadline = time.time() + 30
-    while sum(len((root / w / "marks").read_text().splitlines()) for w in workflows
-              if (root / w / "marks").exists()) < 30:  # well under way
+    while marks_so_far(root, workflows) < 30:  # well under way
         assert time.time() < deadline
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
@@ -171,22 +171,7 @@ def test_killed_under_load_no_attempt_runs_twice(tmp_path: Path, etcd_server: Et
     process, config = start_up(data_dir, home, etcd_server, etcd_prefix)
     try:
         stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
-        for workflow_id in workflows:
-            for w in stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), timeout=120):
-                if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
-                    break
-            assert w.status == pb.WORKFLOW_STATUS_DONE, w.message
-            marks = (root / workflow_id / "marks").read_text().splitlines()
-            assert len(marks) == len(set(marks)), f"an attempt ran twice: {sorted(marks)}"
-            found = {j.name: j for j in stub.ListJobs(pb.ListJobsRequest(workflow_id=workflow_id)).jobs}
-            assert {m.split()[0] for m in marks} == set(found)
-            for name, job in found.items():
-                assert f"{name} {job.attempt}" in marks  # the recorded attempt is the one that ran last
-                for attempt in range(1, job.attempt + 1):
-                    lines = [line.text for m in stub.TailLogs(pb.TailLogsRequest(
-                        workflow_id=workflow_id, job=name, attempt=attempt)) for line in m.lines
-                        if line.stream == pb.LOG_STREAM_STDOUT]
-                    assert lines in ([], [b"ran %d" % attempt]), (name, attempt, lines)
+        assert_every_attempt_ran_once(stub, root, workflows)
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
