@@ -276,3 +276,14 @@ def test_a_run_that_can_never_be_taken_over_ends_dead_and_holds_nothing_back(
     assert w.message.startswith("could not be scheduled: ") and "JSON" in w.message, w.message
     assert broken not in scheduling.store.queued_ids()
     assert executor.launches and {launch.workflow_id for launch in executor.launches} == {fine}
+
+
+def test_a_ten_thousand_job_workflow_does_not_hold_back_a_small_one(scheduling: Scheduling) -> None:
+    """A run whose records (3.8 MB) are read in pages, next to a small one: both start, and
+    the small one finishes while the large one runs."""
+    large = scheduling.submit([job(f"j{i}", args=["a" * 300]) for i in range(10_000)], parallelism=4)
+    small = scheduling.submit([job("a")])
+    scheduling.executor.finish(small, "a")
+    assert scheduling.wait(small, timeout=60).status is WorkflowStatus.DONE
+    scheduling.executor.wait_for(lambda: len(scheduling.executor.running_jobs(large)) == 4, "the large one runs")
+    assert scheduling.store.workflow(large)[0].status is WorkflowStatus.RUNNING
