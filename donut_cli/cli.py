@@ -20,6 +20,7 @@ import click
 
 from dagger_svc.core.limits import MAX_LOG_BYTES, MAX_PARALLELISM, name_problem
 from donut.dagger.v1 import dagger_pb2 as pb
+from donut_common.config import ServerLimits
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -286,11 +287,21 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
 @click.option("--job-env", multiple=True, metavar="NAME",
               help="An environment variable of the stack that jobs get too (repeatable; they always get PATH, "
                    "HOME, the locale...; never the rest).")
+@click.option("--rpc-threads", type=click.IntRange(2), default=ServerLimits.threads, show_default=True,
+              help="Threads serving gRPC calls.")
+@click.option("--max-streams", type=click.IntRange(1), default=ServerLimits.streams, show_default=True,
+              help="Streams open at once, everyone's together (fewer than --rpc-threads: the rest always "
+                   "serve other calls).")
+@click.option("--streams-per-caller", type=click.IntRange(1), default=ServerLimits.streams_per_caller,
+              show_default=True, help="Streams one user (or one job attempt) may hold open at once.")
+@click.option("--stream-idle-timeout", type=click.FloatRange(0, min_open=True), default=ServerLimits.idle_timeout,
+              show_default=True, help="Seconds an upload or a job's log push may stay silent before it is ended.")
 @click.option("--max-log-bytes", type=click.IntRange(1024), default=MAX_LOG_BYTES, show_default=True,
               help="Size at which a job attempt's log is cut, with a note saying so; later lines are dropped.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str, etcd_prefix: str,
        parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
+       rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
        max_log_bytes: int, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
@@ -302,10 +313,16 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        limits = ServerLimits(threads=rpc_threads, streams=max_streams, streams_per_caller=streams_per_caller,
+                              idle_timeout=stream_idle_timeout)
+    except ValueError as e:
+        fail(f"--max-streams: {e}", EXIT_BAD_INPUT)
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
                          default_parallelism=parallelism, kill_grace=kill_grace,
-                         tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, max_log_bytes=max_log_bytes)
+                         tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
+                         max_log_bytes=max_log_bytes)
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     stopped = threading.Event()

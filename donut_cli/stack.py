@@ -31,6 +31,7 @@ from dagger_svc.service import DaggerConfig, DaggerService
 from dagger_svc.store import Store
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
+from donut_common.config import ServerLimits
 from donut_common.etcd import Etcd
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
@@ -78,6 +79,8 @@ class StackConfig:
     """Size at which an attempt's log is cut (with a note saying so); later lines are dropped."""
     token_cache_seconds: float = 3.0
     """How long a verified token is trusted without asking users_svc (revocation delay)."""
+    limits: ServerLimits = ServerLimits()
+    """Threads, streams and client-stream timeouts of the gRPC server."""
 
 
 @dataclass
@@ -126,7 +129,7 @@ class Stack:
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
             verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds, clock=self.clock)
             self.server, port = create_server(f"{c.host}:{c.port}", self._services,
-                                              interceptors=[AuthInterceptor(verifier)], tls=tls)
+                                              limits=c.limits, interceptors=[AuthInterceptor(verifier)], tls=tls)
             self.server.start()
             assert self.scheduler is not None
             self.scheduler.start()

@@ -1,4 +1,5 @@
-"""Where the CLI finds the stack: the client config file, overridden by flags and env."""
+"""Settings read at the entry points: where the CLI finds the stack (the client config
+file, overridden by flags and env), and the limits every gRPC server keeps."""
 
 from __future__ import annotations
 
@@ -10,6 +11,37 @@ from pathlib import Path
 from donut_common.files import write_private
 
 DEFAULT_ENDPOINT = "127.0.0.1:7000"
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What callers may hold of one gRPC server at once. Every open stream holds one of the
+    server's threads for its whole life, so streams get fewer threads than there are: the
+    rest always serve unary calls, health checks and token checks."""
+
+    threads: int = 1024
+    """Threads serving calls (started as needed: an idle one costs little)."""
+    queued: int = 128
+    """Calls that may wait for a thread; beyond threads + queued, a call is refused at once
+    with RESOURCE_EXHAUSTED instead of waiting."""
+    streams: int = 896
+    """Streams (watches, followed logs, uploads, downloads, log pushes) open at once,
+    everyone's together; fewer than `threads`. Every running job of the wrapper (and
+    Kubernetes) executor holds one while it prints."""
+    streams_per_caller: int = 16
+    """Streams one caller (a user, or one job attempt) may hold open at once."""
+    first_message_timeout: float = 30.0
+    """Seconds a client stream (an upload, a job's log push) has to send its first message."""
+    idle_timeout: float = 300.0
+    """Seconds a client stream may stay silent between two messages."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.streams < self.threads:
+            raise ValueError(f"streams must be from 1 to threads - 1 ({self.threads - 1}), got {self.streams}")
+        if self.streams_per_caller < 1 or self.queued < 0:
+            raise ValueError("streams_per_caller must be at least 1 and queued at least 0")
+        if self.first_message_timeout <= 0 or self.idle_timeout <= 0:
+            raise ValueError("first_message_timeout and idle_timeout must be more than 0 seconds")
 
 
 def donut_home() -> Path:

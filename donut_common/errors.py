@@ -60,3 +60,13 @@ class Conflict(DonutError):
 
 class Unavailable(DonutError):
     code_name = "UNAVAILABLE"
+
+
+class ResourceExhausted(DonutError):
+    """A limit on what a caller may hold at once was reached; ending something frees it."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(DonutError):
+    code_name = "DEADLINE_EXCEEDED"

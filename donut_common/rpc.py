@@ -2,7 +2,10 @@
 
 `create_server` gives each service the same server: health checking and reflection on,
 bound to an address (port 0 in tests), with domain errors mapped to statuses by
-`translate_errors`.
+`translate_errors`, and `ServerLimits` kept by `StreamGuard`: the sync server gives every
+open stream a thread for its whole life, so idle streams could take them all and leave
+health checks and token checks waiting forever. Streams are counted per caller and for the
+whole server (fewer than the threads), and a client stream that stops sending is ended.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import contextlib
 import functools
 import inspect
 import logging
+import queue
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,11 +25,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from donut_common.errors import DonutError
+from donut_common.auth import Principal, current_principal
+from donut_common.config import ServerLimits
+from donut_common.errors import DeadlineExceeded, DonutError, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_LIMITS = ServerLimits()
 T = TypeVar("T")
 
 
@@ -81,6 +90,127 @@ def translate_errors(cls: type[T]) -> type[T]:
     return cls
 
 
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+def _caller() -> str:
+    """Whose streams a stream counts among: its user's, or for a job token its attempt's
+    (a user's running jobs never crowd out the user), or the anonymous callers' (health
+    watches, reflection)."""
+    try:
+        principal: Principal = current_principal()
+    except Unauthenticated:
+        return "anonymous callers"
+    attempt = principal.attempt
+    return f"job attempt {attempt[0]}/{attempt[1]}/{attempt[2]}" if attempt else f"user {principal.login}"
+
+
+class StreamGuard(_ServerInterceptor):
+    """Keeps `ServerLimits` for every streaming call: a stream over its caller's limit or the
+    server's is refused with RESOURCE_EXHAUSTED, its place is given back however it ends,
+    and a client stream that sends nothing in time ends with DEADLINE_EXCEEDED. Comes after
+    the AuthInterceptor, which names the caller."""
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def _held(self, context: grpc.ServicerContext) -> Iterator[None]:
+        caller = _caller()
+        try:
+            with self._lock:
+                if self._open.total() >= self.limits.streams:
+                    raise ResourceExhausted(f"the server has {self.limits.streams} streams open at once, its "
+                                            "limit; try again later")
+                if self._open[caller] >= self.limits.streams_per_caller:
+                    raise ResourceExhausted(f"{caller} has {self.limits.streams_per_caller} streams open at once, "
+                                            "the limit; end one first")
+                self._open[caller] += 1
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._open[caller] -= 1
+                    if not self._open[caller]:
+                        del self._open[caller]
+        except DonutError as e:  # the limits' own, and a timeout seen by a servicer not of ours
+            _abort(context, e)
+
+    def _bounded(self, requests: Iterator[T]) -> Iterator[T]:
+        return _bounded(requests, self.limits.first_message_timeout, self.limits.idle_timeout)
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is not None:
+            return handler
+        serializers = handler.request_deserializer, handler.response_serializer
+
+        if handler.unary_stream is not None:
+            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                with self._held(context):
+                    yield from handler.unary_stream(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, *serializers)
+        if handler.stream_unary is not None:
+            def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                with self._held(context):
+                    return handler.stream_unary(self._bounded(requests), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, *serializers)
+
+        def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            with self._held(context):
+                yield from handler.stream_stream(self._bounded(requests), context)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, *serializers)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def _bounded(requests: Iterator[T], first_timeout: float, idle_timeout: float) -> Iterator[T]:
+    """The requests of a client stream, each read on demand by a helper thread (the sync
+    server's iterator blocks with no timeout); DeadlineExceeded when the first takes longer
+    than first_timeout, or a later one longer than idle_timeout. The helper ends once the
+    call does."""
+    wanted: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()  # (is a request, request or end)
+
+    def read() -> None:
+        while wanted.get():
+            try:
+                results.put((True, next(requests)))
+            except BaseException as e:  # noqa: BLE001 - StopIteration, or the call's RpcError: handed over
+                results.put((False, e))
+                return
+
+    threading.Thread(target=read, name="rpc-requests", daemon=True).start()
+    try:
+        timeout, first = first_timeout, True
+        while True:
+            wanted.put(True)
+            try:
+                is_request, value = results.get(timeout=timeout)
+            except queue.Empty:
+                raise DeadlineExceeded(
+                    f"no message in {_seconds(timeout)}: a client stream must send its first message sooner" if first
+                    else f"no message for {_seconds(timeout)}: a client stream may not stay silent longer") from None
+            if not is_request:
+                if isinstance(value, StopIteration):
+                    return
+                raise value
+            yield value
+            timeout, first = idle_timeout, False
+    finally:
+        wanted.put(False)
+
+
 Registration = tuple[Callable[[Any, grpc.Server], None], Any, str]
 """(add_XServicer_to_server, servicer instance, full service name)"""
 
@@ -89,18 +219,20 @@ def create_server(
     address: str,
     services: Iterable[Registration] | Callable[[int], Iterable[Registration]],
     *,
-    max_workers: int = 64,
+    limits: ServerLimits = DEFAULT_LIMITS,
     interceptors: Iterable[grpc.ServerInterceptor[Any, Any]] = (),
     tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A ready (not yet started) server with the services, health and reflection; with
-    `tls` (certificate chain PEM, private key PEM) it only speaks TLS. `services` may be
-    a function of the bound port, for services that must know their own address.
+    """A ready (not yet started) server with the services, health and reflection, keeping
+    `limits` (see StreamGuard); with `tls` (certificate chain PEM, private key PEM) it
+    only speaks TLS. `services` may be a function of the bound port, for services that
+    must know their own address.
 
     Returns the server and the bound port (useful with port 0)."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=list(interceptors),
+        futures.ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix="rpc"),
+        interceptors=[*interceptors, StreamGuard(limits)],
+        maximum_concurrent_rpcs=limits.threads + limits.queued,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -26,8 +26,9 @@ from dagger_svc.service import DaggerConfig, DaggerService
 from dagger_svc.servicer import registration
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut_common.auth import AuthInterceptor, Principal
+from donut_common.config import ServerLimits
 from donut_common.errors import Unauthenticated
-from donut_common.rpc import create_server
+from donut_common.rpc import DEFAULT_LIMITS, create_server
 from streamed_job.spec import SPEC_ENV, RunSpec
 from tests.dagger.conftest import Driver
 
@@ -65,7 +66,8 @@ class LogServer:
     """dagger's gRPC surface for jobs (PushLogs, ReportJobStatus) behind the real auth
     interceptor, over a real LogStore; it can stop and start again on the same port."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ServerLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
         self.logs = LogStore(root / "logs")
         self.scheduler = RecordingScheduler()
         self.service = HoldableService(None, self.logs, self.scheduler, DaggerConfig(root / "workflows"))
@@ -91,7 +93,7 @@ class LogServer:
 
     def start(self) -> LogServer:
         self._server, self.port = create_server(f"127.0.0.1:{self.port}", [registration(self.service)],
-                                                interceptors=[AuthInterceptor(self._verify)], max_workers=8)
+                                                limits=self.limits, interceptors=[AuthInterceptor(self._verify)])
         self._server.start()
         return self
 

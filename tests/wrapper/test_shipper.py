@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from donut_common.config import ServerLimits
 from streamed_job.shipper import POLL, LogShipper, ShipperSettings, channel_to
 from tests.wrapper.conftest import LogServer
 
@@ -73,6 +74,25 @@ def test_a_quiet_stream_keeps_its_connection(log_server: LogServer) -> None:
     assert shipper.close(timeout=5)
     assert log_server.texts(workflow_id, "job") == [b"one", b"two"]
     assert shipper.reconnects == 0
+
+
+def test_a_stream_dagger_ends_for_its_silence_is_opened_again_when_there_is_more(tmp_path: Path) -> None:
+    """dagger ends a client stream that sends nothing for a while (a quiet job): the shipper
+    opens one only when it has a batch to send, and takes the end as no failure."""
+    server = LogServer(tmp_path, ServerLimits(first_message_timeout=0.3, idle_timeout=0.3)).start()
+    try:
+        shipper, workflow_id = shipper_for(server)
+        time.sleep(1.0)  # quiet from the start, longer than the first-message timeout
+        shipper.add(STDOUT, [b"one"])
+        wait_for(lambda: shipper.acknowledged >= 1, what="the first batch to be acknowledged")
+        time.sleep(1.0)  # quiet again, longer than the idle timeout
+        shipper.add(STDOUT, [b"two"])
+        assert shipper.close(timeout=5)
+        assert server.texts(workflow_id, "job") == [b"one", b"two"]
+        assert shipper.reconnects == 0
+    finally:
+        server.stop()
+        server.logs.close()
 
 
 def test_a_dagger_that_stops_acknowledging_is_left_for_a_new_connection(log_server: LogServer) -> None:

@@ -4,9 +4,11 @@ Lines are gathered into batches (closed by size or by age) numbered 1, 2, 3... p
 attempt. A batch stays here until dagger acknowledges it; when the connection drops, the
 shipper reconnects with bounded backoff and sends every unacknowledged batch again, and
 dagger, which stores a batch only if its sequence is above the last one it stored, keeps
-each batch once. Batches are kept serialised, so a resend costs no re-encoding; beyond a
-memory limit they spill to an unnamed temporary file and are read back in order, so a slow
-or absent dagger never makes the wrapper grow without bound or hold up the command.
+each batch once. dagger ends a stream that stays silent (a quiet job), so a stream is
+opened only once there is a batch to send, and such an end is no failure. Batches are kept
+serialised, so a resend costs no re-encoding; beyond a memory limit they spill to an
+unnamed temporary file and are read back in order, so a slow or absent dagger never makes
+the wrapper grow without bound or hold up the command.
 """
 
 from __future__ import annotations
@@ -263,19 +265,21 @@ class LogShipper:
         delay = self.settings.backoff_initial
         while True:
             with self._cond:
+                self._wait_for_a_batch()
                 if self._stopping or (self._last and self._acked >= self._sealed):
                     return
                 connection = self._connection = _Connection()
                 self._ack_progress = time.monotonic()
             call = self._push(self._requests(connection), metadata=self._metadata)
             connection.call = call
-            problem = "the stream ended"
+            problem, silent = "the stream ended", False
             try:
                 for ack in call:
                     self._acknowledge(ack.sequence)
                     delay = self.settings.backoff_initial
             except grpc.RpcError as e:
                 problem = f"{e.code().name}: {e.details()}"
+                silent = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # dagger ends a stream that sends nothing
             finally:
                 with self._cond:
                     connection.over = True
@@ -284,12 +288,23 @@ class LogShipper:
             with self._cond:
                 if self._stopping or (self._last and self._acked >= self._sealed):
                     return
+                if silent and self._acked >= self._sent:
+                    continue  # nothing was lost: the next batch opens a new stream
                 self.reconnects += 1
                 log.warning("log stream to dagger broken (%s); reconnecting in %.2fs", problem, delay)
                 resume = time.monotonic() + delay
                 while not self._stopping and time.monotonic() < resume:
                     self._cond.wait(resume - time.monotonic())
             delay = min(delay * 2, self.settings.backoff_max)
+
+    def _wait_for_a_batch(self) -> None:
+        """Waits (lock held) until a batch is sealed and unacknowledged, or the shipper stops:
+        a stream is opened only with something to send, since dagger ends silent ones."""
+        while not (self._stopping or self._last) and self._sealed <= self._acked:
+            wait = self._seal_if_due()
+            if wait is None and self._sealed > self._acked:
+                return  # it just sealed the gathering batch
+            self._cond.wait(wait)
 
     def _requests(self, connection: _Connection) -> Iterator[bytes]:
         """The batches of one connection: every unacknowledged one, then each new one."""
