@@ -1,6 +1,6 @@
 """Throughput under concurrent clients, and how long a job's end takes to reach etcd.
 
-Starts an etcd (fsync on, as in production) and `donut up` on it in a separate process,
+Starts an etcd (fsync and TLS on, as in production) and `donut up` on it in a separate process,
 then N client threads, each with its own gRPC channel, submit their share of the
 workflows back to back (each CreateWorkflow awaited) and then wait for every one of them
 to end (WatchWorkflow); every workflow must end done. With --closed-loop each client
@@ -33,7 +33,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from donut_common.etcd_server import EtcdServer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -60,12 +63,12 @@ def percentile(values: list[float], q: float) -> float:
 class SucceededWatch:
     """An etcd watch on every job key: the wall-clock time each job's `succeeded` was first seen."""
 
-    def __init__(self, etcd_endpoint: str) -> None:
+    def __init__(self, etcd: EtcdServer) -> None:
         from donut_common.etcd import Etcd
 
         self.seen: dict[str, float] = {}  # "<workflow id>/<job>" -> time.time()
         self._lock = threading.Lock()
-        self._etcd = Etcd.connect(etcd_endpoint)
+        self._etcd = Etcd.connect(etcd.endpoint, access=etcd.access)
         jobs = PREFIX + "jobs/"
         self._strip = len(jobs)
         self._cancel: Callable[[], None] = self._etcd.watch_prefix(
@@ -90,7 +93,7 @@ class SucceededWatch:
 class Donut:
     """A `donut up` process on an external etcd."""
 
-    def __init__(self, work: Path, etcd_endpoint: str) -> None:
+    def __init__(self, work: Path, etcd: EtcdServer) -> None:
         home = work / "home"
         self.data = work / "data"
         self.log = work / "donut-up.log"
@@ -98,7 +101,9 @@ class Donut:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(self.data), "--port", "0",
-                 "--http-port", "-1", "--etcd-endpoints", etcd_endpoint, "--etcd-prefix", PREFIX],
+                 "--http-port", "-1", "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", PREFIX,
+                 "--etcd-ca", str(etcd.access.ca), "--etcd-cert", str(etcd.access.cert),
+                 "--etcd-key", str(etcd.access.key)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         config = home / "client.json"
         deadline = time.time() + 60
@@ -186,12 +191,12 @@ def wait_ended(stub: Any, workflow_id: str) -> None:
         raise RuntimeError(f"workflow {workflow_id} ended {pb.WorkflowStatus.Name(ended.status)}: {ended.message}")
 
 
-def bench(work: Path, etcd_endpoint: str, args: argparse.Namespace) -> None:
+def bench(work: Path, etcd: EtcdServer, args: argparse.Namespace) -> None:
     text = definition().encode()
-    donut = Donut(work, etcd_endpoint)
+    donut = Donut(work, etcd)
     watch: SucceededWatch | None = None
     try:
-        watch = SucceededWatch(etcd_endpoint)
+        watch = SucceededWatch(etcd)
         from donut.dagger.v1 import dagger_pb2 as pb
 
         warm = donut.stub()  # a warm-up workflow, not counted
@@ -254,7 +259,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="donut-bench-") as work:
         etcd = EtcdServer(Path(work) / "etcd", fsync=True).start()
         try:
-            bench(Path(work), etcd.endpoint, args)
+            bench(Path(work), etcd, args)
         finally:
             etcd.stop()
 

@@ -274,7 +274,16 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
 @click.option("--executor", type=click.Choice(["local", "wrapper"]), default="local", show_default=True,
               help="local: jobs are processes run in-process; wrapper: each job runs under its own "
                    "streamed-job process, talking gRPC as in a cluster.")
-@click.option("--etcd-endpoints", default="", help="External etcd (host:port,...); default: start one.")
+@click.option("--etcd-endpoints", default="", help="External etcd ([https://]host:port,...); default: start one "
+              "that only this stack can reach.")
+@click.option("--etcd-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA (PEM) of the external etcd's certificates: speak TLS to it.")
+@click.option("--etcd-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Client certificate (PEM) for the external etcd; with --etcd-key.")
+@click.option("--etcd-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Private key (PEM) of --etcd-cert.")
+@click.option("--etcd-user", default="", help="etcd user of the external etcd; its password only from the "
+              "environment, DONUT_ETCD_PASSWORD.")
 @click.option("--etcd-prefix", default="/donut/", show_default=True, help="Key prefix in etcd.")
 @click.option("--parallelism", type=click.IntRange(1, MAX_PARALLELISM), default=4, show_default=True,
               help="Parallelism of workflows submitted without one.")
@@ -299,17 +308,20 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
 @click.option("--max-log-bytes", type=click.IntRange(1024), default=MAX_LOG_BYTES, show_default=True,
               help="Size at which a job attempt's log is cut, with a note saying so; later lines are dropped.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
-def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str, etcd_prefix: str,
+def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
+       etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
        parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
        rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
        max_log_bytes: int, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
+    import os
     import signal
     import threading
 
     from donut_cli.stack import Stack, StackConfig
     from donut_common.config import ClientConfig
+    from donut_common.etcd import EtcdAccess
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -318,13 +330,22 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                               idle_timeout=stream_idle_timeout)
     except ValueError as e:
         fail(f"--max-streams: {e}", EXIT_BAD_INPUT)
+    password = os.environ.get("DONUT_ETCD_PASSWORD", "")  # never a flag: argv is visible in ps
+    access = EtcdAccess(ca=etcd_ca, cert=etcd_cert, key=etcd_key, user=etcd_user, password=password)
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
-                         executor=executor, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
+                         executor=executor, etcd_endpoints=etcd_endpoints, etcd_access=access, etcd_prefix=etcd_prefix,
                          default_parallelism=parallelism, kill_grace=kill_grace,
                          tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
                          max_log_bytes=max_log_bytes)
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
+    if (etcd_cert is None) != (etcd_key is None):
+        fail("--etcd-cert and --etcd-key go together", EXIT_BAD_INPUT)
+    if not etcd_endpoints and (etcd_ca or etcd_cert or etcd_user):
+        fail("--etcd-ca, --etcd-cert, --etcd-key and --etcd-user are for an external etcd (--etcd-endpoints); "
+             "the embedded one uses certificates of its own", EXIT_BAD_INPUT)
+    if bool(etcd_user) != bool(password):
+        fail("--etcd-user and DONUT_ETCD_PASSWORD (in the environment) go together", EXIT_BAD_INPUT)
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         signal.signal(sig, lambda *_: stopped.set())

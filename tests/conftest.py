@@ -17,7 +17,9 @@ from donut_common.etcd_server import EtcdServer
 
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    with EtcdServer(tmp_path_factory.mktemp("etcd"), fsync=False) as server:
+    # plain http, so that a test names it by its endpoint alone; the embedded etcd of a
+    # stack, and the tests that start their own, speak TLS (tests/auth/test_etcd_access.py)
+    with EtcdServer(tmp_path_factory.mktemp("etcd"), fsync=False, tls=False) as server:
         yield server
 
 

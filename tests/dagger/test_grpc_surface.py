@@ -86,7 +86,8 @@ def test_with_etcd_gone_calls_are_unavailable_saying_why(tmp_path: Any, stack_co
     from donut_common.rpc import channel
 
     etcd = EtcdServer(tmp_path / "etcd", fsync=False).start()
-    config = dataclasses.replace(stack_config, etcd_endpoints=etcd.endpoint, token_cache_seconds=60)
+    config = dataclasses.replace(stack_config, etcd_endpoints=etcd.endpoint, etcd_access=etcd.access,
+                                 token_cache_seconds=60)
     with Stack(config) as stack:
         token = stack.client_token()[0]
         stub = pb_grpc.DaggerStub(channel(stack.endpoint, token=token))
@@ -123,7 +124,7 @@ def test_after_an_etcd_stall_longer_than_the_lease_work_resumes_by_itself(tmp_pa
     from tests.dagger.conftest import Driver
 
     etcd = EtcdServer(tmp_path / "etcd", fsync=False).start()
-    config = dataclasses.replace(stack_config, etcd_endpoints=etcd.endpoint, lease_ttl=2)
+    config = dataclasses.replace(stack_config, etcd_endpoints=etcd.endpoint, etcd_access=etcd.access, lease_ttl=2)
     try:
         with Stack(config) as stack:
             stack.admin_token = stack.client_token()[0]

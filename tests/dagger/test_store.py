@@ -88,7 +88,7 @@ def test_with_etcd_gone_every_call_is_unavailable(tmp_path: Any) -> None:
     from users_svc.store import UserStore
 
     server = EtcdServer(tmp_path / "etcd", fsync=False).start()
-    client = Etcd.connect(server.endpoint, timeout=2)
+    client = Etcd.connect(server.endpoint, timeout=2, access=server.access)
     store, users = Store(client, Keys("/gone/")), UserStore(client, "/gone/")
     lease = store.grant_lease(5)
     create(store, 2)
