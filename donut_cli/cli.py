@@ -20,6 +20,7 @@ import click
 
 from dagger_svc.core.limits import MAX_PARALLELISM, name_problem
 from donut.dagger.v1 import dagger_pb2 as pb
+from streamed_job.spec import FetchSettings
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -286,10 +287,18 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
 @click.option("--job-env", multiple=True, metavar="NAME",
               help="An environment variable of the stack that jobs get too (repeatable; they always get PATH, "
                    "HOME, the locale...; never the rest).")
+@click.option("--input-deadline", type=click.FloatRange(0, min_open=True), default=FetchSettings.deadline,
+              show_default=True, help="Seconds all of a job's inputs may take to fetch (a shorter job timeout "
+                                      "bounds them instead).")
+@click.option("--max-download-bytes", type=click.IntRange(0), default=FetchSettings.max_bytes, show_default=True,
+              help="Largest `origin` input a job may download.")
+@click.option("--deny-private-origins", is_flag=True,
+              help="Refuse `origin` inputs (and redirects) at addresses that are not public: loopback, private, "
+                   "link-local (the cloud metadata service)...")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str, etcd_prefix: str,
        parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
-       verbose: bool) -> None:
+       input_deadline: float, max_download_bytes: int, deny_private_origins: bool, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
     import signal
@@ -303,7 +312,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
                          default_parallelism=parallelism, kill_grace=kill_grace,
-                         tls_cert=tls_cert, tls_key=tls_key, job_env=job_env)
+                         tls_cert=tls_cert, tls_key=tls_key, job_env=job_env,
+                         fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins))
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     stopped = threading.Event()
