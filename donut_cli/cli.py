@@ -21,6 +21,7 @@ import click
 from dagger_svc.core.limits import MAX_LOG_BYTES, MAX_PARALLELISM, name_problem
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut_common.config import ServerLimits
+from streamed_job.spec import FetchSettings
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -307,12 +308,21 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
               show_default=True, help="Seconds an upload or a job's log push may stay silent before it is ended.")
 @click.option("--max-log-bytes", type=click.IntRange(1024), default=MAX_LOG_BYTES, show_default=True,
               help="Size at which a job attempt's log is cut, with a note saying so; later lines are dropped.")
+@click.option("--input-deadline", type=click.FloatRange(0, min_open=True), default=FetchSettings.deadline,
+              show_default=True, help="Seconds all of a job's inputs may take to fetch (a shorter job timeout "
+                                      "bounds them instead).")
+@click.option("--max-download-bytes", type=click.IntRange(0), default=FetchSettings.max_bytes, show_default=True,
+              help="Largest `origin` input a job may download.")
+@click.option("--deny-private-origins", is_flag=True,
+              help="Refuse `origin` inputs (and redirects) at addresses that are not public: loopback, private, "
+                   "link-local (the cloud metadata service)...")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
        parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
        rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
-       max_log_bytes: int, verbose: bool) -> None:
+       max_log_bytes: int,
+       input_deadline: float, max_download_bytes: int, deny_private_origins: bool, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     import logging
     import os
@@ -336,7 +346,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_access=access, etcd_prefix=etcd_prefix,
                          default_parallelism=parallelism, kill_grace=kill_grace,
                          tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
-                         max_log_bytes=max_log_bytes)
+                         max_log_bytes=max_log_bytes,
+                         fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins))
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     if (etcd_cert is None) != (etcd_key is None):

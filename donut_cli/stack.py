@@ -37,6 +37,7 @@ from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
 from donut_common.rpc import Registration, channel, create_server
 from streamed_job.cellar import CellarClient
+from streamed_job.spec import FetchSettings
 from users_svc.service import UsersService
 from users_svc.store import UserStore
 
@@ -84,6 +85,8 @@ class StackConfig:
     """How long a verified token is trusted without asking users_svc (revocation delay)."""
     limits: ServerLimits = ServerLimits()
     """Threads, streams and client-stream timeouts of the gRPC server."""
+    fetch: FetchSettings = FetchSettings()
+    """How jobs download their `origin` inputs: deadline, size limit, private origins."""
 
 
 @dataclass
@@ -165,11 +168,11 @@ class Stack:
 
         if c.executor == "local":
             self.executor = LocalExecutor(self.logs, cellar=cellar, tokens=JobTokens(services),
-                                          kill_grace=c.kill_grace, job_env=c.job_env)
+                                          kill_grace=c.kill_grace, job_env=c.job_env, fetch=c.fetch)
         elif c.executor == "wrapper":
             self.executor = WrapperExecutor(self.logs, self.endpoint, kill_grace=c.kill_grace,
                                             tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
-                                            state_dir=c.data_dir / "wrappers", job_env=c.job_env)
+                                            state_dir=c.data_dir / "wrappers", job_env=c.job_env, fetch=c.fetch)
         else:
             raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
         data_root = c.data_dir / "workflows"

@@ -4,7 +4,9 @@ Attempts run the wrapper's own phases (`streamed_job.attempt.Attempt`) in-proces
 on one process pump, so no Python interpreter starts per job: only the user's command is
 spawned. Lines go straight into dagger's log store; cellar is reached with the attempt's
 own job token, minted the first time the attempt needs it. The image is recorded but not
-used.
+used. An attempt's slow work (fetching its inputs, saving its outputs) runs on a thread of
+its own, never on a pool shared with other attempts: a stalled origin server holds only
+the attempts that fetch from it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import AttemptLogs, Launch, Report, host_environment, outcome_of, run_spec
@@ -25,7 +27,7 @@ from streamed_job.cellar import CellarClient
 from streamed_job.files import FileProblem
 from streamed_job.outcome import Ended
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import attempt_key
+from streamed_job.spec import FetchSettings, attempt_key
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +39,20 @@ class _Running:
     attempt: Attempt
     launch: Launch
     token: tuple[str, str] | None = None  # (id, secret) of its job token, once minted
+    threads: list[threading.Thread] = field(default_factory=list)  # its slow work
 
 
 class LocalExecutor:
     def __init__(self, logs: AttemptLogs, cellar: Cellar | None = None,
                  tokens: JobTokens | None = None, kill_grace: float = 10.0, spawners: int = 2,
-                 job_env: Iterable[str] = ()) -> None:
+                 job_env: Iterable[str] = (), fetch: FetchSettings | None = None) -> None:
         self.logs = logs
         self.cellar = cellar
         self.tokens = tokens
         self.report: Report = not_started
         self.pump = ProcessPump(kill_grace=kill_grace)
+        self.fetch = fetch or FetchSettings()
         self._spawners = ThreadPoolExecutor(max_workers=spawners, thread_name_prefix="local-spawn")
-        self._slow = ThreadPoolExecutor(max_workers=8, thread_name_prefix="local-files")
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._spawning = 0  # launches being started or waiting for a spawner thread
@@ -64,7 +67,7 @@ class LocalExecutor:
         attempt = Attempt(run, pump=self.pump, output=lambda stream, lines: self._output(launch, stream, lines),
                           cellar=(lambda: self._job_cellar(key)) if self.cellar is not None else None,
                           on_end=lambda ended: self._ended(key, ended), base_env=self._base_env,
-                          background=self._slow.submit)
+                          background=lambda work: self._thread(key, work), fetch=self.fetch)
         fetches = any(i.origin or i.cache for i in run.inputs)
         with self._lock:
             if key in self._running:
@@ -74,7 +77,7 @@ class LocalExecutor:
             if not fetches:
                 self._spawning += 1
         if fetches:
-            self._slow.submit(attempt.run)
+            self._thread(key, attempt.run)
         elif inline:
             self._spawn(attempt)  # one launch at a time (a chain): no thread hop
         else:
@@ -86,6 +89,15 @@ class LocalExecutor:
         finally:
             with self._lock:
                 self._spawning -= 1
+
+    def _thread(self, key: str, work: Callable[[], None]) -> None:
+        """Runs an attempt's slow work on a thread of its own."""
+        thread = threading.Thread(target=work, name=f"local-files {key}", daemon=True)
+        with self._lock:
+            running = self._running.get(key)
+            if running is not None:
+                running.threads.append(thread)
+        thread.start()
 
     def _job_cellar(self, key: str) -> CellarClient:
         """A cellar client acting with the attempt's own job token (minted on first use:
@@ -129,10 +141,17 @@ class LocalExecutor:
         return end_lost_attempt(self.logs, workflow_id, job, attempt)
 
     def close(self) -> None:
-        """Stops every attempt: SIGTERM, then SIGKILL after the grace; their ends are reported."""
+        """Stops every attempt: downloads at once, commands with SIGTERM, then SIGKILL after
+        the grace; their ends are reported."""
+        with self._lock:
+            running = list(self._running.values())
+        for each in running:
+            each.attempt.kill()
         self.pump.stop_all()
         self._spawners.shutdown(wait=True, cancel_futures=True)
-        self._slow.shutdown(wait=True, cancel_futures=True)
+        for each in running:
+            for thread in each.threads:
+                thread.join()
         self.pump.close()
 
 

@@ -189,6 +189,25 @@ def test_uploaded_files_reach_cache_inputs(cli: Any, tmp_path: Path) -> None:
     assert [w["id"] for w in json.loads(cli("list", "--json").stdout)] == [workflow_id]  # nothing stored
 
 
+def test_a_directory_output_downloads_into_the_same_tree(cli: Any, tmp_path: Path) -> None:
+    definition = tmp_path / "tree.yaml"
+    definition.write_text(
+        "jobs:\n- name: tree\n  image: x\n  cmd: /bin/sh\n  args: ['-c', 'mkdir -p out/sub/deeper && echo a > "
+        "out/a.txt && echo c > out/sub/deeper/c.txt && ln -s /etc/hostname out/sub/link']\n"
+        "  outputs:\n  - {local: out, save: true}\n")
+    result = cli("submit", str(definition), "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    workflow_id = json.loads(result.stdout)["id"]
+    listed = cli("results", workflow_id)
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["tree/out/a.txt", "tree/out/sub/deeper/c.txt"]
+    assert "skipped sub/link: a symbolic link" in cli("logs", workflow_id, "tree").stderr  # the job's notes
+    got = tmp_path / "got"
+    assert cli("results", workflow_id, "--download", str(got)).returncode == 0
+    assert sorted(str(p.relative_to(got)) for p in got.rglob("*") if not p.is_dir()) == [
+        "tree/out/a.txt", "tree/out/sub/deeper/c.txt"]
+    assert (got / "tree" / "out" / "sub" / "deeper" / "c.txt").read_text() == "c\n"
+
+
 def test_a_second_stack_on_the_same_data_dir_is_refused_at_once(stack: Any, donut_home: Path) -> None:
     data_dir = str(stack.config.data_dir)
     started = time.monotonic()

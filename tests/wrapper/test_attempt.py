@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -22,13 +22,14 @@ from streamed_job.outcome import (
     termination_message,
 )
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import InputFile, OutputFile, RunSpec, base_environment
+from streamed_job.spec import FetchSettings, InputFile, OutputFile, RunSpec, base_environment
 
 
 class Run:
     """An attempt on a pump of its own, its lines and its end recorded."""
 
-    def __init__(self, pump: ProcessPump, spec: RunSpec, cellar: Any = None) -> None:
+    def __init__(self, pump: ProcessPump, spec: RunSpec, cellar: Any = None,
+                 fetch: FetchSettings | None = None) -> None:
         self.lines: list[tuple[int, bytes]] = []
         self.ends: list[Ended] = []
         self.done = threading.Event()
@@ -36,7 +37,7 @@ class Run:
             (stream, line) for line in lines), cellar=cellar, on_end=self._on_end,
             base_env=base_environment({"PATH": "/usr/bin:/bin", "DONUT_TOKEN": "secret", "STREAMED_JOB_X": "1",
                                        "KEEP": "me"}),
-            background=lambda work: threading.Thread(target=work).start())
+            background=lambda work: threading.Thread(target=work).start(), fetch=fetch)
 
     def _on_end(self, ended: Ended) -> None:
         self.ends.append(ended)
@@ -124,8 +125,8 @@ def test_outputs_are_checked_and_saved_after_the_command(pump: ProcessPump, tmp_
     saved: list[tuple[str, str, str, str]] = []
 
     class Cellar:
-        def put(self, kind: str, scope: str, path: str, source: Path, job: str = "") -> None:
-            saved.append((kind, scope, path, source.read_text()))
+        def put(self, kind: str, scope: str, path: str, source: BinaryIO, job: str = "") -> None:
+            saved.append((kind, scope, path, source.read().decode()))
 
     run = Run(pump, spec(tmp_path, "echo data > out.txt", outputs=(OutputFile("out.txt", save=True),)),
               cellar=Cellar)
@@ -133,6 +134,50 @@ def test_outputs_are_checked_and_saved_after_the_command(pump: ProcessPump, tmp_
     assert run.ended().exit_code == 0
     assert saved == [("result", "w", "out.txt", "data\n")]
     assert run.texts(SYSTEM) == ["saved out.txt (5 bytes)"]
+
+
+class Saving:
+    """A cellar that keeps what is saved: (kind, scope, name, text)."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[str, str, str, str]] = []
+
+    def __call__(self) -> Saving:
+        return self
+
+    def put(self, kind: str, scope: str, path: str, source: BinaryIO, job: str = "") -> None:
+        self.saved.append((kind, scope, path, source.read().decode()))
+
+
+def test_a_directory_output_is_saved_file_by_file_and_no_link_is_followed(pump: ProcessPump, tmp_path: Path) -> None:
+    cellar = Saving()
+    script = ("mkdir -p out/sub/deeper && echo a > out/a.txt && echo b > out/sub/b.txt && echo c > out/sub/deeper/c.txt"
+              " && ln -s /etc/hostname out/link && ln -s /etc out/sub/etc && mkfifo out/fifo")
+    run = Run(pump, spec(tmp_path, script, outputs=(OutputFile("out", save=True), OutputFile("out/sub"))),
+              cellar=cellar)
+    run.attempt.run()
+    assert run.ended().exit_code == 0, run.ended()
+    assert cellar.saved == [("result", "w", "out/a.txt", "a\n"), ("result", "w", "out/sub/b.txt", "b\n"),
+                            ("result", "w", "out/sub/deeper/c.txt", "c\n")]
+    assert run.texts(SYSTEM) == [
+        "outputs[0] (out): skipped fifo: not a regular file", "outputs[0] (out): skipped link: a symbolic link",
+        "outputs[0] (out): skipped sub/etc: a symbolic link",
+        "saved out/a.txt (2 bytes)", "saved out/sub/b.txt (2 bytes)", "saved out/sub/deeper/c.txt (2 bytes)"]
+
+
+@pytest.mark.parametrize("script, message", [
+    ("mkdir out && echo x > mine && ln mine out/linked",
+     "outputs[0] (out): linked: a hard link (only a file of its own can be saved)"),
+    ("mkfifo out", "outputs[0] (out): neither a regular file nor a directory"),
+])
+def test_an_output_that_is_not_a_file_of_its_own_fails_the_attempt(pump: ProcessPump, tmp_path: Path, script: str,
+                                                                  message: str) -> None:
+    cellar = Saving()
+    run = Run(pump, spec(tmp_path, script, outputs=(OutputFile("out", save=True),)), cellar=cellar)
+    run.attempt.run()
+    ended = run.ended()
+    assert (ended.exit_code, ended.message) == (EXIT_OUTPUT_FAILED, message)
+    assert cellar.saved == []
 
 
 def test_a_missing_output_fails_the_attempt_that_succeeded(pump: ProcessPump, tmp_path: Path) -> None:

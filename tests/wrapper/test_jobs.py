@@ -90,16 +90,6 @@ def test_a_404_fails_the_inputs(wdriver: WrapperDriver, http_files: Any) -> None
     failed_with(job, EXIT_INPUT_FAILED, f"GET {base_url}/gone.txt answered 404")
 
 
-def test_an_oversize_download_fails_and_leaves_no_file(wdriver: WrapperDriver, http_files: Any,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    base_url, served = http_files
-    (served / "big.bin").write_bytes(b"x" * 5000)
-    monkeypatch.setenv("STREAMED_JOB_MAX_DOWNLOAD_BYTES", "1000")
-    workflow_id, job = wdriver.run(sh("echo never", inputs=[{"origin": f"{base_url}/big.bin", "local": "big.bin"}]))
-    failed_with(job, EXIT_INPUT_FAILED, "is larger than 1000 bytes")
-    assert list(wdriver.workdir(workflow_id).iterdir()) == []
-
-
 @pytest.mark.parametrize("link, local, why", [
     ("ln -s /etc outside", "outside/hostname", "outside/hostname: leads outside the workflow"),
     ("ln -s loop loop", "loop/x", "loop/x: cannot be resolved"),
@@ -250,6 +240,22 @@ def test_a_planted_partial_download_link_is_not_followed(wdriver: WrapperDriver,
     assert wdriver.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
     assert outside.read_text() == "untouched\n"
     assert (wdriver.workdir(workflow_id) / "data.txt").read_text() == "fetched\n"
+
+
+def test_a_planted_partial_cache_download_link_is_not_followed(wdriver: WrapperDriver, tmp_path: Path) -> None:
+    upload = tmp_path / "data.csv"
+    upload.write_text("a,b\n")
+    upload_id = f"up-{uuid.uuid4().hex[:8]}"
+    CellarClient(wdriver.channel).put("cache", upload_id, "data.csv", upload)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched\n")
+    plant = sh(f"ln -s {outside} data.csv.part", name="plant")
+    fetch = sh("cat data.csv", name="fetch", inputs=[{"cache": "data.csv", "local": "data.csv"}])
+    definition = json.dumps({"jobs": [plant, fetch], "neighbors": {"plant": ["fetch"]}}).encode()
+    workflow_id = wdriver.stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition, upload_id=upload_id)).id
+    assert wdriver.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
+    assert outside.read_text() == "untouched\n"
+    assert (wdriver.workdir(workflow_id) / "data.csv").read_text() == "a,b\n"
 
 
 def test_a_hard_link_is_never_saved_as_a_result(wdriver: WrapperDriver, tmp_path: Path) -> None:

@@ -7,15 +7,17 @@ how cellar is reached, which pump runs the command and which thread saves the ou
 
 `run` fetches the inputs on the caller's thread, starts the command and returns; the
 attempt ends once, through `on_end`, from whichever thread finished it. How each failure
-ends an attempt is decided here alone: an input that can't be had is exit 90, a missing
-or unsaved output 91, a bug in this machinery 70, a kill before the command ran is a
-SIGTERM without an exit code.
+ends an attempt is decided here alone: an input that can't be had is exit 90 (124 when
+the job's timeout ran out while fetching it), a missing or unsaved output 91, a bug in
+this machinery 70, a kill before the command ran is a SIGTERM without an exit code (a
+kill interrupts a download at once).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,17 +28,19 @@ import grpc
 
 from donut.dagger.v1 import dagger_pb2 as pb
 from streamed_job.cellar import CellarClient
-from streamed_job.files import MAX_DOWNLOAD_BYTES, FileProblem, outputs_to_save, prepare_inputs
+from streamed_job.files import FileProblem, outputs_to_save, prepare_inputs
+from streamed_job.origin import Fetching
 from streamed_job.outcome import (
     EXIT_INPUT_FAILED,
     EXIT_OUTPUT_FAILED,
     EXIT_SIGNAL_BASE,
+    EXIT_TIMED_OUT,
     EXIT_WRAPPER_ERROR,
     Ended,
 )
 from streamed_job.pump import STDERR as STDERR_PIPE
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import RunSpec
+from streamed_job.spec import FetchSettings, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class Attempt:
     def __init__(self, spec: RunSpec, *, pump: ProcessPump, output: Output,
                  cellar: Callable[[], CellarClient] | None, on_end: Callable[[Ended], None],
                  base_env: Mapping[str, str], background: Callable[[Callable[[], None]], object],
-                 max_download_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
+                 fetch: FetchSettings | None = None) -> None:
         self.spec = spec
         self.pump = pump
         self.output = output
@@ -71,7 +75,8 @@ class Attempt:
         self.on_end = on_end
         self.base_env = base_env  # what every command gets besides its own DONUT_* (spec.base_environment)
         self.background = background  # runs slow work (saving outputs) off the pump's thread
-        self.max_download_bytes = max_download_bytes
+        self.fetch = fetch or FetchSettings()
+        self._fetching = Fetching()
         self._lock = threading.Lock()
         self._started_at: float | None = None
         self._command_started = False
@@ -83,31 +88,49 @@ class Attempt:
 
     def kill(self) -> None:
         """Stops the attempt: the command (SIGTERM, then SIGKILL after the pump's grace)
-        or, before it started, keeps it from starting; saving stops after the current file."""
+        or, before it started, its inputs' downloads at once; saving stops after the
+        current file."""
         with self._lock:
             self._killed = True
             command_started = self._command_started
         if command_started:
             self.pump.kill(self.spec.key)
+        else:
+            self._fetching.stop("cancelled")
 
     # ---- the phases ------------------------------------------------------------------
 
     def run(self) -> None:
-        """Fetches the inputs (on this thread), then starts the command and returns."""
+        """Fetches the inputs (on this thread), then starts the command and returns. The
+        job's timeout covers both: the inputs may take what is left of the fetch deadline
+        or of the timeout, whichever ends first, and the command what is left of the timeout."""
         self._started_at = time.time()
+        timeout = self.spec.timeout
+        job_timeout = timeout is not None and timeout <= self.fetch.deadline
+        if timeout is not None and job_timeout:
+            self._fetching.begin(timeout, f"timed out after {timeout:g}s (the job's timeout covers its inputs)")
+        else:
+            self._fetching.begin(self.fetch.deadline,
+                                 f"not fetched within {self.fetch.deadline:g}s (the time all inputs may take)")
         try:
-            prepare_inputs(self.spec, self._fetch_cache if self.cellar else None, self.note,
-                           self.max_download_bytes)
+            prepare_inputs(self.spec, self._fetch_cache if self.cellar else None, self.note, self.fetch,
+                           self._fetching)
         except Shutdown as s:
             self.end(Ended(EXIT_SIGNAL_BASE + s.signum, s.name, f"terminated by {s.name} while fetching inputs"))
             return
         except (FileProblem, OSError, ValueError) as e:
-            self.end(Ended(EXIT_INPUT_FAILED, message=problem(e)))
+            if self._killed:
+                self.end(Ended(None, "SIGTERM", "terminated while fetching inputs"))
+            else:
+                timed_out = job_timeout and bool(self._fetching.why)
+                self.end(Ended(EXIT_TIMED_OUT if timed_out else EXIT_INPUT_FAILED, message=problem(e)))
             return
         except Exception as e:  # a bug must still end the attempt, not leave it running for ever
             log.exception("preparing the inputs of %s failed", self.spec.key)
             self.end(Ended(EXIT_WRAPPER_ERROR, message=f"the job machinery failed: {e!r}"))
             return
+        finally:
+            self._fetching.end()
         with self._lock:
             killed = self._killed
             self._command_started = not killed
@@ -116,12 +139,14 @@ class Attempt:
             return
         spec = self.spec
         self.pump.start(spec.key, [spec.cmd, *spec.args], spec.workdir, spec.environment(self.base_env),
-                        on_output=self._on_output, on_exit=self._on_exit, timeout=spec.timeout)
+                        on_output=self._on_output, on_exit=self._on_exit, timeout=spec.timeout,
+                        since=self._started_at)
 
     def _fetch_cache(self, path: str, destination: Path) -> None:
         assert self.cellar is not None
         try:
-            self.cellar().get("cache", self.spec.upload_id, path, destination)
+            self.cellar().get("cache", self.spec.upload_id, path, destination,
+                              timeout=max(0.1, self._fetching.remaining()))
         except grpc.RpcError as e:
             raise RuntimeError(problem(e, "cellar")) from None  # files.py names the input
 
@@ -136,14 +161,15 @@ class Attempt:
 
     def _save_outputs(self, ended: Ended) -> Ended:
         try:
-            saved = outputs_to_save(self.spec)
-            for name, path in saved:
+            for saved in outputs_to_save(self.spec, self.note):
                 if self._killed:
                     return Ended(None, "SIGTERM", "terminated while saving outputs")
                 if self.cellar is None:
-                    raise FileProblem(f"{name}: no cellar to save it in")
-                self.cellar().put("result", self.spec.workflow_id, name, path, job=self.spec.job)
-                self.note(f"saved {name} ({path.stat().st_size} bytes)")
+                    raise FileProblem(f"{saved.name}: no cellar to save it in")
+                with saved.open() as f:
+                    size = os.fstat(f.fileno()).st_size
+                    self.cellar().put("result", self.spec.workflow_id, saved.name, f, job=self.spec.job)
+                self.note(f"saved {saved.name} ({size} bytes)")
         except FileProblem as e:
             return Ended(EXIT_OUTPUT_FAILED, message=str(e))
         except (OSError, grpc.RpcError) as e:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
 from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
+from streamed_job.files import replacing
 
 CHUNK_BYTES = 1024 * 1024
 KINDS = {"cache": pb.KIND_CACHE, "result": pb.KIND_RESULT, "archive": pb.KIND_ARCHIVE}
@@ -23,9 +26,10 @@ class CellarClient:
         self.stub = cellar_pb2_grpc.CellarStub(channel)
         self.metadata = metadata
 
-    def put(self, kind: str, scope: str, path: str, source: Path, job: str = "") -> pb.FileInfo:
+    def put(self, kind: str, scope: str, path: str, source: Path | BinaryIO, job: str = "") -> pb.FileInfo:
+        """Streams a file (a path, or a file already open) into cellar."""
         def messages() -> Iterator[pb.PutRequest]:
-            with open(source, "rb") as f:
+            with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as f:
                 size = os.fstat(f.fileno()).st_size
                 yield pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), size=size)
                 while True:
@@ -36,23 +40,19 @@ class CellarClient:
 
         return self.stub.Put(messages(), metadata=self.metadata)
 
-    def get(self, kind: str, scope: str, path: str, destination: Path, job: str = "") -> pb.FileInfo:
-        """Streams the file to destination (atomically: a partial download is never left)."""
+    def get(self, kind: str, scope: str, path: str, destination: Path, job: str = "",
+            timeout: float | None = None) -> pb.FileInfo:
+        """Streams the file to destination (through a fresh temporary file beside it, so a
+        partial download is never left and no link planted there is followed)."""
         ref = pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(destination.name + ".part")
         info = None
-        try:
-            with open(partial, "wb") as out:
-                for message in self.stub.Get(pb.GetRequest(ref=ref), metadata=self.metadata):
-                    if message.HasField("info"):
-                        info = message.info
-                    else:
-                        out.write(message.data)
-            os.replace(partial, destination)
-        finally:
-            if partial.exists():
-                partial.unlink()
+        with replacing(destination) as out:
+            for message in self.stub.Get(pb.GetRequest(ref=ref), metadata=self.metadata, timeout=timeout):
+                if message.HasField("info"):
+                    info = message.info
+                else:
+                    out.write(message.data)
         assert info is not None
         return info
 

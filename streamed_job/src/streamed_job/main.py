@@ -36,7 +36,6 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from streamed_job.attempt import Attempt, Shutdown  # noqa: E402
 from streamed_job.cellar import CellarClient  # noqa: E402
-from streamed_job.files import MAX_DOWNLOAD_BYTES  # noqa: E402
 from streamed_job.outcome import (  # noqa: E402
     EXIT_BAD_SPEC,
     EXIT_SIGNAL_BASE,
@@ -47,7 +46,13 @@ from streamed_job.outcome import (  # noqa: E402
 from streamed_job.pump import ProcessPump  # noqa: E402
 from streamed_job.reporter import Reporter  # noqa: E402
 from streamed_job.shipper import LogShipper, ShipperSettings, channel_to  # noqa: E402
-from streamed_job.spec import SPEC_ENV, SPEC_FILE_ENV, RunSpec, base_environment  # noqa: E402
+from streamed_job.spec import (  # noqa: E402
+    SPEC_ENV,
+    SPEC_FILE_ENV,
+    FetchSettings,
+    RunSpec,
+    base_environment,
+)
 
 log = logging.getLogger("streamed_job")
 
@@ -65,8 +70,14 @@ class Settings:
     """Seconds to keep trying, once the command is over, to deliver the last log lines and
     then the report while dagger is unreachable (the lines are never given up before the
     report is)."""
-    max_download_bytes: int = MAX_DOWNLOAD_BYTES
+    input_deadline: float = FetchSettings.deadline
+    """Seconds all `origin` and `cache` inputs may take to fetch, together (a shorter job
+    timeout bounds them instead)."""
+    max_download_bytes: int = FetchSettings.max_bytes
     """Largest `origin` input accepted."""
+    deny_private_origins: bool = FetchSettings.deny_private
+    """Refuse `origin` inputs (and redirects) at addresses that are not public: loopback,
+    private, link-local (the cloud metadata service)... (1/true/yes or 0/false/no)."""
     log_memory_bytes: int = ShipperSettings.memory_bytes
     """Unacknowledged log batches kept in memory before they spill to a temporary file."""
     termination_log: str = "/dev/termination-log" if os.path.exists("/dev/termination-log") else ""
@@ -78,9 +89,24 @@ class Settings:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(SETTINGS_PREFIX + f.name.upper())
-            if raw is not None:
+            if raw is None:
+                continue
+            if isinstance(f.default, bool):
+                if raw.lower() not in _BOOLEANS:
+                    raise ValueError(f"{SETTINGS_PREFIX}{f.name.upper()}: expected 1/true/yes or 0/false/no, "
+                                     f"not {raw!r}")
+                values[f.name] = _BOOLEANS[raw.lower()]
+            else:
                 values[f.name] = type(f.default)(raw)  # type: ignore[misc]  # every field has a default
         return cls(**values)
+
+    @property
+    def fetch(self) -> FetchSettings:
+        return FetchSettings(deadline=self.input_deadline, max_bytes=self.max_download_bytes,
+                             deny_private=self.deny_private_origins)
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 class SignalGuard:
@@ -129,7 +155,7 @@ def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     own = {"GRPC_ENABLE_FORK_SUPPORT"} if _FORK_SUPPORT_SET_HERE else set()
     attempt = Attempt(spec, pump=pump, output=shipper.add, cellar=lambda: cellar, on_end=on_end,
                       base_env={k: v for k, v in base_environment(os.environ).items() if k not in own},
-                      background=background.submit, max_download_bytes=settings.max_download_bytes)
+                      background=background.submit, fetch=settings.fetch)
     try:
         attempt.run()  # a signal while fetching inputs ends the attempt there
         with guard.held():

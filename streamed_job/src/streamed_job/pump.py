@@ -88,8 +88,10 @@ class ProcessPump:
         on_output: OutputCallback,
         on_exit: ExitCallback,
         timeout: float | None = None,
+        since: float | None = None,
     ) -> bool:
-        """Spawns argv; False (with on_exit already called) when it could not start."""
+        """Spawns argv; False (with on_exit already called) when it could not start. The
+        timeout counts from `since` (a time.time(); default: now)."""
         started = time.time()
         try:
             popen = subprocess.Popen(
@@ -121,7 +123,7 @@ class ProcessPump:
             return False
         proc = _Proc(
             key=key, popen=popen, pidfd=pidfd, on_output=on_output, on_exit=on_exit,
-            started_at=started, deadline=started + timeout if timeout else None, timeout=timeout,
+            started_at=started, deadline=(since or started) + timeout if timeout else None, timeout=timeout,
         )
         with self._lock:
             self._add(proc)

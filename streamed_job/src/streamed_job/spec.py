@@ -1,5 +1,6 @@
-"""The job spec an executor hands the wrapper (as JSON in an env var or a file), and the
-environment and key of an attempt, built here for every executor."""
+"""The job spec an executor hands the wrapper (as JSON in an env var or a file), the
+environment and key of an attempt, built here for every executor, and the settings its
+downloads follow (kept here, light to import, for the CLI's defaults)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ SPEC_ENV = "DONUT_JOB_SPEC"            # the spec itself, as JSON
 SPEC_FILE_ENV = "DONUT_JOB_SPEC_FILE"  # or a path to it
 JOB_KEY_ENV = "DONUT_JOB_KEY"          # <workflow>/<job>/<attempt>: finds an attempt's processes
 OWN_ENV_PREFIXES = ("DONUT_", "STREAMED_JOB_")  # never passed on from the launcher to a command
+MAX_DOWNLOAD_BYTES = 10 * 1024**3
+INPUT_DEADLINE = 3600.0
 
 
 def attempt_key(workflow_id: str, job: str, attempt: int) -> str:
@@ -25,6 +28,20 @@ def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """What a launcher passes on to every command it starts: its own environment without
     its own variables (`DONUT_*`: its spec and tokens; `STREAMED_JOB_*`: its settings)."""
     return {k: v for k, v in environ.items() if not k.startswith(OWN_ENV_PREFIXES)}
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """How `origin` inputs are downloaded."""
+
+    deadline: float = INPUT_DEADLINE
+    """Seconds all of an attempt's inputs may take to fetch, together; a job's own timeout,
+    when shorter, bounds them instead (it covers the inputs and the command)."""
+    max_bytes: int = MAX_DOWNLOAD_BYTES
+    """Largest `origin` input accepted."""
+    deny_private: bool = False
+    """Refuse origins (and redirects) whose address is not a public one: loopback, private,
+    link-local (the cloud metadata service), shared, multicast or reserved."""
 
 
 @dataclass(frozen=True)
