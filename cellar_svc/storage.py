@@ -309,11 +309,11 @@ class LocalStorage:
         try:
             f = open(data_path, "rb")  # noqa: SIM115 - handed to the caller
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise NotFound(f"no such file: {ref}") from None
+            raise no_such_file(ref) from None
         try:
             st = os.fstat(f.fileno())
             if not stat_mod.S_ISREG(st.st_mode):
-                raise NotFound(f"no such file: {ref}")
+                raise no_such_file(ref)
             return f, self._info(ref, f, st, meta_path)
         except BaseException:
             f.close()
@@ -386,6 +386,11 @@ def _read_meta(meta_path: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def no_such_file(ref: FileRef) -> NotFound:
+    """What a caller hears of a file that is not there (or, to the servicer, not theirs)."""
+    return NotFound(f"no such file: {ref}")
 
 
 def _remove_quietly(path: str) -> None:

@@ -20,7 +20,7 @@ from dagger_svc.core.run import prepare_retry
 from dagger_svc.executors.base import workflow_dir
 from dagger_svc.logs import LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
-from dagger_svc.store import RunView, Store
+from dagger_svc.store import RunView, Store, no_workflow
 from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
@@ -74,13 +74,14 @@ class DaggerService:
 
     def _upload_problems(self, caller: Principal, definition: Definition, upload_id: str) -> list[Problem]:
         """A problem for every `cache:` input that was not uploaded with the submission and
-        for an upload id with nothing in it; PermissionDenied for someone else's upload
-        (its files would be readable by the workflow's jobs)."""
+        for an upload id with nothing in it. Someone else's upload (its files would be
+        readable by the workflow's jobs) is refused in the same words as one with nothing
+        in it, so an upload id says nothing of whether it exists."""
         if self.uploaded is None:
             return []
         present = self.uploaded(upload_id) if upload_id else {}
-        if upload_id and not caller.is_admin and any(owner != caller.user_id for owner in present.values()):
-            raise PermissionDenied(f"upload {upload_id} is not yours")
+        if not caller.is_admin and any(owner != caller.user_id for owner in present.values()):
+            present = {}
         problems = []
         if upload_id and not present:
             problems.append(Problem("upload_id", f"nothing was uploaded under '{upload_id}'"))
@@ -109,12 +110,14 @@ class DaggerService:
         return self._get_versioned(caller, workflow_id)[0]
 
     def _get_versioned(self, caller: Principal, workflow_id: str) -> tuple[WorkflowRecord, int]:
+        caller.require_user()
         workflow, revision = self.store.workflow(checked_id(workflow_id))
         _check_owner(caller, workflow)
         return workflow, revision
 
     def run(self, caller: Principal, workflow_id: str) -> RunView:
         """The workflow with its definition and jobs, all as they were at one moment."""
+        caller.require_user()
         view = self.store.run(checked_id(workflow_id))
         _check_owner(caller, view.workflow)
         return view
@@ -295,5 +298,9 @@ def checked_id(workflow_id: str) -> WorkflowId:
 
 
 def _check_owner(caller: Principal, workflow: WorkflowRecord) -> None:
+    """Someone else's workflow is, to the caller, one that does not exist (so an id says
+    nothing of whether it names a workflow); a token that may not act as a user is told so
+    whatever the id names."""
+    caller.require_user()
     if not caller.owns(workflow.owner):
-        raise PermissionDenied(f"workflow {workflow.id} is not yours")
+        raise no_workflow(workflow.id)

@@ -74,6 +74,11 @@ def _definition(values: Iterable[bytes]) -> Definition:
     return Definition.from_stored(cast(StoredJob, json.loads(value)) for value in values)
 
 
+def no_workflow(workflow_id: str) -> NotFound:
+    """What a caller hears of a workflow that is not there (or, unless an admin, not theirs)."""
+    return NotFound(f"no workflow {workflow_id}")
+
+
 class Store:
     def __init__(self, client: etcd.Etcd, keys: Keys | None = None) -> None:
         self._etcd = client
@@ -137,7 +142,7 @@ class Store:
         """The workflow record and its revision."""
         found = self._etcd.get(self.keys.workflow(workflow_id))
         if found is None:
-            raise NotFound(f"no workflow {workflow_id}")
+            raise no_workflow(workflow_id)
         return _workflow(found.value), found.mod_revision
 
     def workflows(self) -> list[WorkflowRecord]:
@@ -166,7 +171,7 @@ class Store:
         """The workflow with its definition and job records, all as they were at one revision."""
         result = self._etcd.txn([], [etcd.get(self.keys.workflow(workflow_id))])
         if not result.ranges[0]:
-            raise NotFound(f"no workflow {workflow_id}")
+            raise no_workflow(workflow_id)
         specs = self._etcd.get_prefix(self.keys.specs(workflow_id), revision=result.revision)
         job_kvs = self._etcd.get_prefix(self.keys.jobs(workflow_id), revision=result.revision)
         jobs = {job.name: job for job in (_job(kv.value) for kv in job_kvs)}

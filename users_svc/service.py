@@ -125,18 +125,18 @@ class UsersService:
             problems.append(Problem("name", "must be at most 100 characters"))
         if problems:
             raise InvalidArgument(problems)
-        target = self.store.user(user_id or (self.store.user_id_by_login(user_login) if user_login
-                                             else caller.user_id))
+        # who may, first: whether the user named exists is told to admins and services only
         if all(s.startswith(("job:", "cache:")) for s in scopes):
             if not (caller.is_service or caller.is_admin):
                 raise PermissionDenied("job tokens are minted by the scheduler (service credentials)")
-        elif target.id != caller.user_id:
-            if not caller.is_admin:
-                raise PermissionDenied("you may only create tokens for yourself")
-        else:
+        elif not caller.is_admin:
             caller.require_user()
-            if not caller.is_admin and not set(scopes) <= set(caller.scopes):
+            if (user_id or caller.user_id) != caller.user_id or (user_login or caller.login) != caller.login:
+                raise PermissionDenied("you may only create tokens for yourself")
+            if not set(scopes) <= set(caller.scopes):
                 raise PermissionDenied("a token cannot create a token with more rights than its own")
+        target = self.store.user(user_id or (self.store.user_id_by_login(user_login) if user_login
+                                             else caller.user_id))
         if SCOPE_ADMIN in scopes and not target.admin:
             raise PermissionDenied(f"{target.login} is not an admin")
         if SCOPE_SERVICE in scopes and not caller.is_admin:
@@ -145,12 +145,14 @@ class UsersService:
 
     def list_tokens(self, caller: Principal, user_login: str = "") -> list[TokenRecord]:
         caller.require_user()
+        if user_login and user_login != caller.login:
+            caller.require_admin()  # before looking the login up: it says nothing of who exists
         target = self.store.user_id_by_login(user_login) if user_login else caller.user_id
-        if target != caller.user_id:
-            caller.require_admin()
         return [t for t in self.store.tokens(target) if not any(s.startswith("job:") for s in t.scopes)]
 
     def revoke_token(self, caller: Principal, token_id: str) -> TokenRecord:
+        if not caller.is_service:
+            caller.require_user()
         while True:  # again if the record changed under us (its last use was recorded)
             try:
                 record, revision = self.store.token_and_revision(token_id)
@@ -158,7 +160,7 @@ class UsersService:
                 raise NotFound(f"no token {token_id}") from None
             if not (caller.is_admin or (caller.acts_as_user and record.user_id == caller.user_id)
                     or (caller.is_service and all(s.startswith(("job:", "cache:")) for s in record.scopes))):
-                raise PermissionDenied("you may only revoke your own tokens")
+                raise NotFound(f"no token {token_id}")  # someone else's: as if there were none
             revoked = record.with_(revoked=True)
             if self.store.save_token(revoked, revision):
                 return revoked
