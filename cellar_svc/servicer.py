@@ -188,3 +188,10 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
                  if self._may_read(caller, f)]
         files.sort(key=lambda info: (info.ref.path, info.ref.job))
         return pb.ListResponse(files=[info_to_pb(info) for info in files])
+
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        caller = self._principal()
+        if not (caller.is_admin or caller.is_service):
+            raise PermissionDenied("only services and admins delete files")
+        self._storage.delete(kind_from_pb(request.kind), request.scope)
+        return pb.DeleteResponse()

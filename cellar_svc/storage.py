@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat as stat_mod
 import tempfile
 import time
@@ -97,6 +98,11 @@ class Storage(Protocol):
 
     def owners(self, kind: str, scope: str) -> set[str]:
         """The users who have stored files in the scope (none for an unknown scope)."""
+        ...
+
+    def delete(self, kind: str, scope: str) -> None:
+        """Removes every file of the scope and all that is kept about them (an unknown
+        scope has nothing to remove)."""
         ...
 
 
@@ -270,6 +276,17 @@ class LocalStorage:
         except (FileNotFoundError, NotADirectoryError):
             return set()
         return {"" if name == _NO_OWNER else name for name in names}
+
+    def delete(self, kind: str, scope: str) -> None:
+        validate_listing(kind, scope, "")
+        tops = [os.path.join(self.root, kind, scope), os.path.join(self.root, _META_DIR, kind, scope),
+                self._owners_dir(kind, scope)]  # the owners last: until then the scope is still theirs
+        for top in tops:
+            if os.path.realpath(top) != top:
+                raise PermissionDenied(f"{kind}/{scope}: goes through a symbolic link; refused")
+        for top in tops:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(top)  # never follows a link inside (it removes the link itself)
 
     # -- helpers ---------------------------------------------------------------------------
 

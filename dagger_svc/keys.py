@@ -9,6 +9,9 @@
     <prefix>cancel/<id>             present once someone asked to cancel the run
     <prefix>claims/<id>             the scheduler that owns the run (bound to its lease)
     <prefix>schedulers/<scheduler>  a live scheduler (bound to its lease)
+    <prefix>uploads/<upload id>     'used' once a stored workflow names the upload, 'removed'
+                                    once a refused submission removed it (whichever came first)
+    <prefix>upgrades/<name>         present once the records of earlier versions were upgraded so
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ class Keys:
 
     def claim(self, workflow_id: str) -> str:
         return f"{self.claims}{workflow_id}"
+
+    def upload(self, upload_id: str) -> str:
+        return f"{self.prefix}uploads/{upload_id}"
+
+    def upgrade(self, name: str) -> str:
+        return f"{self.prefix}upgrades/{name}"
 
     def scheduler(self, scheduler_id: str) -> str:
         return f"{self.schedulers}{scheduler_id}"

@@ -6,12 +6,14 @@ and talks to etcd through the Store and to running jobs through the Scheduler.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from dagger_svc.core.definition import Definition, parse_definition
 from dagger_svc.core.limits import submission_problems
@@ -20,11 +22,13 @@ from dagger_svc.core.run import prepare_retry
 from dagger_svc.executors.base import workflow_dir
 from dagger_svc.logs import LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
-from dagger_svc.store import RunView, Store, no_workflow
+from dagger_svc.store import RunView, Store, UploadMark, no_workflow
 from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
+
+log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
 
@@ -37,19 +41,27 @@ class DaggerConfig:
     """Parallelism of a submission that names none."""
 
 
-UploadedFiles = Callable[[str], dict[str, str]]
-"""The paths uploaded under an upload id and their owners (asked of cellar), to check
-`cache:` inputs and that the upload is the caller's."""
+class Uploads(Protocol):
+    """The files uploaded with submissions (kept by cellar)."""
+
+    def files(self, upload_id: str) -> dict[str, str]:
+        """The paths uploaded under the id and their owners, to check `cache:` inputs and
+        that the upload is the caller's."""
+        ...
+
+    def remove(self, upload_id: str) -> None:
+        """Removes every file of the upload."""
+        ...
 
 
 class DaggerService:
     def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler, config: DaggerConfig,
-                 uploaded: UploadedFiles | None = None) -> None:
+                 uploads: Uploads | None = None) -> None:
         self.store = store
         self.logs = logs
         self.scheduler = scheduler
         self.config = config
-        self.uploaded = uploaded
+        self.uploads = uploads
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -68,18 +80,34 @@ class DaggerService:
             if upload_ok:
                 problems.extend(self._upload_problems(caller, definition, upload_id))
         if problems:
+            if upload_ok and upload_id:
+                self._remove_refused_upload(caller, upload_id)
             raise InvalidArgument(problems)
         return self._store_new(definition, name, parallelism or self.config.default_parallelism,
                                fail_fast, upload_id, caller.user_id)
+
+    def _remove_refused_upload(self, caller: Principal, upload_id: str) -> None:
+        """Removes the upload of a refused submission if it is wholly the caller's and no
+        stored workflow uses it (marked so in the store first, which a workflow being stored
+        with it meanwhile cannot pass). A failure is only logged: the refusal stands."""
+        if self.uploads is None:
+            return
+        try:
+            files = self.uploads.files(upload_id)
+            if files and set(files.values()) == {caller.user_id} \
+                    and self.store.mark_upload(upload_id, UploadMark.REMOVED) is UploadMark.REMOVED:
+                self.uploads.remove(upload_id)
+        except Exception:  # cellar or etcd away: the upload stays, the refusal is what matters
+            log.warning("cannot remove upload %s of a refused submission", upload_id, exc_info=True)
 
     def _upload_problems(self, caller: Principal, definition: Definition, upload_id: str) -> list[Problem]:
         """A problem for every `cache:` input that was not uploaded with the submission and
         for an upload id with nothing in it. Someone else's upload (its files would be
         readable by the workflow's jobs) is refused in the same words as one with nothing
         in it, so an upload id says nothing of whether it exists."""
-        if self.uploaded is None:
+        if self.uploads is None:
             return []
-        present = self.uploaded(upload_id) if upload_id else {}
+        present = self.uploads.files(upload_id) if upload_id else {}
         if not caller.is_admin and any(owner != caller.user_id for owner in present.values()):
             present = {}
         problems = []
@@ -92,6 +120,9 @@ class DaggerService:
 
     def _store_new(self, definition: Definition, name: str, parallelism: int, fail_fast: bool,
                    upload_id: str, owner: str) -> WorkflowRecord:
+        if upload_id and self.store.mark_upload(upload_id, UploadMark.USED) is UploadMark.REMOVED:
+            raise InvalidArgument([Problem("upload_id", f"'{upload_id}' was removed with a refused submission: "
+                                                        "upload the files again under a new id")])
         workflow_id = WorkflowId(str(uuid.uuid4()))
         jobs = {job: JobRecord(job) for job in definition.jobs}
         workflow = WorkflowRecord(

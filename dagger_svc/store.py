@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, cast
 
 from dagger_svc.core.definition import Definition, StoredJob
@@ -72,6 +73,14 @@ def _job(value: bytes) -> JobRecord:
 
 def _definition(values: Iterable[bytes]) -> Definition:
     return Definition.from_stored(cast(StoredJob, json.loads(value)) for value in values)
+
+
+class UploadMark(str, Enum):
+    """What became of an upload first: a stored workflow uses it, or a refused submission
+    removed it. Whichever comes first stays, so an upload in use is never removed."""
+
+    USED = "used"
+    REMOVED = "removed"
 
 
 def no_workflow(workflow_id: str) -> NotFound:
@@ -147,6 +156,29 @@ class Store:
 
     def workflows(self) -> list[WorkflowRecord]:
         return [_workflow(kv.value) for kv in self._etcd.get_prefix(self.keys.workflows)]
+
+    # ---- uploads -------------------------------------------------------------------
+
+    def mark_upload(self, upload_id: str, mark: UploadMark) -> UploadMark:
+        """Gives the upload this mark unless it has one already; the mark it has now."""
+        key = self.keys.upload(upload_id)
+        while True:
+            if self._etcd.txn([etcd.absent(key)], [etcd.put(key, mark.value)]).succeeded:
+                return mark
+            found = self._etcd.get(key)
+            if found is not None:  # (marks are never removed: this is only in case)
+                return UploadMark(found.value.decode())
+
+    def upgrade(self) -> None:
+        """Brings what earlier versions stored up to date, once per etcd: the uploads of
+        workflows stored before uploads were marked get marked used."""
+        done = self.keys.upgrade("upload-marks")
+        if self._etcd.get(done) is not None:
+            return
+        for workflow in self.workflows():
+            if workflow.upload_id:
+                self.mark_upload(workflow.upload_id, UploadMark.USED)
+        self._etcd.put(done, b"1")
 
     def definition(self, workflow_id: WorkflowId) -> Definition:
         return _definition(kv.value for kv in self._etcd.get_prefix(self.keys.specs(workflow_id)))

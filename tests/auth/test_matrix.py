@@ -100,6 +100,7 @@ def cellar_calls(w: World) -> dict[str, Call]:
         "Get": lambda s: list(s.Get(cpb.GetRequest(ref=result))),
         "Stat": lambda s: s.Stat(result),
         "List": lambda s: s.List(cpb.ListRequest(kind=cpb.KIND_RESULT, scope=w.workflow)),
+        "Delete": lambda s: s.Delete(cpb.DeleteRequest(kind=cpb.KIND_RESULT, scope=w.workflow)),
     }
 
 
@@ -407,3 +408,45 @@ def test_someone_else_s_things_answer_like_things_that_do_not_exist(world: World
     assert answer_of(theirs["ListTokens"], admin)[0] == grpc.StatusCode.OK
     for name in ("GetWorkflow", "Stat", "RevokeToken", "ListTokens"):
         assert answer_of(nothing[name], admin)[0] == grpc.StatusCode.NOT_FOUND, name
+
+
+def cellar_files(stack: Any, scope: str) -> list[str]:
+    """Every file the cellar keeps for a scope (data, sidecars, owners)."""
+    root = Path(stack.config.data_dir) / "cellar"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if scope in p.parts)
+
+
+def test_a_refused_submission_leaves_no_upload_behind(world: World) -> None:
+    """A submission refused with an upload of the caller's removes that upload, sidecars
+    and all; an upload a stored workflow uses, or someone else's, stays."""
+    stack = world.stack
+    alice, bob = stubs(stack.endpoint, world.alice), stubs(stack.endpoint, world.bob)
+    uses = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": [],
+                                 "inputs": [{"cache": "in.csv", "local": "in.csv"}]}]}).encode()
+    wrong = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": [],
+                                  "inputs": [{"cache": "missing.csv", "local": "m.csv"}]}]}).encode()
+    broken = b"jobs: [{name: a}]"
+    for upload, definition in (("refused-upload", wrong), ("broken-upload", broken)):
+        put_cache(alice["cellar"], upload, "in.csv", b"1,2\n")
+        put_cache(alice["cellar"], upload, "deep/more.csv", b"3\n")
+        assert cellar_files(stack, upload)
+        submit = dpb.CreateWorkflowRequest(definition=definition, upload_id=upload)
+        assert code_of(lambda s, submit=submit: s.CreateWorkflow(submit), alice["dagger"]) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        assert cellar_files(stack, upload) == [], upload
+
+    put_cache(alice["cellar"], "used-upload", "in.csv", b"1,2\n")
+    used = alice["dagger"].CreateWorkflow(dpb.CreateWorkflowRequest(definition=uses, upload_id="used-upload")).id
+    kept = cellar_files(stack, "used-upload")
+    for who in (alice, bob):
+        submit = dpb.CreateWorkflowRequest(definition=wrong, upload_id="used-upload")
+        assert code_of(lambda s, submit=submit: s.CreateWorkflow(submit), who["dagger"]) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        assert cellar_files(stack, "used-upload") == kept
+    assert alice["dagger"].CloneWorkflow(dpb.CloneWorkflowRequest(id=used)).upload_id == "used-upload"
+
+    put_cache(alice["cellar"], "alices-upload", "in.csv", b"1,2\n")  # unused, but not Bob's to remove
+    mine = cellar_files(stack, "alices-upload")
+    submit = dpb.CreateWorkflowRequest(definition=wrong, upload_id="alices-upload")
+    assert code_of(lambda s: s.CreateWorkflow(submit), bob["dagger"]) == grpc.StatusCode.INVALID_ARGUMENT
+    assert cellar_files(stack, "alices-upload") == mine

@@ -166,7 +166,7 @@ def test_server_down_gives_one_clear_line(donut_home: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_uploaded_files_reach_cache_inputs(cli: Any, tmp_path: Path) -> None:
+def test_uploaded_files_reach_cache_inputs(cli: Any, stack: Any, tmp_path: Path) -> None:
     data = tmp_path / "data.csv"
     data.write_text("a,b\n1,2\n")
     folder = tmp_path / "more"
@@ -187,6 +187,8 @@ def test_uploaded_files_reach_cache_inputs(cli: Any, tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "jobs[0].inputs[0].cache: 'nothing.csv' was not uploaded" in refused.stderr
     assert [w["id"] for w in json.loads(cli("list", "--json").stdout)] == [workflow_id]  # nothing stored
+    uploads = Path(stack.config.data_dir) / "cellar" / "cache"
+    assert len(list(uploads.iterdir())) == 1  # the refused submission's upload is gone
 
 
 def test_a_second_stack_on_the_same_data_dir_is_refused_at_once(stack: Any, donut_home: Path) -> None:
