@@ -119,6 +119,7 @@ class Stack:
             self.store = Store(client, Keys(c.etcd_prefix))
             self.store.upgrade()
             self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
+            self.users.store.upgrade(now=self.clock.time())
             self.service_token = self._service_token(self.users)
             self.logs = LogStore(c.data_dir / "logs")
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None

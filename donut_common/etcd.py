@@ -183,6 +183,13 @@ class Etcd:
             revision = revision or response.header.revision  # every page as the first one saw it
             start = response.kvs[-1].key + b"\0"
 
+    def get_range(self, start: str, end: str, limit: int) -> list[KeyValue]:
+        """The first `limit` keys from `start` up to (not including) `end`, in key order."""
+        request = etcdrpc.RangeRequest(key=start.encode(), range_end=end.encode(), limit=limit)
+        with boundary(f"reading {start}"):
+            response = self._client.kvstub.Range(request, self._client.timeout)
+        return [KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in response.kvs]
+
     def put(self, key: str, value: str | bytes) -> None:
         with boundary(f"writing {key}"):
             self._client.put(key, value)

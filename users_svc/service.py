@@ -30,6 +30,8 @@ from donut_common.errors import Conflict, InvalidArgument, NotFound, PermissionD
 from users_svc.store import TokenRecord, UserRecord, UserStore
 
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last-used time
+FORGET_AFTER = 86400.0  # seconds a revoked or expired token is still kept (and listed), then deleted
+FORGET_PER_MINT = 8     # ended tokens deleted by each new one: the sweep keeps pace with job tokens
 LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_.]{0,62}$")
 _SCOPE_PATTERN = re.compile(
     f"user|admin|service|job:{names.WORKFLOW_ID}/{names.JOB_NAME}/[1-9][0-9]{{0,8}}|cache:{names.UPLOAD_ID}")
@@ -148,7 +150,7 @@ class UsersService:
         if user_login and user_login != caller.login:
             caller.require_admin()  # before looking the login up: it says nothing of who exists
         target = self.store.user_id_by_login(user_login) if user_login else caller.user_id
-        return [t for t in self.store.tokens(target) if not any(s.startswith("job:") for s in t.scopes)]
+        return self.store.tokens(target)
 
     def revoke_token(self, caller: Principal, token_id: str) -> TokenRecord:
         if not caller.is_service:
@@ -161,7 +163,7 @@ class UsersService:
             if not (caller.is_admin or (caller.acts_as_user and record.user_id == caller.user_id)
                     or (caller.is_service and all(s.startswith(("job:", "cache:")) for s in record.scopes))):
                 raise NotFound(f"no token {token_id}")  # someone else's: as if there were none
-            revoked = record.with_(revoked=True)
+            revoked = record if record.revoked else record.with_(revoked=True, revoked_at=self.clock())
             if self.store.save_token(revoked, revision):
                 return revoked
 
@@ -181,6 +183,7 @@ class UsersService:
         """Issues a token, unchecked: callers have checked who may have it (create_token),
         or it is the stack's own (the first admin token, service credentials)."""
         now = self.clock()
+        self.store.forget_ended(now - FORGET_AFTER, FORGET_PER_MINT)  # a little of it each time: bounded work
         secret = secrets.token_urlsafe(32)
         record = TokenRecord(id=secrets.token_hex(8), user_id=user.id, name=name, secret_hash=_hash(secret),
                              scopes=scopes, created_at=now, expires_at=now + expires_in if expires_in else None)
