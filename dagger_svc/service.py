@@ -7,6 +7,7 @@ and talks to etcd through the Store and to running jobs through the Scheduler.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -29,6 +30,11 @@ from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, P
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100  # workflows in a page of a listing that names no size
+MAX_PAGE_SIZE = 1000
+PAGE_READS = 5  # reads of a filtered listing's page at most (a page may come back short)
+_PAGE_TOKEN = re.compile(r"[0-9]{15}/" + names.WORKFLOW_ID)
 
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
 
@@ -156,13 +162,29 @@ class DaggerService:
     def workdir(self, workflow_id: WorkflowId) -> Path:
         return workflow_dir(self.config.data_root, workflow_id)
 
-    def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None,
-             limit: int = 0) -> list[WorkflowRecord]:
+    def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None, page_size: int = 0,
+                       page_token: str = "") -> tuple[list[WorkflowRecord], str]:
+        """A page of the caller's workflows (an admin's: everybody's), newest first, and the
+        token of the next page ("" after the last). With a status filter a page reads at
+        most PAGE_READS pages' worth of workflows, so it may hold fewer than asked."""
         caller.require_user()
-        workflows = [w for w in self.store.workflows()
-                     if (not statuses or w.status in statuses) and caller.owns(w.owner)]
-        workflows.sort(key=lambda w: w.created_at or 0, reverse=True)
-        return workflows[:limit] if limit > 0 else workflows
+        problems = []
+        if page_size < 0:
+            problems.append(Problem("page_size", f"must be 0 (the default, {DEFAULT_PAGE_SIZE}) or more"))
+        if page_token and not _PAGE_TOKEN.fullmatch(page_token):
+            problems.append(Problem("page_token", "not a token this listing gave (start again without one)"))
+        if problems:
+            raise InvalidArgument(problems)
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        owner = None if caller.is_admin else caller.user_id
+        found: list[WorkflowRecord] = []
+        position = page_token
+        for _ in range(PAGE_READS):
+            read, position = self.store.workflow_page(owner, position, size - len(found))
+            found += [w for w in read if (not statuses or w.status in statuses) and caller.owns(w.owner)]
+            if len(found) == size or not position:
+                break
+        return found, position
 
     def cancel(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
         workflow = self.get(caller, workflow_id)

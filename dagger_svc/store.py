@@ -133,18 +133,23 @@ class Store:
             name = stored["spec"]["name"]
             writes.append((self.keys.spec(workflow.id, name), _dump(stored)))
             writes.append((self.keys.job(workflow.id, name), _dump(jobs[name].to_dict())))
+        writes += [(key, b"") for key in self._listed(workflow)]  # (listed without a record: skipped)
         writes.append((self.keys.workflow(workflow.id), _dump(workflow.to_dict())))
         writes.append((self.keys.queued(workflow.id), b"1"))
         try:
             self._put_guarded(writes, {}, unguarded=frozenset({self.keys.queued(workflow.id)}))
         except Exception:
-            self._delete_workflow_keys(workflow.id)
+            self._delete_workflow_keys(workflow)
             raise
 
-    def _delete_workflow_keys(self, workflow_id: WorkflowId) -> None:
-        for prefix in (self.keys.specs(workflow_id), self.keys.jobs(workflow_id)):
+    def _listed(self, workflow: WorkflowRecord) -> list[str]:
+        return [self.keys.listed(owner, workflow.created_at or 0, workflow.id) for owner in (None, workflow.owner)]
+
+    def _delete_workflow_keys(self, workflow: WorkflowRecord) -> None:
+        for prefix in (self.keys.specs(workflow.id), self.keys.jobs(workflow.id)):
             self._etcd.delete_prefix(prefix)
-        for key in (self.keys.workflow(workflow_id), self.keys.queued(workflow_id), self.keys.cancel(workflow_id)):
+        for key in (self.keys.workflow(workflow.id), self.keys.queued(workflow.id), self.keys.cancel(workflow.id),
+                    *self._listed(workflow)):
             self._etcd.delete(key)
 
     def workflow(self, workflow_id: WorkflowId) -> tuple[WorkflowRecord, int]:
@@ -155,7 +160,23 @@ class Store:
         return _workflow(found.value), found.mod_revision
 
     def workflows(self) -> list[WorkflowRecord]:
+        """Every workflow (a scan of them all: for upgrades and tests)."""
         return [_workflow(kv.value) for kv in self._etcd.get_prefix(self.keys.workflows)]
+
+    def workflow_page(self, owner: str | None, after: str, size: int) -> tuple[list[WorkflowRecord], str]:
+        """Up to `size` workflows of the owner (None: of everybody), newest first, from just
+        after the position `after` ("": the newest); and the position of the last one read
+        ("" when there is nothing older)."""
+        prefix = self.keys.listing(owner)
+        entries = self._etcd.get_range(prefix, prefix + after if after else etcd.prefix_end(prefix), size,
+                                       newest_first=True)
+        ids = [kv.key.rsplit("/", 1)[1] for kv in entries]
+        found: dict[str, WorkflowRecord] = {}
+        for start in range(0, len(ids), MAX_OPS_PER_TXN):
+            result = self._etcd.txn([], [etcd.get(self.keys.workflow(i)) for i in ids[start:start + MAX_OPS_PER_TXN]])
+            found.update((w.id, w) for w in (_workflow(kv.value) for kvs in result.ranges for kv in kvs))
+        position = entries[-1].key.removeprefix(prefix) if len(entries) == size else ""
+        return [found[i] for i in ids if i in found], position
 
     # ---- uploads -------------------------------------------------------------------
 
@@ -170,15 +191,23 @@ class Store:
                 return UploadMark(found.value.decode())
 
     def upgrade(self) -> None:
-        """Brings what earlier versions stored up to date, once per etcd: the uploads of
-        workflows stored before uploads were marked get marked used."""
-        done = self.keys.upgrade("upload-marks")
-        if self._etcd.get(done) is not None:
-            return
-        for workflow in self.workflows():
-            if workflow.upload_id:
-                self.mark_upload(workflow.upload_id, UploadMark.USED)
-        self._etcd.put(done, b"1")
+        """Brings what earlier versions stored up to date, once per etcd: workflows stored
+        before uploads were marked mark theirs used; those stored before the listing keys
+        get theirs."""
+        steps = {"upload-marks": self._mark_uploads_used, "workflow-listing": self._list_workflows}
+        for name, step in steps.items():
+            done = self.keys.upgrade(name)
+            if self._etcd.get(done) is None:
+                for workflow in self.workflows():
+                    step(workflow)
+                self._etcd.put(done, b"1")
+
+    def _mark_uploads_used(self, workflow: WorkflowRecord) -> None:
+        if workflow.upload_id:
+            self.mark_upload(workflow.upload_id, UploadMark.USED)
+
+    def _list_workflows(self, workflow: WorkflowRecord) -> None:
+        self._etcd.txn([], [etcd.put(key, b"") for key in self._listed(workflow)])
 
     def definition(self, workflow_id: WorkflowId) -> Definition:
         return _definition(kv.value for kv in self._etcd.get_prefix(self.keys.specs(workflow_id)))

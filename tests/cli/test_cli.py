@@ -200,3 +200,17 @@ def test_a_second_stack_on_the_same_data_dir_is_refused_at_once(stack: Any, donu
                                      "(is `donut up` running already?)")
     assert time.monotonic() - started < 15
     assert stack.users.ensure_user("admin", admin=True)  # the first stack is unharmed
+
+
+def test_list_follows_the_pages(cli: Any, stack: Any) -> None:
+    from donut.dagger.v1 import dagger_pb2 as pb
+    from donut.dagger.v1 import dagger_pb2_grpc
+    from donut_common.rpc import channel
+
+    stub = dagger_pb2_grpc.DaggerStub(channel(stack.endpoint, token=stack.admin_token))
+    definition = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": []}]}).encode()
+    ids = [stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition)).id for _ in range(5)]
+    listed = cli("list", "--page-size", "2", "--json")
+    assert [w["id"] for w in json.loads(listed.stdout)] == ids[::-1], listed.stderr
+    limited = cli("list", "--page-size", "2", "--limit", "3", "--json")
+    assert [w["id"] for w in json.loads(limited.stdout)] == ids[:-4:-1], limited.stderr

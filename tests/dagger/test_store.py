@@ -145,3 +145,20 @@ def test_an_upload_keeps_its_first_mark_and_old_workflows_mark_theirs(store: Sto
     store.create_workflow(old, definition, {name: JobRecord(name) for name in definition.jobs})
     store.upgrade()
     assert store.mark_upload("u3", UploadMark.REMOVED) is UploadMark.USED
+
+
+def test_workflows_stored_before_the_listing_keys_are_listed_after_the_upgrade(store: Store, etcd_client: Etcd,
+                                                                              etcd_prefix: str) -> None:
+    definition = big_definition(1)
+    for i, owner in enumerate(("alice", "bob", "alice")):
+        workflow = WorkflowRecord(id=f"{i}1111111-2222-4333-8444-555555555555", name="old", job_total=1,
+                                  owner=owner, created_at=1000.0 + i)
+        store.create_workflow(workflow, definition, {name: JobRecord(name) for name in definition.jobs})
+    for listing in ("by-time/", "by-owner/"):
+        etcd_client.delete_prefix(etcd_prefix + listing)  # as an earlier version left them
+    assert store.workflow_page(None, "", 10) == ([], "")
+    store.upgrade()
+    assert [w.id[0] for w in store.workflow_page(None, "", 10)[0]] == ["2", "1", "0"]
+    first, position = store.workflow_page("alice", "", 1)
+    assert [w.id[0] for w in first] == ["2"] and position
+    assert [w.id[0] for w in store.workflow_page("alice", position, 1)[0]] == ["0"]
