@@ -46,6 +46,7 @@ class TokenRecord:
     last_used_at: float | None = None
     revoked: bool = False
     revoked_at: float | None = None
+    makers: tuple[str, ...] = ()  # the ids of the token that made it, of the one that made that... (oldest first)
 
     def with_(self, **changes: Any) -> TokenRecord:
         return replace(self, **changes)
@@ -152,11 +153,11 @@ class UserStore:
             found = [_token(json.loads(kv.value)) for kv in self._etcd.get_prefix(self._key("tokens", ""))]
         else:
             ids = [kv.key.rsplit("/", 1)[1] for kv in self._etcd.get_prefix(self._key("user-tokens", f"{user_id}/"))]
-            found = [t for t in self._tokens_by_id(ids).values() if t.user_id == user_id]
+            found = [t for t in self.tokens_by_id(ids).values() if t.user_id == user_id]
         return sorted(found, key=lambda t: t.created_at)
 
-    def _tokens_by_id(self, ids: list[str]) -> dict[str, TokenRecord]:
-        """The records of those ids that have one."""
+    def tokens_by_id(self, ids: list[str]) -> dict[str, TokenRecord]:
+        """The records of those ids that have one, read together."""
         found: dict[str, TokenRecord] = {}
         for start in range(0, len(ids), _READS_PER_TXN):
             result = self._etcd.txn([], [etcd.get(self._key("tokens", i)) for i in ids[start:start + _READS_PER_TXN]])
@@ -172,7 +173,7 @@ class UserStore:
         start = self._key("token-ends", "")
         entries = self._etcd.get_range(start, start + _seconds(before), limit)
         ids = [kv.key.rsplit("/", 1)[1] for kv in entries]
-        records = self._tokens_by_id(ids)
+        records = self.tokens_by_id(ids)
         deletes = [etcd.delete(kv.key) for kv in entries]
         for token in records.values():
             ends_at = token.ends_at
@@ -207,4 +208,4 @@ def _seconds(at: float) -> str:
 
 
 def _token(doc: dict[str, Any]) -> TokenRecord:
-    return TokenRecord(**{**doc, "scopes": tuple(doc["scopes"])})
+    return TokenRecord(**{**doc, "scopes": tuple(doc["scopes"]), "makers": tuple(doc.get("makers", ()))})

@@ -120,3 +120,32 @@ def test_revoked_and_expired_tokens_are_forgotten_a_day_later(etcd_client: Any, 
     left = [kv.key for kv in etcd_client.get_prefix(etcd_prefix) if any(i in kv.key for i in [expiring, *revoked, job])]
     assert left == []
     etcd_client.delete_prefix(etcd_prefix)
+
+
+def test_a_token_made_by_a_token_ends_with_it(etcd_client: Any, etcd_prefix: str) -> None:
+    """Expiry capped at the maker's, revocation of any maker up the chain effective; job
+    tokens (minted by the scheduler's service token) are nobody's children."""
+    now = [1_000_000.0]
+    service = UsersService(UserStore(etcd_client, etcd_prefix), clock=lambda: now[0])
+    alice = service.ensure_user("alice", admin=False)
+    root = service.mint(alice, "root", ("user",), expires_in=1000)
+    child = service.create_token(service.verify(root.secret), name="forever", expires_in=0)
+    assert child.record.expires_at == root.record.expires_at
+    longer = service.create_token(service.verify(root.secret), name="longer", expires_in=10**6)
+    assert longer.record.expires_at == root.record.expires_at
+    shorter = service.create_token(service.verify(root.secret), name="shorter", expires_in=10)
+    assert shorter.record.expires_at == now[0] + 10
+    grandchild = service.create_token(service.verify(child.secret), name="grandchild")
+    assert grandchild.record.expires_at == root.record.expires_at
+    services = service.mint(service.ensure_user("donut-services", admin=False), "services", ("service",))
+    job = service.create_token(service.verify(services.secret), user_id=alice.id,
+                               scopes=("job:11111111-2222-4333-8444-555555555555/j/1",), expires_in=100)
+    assert service.verify(grandchild.secret).login == "alice"
+
+    service.revoke_token(service.verify(root.secret), root.record.id)
+    for made in (child, longer, shorter, grandchild):
+        with pytest.raises(Unauthenticated, match="made it"):
+            service.verify(made.secret)
+    service.store.save_token(services.record.with_(revoked=True, revoked_at=now[0]))  # (as an admin would)
+    assert service.verify(job.secret).login == "alice"
+    etcd_client.delete_prefix(etcd_prefix)
