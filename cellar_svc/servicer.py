@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 
-from cellar_svc.storage import FileInfo, FileRef, Storage
+from cellar_svc.storage import FileInfo, FileRef, Storage, no_such_file
 from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
 from donut_common.auth import Principal, current_principal
@@ -107,8 +107,10 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
                 or (ref.kind == "result" and caller.job == (ref.scope, ref.job)))
 
     def _readable(self, info: FileInfo) -> FileInfo:
+        """The file, if the caller may read it; to anyone else it does not exist (in the
+        same words as a missing file, so a name says nothing of what is stored)."""
         if not self._may_read(self._principal(), info):
-            raise PermissionDenied(f"{info.ref.kind} {info.ref.scope}/{info.ref.path} is not yours")
+            raise no_such_file(info.ref)
         return info
 
     def Put(
@@ -163,9 +165,11 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
     def Get(
         self, request: pb.GetRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.GetResponse]:
-        info, chunks = self._storage.open(ref_from_pb(request.ref), request.offset, request.length)
+        ref = ref_from_pb(request.ref)
+        self._readable(self._storage.stat(ref))  # first: the range is checked against the size
+        info, chunks = self._storage.open(ref, request.offset, request.length)
         try:
-            self._readable(info)
+            self._readable(info)  # the version opened (it may have been replaced meanwhile)
             yield pb.GetResponse(info=info_to_pb(info))
             for chunk in chunks:
                 for start in range(0, len(chunk), MAX_CHUNK):
@@ -184,3 +188,10 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
                  if self._may_read(caller, f)]
         files.sort(key=lambda info: (info.ref.path, info.ref.job))
         return pb.ListResponse(files=[info_to_pb(info) for info in files])
+
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        caller = self._principal()
+        if not (caller.is_admin or caller.is_service):
+            raise PermissionDenied("only services and admins delete files")
+        self._storage.delete(kind_from_pb(request.kind), request.scope)
+        return pb.DeleteResponse()

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat as stat_mod
 import tempfile
 import time
@@ -97,6 +98,11 @@ class Storage(Protocol):
 
     def owners(self, kind: str, scope: str) -> set[str]:
         """The users who have stored files in the scope (none for an unknown scope)."""
+        ...
+
+    def delete(self, kind: str, scope: str) -> None:
+        """Removes every file of the scope and all that is kept about them (an unknown
+        scope has nothing to remove)."""
         ...
 
 
@@ -271,6 +277,17 @@ class LocalStorage:
             return set()
         return {"" if name == _NO_OWNER else name for name in names}
 
+    def delete(self, kind: str, scope: str) -> None:
+        validate_listing(kind, scope, "")
+        tops = [os.path.join(self.root, kind, scope), os.path.join(self.root, _META_DIR, kind, scope),
+                self._owners_dir(kind, scope)]  # the owners last: until then the scope is still theirs
+        for top in tops:
+            if os.path.realpath(top) != top:
+                raise PermissionDenied(f"{kind}/{scope}: goes through a symbolic link; refused")
+        for top in tops:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(top)  # never follows a link inside (it removes the link itself)
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _owners_dir(self, kind: str, scope: str) -> str:
@@ -309,11 +326,11 @@ class LocalStorage:
         try:
             f = open(data_path, "rb")  # noqa: SIM115 - handed to the caller
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise NotFound(f"no such file: {ref}") from None
+            raise no_such_file(ref) from None
         try:
             st = os.fstat(f.fileno())
             if not stat_mod.S_ISREG(st.st_mode):
-                raise NotFound(f"no such file: {ref}")
+                raise no_such_file(ref)
             return f, self._info(ref, f, st, meta_path)
         except BaseException:
             f.close()
@@ -386,6 +403,11 @@ def _read_meta(meta_path: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def no_such_file(ref: FileRef) -> NotFound:
+    """What a caller hears of a file that is not there (or, to the servicer, not theirs)."""
+    return NotFound(f"no such file: {ref}")
 
 
 def _remove_quietly(path: str) -> None:

@@ -9,6 +9,12 @@
     <prefix>cancel/<id>             present once someone asked to cancel the run
     <prefix>claims/<id>             the scheduler that owns the run (bound to its lease)
     <prefix>schedulers/<scheduler>  a live scheduler (bound to its lease)
+    <prefix>by-time/<ms>/<id>       empty: every workflow by creation time (ms, 15 digits), so
+                                    admins list the newest first, a page at a time
+    <prefix>by-owner/<owner>/<ms>/<id>  empty: the same for one owner's workflows
+    <prefix>uploads/<upload id>     'used' once a stored workflow names the upload, 'removed'
+                                    once a refused submission removed it (whichever came first)
+    <prefix>upgrades/<name>         present once the records of earlier versions were upgraded so
 """
 
 from __future__ import annotations
@@ -50,6 +56,19 @@ class Keys:
 
     def claim(self, workflow_id: str) -> str:
         return f"{self.claims}{workflow_id}"
+
+    def listing(self, owner: str | None) -> str:
+        """The prefix under which the workflows of the owner (None: of everybody) are listed."""
+        return f"{self.prefix}by-time/" if owner is None else f"{self.prefix}by-owner/{owner}/"
+
+    def listed(self, owner: str | None, created_at: float, workflow_id: str) -> str:
+        return f"{self.listing(owner)}{int(created_at * 1000):015d}/{workflow_id}"
+
+    def upload(self, upload_id: str) -> str:
+        return f"{self.prefix}uploads/{upload_id}"
+
+    def upgrade(self, name: str) -> str:
+        return f"{self.prefix}upgrades/{name}"
 
     def scheduler(self, scheduler_id: str) -> str:
         return f"{self.schedulers}{scheduler_id}"

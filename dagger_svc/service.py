@@ -6,12 +6,15 @@ and talks to etcd through the Store and to running jobs through the Scheduler.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from dagger_svc.core.definition import Definition, parse_definition
 from dagger_svc.core.limits import submission_problems
@@ -20,11 +23,18 @@ from dagger_svc.core.run import prepare_retry
 from dagger_svc.executors.base import workflow_dir
 from dagger_svc.logs import LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
-from dagger_svc.store import RunView, Store
+from dagger_svc.store import RunView, Store, UploadMark, no_workflow
 from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100  # workflows in a page of a listing that names no size
+MAX_PAGE_SIZE = 1000
+PAGE_READS = 5  # reads of a filtered listing's page at most (a page may come back short)
+_PAGE_TOKEN = re.compile(r"[0-9]{15}/" + names.WORKFLOW_ID)
 
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
 
@@ -37,19 +47,27 @@ class DaggerConfig:
     """Parallelism of a submission that names none."""
 
 
-UploadedFiles = Callable[[str], dict[str, str]]
-"""The paths uploaded under an upload id and their owners (asked of cellar), to check
-`cache:` inputs and that the upload is the caller's."""
+class Uploads(Protocol):
+    """The files uploaded with submissions (kept by cellar)."""
+
+    def files(self, upload_id: str) -> dict[str, str]:
+        """The paths uploaded under the id and their owners, to check `cache:` inputs and
+        that the upload is the caller's."""
+        ...
+
+    def remove(self, upload_id: str) -> None:
+        """Removes every file of the upload."""
+        ...
 
 
 class DaggerService:
     def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler, config: DaggerConfig,
-                 uploaded: UploadedFiles | None = None) -> None:
+                 uploads: Uploads | None = None) -> None:
         self.store = store
         self.logs = logs
         self.scheduler = scheduler
         self.config = config
-        self.uploaded = uploaded
+        self.uploads = uploads
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -68,19 +86,36 @@ class DaggerService:
             if upload_ok:
                 problems.extend(self._upload_problems(caller, definition, upload_id))
         if problems:
+            if upload_ok and upload_id:
+                self._remove_refused_upload(caller, upload_id)
             raise InvalidArgument(problems)
         return self._store_new(definition, name, parallelism or self.config.default_parallelism,
                                fail_fast, upload_id, caller.user_id)
 
+    def _remove_refused_upload(self, caller: Principal, upload_id: str) -> None:
+        """Removes the upload of a refused submission if it is wholly the caller's and no
+        stored workflow uses it (marked so in the store first, which a workflow being stored
+        with it meanwhile cannot pass). A failure is only logged: the refusal stands."""
+        if self.uploads is None:
+            return
+        try:
+            files = self.uploads.files(upload_id)
+            if files and set(files.values()) == {caller.user_id} \
+                    and self.store.mark_upload(upload_id, UploadMark.REMOVED) is UploadMark.REMOVED:
+                self.uploads.remove(upload_id)
+        except Exception:  # cellar or etcd away: the upload stays, the refusal is what matters
+            log.warning("cannot remove upload %s of a refused submission", upload_id, exc_info=True)
+
     def _upload_problems(self, caller: Principal, definition: Definition, upload_id: str) -> list[Problem]:
         """A problem for every `cache:` input that was not uploaded with the submission and
-        for an upload id with nothing in it; PermissionDenied for someone else's upload
-        (its files would be readable by the workflow's jobs)."""
-        if self.uploaded is None:
+        for an upload id with nothing in it. Someone else's upload (its files would be
+        readable by the workflow's jobs) is refused in the same words as one with nothing
+        in it, so an upload id says nothing of whether it exists."""
+        if self.uploads is None:
             return []
-        present = self.uploaded(upload_id) if upload_id else {}
-        if upload_id and not caller.is_admin and any(owner != caller.user_id for owner in present.values()):
-            raise PermissionDenied(f"upload {upload_id} is not yours")
+        present = self.uploads.files(upload_id) if upload_id else {}
+        if not caller.is_admin and any(owner != caller.user_id for owner in present.values()):
+            present = {}
         problems = []
         if upload_id and not present:
             problems.append(Problem("upload_id", f"nothing was uploaded under '{upload_id}'"))
@@ -91,6 +126,9 @@ class DaggerService:
 
     def _store_new(self, definition: Definition, name: str, parallelism: int, fail_fast: bool,
                    upload_id: str, owner: str) -> WorkflowRecord:
+        if upload_id and self.store.mark_upload(upload_id, UploadMark.USED) is UploadMark.REMOVED:
+            raise InvalidArgument([Problem("upload_id", f"'{upload_id}' was removed with a refused submission: "
+                                                        "upload the files again under a new id")])
         workflow_id = WorkflowId(str(uuid.uuid4()))
         jobs = {job: JobRecord(job) for job in definition.jobs}
         workflow = WorkflowRecord(
@@ -109,12 +147,14 @@ class DaggerService:
         return self._get_versioned(caller, workflow_id)[0]
 
     def _get_versioned(self, caller: Principal, workflow_id: str) -> tuple[WorkflowRecord, int]:
+        caller.require_user()
         workflow, revision = self.store.workflow(checked_id(workflow_id))
         _check_owner(caller, workflow)
         return workflow, revision
 
     def run(self, caller: Principal, workflow_id: str) -> RunView:
         """The workflow with its definition and jobs, all as they were at one moment."""
+        caller.require_user()
         view = self.store.run(checked_id(workflow_id))
         _check_owner(caller, view.workflow)
         return view
@@ -122,13 +162,29 @@ class DaggerService:
     def workdir(self, workflow_id: WorkflowId) -> Path:
         return workflow_dir(self.config.data_root, workflow_id)
 
-    def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None,
-             limit: int = 0) -> list[WorkflowRecord]:
+    def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None, page_size: int = 0,
+                       page_token: str = "") -> tuple[list[WorkflowRecord], str]:
+        """A page of the caller's workflows (an admin's: everybody's), newest first, and the
+        token of the next page ("" after the last). With a status filter a page reads at
+        most PAGE_READS pages' worth of workflows, so it may hold fewer than asked."""
         caller.require_user()
-        workflows = [w for w in self.store.workflows()
-                     if (not statuses or w.status in statuses) and caller.owns(w.owner)]
-        workflows.sort(key=lambda w: w.created_at or 0, reverse=True)
-        return workflows[:limit] if limit > 0 else workflows
+        problems = []
+        if page_size < 0:
+            problems.append(Problem("page_size", f"must be 0 (the default, {DEFAULT_PAGE_SIZE}) or more"))
+        if page_token and not _PAGE_TOKEN.fullmatch(page_token):
+            problems.append(Problem("page_token", "not a token this listing gave (start again without one)"))
+        if problems:
+            raise InvalidArgument(problems)
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        owner = None if caller.is_admin else caller.user_id
+        found: list[WorkflowRecord] = []
+        position = page_token
+        for _ in range(PAGE_READS):
+            read, position = self.store.workflow_page(owner, position, size - len(found))
+            found += [w for w in read if (not statuses or w.status in statuses) and caller.owns(w.owner)]
+            if len(found) == size or not position:
+                break
+        return found, position
 
     def cancel(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
         workflow = self.get(caller, workflow_id)
@@ -295,5 +351,9 @@ def checked_id(workflow_id: str) -> WorkflowId:
 
 
 def _check_owner(caller: Principal, workflow: WorkflowRecord) -> None:
+    """Someone else's workflow is, to the caller, one that does not exist (so an id says
+    nothing of whether it names a workflow); a token that may not act as a user is told so
+    whatever the id names."""
+    caller.require_user()
     if not caller.owns(workflow.owner):
-        raise PermissionDenied(f"workflow {workflow.id} is not yours")
+        raise no_workflow(workflow.id)

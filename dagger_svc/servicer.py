@@ -106,9 +106,10 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
                 raise InvalidArgument([Problem("statuses", f"unknown workflow status {value}")])
             statuses.add(WorkflowStatus[pb.WorkflowStatus.Name(value).removeprefix("WORKFLOW_STATUS_")])
         if request.limit < 0:
-            raise InvalidArgument([Problem("limit", "must be 0 (all) or more")])
-        listed = self.service.list_workflows(self.principal(), statuses, request.limit)
-        return pb.ListWorkflowsResponse(workflows=[self._workflow(w) for w in listed])
+            raise InvalidArgument([Problem("limit", "must be 0 (the default page size) or more")])
+        listed, next_page = self.service.list_workflows(self.principal(), statuses,
+                                                        request.page_size or request.limit, request.page_token)
+        return pb.ListWorkflowsResponse(workflows=[self._workflow(w) for w in listed], next_page_token=next_page)
 
     def CancelWorkflow(self, request: pb.CancelWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         return self._workflow(self.service.cancel(self.principal(), request.id))

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, cast
 
 from dagger_svc.core.definition import Definition, StoredJob
@@ -75,6 +76,19 @@ def _definition(values: Iterable[bytes]) -> Definition:
     return Definition.from_stored(cast(StoredJob, json.loads(value)) for value in values)
 
 
+class UploadMark(str, Enum):
+    """What became of an upload first: a stored workflow uses it, or a refused submission
+    removed it. Whichever comes first stays, so an upload in use is never removed."""
+
+    USED = "used"
+    REMOVED = "removed"
+
+
+def no_workflow(workflow_id: str) -> NotFound:
+    """What a caller hears of a workflow that is not there (or, unless an admin, not theirs)."""
+    return NotFound(f"no workflow {workflow_id}")
+
+
 class Store:
     def __init__(self, client: etcd.Etcd, keys: Keys | None = None) -> None:
         self._etcd = client
@@ -120,29 +134,81 @@ class Store:
             name = stored["spec"]["name"]
             writes.append((self.keys.spec(workflow.id, name), _dump(stored)))
             writes.append((self.keys.job(workflow.id, name), _dump(jobs[name].to_dict())))
+        writes += [(key, b"") for key in self._listed(workflow)]  # (listed without a record: skipped)
         writes.append((self.keys.workflow(workflow.id), _dump(workflow.to_dict())))
         writes.append((self.keys.queued(workflow.id), b"1"))
         try:
             self._put_guarded(writes, {}, unguarded=frozenset({self.keys.queued(workflow.id)}))
         except Exception:
-            self._delete_workflow_keys(workflow.id)
+            self._delete_workflow_keys(workflow)
             raise
 
-    def _delete_workflow_keys(self, workflow_id: WorkflowId) -> None:
-        for prefix in (self.keys.specs(workflow_id), self.keys.jobs(workflow_id)):
+    def _listed(self, workflow: WorkflowRecord) -> list[str]:
+        return [self.keys.listed(owner, workflow.created_at or 0, workflow.id) for owner in (None, workflow.owner)]
+
+    def _delete_workflow_keys(self, workflow: WorkflowRecord) -> None:
+        for prefix in (self.keys.specs(workflow.id), self.keys.jobs(workflow.id)):
             self._etcd.delete_prefix(prefix)
-        for key in (self.keys.workflow(workflow_id), self.keys.queued(workflow_id), self.keys.cancel(workflow_id)):
+        for key in (self.keys.workflow(workflow.id), self.keys.queued(workflow.id), self.keys.cancel(workflow.id),
+                    *self._listed(workflow)):
             self._etcd.delete(key)
 
     def workflow(self, workflow_id: WorkflowId) -> tuple[WorkflowRecord, int]:
         """The workflow record and its revision."""
         found = self._etcd.get(self.keys.workflow(workflow_id))
         if found is None:
-            raise NotFound(f"no workflow {workflow_id}")
+            raise no_workflow(workflow_id)
         return _workflow(found.value), found.mod_revision
 
     def workflows(self) -> list[WorkflowRecord]:
+        """Every workflow (a scan of them all: for upgrades and tests)."""
         return [_workflow(kv.value) for kv in self._etcd.get_prefix(self.keys.workflows)]
+
+    def workflow_page(self, owner: str | None, after: str, size: int) -> tuple[list[WorkflowRecord], str]:
+        """Up to `size` workflows of the owner (None: of everybody), newest first, from just
+        after the position `after` ("": the newest); and the position of the last one read
+        ("" when there is nothing older)."""
+        prefix = self.keys.listing(owner)
+        entries = self._etcd.get_range(prefix, prefix + after if after else etcd.prefix_end(prefix), size,
+                                       newest_first=True)
+        ids = [kv.key.rsplit("/", 1)[1] for kv in entries]
+        found: dict[str, WorkflowRecord] = {}
+        for start in range(0, len(ids), MAX_OPS_PER_TXN):
+            result = self._etcd.txn([], [etcd.get(self.keys.workflow(i)) for i in ids[start:start + MAX_OPS_PER_TXN]])
+            found.update((w.id, w) for w in (_workflow(kv.value) for kvs in result.ranges for kv in kvs))
+        position = entries[-1].key.removeprefix(prefix) if len(entries) == size else ""
+        return [found[i] for i in ids if i in found], position
+
+    # ---- uploads -------------------------------------------------------------------
+
+    def mark_upload(self, upload_id: str, mark: UploadMark) -> UploadMark:
+        """Gives the upload this mark unless it has one already; the mark it has now."""
+        key = self.keys.upload(upload_id)
+        while True:
+            if self._etcd.txn([etcd.absent(key)], [etcd.put(key, mark.value)]).succeeded:
+                return mark
+            found = self._etcd.get(key)
+            if found is not None:  # (marks are never removed: this is only in case)
+                return UploadMark(found.value.decode())
+
+    def upgrade(self) -> None:
+        """Brings what earlier versions stored up to date, once per etcd: workflows stored
+        before uploads were marked mark theirs used; those stored before the listing keys
+        get theirs."""
+        steps = {"upload-marks": self._mark_uploads_used, "workflow-listing": self._list_workflows}
+        for name, step in steps.items():
+            done = self.keys.upgrade(name)
+            if self._etcd.get(done) is None:
+                for workflow in self.workflows():
+                    step(workflow)
+                self._etcd.put(done, b"1")
+
+    def _mark_uploads_used(self, workflow: WorkflowRecord) -> None:
+        if workflow.upload_id:
+            self.mark_upload(workflow.upload_id, UploadMark.USED)
+
+    def _list_workflows(self, workflow: WorkflowRecord) -> None:
+        self._etcd.txn([], [etcd.put(key, b"") for key in self._listed(workflow)])
 
     def definition(self, workflow_id: WorkflowId) -> Definition:
         return _definition(kv.value for kv in self._etcd.get_prefix(self.keys.specs(workflow_id)))
@@ -167,7 +233,7 @@ class Store:
         """The workflow with its definition and job records, all as they were at one revision."""
         result = self._etcd.txn([], [etcd.get(self.keys.workflow(workflow_id))])
         if not result.ranges[0]:
-            raise NotFound(f"no workflow {workflow_id}")
+            raise no_workflow(workflow_id)
         specs = self._etcd.get_prefix(self.keys.specs(workflow_id), revision=result.revision)
         job_kvs = self._etcd.get_prefix(self.keys.jobs(workflow_id), revision=result.revision)
         jobs = {job.name: job for job in (_job(kv.value) for kv in job_kvs)}

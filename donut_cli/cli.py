@@ -465,15 +465,24 @@ def status(settings: Settings, workflow_id: str, as_json: bool) -> None:
 @cli.command(name="list")
 @click.option("--status", "statuses", multiple=True, type=click.Choice(STATUS_NAMES), help="Only these (repeatable).")
 @click.option("--limit", type=click.IntRange(0), default=0, help="At most this many, newest first (0: all).")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=100, help="Workflows asked for per call.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 @rpc_errors
-def list_(settings: Settings, statuses: tuple[str, ...], limit: int, as_json: bool) -> None:
+def list_(settings: Settings, statuses: tuple[str, ...], limit: int, page_size: int, as_json: bool) -> None:
     """List workflows, newest first."""
     client = settings.client
-    request = pb.ListWorkflowsRequest(statuses=[pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{s.upper()}")
-                                                for s in statuses], limit=limit)
-    workflows = [workflow_json(w) for w in client.dagger.ListWorkflows(request, metadata=client.metadata).workflows]
+    wanted = [pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{s.upper()}") for s in statuses]
+    workflows: list[dict[str, Any]] = []
+    token = ""
+    while not limit or len(workflows) < limit:  # page after page
+        page = client.dagger.ListWorkflows(pb.ListWorkflowsRequest(
+            statuses=wanted, page_size=min(page_size, limit - len(workflows)) if limit else page_size,
+            page_token=token), metadata=client.metadata)
+        workflows += [workflow_json(w) for w in page.workflows]
+        token = page.next_page_token
+        if not token:
+            break
     if as_json:
         click.echo(json.dumps(workflows, indent=2))
         return

@@ -129,7 +129,9 @@ class Stack:
                                  daemon=True).start()
             client = Etcd.connect(endpoints, access=access)
             self.store = Store(client, Keys(c.etcd_prefix))
+            self.store.upgrade()
             self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
+            self.users.store.upgrade(now=self.clock.time())
             self.service_token = self._service_token(self.users)
             self.logs = LogStore(c.data_dir / "logs", max_bytes=c.max_log_bytes)
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
@@ -158,10 +160,7 @@ class Stack:
         ca = c.tls_cert.read_bytes() if c.tls_cert else None
         internal = self._channel(channel(self.endpoint, tls_ca=ca))
         services = self._channel(channel(self.endpoint, token=self.service_token, tls_ca=ca))
-        service_cellar = CellarClient(services)  # checks uploads at submit
-
-        def uploaded(upload_id: str) -> dict[str, str]:
-            return {f.ref.path: f.owner for f in service_cellar.list("cache", upload_id)}
+        uploads = _CellarUploads(CellarClient(services))  # checks uploads at submit, removes refused ones
 
         def cellar(token: str) -> CellarClient:
             return CellarClient(internal, (("authorization", f"Bearer {token}"),))
@@ -184,7 +183,7 @@ class Stack:
         self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                    lease_ttl=c.lease_ttl)
         service = DaggerService(self.store, self.logs, self.scheduler,
-                                DaggerConfig(data_root, c.default_parallelism), uploaded)
+                                DaggerConfig(data_root, c.default_parallelism), uploads)
         return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
                 users_registration(self.users)]
 
@@ -276,6 +275,19 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class _CellarUploads:
+    """dagger's view of the uploads (`dagger_svc.service.Uploads`), through cellar."""
+
+    cellar: CellarClient
+
+    def files(self, upload_id: str) -> dict[str, str]:
+        return {f.ref.path: f.owner for f in self.cellar.list("cache", upload_id)}
+
+    def remove(self, upload_id: str) -> None:
+        self.cellar.delete("cache", upload_id)
 
 
 def _lock(data_dir: Path) -> TextIO:

@@ -89,6 +89,11 @@ def value_equals(key: str, value: bytes) -> Compare:
                            value=value)
 
 
+def prefix_end(prefix: str) -> str:
+    """The first key after every key under `prefix`."""
+    return _prefix_end(prefix.encode()).decode()
+
+
 def _prefix_end(start: bytes) -> bytes:
     return start[:-1] + bytes([start[-1] + 1])
 
@@ -248,6 +253,17 @@ class Etcd:
                 return found
             revision = revision or response.header.revision  # every page as the first one saw it
             start = response.kvs[-1].key + b"\0"
+
+    def get_range(self, start: str, end: str, limit: int, newest_first: bool = False) -> list[KeyValue]:
+        """The first `limit` keys from `start` up to (not including) `end`, in key order
+        (or, newest_first, the last ones, in reverse order)."""
+        request = etcdrpc.RangeRequest(key=start.encode(), range_end=end.encode(), limit=limit)
+        if newest_first:
+            request.sort_order = etcdrpc.RangeRequest.DESCEND
+            request.sort_target = etcdrpc.RangeRequest.KEY
+        with boundary(f"reading {start}"):
+            response = self._client.kvstub.Range(request, self._client.timeout)
+        return [KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in response.kvs]
 
     def put(self, key: str, value: str | bytes) -> None:
         with self._calling(f"writing {key}"):

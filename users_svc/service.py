@@ -26,10 +26,21 @@ from donut_common.auth import (
     Principal,
     split_token,
 )
-from donut_common.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, Problem, Unauthenticated
+from donut_common.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Problem,
+    Unauthenticated,
+)
 from users_svc.store import TokenRecord, UserRecord, UserStore
 
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last-used time
+FORGET_AFTER = 86400.0  # seconds a revoked or expired token is still kept (and listed), then deleted
+MAX_MAKERS = 16  # tokens in the chain that made a token (checked at each verification, in one read)
+FORGET_PER_MINT = 8     # ended tokens deleted by each new one: the sweep keeps pace with job tokens
 LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_.]{0,62}$")
 _SCOPE_PATTERN = re.compile(
     f"user|admin|service|job:{names.WORKFLOW_ID}/{names.JOB_NAME}/[1-9][0-9]{{0,8}}|cache:{names.UPLOAD_ID}")
@@ -39,6 +50,12 @@ _SCOPE_PATTERN = re.compile(
 class NewToken:
     record: TokenRecord
     secret: str  # shown once
+
+
+def _ended(token: TokenRecord | None, now: float) -> bool:
+    """Revoked, expired, or gone (forgotten a while after it ended)."""
+    ends_at = None if token is None else token.ends_at
+    return token is None or (ends_at is not None and ends_at <= now)
 
 
 def _hash(secret: str) -> str:
@@ -67,6 +84,10 @@ class UsersService:
             raise Unauthenticated("the token was revoked")
         if record.expires_at is not None and record.expires_at <= now:
             raise Unauthenticated("the token has expired")
+        if record.makers:
+            makers = self.store.tokens_by_id(list(record.makers))
+            if any(_ended(makers.get(m), now) for m in record.makers):
+                raise Unauthenticated("the token that made it (or one before) was revoked or has expired")
         user = self.store.user(record.user_id)
         if record.last_used_at is None or now - record.last_used_at > LAST_USED_EVERY:
             self.store.save_token(record.with_(last_used_at=now), revision)  # skipped if it changed meanwhile
@@ -125,32 +146,44 @@ class UsersService:
             problems.append(Problem("name", "must be at most 100 characters"))
         if problems:
             raise InvalidArgument(problems)
-        target = self.store.user(user_id or (self.store.user_id_by_login(user_login) if user_login
-                                             else caller.user_id))
-        if all(s.startswith(("job:", "cache:")) for s in scopes):
+        # who may, first: whether the user named exists is told to admins and services only
+        job_only = all(s.startswith(("job:", "cache:")) for s in scopes)
+        if job_only:
             if not (caller.is_service or caller.is_admin):
                 raise PermissionDenied("job tokens are minted by the scheduler (service credentials)")
-        elif target.id != caller.user_id:
-            if not caller.is_admin:
-                raise PermissionDenied("you may only create tokens for yourself")
-        else:
+        elif not caller.is_admin:
             caller.require_user()
-            if not caller.is_admin and not set(scopes) <= set(caller.scopes):
+            if (user_id or caller.user_id) != caller.user_id or (user_login or caller.login) != caller.login:
+                raise PermissionDenied("you may only create tokens for yourself")
+            if not set(scopes) <= set(caller.scopes):
                 raise PermissionDenied("a token cannot create a token with more rights than its own")
+        target = self.store.user(user_id or (self.store.user_id_by_login(user_login) if user_login
+                                             else caller.user_id))
         if SCOPE_ADMIN in scopes and not target.admin:
             raise PermissionDenied(f"{target.login} is not an admin")
         if SCOPE_SERVICE in scopes and not caller.is_admin:
             raise PermissionDenied("only admins may create service tokens")
-        return self.mint(target, name, scopes, expires_in)
+        if job_only or not caller.token_id:  # an attempt's token lives by its attempt, not by the scheduler's
+            return self.mint(target, name, scopes, expires_in)
+        maker = self.store.token(caller.token_id)
+        if len(maker.makers) >= MAX_MAKERS:
+            raise FailedPrecondition(f"this token was made by a chain of {MAX_MAKERS} tokens: "
+                                     "make new ones with a token made by fewer")
+        if maker.expires_at is not None:
+            left = maker.expires_at - self.clock()
+            expires_in = min(expires_in or left, left)
+        return self.mint(target, name, scopes, expires_in, makers=(*maker.makers, maker.id))
 
     def list_tokens(self, caller: Principal, user_login: str = "") -> list[TokenRecord]:
         caller.require_user()
+        if user_login and user_login != caller.login:
+            caller.require_admin()  # before looking the login up: it says nothing of who exists
         target = self.store.user_id_by_login(user_login) if user_login else caller.user_id
-        if target != caller.user_id:
-            caller.require_admin()
-        return [t for t in self.store.tokens(target) if not any(s.startswith("job:") for s in t.scopes)]
+        return self.store.tokens(target)
 
     def revoke_token(self, caller: Principal, token_id: str) -> TokenRecord:
+        if not caller.is_service:
+            caller.require_user()
         while True:  # again if the record changed under us (its last use was recorded)
             try:
                 record, revision = self.store.token_and_revision(token_id)
@@ -158,8 +191,8 @@ class UsersService:
                 raise NotFound(f"no token {token_id}") from None
             if not (caller.is_admin or (caller.acts_as_user and record.user_id == caller.user_id)
                     or (caller.is_service and all(s.startswith(("job:", "cache:")) for s in record.scopes))):
-                raise PermissionDenied("you may only revoke your own tokens")
-            revoked = record.with_(revoked=True)
+                raise NotFound(f"no token {token_id}")  # someone else's: as if there were none
+            revoked = record if record.revoked else record.with_(revoked=True, revoked_at=self.clock())
             if self.store.save_token(revoked, revision):
                 return revoked
 
@@ -175,12 +208,16 @@ class UsersService:
             except Conflict:
                 return self.store.user(self.store.user_id_by_login(login))
 
-    def mint(self, user: UserRecord, name: str, scopes: tuple[str, ...], expires_in: float = 0) -> NewToken:
+    def mint(self, user: UserRecord, name: str, scopes: tuple[str, ...], expires_in: float = 0,
+             makers: tuple[str, ...] = ()) -> NewToken:
         """Issues a token, unchecked: callers have checked who may have it (create_token),
-        or it is the stack's own (the first admin token, service credentials)."""
+        or it is the stack's own (the first admin token, service credentials). It works
+        only while every token of `makers` does."""
         now = self.clock()
+        self.store.forget_ended(now - FORGET_AFTER, FORGET_PER_MINT)  # a little of it each time: bounded work
         secret = secrets.token_urlsafe(32)
         record = TokenRecord(id=secrets.token_hex(8), user_id=user.id, name=name, secret_hash=_hash(secret),
-                             scopes=scopes, created_at=now, expires_at=now + expires_in if expires_in else None)
+                             scopes=scopes, created_at=now, expires_at=now + expires_in if expires_in else None,
+                             makers=makers)
         self.store.save_token(record)
         return NewToken(record, f"{TOKEN_PREFIX}{record.id}_{secret}")

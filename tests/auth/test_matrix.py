@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -99,6 +100,7 @@ def cellar_calls(w: World) -> dict[str, Call]:
         "Get": lambda s: list(s.Get(cpb.GetRequest(ref=result))),
         "Stat": lambda s: s.Stat(result),
         "List": lambda s: s.List(cpb.ListRequest(kind=cpb.KIND_RESULT, scope=w.workflow)),
+        "Delete": lambda s: s.Delete(cpb.DeleteRequest(kind=cpb.KIND_RESULT, scope=w.workflow)),
     }
 
 
@@ -173,11 +175,14 @@ def test_the_matrix(world: World) -> None:
     unauthenticated = [k for k in results if k[0] in bad_credentials]
     assert {k: results[k] for k in unauthenticated if results[k] != UNAUTH} == {}
     # Bob may use his own account (who he is, validating, listing his own nothing);
-    # everything of Alice's and everything admin-only is refused.
+    # everything of Alice's is not there for him, and everything admin-only is refused.
     bob_allowed = {("dagger", "ValidateDefinition"), ("dagger", "ListWorkflows"), ("dagger", "CreateWorkflow"),
                    ("users", "WhoAmI"), ("cellar", "List")}
+    alices = {("dagger", n) for n in ("GetWorkflow", "CancelWorkflow", "RetryWorkflow", "CloneWorkflow",
+                                      "WatchWorkflow", "GetJob", "ListJobs", "TailLogs")}
+    alices |= {("cellar", "Get"), ("cellar", "Stat"), ("users", "RevokeToken")}
     wrong = {k: v for k, v in results.items() if k[0] == "other user" and (k[1], k[2]) not in bob_allowed
-             and v != DENIED}
+             and v != (grpc.StatusCode.NOT_FOUND if (k[1], k[2]) in alices else DENIED)}
     assert wrong == {}
     # The job token may only speak for job j: everything here is another job or not a job's business.
     job_allowed = {("cellar", "Get"), ("cellar", "Stat"), ("cellar", "List"), ("users", "WhoAmI")}
@@ -245,7 +250,8 @@ def put_cache(stub: Any, upload: str, path: str, data: bytes) -> Any:
 
 def test_an_upload_is_its_owner_s_alone(world: World) -> None:
     """Bob can neither add files to Alice's upload nor give his workflow's jobs access to
-    it by naming it at submit; an upload id with nothing in it is refused."""
+    it by naming it at submit (he is told nothing was uploaded under it); an upload id with
+    nothing in it is refused."""
     alice, bob = stubs(world.stack.endpoint, world.alice), stubs(world.stack.endpoint, world.bob)
     assert put_cache(alice["cellar"], "alices-upload", "secret.txt", b"s").owner == world.alice_id
     before = snapshot(world.stack)
@@ -253,7 +259,7 @@ def test_an_upload_is_its_owner_s_alone(world: World) -> None:
     assert code_of(lambda s: put_cache(s, "alices-upload", "more.txt", b"x"), bob["cellar"]) == DENIED
     definition = json.dumps({"jobs": [{"name": "steal", "image": "x", "cmd": "true", "args": []}]}).encode()
     submit = dpb.CreateWorkflowRequest(definition=definition, upload_id="alices-upload")
-    assert code_of(lambda s: s.CreateWorkflow(submit), bob["dagger"]) == DENIED
+    assert code_of(lambda s: s.CreateWorkflow(submit), bob["dagger"]) == grpc.StatusCode.INVALID_ARGUMENT
     empty = dpb.CreateWorkflowRequest(definition=definition, upload_id="nothing-here")
     assert code_of(lambda s: s.CreateWorkflow(empty), bob["dagger"]) == grpc.StatusCode.INVALID_ARGUMENT
     assert snapshot(world.stack) == before
@@ -321,3 +327,126 @@ def test_an_idle_stream_ends_once_its_token_is_revoked(world: World) -> None:
         assert time.monotonic() - revoked_at < world.stack.config.token_cache_seconds + 5
     finally:
         alice["dagger"].CancelWorkflow(dpb.CancelWorkflowRequest(id=workflow))
+
+
+def owned_calls(workflow: str, upload: str, token_id: str, login: str) -> dict[str, Call]:
+    """Every call that names something a user owns, naming the given things."""
+    result = cpb.FileRef(kind=cpb.KIND_RESULT, scope=workflow, job="j", path="r.txt")
+    definition = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": []}]}).encode()
+    return {
+        "GetWorkflow": lambda s: s["dagger"].GetWorkflow(dpb.GetWorkflowRequest(id=workflow)),
+        "GetWorkflow with jobs": lambda s: s["dagger"].GetWorkflow(dpb.GetWorkflowRequest(id=workflow,
+                                                                                          include_jobs=True)),
+        "CancelWorkflow": lambda s: s["dagger"].CancelWorkflow(dpb.CancelWorkflowRequest(id=workflow)),
+        "RetryWorkflow": lambda s: s["dagger"].RetryWorkflow(dpb.RetryWorkflowRequest(id=workflow)),
+        "CloneWorkflow": lambda s: s["dagger"].CloneWorkflow(dpb.CloneWorkflowRequest(id=workflow)),
+        "WatchWorkflow": lambda s: next(iter(s["dagger"].WatchWorkflow(dpb.WatchWorkflowRequest(id=workflow)))),
+        "GetJob": lambda s: s["dagger"].GetJob(dpb.GetJobRequest(workflow_id=workflow, name="j")),
+        "GetJob of no job": lambda s: s["dagger"].GetJob(dpb.GetJobRequest(workflow_id=workflow, name="zz")),
+        "ListJobs": lambda s: s["dagger"].ListJobs(dpb.ListJobsRequest(workflow_id=workflow)),
+        "TailLogs": lambda s: list(s["dagger"].TailLogs(dpb.TailLogsRequest(workflow_id=workflow, job="j"))),
+        "TailLogs of attempt 9": lambda s: list(s["dagger"].TailLogs(dpb.TailLogsRequest(
+            workflow_id=workflow, job="j", attempt=9))),
+        "CreateWorkflow with the upload": lambda s: s["dagger"].CreateWorkflow(dpb.CreateWorkflowRequest(
+            definition=definition, upload_id=upload)),
+        "Get": lambda s: list(s["cellar"].Get(cpb.GetRequest(ref=result))),
+        "Get past the end": lambda s: list(s["cellar"].Get(cpb.GetRequest(ref=result, offset=1000))),
+        "Stat": lambda s: s["cellar"].Stat(result),
+        "List": lambda s: s["cellar"].List(cpb.ListRequest(kind=cpb.KIND_RESULT, scope=workflow)).files,
+        "RevokeToken": lambda s: s["users"].RevokeToken(upb.RevokeTokenRequest(id=token_id)),
+        "ListTokens": lambda s: s["users"].ListTokens(upb.ListTokensRequest(user_login=login)),
+        "CreateToken": lambda s: s["users"].CreateToken(upb.CreateTokenRequest(user_login=login)),
+        "GetUser": lambda s: s["users"].GetUser(upb.GetUserRequest(login=login)),
+    }
+
+
+def answer_of(call: Call, stub: Any) -> tuple[grpc.StatusCode, str]:
+    try:
+        call(stub)
+    except grpc.RpcError as e:
+        return e.code(), e.details()  # type: ignore[attr-defined]
+    return grpc.StatusCode.OK, ""
+
+
+def test_someone_else_s_things_answer_like_things_that_do_not_exist(world: World) -> None:
+    """Bob asking for Alice's workflow, files, upload, token or account hears exactly what
+    he hears for ids that name nothing (status and message), so he learns nothing of them;
+    an admin sees hers, and is told when something does not exist."""
+    stack = world.stack
+    alice = stubs(stack.endpoint, world.alice)
+    assert put_cache(alice["cellar"], "alices-upload", "secret.txt", b"s").size == 1
+    real = {"workflow": world.workflow, "upload": "alices-upload", "token": world.alice_token_id, "login": "alice"}
+    unknown = {"workflow": str(uuid.uuid4()), "upload": "no-such-upload", "token": "0123456789abcdef",
+               "login": "nobody-at-all"}
+    before = snapshot(stack)
+    theirs = owned_calls(*real.values())
+    nothing = owned_calls(*unknown.values())
+
+    def same_words(answer: tuple[grpc.StatusCode, str]) -> tuple[grpc.StatusCode, str]:
+        details = answer[1]
+        for what, value in unknown.items():
+            details = details.replace(value, real[what])
+        return answer[0], details
+
+    for who in ("bob", "job token"):
+        caller = stubs(stack.endpoint, world.bob if who == "bob" else world.job_token)
+        # (a job token may read its own job's results: the cellar's calls aside)
+        calls = [n for n in theirs if who == "bob" or n not in ("Get", "Get past the end", "Stat", "List")]
+        answers = {name: (answer_of(theirs[name], caller), same_words(answer_of(nothing[name], caller)))
+                   for name in calls}
+        assert {name: pair for name, pair in answers.items() if pair[0] != pair[1]} == {}, who
+        if who == "bob":
+            assert answers["GetWorkflow"][0][0] == grpc.StatusCode.NOT_FOUND
+            assert answers["Get past the end"][0][0] == grpc.StatusCode.NOT_FOUND
+            assert answers["RevokeToken"][0][0] == grpc.StatusCode.NOT_FOUND
+    assert snapshot(stack) == before
+
+    admin = stubs(stack.endpoint, stack.admin_token)
+    assert answer_of(theirs["GetWorkflow"], admin)[0] == grpc.StatusCode.OK
+    assert answer_of(theirs["Stat"], admin)[0] == grpc.StatusCode.OK
+    assert answer_of(theirs["Get past the end"], admin)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert answer_of(theirs["ListTokens"], admin)[0] == grpc.StatusCode.OK
+    for name in ("GetWorkflow", "Stat", "RevokeToken", "ListTokens"):
+        assert answer_of(nothing[name], admin)[0] == grpc.StatusCode.NOT_FOUND, name
+
+
+def cellar_files(stack: Any, scope: str) -> list[str]:
+    """Every file the cellar keeps for a scope (data, sidecars, owners)."""
+    root = Path(stack.config.data_dir) / "cellar"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if scope in p.parts)
+
+
+def test_a_refused_submission_leaves_no_upload_behind(world: World) -> None:
+    """A submission refused with an upload of the caller's removes that upload, sidecars
+    and all; an upload a stored workflow uses, or someone else's, stays."""
+    stack = world.stack
+    alice, bob = stubs(stack.endpoint, world.alice), stubs(stack.endpoint, world.bob)
+    uses = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": [],
+                                 "inputs": [{"cache": "in.csv", "local": "in.csv"}]}]}).encode()
+    wrong = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": [],
+                                  "inputs": [{"cache": "missing.csv", "local": "m.csv"}]}]}).encode()
+    broken = b"jobs: [{name: a}]"
+    for upload, definition in (("refused-upload", wrong), ("broken-upload", broken)):
+        put_cache(alice["cellar"], upload, "in.csv", b"1,2\n")
+        put_cache(alice["cellar"], upload, "deep/more.csv", b"3\n")
+        assert cellar_files(stack, upload)
+        submit = dpb.CreateWorkflowRequest(definition=definition, upload_id=upload)
+        assert code_of(lambda s, submit=submit: s.CreateWorkflow(submit), alice["dagger"]) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        assert cellar_files(stack, upload) == [], upload
+
+    put_cache(alice["cellar"], "used-upload", "in.csv", b"1,2\n")
+    used = alice["dagger"].CreateWorkflow(dpb.CreateWorkflowRequest(definition=uses, upload_id="used-upload")).id
+    kept = cellar_files(stack, "used-upload")
+    for who in (alice, bob):
+        submit = dpb.CreateWorkflowRequest(definition=wrong, upload_id="used-upload")
+        assert code_of(lambda s, submit=submit: s.CreateWorkflow(submit), who["dagger"]) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        assert cellar_files(stack, "used-upload") == kept
+    assert alice["dagger"].CloneWorkflow(dpb.CloneWorkflowRequest(id=used)).upload_id == "used-upload"
+
+    put_cache(alice["cellar"], "alices-upload", "in.csv", b"1,2\n")  # unused, but not Bob's to remove
+    mine = cellar_files(stack, "alices-upload")
+    submit = dpb.CreateWorkflowRequest(definition=wrong, upload_id="alices-upload")
+    assert code_of(lambda s: s.CreateWorkflow(submit), bob["dagger"]) == grpc.StatusCode.INVALID_ARGUMENT
+    assert cellar_files(stack, "alices-upload") == mine

@@ -290,3 +290,24 @@ def test_owners_are_the_users_who_stored_in_the_scope(storage: LocalStorage) -> 
     storage.put(cache("c"), [b"3"], owner="u2")
     assert storage.owners("cache", "up1") == {"u1", "u2"}
     assert storage.owners("cache", "up2") == set()
+
+
+def test_deleting_a_scope_leaves_nothing_of_it_and_follows_no_link(
+    storage: LocalStorage, root: Path, outside: Path
+) -> None:
+    storage.put(cache("a.csv"), [b"1"], owner="alice")
+    storage.put(cache("deep/b.csv"), [b"2"], owner="alice")
+    storage.put(cache("kept.csv", scope="up2"), [b"3"], owner="alice")
+    (root / "cache" / "up1" / "deep" / "out").symlink_to(outside)
+    storage.delete("cache", "up1")
+    assert [p for p in all_files(root) if "up1" in p] == []
+    assert not (root / "cache" / "up1").exists() and storage.owners("cache", "up1") == set()
+    assert [i.ref.path for i in storage.list("cache", "up2")] == ["kept.csv"]
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    storage.delete("cache", "never-there")
+    (root / "cache" / "up3").symlink_to(outside)
+    with pytest.raises(PermissionDenied, match="symbolic link"):
+        storage.delete("cache", "up3")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    with pytest.raises(InvalidArgument, match="scope"):
+        storage.delete("cache", "../up2")

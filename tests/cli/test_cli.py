@@ -166,7 +166,7 @@ def test_server_down_gives_one_clear_line(donut_home: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_uploaded_files_reach_cache_inputs(cli: Any, tmp_path: Path) -> None:
+def test_uploaded_files_reach_cache_inputs(cli: Any, stack: Any, tmp_path: Path) -> None:
     data = tmp_path / "data.csv"
     data.write_text("a,b\n1,2\n")
     folder = tmp_path / "more"
@@ -187,6 +187,8 @@ def test_uploaded_files_reach_cache_inputs(cli: Any, tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "jobs[0].inputs[0].cache: 'nothing.csv' was not uploaded" in refused.stderr
     assert [w["id"] for w in json.loads(cli("list", "--json").stdout)] == [workflow_id]  # nothing stored
+    uploads = Path(stack.config.data_dir) / "cellar" / "cache"
+    assert len(list(uploads.iterdir())) == 1  # the refused submission's upload is gone
 
 
 def test_a_directory_output_downloads_into_the_same_tree(cli: Any, tmp_path: Path) -> None:
@@ -217,3 +219,17 @@ def test_a_second_stack_on_the_same_data_dir_is_refused_at_once(stack: Any, donu
                                      "(is `donut up` running already?)")
     assert time.monotonic() - started < 15
     assert stack.users.ensure_user("admin", admin=True)  # the first stack is unharmed
+
+
+def test_list_follows_the_pages(cli: Any, stack: Any) -> None:
+    from donut.dagger.v1 import dagger_pb2 as pb
+    from donut.dagger.v1 import dagger_pb2_grpc
+    from donut_common.rpc import channel
+
+    stub = dagger_pb2_grpc.DaggerStub(channel(stack.endpoint, token=stack.admin_token))
+    definition = json.dumps({"jobs": [{"name": "a", "image": "x", "cmd": "true", "args": []}]}).encode()
+    ids = [stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition)).id for _ in range(5)]
+    listed = cli("list", "--page-size", "2", "--json")
+    assert [w["id"] for w in json.loads(listed.stdout)] == ids[::-1], listed.stderr
+    limited = cli("list", "--page-size", "2", "--limit", "3", "--json")
+    assert [w["id"] for w in json.loads(limited.stdout)] == ids[:-4:-1], limited.stderr

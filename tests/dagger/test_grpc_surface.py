@@ -215,3 +215,25 @@ def test_jobs_get_only_the_stack_environment_they_are_allowed(tmp_path: Any, sta
                  for line in chunk.lines if line.stream == pb.LOG_STREAM_STDOUT]
         assert lines == [b"secret=none shared=for-jobs path=set"]
         driver.close()
+
+
+def test_workflows_are_listed_in_pages_newest_first(driver: Driver) -> None:
+    stub = driver.stub
+    submitted = [driver.submit([sh("true", "a")]) for _ in range(7)]
+    newest_first, token, sizes = [], "", []
+    while True:
+        page = stub.ListWorkflows(pb.ListWorkflowsRequest(page_size=3, page_token=token))
+        newest_first += [w.id for w in page.workflows]
+        sizes.append(len(page.workflows))
+        token = page.next_page_token
+        if not token:
+            break
+    assert newest_first == submitted[::-1] and sizes == [3, 3, 1]
+    assert [w.id for w in stub.ListWorkflows(pb.ListWorkflowsRequest(limit=2)).workflows] == submitted[:-3:-1]
+    for bad, field in ((pb.ListWorkflowsRequest(page_size=-1), "page_size"),
+                       (pb.ListWorkflowsRequest(page_token="not a token"), "page_token")):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListWorkflows(bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert field in refused.value.details()  # type: ignore[attr-defined]
+    assert len(stub.ListWorkflows(pb.ListWorkflowsRequest(page_size=10**6)).workflows) == 7  # at most the maximum

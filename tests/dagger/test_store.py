@@ -9,7 +9,7 @@ import pytest
 from dagger_svc.core.definition import parse_definition
 from dagger_svc.core.records import JobRecord, JobStatus, WorkflowRecord
 from dagger_svc.keys import Keys
-from dagger_svc.store import MAX_OPS_PER_TXN, Store
+from dagger_svc.store import MAX_OPS_PER_TXN, Store, UploadMark
 from donut_common.errors import Conflict, NotFound, Unavailable
 from donut_common.etcd import Etcd
 
@@ -133,3 +133,32 @@ def test_a_run_larger_than_one_answer_of_etcd_is_claimed_and_read_in_pages(store
     assert len(snapshot.revisions) == 10_001  # every job record, and the workflow's
     view = store.run(WORKFLOW_ID)
     assert len(view.jobs) == 10_000 and view.definition.jobs["j7"].args == ("a" * 300,)
+
+
+def test_an_upload_keeps_its_first_mark_and_old_workflows_mark_theirs(store: Store) -> None:
+    assert store.mark_upload("u1", UploadMark.USED) is UploadMark.USED
+    assert store.mark_upload("u1", UploadMark.REMOVED) is UploadMark.USED  # in use: never removed
+    assert store.mark_upload("u2", UploadMark.REMOVED) is UploadMark.REMOVED
+    assert store.mark_upload("u2", UploadMark.USED) is UploadMark.REMOVED  # gone: never used
+    definition = big_definition(1)
+    old = WorkflowRecord(id=WORKFLOW_ID, name="old", job_total=1, upload_id="u3")  # stored before the marks
+    store.create_workflow(old, definition, {name: JobRecord(name) for name in definition.jobs})
+    store.upgrade()
+    assert store.mark_upload("u3", UploadMark.REMOVED) is UploadMark.USED
+
+
+def test_workflows_stored_before_the_listing_keys_are_listed_after_the_upgrade(store: Store, etcd_client: Etcd,
+                                                                              etcd_prefix: str) -> None:
+    definition = big_definition(1)
+    for i, owner in enumerate(("alice", "bob", "alice")):
+        workflow = WorkflowRecord(id=f"{i}1111111-2222-4333-8444-555555555555", name="old", job_total=1,
+                                  owner=owner, created_at=1000.0 + i)
+        store.create_workflow(workflow, definition, {name: JobRecord(name) for name in definition.jobs})
+    for listing in ("by-time/", "by-owner/"):
+        etcd_client.delete_prefix(etcd_prefix + listing)  # as an earlier version left them
+    assert store.workflow_page(None, "", 10) == ([], "")
+    store.upgrade()
+    assert [w.id[0] for w in store.workflow_page(None, "", 10)[0]] == ["2", "1", "0"]
+    first, position = store.workflow_page("alice", "", 1)
+    assert [w.id[0] for w in first] == ["2"] and position
+    assert [w.id[0] for w in store.workflow_page("alice", position, 1)[0]] == ["0"]

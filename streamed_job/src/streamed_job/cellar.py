@@ -56,6 +56,10 @@ class CellarClient:
         assert info is not None
         return info
 
+    def delete(self, kind: str, scope: str) -> None:
+        """Removes every file of the scope (services and admins only)."""
+        self.stub.Delete(pb.DeleteRequest(kind=KINDS[kind], scope=scope), metadata=self.metadata)
+
     def list(self, kind: str, scope: str, job: str = "") -> builtins.list[pb.FileInfo]:
         return list(self.stub.List(pb.ListRequest(kind=KINDS[kind], scope=scope, job=job),
                                    metadata=self.metadata).files)

@@ -54,6 +54,11 @@ class CellarStub(object):
                 request_serializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.ListRequest.SerializeToString,
                 response_deserializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.ListResponse.FromString,
                 _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/donut.cellar.v1.Cellar/Delete',
+                request_serializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class CellarServicer(object):
@@ -85,6 +90,13 @@ class CellarServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Delete(self, request, context):
+        """Removes every file of a scope (e.g. the upload of a refused submission); services and admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CellarServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +119,11 @@ def add_CellarServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.ListRequest.FromString,
                     response_serializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.ListResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteRequest.FromString,
+                    response_serializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +234,33 @@ class Cellar(object):
             '/donut.cellar.v1.Cellar/List',
             donut_dot_cellar_dot_v1_dot_cellar__pb2.ListRequest.SerializeToString,
             donut_dot_cellar_dot_v1_dot_cellar__pb2.ListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/donut.cellar.v1.Cellar/Delete',
+            donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteRequest.SerializeToString,
+            donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

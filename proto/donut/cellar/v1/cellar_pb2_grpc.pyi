@@ -37,6 +37,8 @@ class CellarStub:
     """First message: the file's info; then data chunks."""
     Stat: _grpc.UnaryUnaryMultiCallable[_cellar_pb2.FileRef, _cellar_pb2.FileInfo]
     List: _grpc.UnaryUnaryMultiCallable[_cellar_pb2.ListRequest, _cellar_pb2.ListResponse]
+    Delete: _grpc.UnaryUnaryMultiCallable[_cellar_pb2.DeleteRequest, _cellar_pb2.DeleteResponse]
+    """Removes every file of a scope (e.g. the upload of a refused submission); services and admins only."""
 
 @_typing.type_check_only
 class CellarAsyncStub(CellarStub):
@@ -47,6 +49,8 @@ class CellarAsyncStub(CellarStub):
     """First message: the file's info; then data chunks."""
     Stat: _aio.UnaryUnaryMultiCallable[_cellar_pb2.FileRef, _cellar_pb2.FileInfo]  # type: ignore[assignment]
     List: _aio.UnaryUnaryMultiCallable[_cellar_pb2.ListRequest, _cellar_pb2.ListResponse]  # type: ignore[assignment]
+    Delete: _aio.UnaryUnaryMultiCallable[_cellar_pb2.DeleteRequest, _cellar_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Removes every file of a scope (e.g. the upload of a refused submission); services and admins only."""
 
 class CellarServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -78,5 +82,13 @@ class CellarServicer(metaclass=_abc_1.ABCMeta):
         request: _cellar_pb2.ListRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cellar_pb2.ListResponse, _abc.Awaitable[_cellar_pb2.ListResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _cellar_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cellar_pb2.DeleteResponse, _abc.Awaitable[_cellar_pb2.DeleteResponse]]:
+        """Removes every file of a scope (e.g. the upload of a refused submission); services and admins only."""
 
 def add_CellarServicer_to_server(servicer: CellarServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
