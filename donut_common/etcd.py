@@ -261,8 +261,8 @@ class Etcd:
         if newest_first:
             request.sort_order = etcdrpc.RangeRequest.DESCEND
             request.sort_target = etcdrpc.RangeRequest.KEY
-        with boundary(f"reading {start}"):
-            response = self._client.kvstub.Range(request, self._client.timeout)
+        with self._calling(f"reading {start}"):
+            response = self._client.kvstub.Range(request, self._client.timeout, metadata=self._token)
         return [KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in response.kvs]
 
     def put(self, key: str, value: str | bytes) -> None:
