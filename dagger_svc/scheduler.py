@@ -109,6 +109,9 @@ class Scheduler:
         self.clock = clock
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._owned: dict[WorkflowId, _Owned] = {}
+        # kept up to date step by step, so that a step costs O(the runs it touches), not O(owned runs)
+        self._unsent: dict[WorkflowId, None] = {}   # runs with changes not yet sent (in order)
+        self._wakeups: dict[WorkflowId, float] = {}  # runs with a timer (a retry backoff) -> when
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._unwatch: list[Callable[[], None]] = []
@@ -252,15 +255,17 @@ class Scheduler:
 
     def _next_timeout(self) -> float | None:
         now = self.clock()
-        waits = [w - now for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]
+        waits = [w - now for w in self._wakeups.values()]
         waits.extend(until - time.monotonic() for until in self._held.values())
         return max(0.0, min(waits)) if waits else None
 
     def _handle(self, batch: list[Event]) -> None:
         now = self.clock()
         steps: dict[WorkflowId, Step] = {}
+        touched: set[WorkflowId] = set()  # runs fed an event: their timers may have changed
 
         def add(workflow_id: WorkflowId, step: Step) -> None:
+            touched.add(workflow_id)
             if step:
                 steps[workflow_id] = steps[workflow_id].merge(step) if workflow_id in steps else step
 
@@ -293,10 +298,20 @@ class Scheduler:
                         add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
                 case Timer():
                     pass  # what is due is looked at below
-        for workflow_id, owned in self._owned.items():
-            wakeup = owned.run.next_wakeup()
-            if wakeup is not None and wakeup <= now:
-                add(workflow_id, owned.run.tick(now))
+        for workflow_id, wakeup in list(self._wakeups.items()):
+            if wakeup <= now:
+                owned = self._owned.get(workflow_id)
+                if owned is None:
+                    del self._wakeups[workflow_id]  # let go meanwhile
+                else:
+                    add(workflow_id, owned.run.tick(now))
+        for workflow_id in touched:
+            owned = self._owned.get(workflow_id)
+            timer = None if owned is None else owned.run.next_wakeup()
+            if timer is None:
+                self._wakeups.pop(workflow_id, None)
+            else:
+                self._wakeups[workflow_id] = timer
         for workflow_id, until in list(self._held.items()):
             if time.monotonic() >= until:
                 del self._held[workflow_id]
@@ -326,6 +341,7 @@ class Scheduler:
             elif dropped == "now":
                 self.executor.kill(workflow_id, job, attempt)
         owned.unsent = owned.unsent.merge(step) if owned.unsent else step
+        self._unsent[workflow_id] = None
 
     def _commit_next(self) -> None:
         """Sends every run's unsent records in one commit, unless a commit is already on
@@ -333,10 +349,12 @@ class Scheduler:
         if self._committing:
             return
         batch = []
-        for workflow_id, owned in self._owned.items():
-            if owned.unsent:
+        for workflow_id in self._unsent:
+            owned = self._owned.get(workflow_id)
+            if owned is not None and owned.unsent:
                 batch.append((workflow_id, owned.unsent, owned.unsent_launches))
                 owned.unsent, owned.unsent_launches = Step(), []
+        self._unsent.clear()
         if batch:
             self._committing = True
             self._committer.submit(self._commit, batch)
