@@ -224,6 +224,60 @@ def test_failing_take_overs_hold_nothing_back(scheduling: Scheduling, monkeypatc
     assert all(scheduling.wait(w, timeout=30).status is WorkflowStatus.DONE for w in workflows)
 
 
+class HeldClaims:
+    """Holds every claim of a run (after etcd has answered it) until released."""
+
+    def __init__(self, scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.claimed = threading.Event()
+        self.open = threading.Event()
+        real_claim = scheduling.store.claim_run
+
+        def held_claim(*args: Any, **kwargs: Any) -> Any:
+            snapshot = real_claim(*args, **kwargs)
+            self.claimed.set()
+            assert self.open.wait(30), "the claim was never let through"
+            return snapshot
+
+        monkeypatch.setattr(scheduling.store, "claim_run", held_claim)
+
+    def wait_claimed(self) -> None:
+        assert self.claimed.wait(10), "nothing was claimed"
+
+
+def test_a_slow_take_over_holds_back_no_other_run(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's claim takes long (etcd slow): the runs already owned go on meanwhile (the
+    take-over held the step lock, so no job's end was handled and nothing committed)."""
+    running = scheduling.submit([job("a"), job("b")], {"a": ["b"]})
+    scheduling.executor.wait_for(lambda: scheduling.executor.running_jobs(running), "a launched")
+    held = HeldClaims(scheduling, monkeypatch)
+    try:
+        slow = scheduling.submit([job("c")])
+        held.wait_claimed()
+        scheduling.executor.finish(running, "a")
+        scheduling.executor.finish(running, "b")
+        assert scheduling.wait(running).status is WorkflowStatus.DONE
+    finally:
+        held.open.set()
+    scheduling.executor.finish(slow, "c")
+    assert scheduling.wait(slow).status is WorkflowStatus.DONE
+
+
+def test_a_cancel_asked_while_the_run_is_claimed_is_carried_out(scheduling: Scheduling,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel comes after the claim read the run and before the run is taken over:
+    it is carried out once it is (nothing ever starts)."""
+    held = HeldClaims(scheduling, monkeypatch)
+    try:
+        workflow_id = scheduling.submit([job("a")])
+        held.wait_claimed()
+        scheduling.service.cancel(ADMIN, workflow_id)
+        time.sleep(0.2)  # the cancel reaches the scheduler while the claim is held
+    finally:
+        held.open.set()
+    assert scheduling.wait(workflow_id).status is WorkflowStatus.TERMINATED
+    assert scheduling.executor.launches == []
+
+
 def test_a_step_that_fails_holds_nothing_back(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
     """A step fails part-way (here: taking a finished run off the queue finds etcd away)
     while commits come and go: later commits still go out and every run is taken up
