@@ -122,6 +122,7 @@ class Scheduler:
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._to_claim: queue.SimpleQueue[WorkflowId | None] = queue.SimpleQueue()  # for the claimer
         self._claiming: dict[WorkflowId, bool] = {}  # runs with the claimer -> a cancel came meanwhile
+        self._queued_at_end: set[WorkflowId] = set()  # queued while their last commit was on its way
         self._owned: dict[WorkflowId, _Owned] = {}
         # kept up to date step by step, so that a step costs O(the runs it touches), not O(owned runs)
         self._unsent: dict[WorkflowId, None] = {}   # runs with changes not yet sent (in order)
@@ -302,8 +303,10 @@ class Scheduler:
                 case Stop():
                     return
                 case Queued(workflow_id):
-                    if workflow_id not in self._owned and workflow_id not in self._held \
-                            and workflow_id not in self._claiming:
+                    owned = self._owned.get(workflow_id)
+                    if owned is not None and owned.run.finished:
+                        self._queued_at_end.add(workflow_id)  # retried, maybe: looked at once it is let go
+                    elif owned is None and workflow_id not in self._held and workflow_id not in self._claiming:
                         self._claiming[workflow_id] = False
                         self._to_claim.put(workflow_id)
                 case _Claimed(workflow_id, claim):
@@ -393,7 +396,8 @@ class Scheduler:
         for workflow_id, step, _ in batch:
             owned = self._owned.get(workflow_id)
             if owned is not None:
-                changes.append(RunChanges(workflow_id, step.workflow, list(step.jobs.values()), owned.revisions))
+                changes.append(RunChanges(workflow_id, step.workflow, list(step.jobs.values()), owned.revisions,
+                                          let_go=True))
         errors = self.store.save_runs(changes)
         for workflow_id, _, launches in batch:
             if errors.get(workflow_id, False) is None:
@@ -437,11 +441,11 @@ class Scheduler:
                 if error is not None:
                     pending.drop()  # its commit failed: it never started
             if error is None:
-                if owned.run.finished and not owned.unsent:
-                    requeued = not self.store.dequeue(workflow_id, owned.revisions)
-                    self._forget(workflow_id)
+                if owned.run.finished and not owned.unsent:  # the commit let it go (queue, claim)
+                    del self._owned[workflow_id]
                     log.info("workflow %s %s", workflow_id, owned.run.workflow.status.value)
-                    if requeued:  # retried while its last commit was on its way
+                    if workflow_id in self._queued_at_end:
+                        self._queued_at_end.remove(workflow_id)
                         self._events.put(Queued(workflow_id))
                 continue
             if isinstance(error, Conflict):
@@ -476,10 +480,11 @@ class Scheduler:
     def _claim(self, workflow_id: WorkflowId) -> RunSnapshot | None:
         """Claims the run and reads it; None when it is someone else's or over."""
         try:
-            stored, revision = self.store.workflow(workflow_id)
-            if stored.status.finished:  # (unless a retry queued it again since that read)
-                self.store.dequeue(workflow_id, self.store.workflow_revisions(workflow_id, revision))
-                return None  # checked before claiming, so releasing a claim never loops
+            stored, revision, queued = self.store.workflow_in_queue(workflow_id)
+            if stored.status.finished:  # checked before claiming, so releasing a claim never loops
+                if queued:  # (unless a retry queued it again since that read)
+                    self.store.dequeue(workflow_id, self.store.workflow_revisions(workflow_id, revision))
+                return None
         except NotFound:
             return None
         assert self._lease is not None
@@ -506,6 +511,7 @@ class Scheduler:
 
     def _forget(self, workflow_id: WorkflowId) -> None:
         self._owned.pop(workflow_id, None)
+        self._queued_at_end.discard(workflow_id)
         with contextlib.suppress(Unavailable):  # the lease will drop it
             self._release(workflow_id)
 

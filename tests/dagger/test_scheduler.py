@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dagger_svc.core.records import JobStatus, WorkflowStatus
+from dagger_svc.core.run import Run
 from dagger_svc.executors.base import Launch
 from donut_common.errors import Unavailable
 from tests.dagger.conftest import ADMIN, Scheduling, job
@@ -279,28 +280,55 @@ def test_a_cancel_asked_while_the_run_is_claimed_is_carried_out(scheduling: Sche
 
 
 def test_a_step_that_fails_holds_nothing_back(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step fails part-way (here: taking a finished run off the queue finds etcd away)
-    while commits come and go: later commits still go out and every run is taken up
-    again from etcd."""
+    """A step fails part-way (here: the state machine fails on two jobs' ends) while
+    commits come and go: later commits still go out, every run is taken up again from
+    etcd and ends (the ends that were lost run again), and leaves the queue."""
     executor = RecordingExecutor(outcome_of=lambda launch: OK)
     scheduling.restart(executor)
-    real_dequeue = scheduling.store.dequeue
+    real_job_finished = Run.job_finished
     calls = [0]
 
-    def sometimes_away(*args: Any, **kwargs: Any) -> Any:
+    def sometimes_fails(run: Run, *args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         if calls[0] in (2, 5):
-            raise Unavailable("etcd unavailable (a transaction: UNAVAILABLE)")
-        return real_dequeue(*args, **kwargs)
+            raise RuntimeError("a bug")
+        return real_job_finished(run, *args, **kwargs)
 
-    monkeypatch.setattr(scheduling.store, "dequeue", sometimes_away)
+    monkeypatch.setattr(Run, "job_finished", sometimes_fails)
     workflows = [scheduling.submit([job("a"), job("b")], {"a": ["b"]}) for _ in range(10)]
     assert all(scheduling.wait(w, timeout=30).status is WorkflowStatus.DONE for w in workflows)
     deadline = time.monotonic() + 10
     while scheduling.store.queued_ids():  # each finished run is taken off the queue, failures or not
         assert time.monotonic() < deadline, "a finished run stayed queued"
         time.sleep(0.02)
-    assert calls[0] >= 12  # both failures happened, and their runs were dequeued later
+    assert calls[0] >= 22  # both failures happened, and the jobs whose end they lost ran again
+
+
+def test_a_run_that_ends_is_let_go_with_its_last_record(scheduling: Scheduling,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit that records a run's end also takes it off the queue and releases its
+    claim (they were two more writes after it, on the committer, holding the step lock)."""
+    let_through = threading.Event()
+
+    def held(real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            let_through.wait(10)
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(scheduling.store, "dequeue", held(scheduling.store.dequeue))
+    monkeypatch.setattr(scheduling.store, "release_claim", held(scheduling.store.release_claim))
+    try:
+        workflow_id = scheduling.submit([job("a")])
+        scheduling.executor.finish(workflow_id, "a")
+        assert scheduling.wait(workflow_id).status is WorkflowStatus.DONE
+        assert workflow_id not in scheduling.store.queued_ids()
+        lease = scheduling.store.grant_lease(5)
+        assert scheduling.store.claim_run(workflow_id, "another-scheduler", lease) is not None  # free
+        lease.revoke()
+    finally:
+        let_through.set()
+
 
 def test_launches_carry_the_workflow_and_its_owner(scheduling: Scheduling) -> None:
     workflow_id = scheduling.submit([job("a", retries=2, timeout=5)])
