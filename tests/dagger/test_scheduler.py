@@ -330,6 +330,33 @@ def test_a_run_that_ends_is_let_go_with_its_last_record(scheduling: Scheduling,
         let_through.set()
 
 
+def test_a_run_retried_as_it_is_let_go_runs_again(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry comes after the commit recording the run's end and before the scheduler
+    has let the run go: it is taken over again once it has."""
+    written, go = threading.Event(), threading.Event()
+    real_save = scheduling.store.save_runs
+
+    def end_held(changes: Any) -> Any:
+        changes = list(changes)
+        result = real_save(changes)
+        if any(c.workflow is not None and c.workflow.status.finished for c in changes) and not written.is_set():
+            written.set()
+            go.wait(10)
+        return result
+
+    monkeypatch.setattr(scheduling.store, "save_runs", end_held)
+    workflow_id = scheduling.submit([job("a")])
+    scheduling.executor.finish(workflow_id, "a", FAILED)
+    assert written.wait(10)
+    try:
+        scheduling.service.retry(ADMIN, workflow_id)
+        time.sleep(0.2)  # the queueing reaches the scheduler while the run is being let go
+    finally:
+        go.set()
+    assert scheduling.executor.finish(workflow_id, "a").number == 2
+    assert scheduling.wait(workflow_id).status is WorkflowStatus.DONE
+
+
 def test_launches_carry_the_workflow_and_its_owner(scheduling: Scheduling) -> None:
     workflow_id = scheduling.submit([job("a", retries=2, timeout=5)])
     launch: Launch = scheduling.executor.wait_for(lambda: scheduling.executor.launches, "a launched")[0]
