@@ -10,10 +10,19 @@ wall-clock time they end to `$DONUT_WORKFLOW_DIR/end.$DONUT_JOB_NAME`. A watch o
 jobs' etcd keys, opened in this process before the first submission, notes when each
 job's `succeeded` state arrives.
 
+The floor, in the same run once donut has stopped: the same `/bin/sh -c` processes of all
+N workflows (same command, same DONUT_* variables they read) run in dependency order
+on a pool of clients x parallelism threads, no persistence, no gRPC. That is as many
+jobs at once as donut runs when each client has one workflow at a time under way, and
+more than two cores can use (spawning a process is what costs), so the pool's size
+never holds the floor back; donut may run more at once (every workflow under way at
+its parallelism), which gains it nothing on these cores.
+
 Prints, asserts nothing: the parameters; workflows/min and jobs/s from the first submission
-to the last workflow ending; the CreateWorkflow round trip (p50, p99); and the recording
-lag of every job, its process ending -> its `succeeded` seen in etcd (p50, p90, p99, max).
-A warm-up workflow runs first and is not counted.
+to the last workflow ending; the floor's wall time and donut's wall time / floor; the
+CreateWorkflow round trip (p50, p99); and the recording lag of every job, its process
+ending -> its `succeeded` seen in etcd (p50, p90, p99, max). A warm-up workflow runs
+first and is not counted.
 
     python bench/throughput.py [--workflows N] [--clients N] [--parallelism N] [--closed-loop]
 """
@@ -24,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -31,7 +41,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +64,42 @@ def definition() -> str:
     middle = JOBS[1:-1]
     jobs = [{"name": n, "image": "busybox", "cmd": "/bin/sh", "args": ["-c", END]} for n in JOBS]
     return json.dumps({"jobs": jobs, "neighbors": {"first": middle, **{m: ["last"] for m in middle}}})
+
+
+def floor(work: Path, workflows: int, threads: int) -> float:
+    """Wall time of the same processes of `workflows` workflows run in dependency order on
+    a pool of `threads` threads, with nothing recorded anywhere."""
+    middle = JOBS[1:-1]
+    sorter: TopologicalSorter[tuple[int, str]] = TopologicalSorter()
+    for w in range(workflows):
+        for m in middle:
+            sorter.add((w, m), (w, "first"))
+            sorter.add((w, "last"), (w, m))
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    done: queue.SimpleQueue[tuple[int, str] | BaseException] = queue.SimpleQueue()
+
+    def run(node: tuple[int, str]) -> None:
+        w, job = node
+        directory = work / f"floor-{w}"
+        try:
+            directory.mkdir(exist_ok=True)
+            subprocess.run(["/bin/sh", "-c", END], cwd=directory, check=True, stdin=subprocess.DEVNULL,
+                           env={**base, "DONUT_WORKFLOW_DIR": str(directory), "DONUT_JOB_NAME": job})
+            done.put(node)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            done.put(e)
+
+    start = time.perf_counter()
+    sorter.prepare()
+    with ThreadPoolExecutor(threads) as pool:
+        while sorter.is_active():
+            for node in sorter.get_ready():
+                pool.submit(run, node)
+            finished = done.get()
+            if isinstance(finished, BaseException):
+                raise RuntimeError(f"a floor job failed: {finished}") from finished
+            sorter.done(finished)
+    return time.perf_counter() - start
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -227,12 +275,16 @@ def bench(work: Path, etcd: EtcdServer, args: argparse.Namespace) -> None:
         if watch is not None:
             watch.close()
         donut.stop()
+    threads = args.clients * args.parallelism
+    floor_wall = floor(work, args.workflows, threads)
 
     workflows = sum(len(c.ids) for c in clients)
     print(f"workflows {workflows}, {len(JOBS)} jobs each (1 -> {MIDDLE} -> 1), clients {args.clients}, "
           f"parallelism {args.parallelism}, {'closed loop' if args.closed_loop else 'all submitted at once'}, "
           f"etcd fsync on, {os.cpu_count()} CPUs")
     print(f"wall {wall:.2f} s: {workflows / wall * 60:,.0f} workflows/min, {len(keys) / wall:,.0f} jobs/s")
+    print(f"floor (same processes, dependency order, {threads} threads, no persistence) {floor_wall:.2f} s: "
+          f"{workflows / floor_wall * 60:,.0f} workflows/min; donut / floor {wall / floor_wall:.2f}")
     print(f"submit (CreateWorkflow round trip): p50 {percentile(submits, 50) * 1000:.1f} ms, "
           f"p99 {percentile(submits, 99) * 1000:.1f} ms")
     if len(lags) < len(keys):

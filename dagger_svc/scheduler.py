@@ -5,7 +5,8 @@ on one queue from etcd watches and executor callbacks; each wake-up drains the q
 feeds the runs. Changed records are written by a committer thread, the changes of every
 run in as few guarded transactions as etcd's limits allow, with one commit in flight at
 a time: what changes meanwhile goes into the next one, so the transaction rate never
-limits throughput and a busy stack's changes are batched.
+limits throughput and a busy stack's changes are batched. Runs are taken over (claimed
+and read whole) by a claimer thread, whose etcd round trips never hold a step up.
 
 Launches are write-ahead: an attempt is started only once the commit that records it as
 running has succeeded, so after any crash every attempt that may be running is in etcd,
@@ -33,7 +34,7 @@ from dagger_svc.core.records import Outcome, WorkflowId
 from dagger_svc.core.run import Run, Step
 from dagger_svc.events import CancelAsked, Event, JobEnded, Queued, Stop, Timer
 from dagger_svc.executors.base import Executor, Launch, workflow_dir
-from dagger_svc.store import Lease, Revisions, RunChanges, Store
+from dagger_svc.store import Lease, Revisions, RunChanges, RunSnapshot, Store
 from donut_common.errors import Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,17 @@ TAKE_OVER_RETRY_MAX = 30.0
 MAX_FAILED_TAKE_OVERS = 5  # failures in a row (etcd away aside) before the run is given up as dead
 NOT_STARTED = Outcome(signal="SIGTERM", message="terminated before it started")
 STOPPED = "stopped with the stack"
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """The claimer's answer: the run claimed and read, None (not ours to run), or why not."""
+
+    workflow_id: WorkflowId
+    claim: RunSnapshot | Exception | None
+
+
+_Event = Event | _Claimed
 
 
 @dataclass
@@ -108,8 +120,14 @@ class Scheduler:
         self.scheduler_id = scheduler_id or uuid.uuid4().hex
         self.lease_ttl = lease_ttl
         self.clock = clock
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._to_claim: queue.SimpleQueue[WorkflowId | None] = queue.SimpleQueue()  # for the claimer
+        self._claiming: dict[WorkflowId, bool] = {}  # runs with the claimer -> a cancel came meanwhile
+        self._queued_at_end: set[WorkflowId] = set()  # queued while their last commit was on its way
         self._owned: dict[WorkflowId, _Owned] = {}
+        # kept up to date step by step, so that a step costs O(the runs it touches), not O(owned runs)
+        self._unsent: dict[WorkflowId, None] = {}   # runs with changes not yet sent (in order)
+        self._wakeups: dict[WorkflowId, float] = {}  # runs with a timer (a retry backoff) -> when
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._unwatch: list[Callable[[], None]] = []
@@ -137,7 +155,8 @@ class Scheduler:
         ]
         for workflow_id in self.store.queued_ids():
             self._events.put(Queued(workflow_id))
-        for target, name in ((self._loop, "scheduler"), (self._keep_lease, "scheduler-lease")):
+        for target, name in ((self._loop, "scheduler"), (self._claimer, "scheduler-claim"),
+                             (self._keep_lease, "scheduler-lease")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -157,6 +176,7 @@ class Scheduler:
         once by a scheduler with the same id)."""
         self._stopping.set()
         self._events.put(Stop())
+        self._to_claim.put(None)
         for cancel in self._unwatch:
             cancel()
         for thread in self._threads:
@@ -230,7 +250,7 @@ class Scheduler:
                 first = self._events.get(timeout=timeout)
             except queue.Empty:
                 first = None
-            batch: list[Event] = [] if first is None else [first]
+            batch: list[_Event] = [] if first is None else [first]
             while True:
                 try:
                     batch.append(self._events.get_nowait())
@@ -239,7 +259,18 @@ class Scheduler:
             with self._step_lock:
                 self._step(batch)
 
-    def _step(self, batch: Iterable[Event]) -> None:
+    def _claimer(self) -> None:
+        """Claims and reads the runs the loop hands over, one after another, and gives them
+        back to the loop: the etcd round trips of taking a run over never hold up the step
+        lock, nor with it the commits and the handling of every job's end."""
+        while (workflow_id := self._to_claim.get()) is not None:
+            try:
+                claim: RunSnapshot | Exception | None = self._claim(workflow_id)
+            except Exception as e:  # noqa: BLE001 - handled by the loop, for this run only
+                claim = e
+            self._events.put(_Claimed(workflow_id, claim))
+
+    def _step(self, batch: Iterable[_Event]) -> None:
         batch = list(batch)
         try:
             self._handle(batch)
@@ -248,20 +279,23 @@ class Scheduler:
             self._stopping.wait(0.5)  # etcd away, most likely: not in a tight loop
             self._reload_all()
             for event in batch:  # runs that were being taken over
-                if isinstance(event, Queued):
-                    self._events.put(event)
+                if isinstance(event, (Queued, _Claimed)):
+                    self._claiming.pop(event.workflow_id, None)
+                    self._events.put(Queued(event.workflow_id))
 
     def _next_timeout(self) -> float | None:
         now = self.clock()
-        waits = [w - now for o in self._owned.values() if (w := o.run.next_wakeup()) is not None]
+        waits = [w - now for w in self._wakeups.values()]
         waits.extend(until - time.monotonic() for until in self._held.values())
         return max(0.0, min(waits)) if waits else None
 
-    def _handle(self, batch: list[Event]) -> None:
+    def _handle(self, batch: list[_Event]) -> None:
         now = self.clock()
         steps: dict[WorkflowId, Step] = {}
+        touched: set[WorkflowId] = set()  # runs fed an event: their timers may have changed
 
         def add(workflow_id: WorkflowId, step: Step) -> None:
+            touched.add(workflow_id)
             if step:
                 steps[workflow_id] = steps[workflow_id].merge(step) if workflow_id in steps else step
 
@@ -270,37 +304,45 @@ class Scheduler:
                 case Stop():
                     return
                 case Queued(workflow_id):
-                    if workflow_id not in self._owned and workflow_id not in self._held:
-                        try:
-                            started = self._take_over(workflow_id, now)
-                        except Exception as e:  # noqa: BLE001 - this run only; the others go on
-                            failures = self._failed_take_overs[workflow_id] = \
-                                self._failed_take_overs.get(workflow_id, 0) + 1
-                            if failures >= MAX_FAILED_TAKE_OVERS and not isinstance(e, Unavailable) \
-                                    and self._give_up(workflow_id, e, now):
-                                continue
-                            delay = min(TAKE_OVER_RETRY * 2 ** (failures - 1), TAKE_OVER_RETRY_MAX)
-                            log.warning("cannot take run %s over (%s); trying again in %.1fs", workflow_id, e, delay)
-                            self._owned.pop(workflow_id, None)
-                            self._held[workflow_id] = time.monotonic() + delay
-                            continue
-                        self._failed_take_overs.pop(workflow_id, None)
-                        if started is not None:
-                            add(workflow_id, started)
+                    owned = self._owned.get(workflow_id)
+                    if owned is not None and owned.run.finished:
+                        self._queued_at_end.add(workflow_id)  # retried, maybe: looked at once it is let go
+                    elif owned is None and workflow_id not in self._held and workflow_id not in self._claiming:
+                        self._claiming[workflow_id] = False
+                        self._to_claim.put(workflow_id)
+                case _Claimed(workflow_id, claim):
+                    cancel = self._claiming.pop(workflow_id, False)
+                    started = None if workflow_id in self._owned else self._take_over(workflow_id, claim, now)
+                    if started is not None:
+                        add(workflow_id, started)
+                        if cancel:
+                            add(workflow_id, self._owned[workflow_id].run.cancel(now))
                 case CancelAsked(workflow_id):
                     owned = self._owned.get(workflow_id)
                     if owned is not None:
                         add(workflow_id, owned.run.cancel(now))
+                    elif workflow_id in self._claiming:
+                        self._claiming[workflow_id] = True  # asked after the claim read it, maybe
                 case JobEnded(workflow_id, job, attempt, outcome):
                     owned = self._owned.get(workflow_id)
                     if owned is not None:
                         add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
                 case Timer():
                     pass  # what is due is looked at below
-        for workflow_id, owned in self._owned.items():
-            wakeup = owned.run.next_wakeup()
-            if wakeup is not None and wakeup <= now:
-                add(workflow_id, owned.run.tick(now))
+        for workflow_id, wakeup in list(self._wakeups.items()):
+            if wakeup <= now:
+                owned = self._owned.get(workflow_id)
+                if owned is None:
+                    del self._wakeups[workflow_id]  # let go meanwhile
+                else:
+                    add(workflow_id, owned.run.tick(now))
+        for workflow_id in touched:
+            owned = self._owned.get(workflow_id)
+            timer = None if owned is None else owned.run.next_wakeup()
+            if timer is None:
+                self._wakeups.pop(workflow_id, None)
+            else:
+                self._wakeups[workflow_id] = timer
         for workflow_id, until in list(self._held.items()):
             if time.monotonic() >= until:
                 del self._held[workflow_id]
@@ -330,6 +372,7 @@ class Scheduler:
             elif dropped == "now":
                 self.executor.kill(workflow_id, job, attempt)
         owned.unsent = owned.unsent.merge(step) if owned.unsent else step
+        self._unsent[workflow_id] = None
 
     def _commit_next(self) -> None:
         """Sends every run's unsent records in one commit, unless a commit is already on
@@ -337,10 +380,12 @@ class Scheduler:
         if self._committing:
             return
         batch = []
-        for workflow_id, owned in self._owned.items():
-            if owned.unsent:
+        for workflow_id in self._unsent:
+            owned = self._owned.get(workflow_id)
+            if owned is not None and owned.unsent:
                 batch.append((workflow_id, owned.unsent, owned.unsent_launches))
                 owned.unsent, owned.unsent_launches = Step(), []
+        self._unsent.clear()
         if batch:
             self._committing = True
             self._committer.submit(self._commit, batch)
@@ -352,7 +397,8 @@ class Scheduler:
         for workflow_id, step, _ in batch:
             owned = self._owned.get(workflow_id)
             if owned is not None:
-                changes.append(RunChanges(workflow_id, step.workflow, list(step.jobs.values()), owned.revisions))
+                changes.append(RunChanges(workflow_id, step.workflow, list(step.jobs.values()), owned.revisions,
+                                          let_go=True))
         errors = self.store.save_runs(changes)
         for workflow_id, _, launches in batch:
             if errors.get(workflow_id, False) is None:
@@ -396,11 +442,11 @@ class Scheduler:
                 if error is not None:
                     pending.drop()  # its commit failed: it never started
             if error is None:
-                if owned.run.finished and not owned.unsent:
-                    requeued = not self.store.dequeue(workflow_id, owned.revisions)
-                    self._forget(workflow_id)
+                if owned.run.finished and not owned.unsent:  # the commit let it go (queue, claim)
+                    del self._owned[workflow_id]
                     log.info("workflow %s %s", workflow_id, owned.run.workflow.status.value)
-                    if requeued:  # retried while its last commit was on its way
+                    if workflow_id in self._queued_at_end:
+                        self._queued_at_end.remove(workflow_id)
                         self._events.put(Queued(workflow_id))
                 continue
             if isinstance(error, Conflict):
@@ -414,24 +460,51 @@ class Scheduler:
 
     # ---- ownership -----------------------------------------------------------------
 
-    def _take_over(self, workflow_id: WorkflowId, now: float) -> Step | None:
-        """Claims the run and starts (or resumes) it; None when it is someone else's or over."""
+    def _take_over(self, workflow_id: WorkflowId, claim: RunSnapshot | Exception | None, now: float) -> Step | None:
+        """Starts (or resumes) a run the claimer claimed; None when it is not ours to run.
+        A take-over that failed is tried again after a doubling delay (and never holds back
+        another run)."""
         try:
-            stored, revision = self.store.workflow(workflow_id)
-            if stored.status.finished:  # (unless a retry queued it again since that read)
-                self.store.dequeue(workflow_id, self.store.workflow_revisions(workflow_id, revision))
-                return None  # checked before claiming, so releasing a claim never loops
+            if isinstance(claim, Exception):
+                raise claim
+            started = None if claim is None else self._adopt(workflow_id, claim, now)
+        except Exception as e:  # noqa: BLE001 - this run only; the others go on
+            failures = self._failed_take_overs[workflow_id] = self._failed_take_overs.get(workflow_id, 0) + 1
+            if failures >= MAX_FAILED_TAKE_OVERS and not isinstance(e, Unavailable) \
+                    and self._give_up(workflow_id, e, now):
+                self._owned.pop(workflow_id, None)
+                return None
+            delay = min(TAKE_OVER_RETRY * 2 ** (failures - 1), TAKE_OVER_RETRY_MAX)
+            log.warning("cannot take run %s over (%s); trying again in %.1fs", workflow_id, e, delay)
+            self._owned.pop(workflow_id, None)
+            self._held[workflow_id] = time.monotonic() + delay
+            return None
+        self._failed_take_overs.pop(workflow_id, None)
+        return started
+
+    def _claim(self, workflow_id: WorkflowId) -> RunSnapshot | None:
+        """Claims the run and reads it; None when it is someone else's or over."""
+        try:
+            stored, revision, queued = self.store.workflow_in_queue(workflow_id)
+            if stored.status.finished:  # checked before claiming, so releasing a claim never loops
+                if queued:  # (unless a retry queued it again since that read)
+                    self.store.dequeue(workflow_id, self.store.workflow_revisions(workflow_id, revision))
+                return None
         except NotFound:
             return None
         assert self._lease is not None
         snapshot = self.store.claim_run(workflow_id, self.scheduler_id, self._lease)
         if snapshot is None:
             return None
-        workflow = snapshot.workflow
-        if workflow is None or workflow.status.finished:
+        if snapshot.workflow is None or snapshot.workflow.status.finished:
             self._release(workflow_id)
             return None
-        run = Run(workflow, snapshot.definition, snapshot.jobs, cancel_requested=snapshot.cancel_requested)
+        return snapshot
+
+    def _adopt(self, workflow_id: WorkflowId, snapshot: RunSnapshot, now: float) -> Step:
+        """Starts (or resumes) a run just claimed."""
+        assert snapshot.workflow is not None
+        run = Run(snapshot.workflow, snapshot.definition, snapshot.jobs, cancel_requested=snapshot.cancel_requested)
         directory = workflow_dir(self.data_root, workflow_id)
         directory.mkdir(parents=True, exist_ok=True)
         self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(directory))
@@ -456,6 +529,7 @@ class Scheduler:
 
     def _forget(self, workflow_id: WorkflowId) -> None:
         self._owned.pop(workflow_id, None)
+        self._queued_at_end.discard(workflow_id)
         with contextlib.suppress(Unavailable):  # the lease will drop it
             self._release(workflow_id)
 

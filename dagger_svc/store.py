@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, cast
@@ -41,12 +41,18 @@ class RunView:
 
 @dataclass(frozen=True)
 class RunChanges:
-    """A run's changed records, to be written if its keys still have `revisions`."""
+    """A run's changed records, to be written if its keys still have `revisions`. With
+    `let_go`, a run whose workflow record says it ended is let go in the same transaction:
+    it leaves the queue and its claim is released."""
 
     workflow_id: WorkflowId
     workflow: WorkflowRecord | None
     jobs: list[JobRecord]
     revisions: Revisions
+    let_go: bool = False
+
+
+_RunWrites = tuple[RunChanges, list[tuple[str, bytes]], list[etcd.Op]]  # a run's changes, its writes, its let-go
 
 
 @dataclass(frozen=True)
@@ -101,21 +107,22 @@ class Store:
     # ---- guarded writes ------------------------------------------------------------
 
     def _put_guarded(self, writes: Iterable[tuple[str, bytes]], revisions: Revisions,
-                     unguarded: frozenset[str] = frozenset()) -> None:
+                     unguarded: frozenset[str] = frozenset(), then: Sequence[etcd.Op] = ()) -> None:
         """Writes values whose keys still have the revisions in `revisions` (0: absent),
         in chunks that fit etcd's limits, updating `revisions`; the last write lands in
-        the last chunk. Keys in `unguarded` are written whatever their revision. Raises
-        Conflict when another writer got there first."""
+        the last chunk, with the operations `then`. Keys in `unguarded` are written
+        whatever their revision. Raises Conflict when another writer got there first."""
         chunk: list[tuple[str, bytes]] = []
         size = 0
         pending = list(writes)
         for i, (key, value) in enumerate(pending):
             chunk.append((key, value))
             size += len(key) + len(value)
-            if i == len(pending) - 1 or len(chunk) >= MAX_OPS_PER_TXN or size >= MAX_BYTES_PER_TXN:
+            final = i == len(pending) - 1
+            if final or len(chunk) >= MAX_OPS_PER_TXN - len(then) or size >= MAX_BYTES_PER_TXN:
                 result = self._etcd.txn(
                     [etcd.mod_equals(k, revisions.get(k, 0)) for k, _ in chunk if k not in unguarded],
-                    [etcd.put(k, v) for k, v in chunk],
+                    [etcd.put(k, v) for k, v in chunk] + (list(then) if final else []),
                 )
                 if not result.succeeded:
                     raise Conflict(f"someone else changed {chunk[0][0]} (or another key of its batch)")
@@ -159,6 +166,15 @@ class Store:
         if found is None:
             raise no_workflow(workflow_id)
         return _workflow(found.value), found.mod_revision
+
+    def workflow_in_queue(self, workflow_id: WorkflowId) -> tuple[WorkflowRecord, int, bool]:
+        """The workflow record, its revision, and whether the run is queued, read together."""
+        reads = [etcd.get(self.keys.workflow(workflow_id)), etcd.get(self.keys.queued(workflow_id))]
+        result = self._etcd.txn([], reads)  # (reads only: no write, no fsync)
+        workflow_kvs, queued_kvs = result.ranges
+        if not workflow_kvs:
+            raise NotFound(f"no workflow {workflow_id}")
+        return _workflow(workflow_kvs[0].value), workflow_kvs[0].mod_revision, bool(queued_kvs)
 
     def workflows(self) -> list[WorkflowRecord]:
         """Every workflow (a scan of them all: for upgrades and tests)."""
@@ -256,42 +272,44 @@ class Store:
         shared transaction that is refused is tried again run by run, so one run's
         conflict is never another's."""
         results: dict[WorkflowId, Exception | None] = {}
-        group: list[tuple[RunChanges, list[tuple[str, bytes]]]] = []
+        group: list[_RunWrites] = []
         ops = size = 0
         for run in runs:
             writes = self._run_writes(run)
+            let_go = self._let_go(run)
+            run_ops = len(writes) + len(let_go)
             run_size = sum(len(k) + len(v) for k, v in writes)
-            if group and (ops + len(writes) > MAX_OPS_PER_TXN or size + run_size > MAX_BYTES_PER_TXN):
+            if group and (ops + run_ops > MAX_OPS_PER_TXN or size + run_size > MAX_BYTES_PER_TXN):
                 self._save_group(group, results)
                 group, ops, size = [], 0, 0
-            group.append((run, writes))
-            ops, size = ops + len(writes), size + run_size
+            group.append((run, writes, let_go))
+            ops, size = ops + run_ops, size + run_size
         if group:
             self._save_group(group, results)
         return results
 
-    def _save_group(self, group: list[tuple[RunChanges, list[tuple[str, bytes]]]],
-                    results: dict[WorkflowId, Exception | None]) -> None:
-        writes = [write for _, run_writes in group for write in run_writes]
-        if len(group) == 1 or len(writes) > MAX_OPS_PER_TXN:
-            for run, run_writes in group:  # (a run too large for one transaction goes in chunks)
+    def _save_group(self, group: list[_RunWrites], results: dict[WorkflowId, Exception | None]) -> None:
+        if len(group) == 1 or sum(len(w) + len(let_go) for _, w, let_go in group) > MAX_OPS_PER_TXN:
+            for run, run_writes, let_go in group:  # (a run too large for one transaction goes in chunks)
                 try:
-                    self._put_guarded(run_writes, run.revisions)
+                    self._put_guarded(run_writes, run.revisions, then=let_go)
                     results[run.workflow_id] = None
                 except (Conflict, Unavailable) as e:
                     results[run.workflow_id] = e
             return
         try:
-            result = self._etcd.txn([etcd.mod_equals(k, run.revisions.get(k, 0)) for run, run_writes in group
-                                     for k, _ in run_writes], [etcd.put(k, v) for k, v in writes])
+            result = self._etcd.txn(
+                [etcd.mod_equals(k, run.revisions.get(k, 0)) for run, run_writes, _ in group for k, _ in run_writes],
+                [etcd.put(k, v) for _, run_writes, _ in group for k, v in run_writes]
+                + [op for _, _, let_go in group for op in let_go])
         except Unavailable as e:
-            results.update({run.workflow_id: e for run, _ in group})
+            results.update({run.workflow_id: e for run, _, _ in group})
             return
         if not result.succeeded:
-            for run, run_writes in group:  # whose record changed? each run on its own
-                self._save_group([(run, run_writes)], results)
+            for one in group:  # whose record changed? each run on its own
+                self._save_group([one], results)
             return
-        for run, run_writes in group:
+        for run, run_writes, _ in group:
             for k, _ in run_writes:
                 run.revisions[k] = result.revision
             results[run.workflow_id] = None
@@ -301,6 +319,13 @@ class Store:
         if run.workflow is not None:
             writes.append((self.keys.workflow(run.workflow_id), _dump(run.workflow.to_dict())))
         return writes
+
+    def _let_go(self, run: RunChanges) -> list[etcd.Op]:
+        """What lets an ended run go with its last records: it leaves the queue and its
+        owner's claim is released."""
+        if not run.let_go or run.workflow is None or not run.workflow.status.finished:
+            return []
+        return [etcd.delete(self.keys.queued(run.workflow_id)), etcd.delete(self.keys.claim(run.workflow_id))]
 
     def workflow_revisions(self, workflow_id: WorkflowId, revision: int) -> Revisions:
         """The revisions a guarded write of the workflow record checks (read at `revision`)."""

@@ -55,7 +55,6 @@ class LocalExecutor:
         self._spawners = ThreadPoolExecutor(max_workers=spawners, thread_name_prefix="local-spawn")
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
-        self._spawning = 0  # launches being started or waiting for a spawner thread
         self._base_env = host_environment(os.environ, job_env)  # read once, not per launch
 
     def start(self, report: Report) -> None:
@@ -73,22 +72,12 @@ class LocalExecutor:
             if key in self._running:
                 return  # already launched
             self._running[key] = _Running(attempt, launch)
-            inline = not fetches and self._spawning == 0
-            if not fetches:
-                self._spawning += 1
+        # never on the caller's thread: the scheduler launches a commit's attempts one after
+        # another, and spawning them in a row on its thread held back its next commit
         if fetches:
-            self._thread(key, attempt.run)
-        elif inline:
-            self._spawn(attempt)  # one launch at a time (a chain): no thread hop
+            self._thread(key, attempt.run)  # its downloads hold only this attempt
         else:
-            self._spawners.submit(self._spawn, attempt)
-
-    def _spawn(self, attempt: Attempt) -> None:
-        try:
-            attempt.run()
-        finally:
-            with self._lock:
-                self._spawning -= 1
+            self._spawners.submit(attempt.run)
 
     def _thread(self, key: str, work: Callable[[], None]) -> None:
         """Runs an attempt's slow work on a thread of its own."""

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dagger_svc.core.records import JobStatus, WorkflowStatus
+from dagger_svc.core.run import Run
 from dagger_svc.executors.base import Launch
 from donut_common.errors import Unavailable
 from tests.dagger.conftest import ADMIN, Scheduling, job
@@ -224,29 +225,137 @@ def test_failing_take_overs_hold_nothing_back(scheduling: Scheduling, monkeypatc
     assert all(scheduling.wait(w, timeout=30).status is WorkflowStatus.DONE for w in workflows)
 
 
+class HeldClaims:
+    """Holds every claim of a run (after etcd has answered it) until released."""
+
+    def __init__(self, scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.claimed = threading.Event()
+        self.open = threading.Event()
+        real_claim = scheduling.store.claim_run
+
+        def held_claim(*args: Any, **kwargs: Any) -> Any:
+            snapshot = real_claim(*args, **kwargs)
+            self.claimed.set()
+            assert self.open.wait(30), "the claim was never let through"
+            return snapshot
+
+        monkeypatch.setattr(scheduling.store, "claim_run", held_claim)
+
+    def wait_claimed(self) -> None:
+        assert self.claimed.wait(10), "nothing was claimed"
+
+
+def test_a_slow_take_over_holds_back_no_other_run(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's claim takes long (etcd slow): the runs already owned go on meanwhile (the
+    take-over held the step lock, so no job's end was handled and nothing committed)."""
+    running = scheduling.submit([job("a"), job("b")], {"a": ["b"]})
+    scheduling.executor.wait_for(lambda: scheduling.executor.running_jobs(running), "a launched")
+    held = HeldClaims(scheduling, monkeypatch)
+    try:
+        slow = scheduling.submit([job("c")])
+        held.wait_claimed()
+        scheduling.executor.finish(running, "a")
+        scheduling.executor.finish(running, "b")
+        assert scheduling.wait(running).status is WorkflowStatus.DONE
+    finally:
+        held.open.set()
+    scheduling.executor.finish(slow, "c")
+    assert scheduling.wait(slow).status is WorkflowStatus.DONE
+
+
+def test_a_cancel_asked_while_the_run_is_claimed_is_carried_out(scheduling: Scheduling,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel comes after the claim read the run and before the run is taken over:
+    it is carried out once it is (nothing ever starts)."""
+    held = HeldClaims(scheduling, monkeypatch)
+    try:
+        workflow_id = scheduling.submit([job("a")])
+        held.wait_claimed()
+        scheduling.service.cancel(ADMIN, workflow_id)
+        time.sleep(0.2)  # the cancel reaches the scheduler while the claim is held
+    finally:
+        held.open.set()
+    assert scheduling.wait(workflow_id).status is WorkflowStatus.TERMINATED
+    assert scheduling.executor.launches == []
+
+
 def test_a_step_that_fails_holds_nothing_back(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step fails part-way (here: taking a finished run off the queue finds etcd away)
-    while commits come and go: later commits still go out and every run is taken up
-    again from etcd."""
+    """A step fails part-way (here: the state machine fails on two jobs' ends) while
+    commits come and go: later commits still go out, every run is taken up again from
+    etcd and ends (the ends that were lost run again), and leaves the queue."""
     executor = RecordingExecutor(outcome_of=lambda launch: OK)
     scheduling.restart(executor)
-    real_dequeue = scheduling.store.dequeue
+    real_job_finished = Run.job_finished
     calls = [0]
 
-    def sometimes_away(*args: Any, **kwargs: Any) -> Any:
+    def sometimes_fails(run: Run, *args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         if calls[0] in (2, 5):
-            raise Unavailable("etcd unavailable (a transaction: UNAVAILABLE)")
-        return real_dequeue(*args, **kwargs)
+            raise RuntimeError("a bug")
+        return real_job_finished(run, *args, **kwargs)
 
-    monkeypatch.setattr(scheduling.store, "dequeue", sometimes_away)
+    monkeypatch.setattr(Run, "job_finished", sometimes_fails)
     workflows = [scheduling.submit([job("a"), job("b")], {"a": ["b"]}) for _ in range(10)]
     assert all(scheduling.wait(w, timeout=30).status is WorkflowStatus.DONE for w in workflows)
     deadline = time.monotonic() + 10
     while scheduling.store.queued_ids():  # each finished run is taken off the queue, failures or not
         assert time.monotonic() < deadline, "a finished run stayed queued"
         time.sleep(0.02)
-    assert calls[0] >= 12  # both failures happened, and their runs were dequeued later
+    assert calls[0] >= 22  # both failures happened, and the jobs whose end they lost ran again
+
+
+def test_a_run_that_ends_is_let_go_with_its_last_record(scheduling: Scheduling,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit that records a run's end also takes it off the queue and releases its
+    claim (they were two more writes after it, on the committer, holding the step lock)."""
+    let_through = threading.Event()
+
+    def held(real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            let_through.wait(10)
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(scheduling.store, "dequeue", held(scheduling.store.dequeue))
+    monkeypatch.setattr(scheduling.store, "release_claim", held(scheduling.store.release_claim))
+    try:
+        workflow_id = scheduling.submit([job("a")])
+        scheduling.executor.finish(workflow_id, "a")
+        assert scheduling.wait(workflow_id).status is WorkflowStatus.DONE
+        assert workflow_id not in scheduling.store.queued_ids()
+        lease = scheduling.store.grant_lease(5)
+        assert scheduling.store.claim_run(workflow_id, "another-scheduler", lease) is not None  # free
+        lease.revoke()
+    finally:
+        let_through.set()
+
+
+def test_a_run_retried_as_it_is_let_go_runs_again(scheduling: Scheduling, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry comes after the commit recording the run's end and before the scheduler
+    has let the run go: it is taken over again once it has."""
+    written, go = threading.Event(), threading.Event()
+    real_save = scheduling.store.save_runs
+
+    def end_held(changes: Any) -> Any:
+        changes = list(changes)
+        result = real_save(changes)
+        if any(c.workflow is not None and c.workflow.status.finished for c in changes) and not written.is_set():
+            written.set()
+            go.wait(10)
+        return result
+
+    monkeypatch.setattr(scheduling.store, "save_runs", end_held)
+    workflow_id = scheduling.submit([job("a")])
+    scheduling.executor.finish(workflow_id, "a", FAILED)
+    assert written.wait(10)
+    try:
+        scheduling.service.retry(ADMIN, workflow_id)
+        time.sleep(0.2)  # the queueing reaches the scheduler while the run is being let go
+    finally:
+        go.set()
+    assert scheduling.executor.finish(workflow_id, "a").number == 2
+    assert scheduling.wait(workflow_id).status is WorkflowStatus.DONE
+
 
 def test_launches_carry_the_workflow_and_its_owner(scheduling: Scheduling) -> None:
     workflow_id = scheduling.submit([job("a", retries=2, timeout=5)])

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from dagger_svc.core.definition import parse_definition
-from dagger_svc.core.records import JobRecord, JobStatus, WorkflowRecord
+from dagger_svc.core.records import JobRecord, JobStatus, WorkflowId, WorkflowRecord, WorkflowStatus
 from dagger_svc.keys import Keys
-from dagger_svc.store import MAX_OPS_PER_TXN, Store, UploadMark
+from dagger_svc.store import MAX_OPS_PER_TXN, RunChanges, Store, UploadMark
 from donut_common.errors import Conflict, NotFound, Unavailable
 from donut_common.etcd import Etcd
 
@@ -23,10 +23,10 @@ def big_definition(jobs: int) -> Any:
                                                  for i in range(jobs)]}))
 
 
-def create(store: Store, jobs: int) -> Any:
+def create(store: Store, jobs: int, workflow_id: str = WORKFLOW_ID) -> Any:
     definition = big_definition(jobs)
     records = {name: JobRecord(name) for name in definition.jobs}
-    workflow = WorkflowRecord(id=WORKFLOW_ID, name="big", job_total=jobs)
+    workflow = WorkflowRecord(id=WorkflowId(workflow_id), name="big", job_total=jobs)
     store.create_workflow(workflow, definition, records)
     return definition
 
@@ -79,6 +79,33 @@ def test_a_stale_write_is_refused_and_changes_nothing(store: Store) -> None:
                                                JobRecord("j0", status=JobStatus.FAILED, attempt=1)], mine)
     assert store.job(WORKFLOW_ID, "j0").status is JobStatus.RUNNING
     assert store.job(WORKFLOW_ID, "j1").status is JobStatus.WAITING
+
+
+def test_an_ended_run_is_let_go_with_its_last_records(store: Store) -> None:
+    """Off the queue and its claim released, in the transaction recording its end: for
+    runs sharing one, and for a run whose changes need several (the last one does it)."""
+    ids = {"big": WORKFLOW_ID, "small": "21111111-2222-4333-8444-555555555555",
+           "running": "31111111-2222-4333-8444-555555555555"}
+    sizes = {"big": MAX_OPS_PER_TXN + 5, "small": 2, "running": 2}
+    lease = store.grant_lease(10)
+    changes = []
+    for name, workflow_id in ids.items():
+        create(store, sizes[name], workflow_id)
+        snapshot = store.claim_run(WorkflowId(workflow_id), "me", lease)
+        assert snapshot is not None and snapshot.workflow is not None
+        status = WorkflowStatus.RUNNING if name == "running" else WorkflowStatus.DONE
+        jobs = [JobRecord(job, status=JobStatus.SUCCEEDED, attempt=1) for job in snapshot.jobs]
+        changes.append(RunChanges(WorkflowId(workflow_id), WorkflowRecord(id=WorkflowId(workflow_id), name=name,
+                                                                            status=status), jobs,
+                                  snapshot.revisions, let_go=True))
+    assert store.save_runs(changes) == {WorkflowId(w): None for w in ids.values()}
+    assert store.queued_ids() == [ids["running"]]
+    assert store.job(WorkflowId(ids["big"]), f"j{sizes['big'] - 1}").status is JobStatus.SUCCEEDED
+    other = store.grant_lease(10)
+    for name, workflow_id in ids.items():  # free for another scheduler, unless it still runs
+        assert (store.claim_run(WorkflowId(workflow_id), "another", other) is None) == (name == "running")
+    lease.revoke()
+    other.revoke()
 
 
 def test_with_etcd_gone_every_call_is_unavailable(tmp_path: Any) -> None:
