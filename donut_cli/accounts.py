@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from donut.users.v1 import users_pb2
-from donut_cli.cli import EXIT_BAD_INPUT, Settings, _iso, cli, fail, pass_settings, rpc_errors
+from donut_cli.cli import EXIT_BAD_INPUT, Settings, cli, fail, iso_time, pass_settings, rpc_errors
 
 
 def _duration(text: str) -> int:
@@ -27,8 +27,8 @@ def _duration(text: str) -> int:
 
 
 def _token_json(t: users_pb2.Token) -> dict[str, Any]:
-    return {"id": t.id, "name": t.name, "scopes": list(t.scopes), "created_at": _iso(t.created_at),
-            "expires_at": _iso(t.expires_at), "last_used_at": _iso(t.last_used_at), "revoked": t.revoked}
+    return {"id": t.id, "name": t.name, "scopes": list(t.scopes), "created_at": iso_time(t.created_at),
+            "expires_at": iso_time(t.expires_at), "last_used_at": iso_time(t.last_used_at), "revoked": t.revoked}
 
 
 @cli.command()

@@ -1,0 +1,137 @@
+"""`donut up`: the whole stack on this machine, until Ctrl-C."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dagger_svc.core.limits import MAX_LOG_BYTES, MAX_PARALLELISM
+from donut_cli.cli import (
+    EXIT_BAD_INPUT,
+    cli,
+    fail,
+)
+from donut_common.config import ServerLimits
+from streamed_job.spec import FetchSettings
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("~/.donut/data").expanduser(),
+              show_default=True, help="Where the stack keeps its state, logs and files.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=7000, show_default=True,
+              help="gRPC port (0: any free port).")
+@click.option("--http-port", type=click.IntRange(-1, 65535), default=7080, show_default=True,
+              help="Gateway port (0: any; -1: none).")
+@click.option("--executor", type=click.Choice(["local", "wrapper"]), default="local", show_default=True,
+              help="local: jobs are processes run in-process; wrapper: each job runs under its own "
+                   "streamed-job process, talking gRPC as in a cluster.")
+@click.option("--etcd-endpoints", default="", help="External etcd ([https://]host:port,...); default: start one "
+              "that only this stack can reach.")
+@click.option("--etcd-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA (PEM) of the external etcd's certificates: speak TLS to it.")
+@click.option("--etcd-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Client certificate (PEM) for the external etcd; with --etcd-key.")
+@click.option("--etcd-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Private key (PEM) of --etcd-cert.")
+@click.option("--etcd-user", default="", help="etcd user of the external etcd; its password only from the "
+              "environment, DONUT_ETCD_PASSWORD.")
+@click.option("--etcd-prefix", default="/donut/", show_default=True, help="Key prefix in etcd.")
+@click.option("--parallelism", type=click.IntRange(1, MAX_PARALLELISM), default=4, show_default=True,
+              help="Parallelism of workflows submitted without one.")
+@click.option("--kill-grace", type=float, default=10.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL for jobs cancelled or over their timeout.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Server certificate (PEM); with --tls-key, gRPC speaks only TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Private key (PEM) of --tls-cert.")
+@click.option("--job-env", multiple=True, metavar="NAME",
+              help="An environment variable of the stack that jobs get too (repeatable; they always get PATH, "
+                   "HOME, the locale...; never the rest).")
+@click.option("--rpc-threads", type=click.IntRange(2), default=ServerLimits.threads, show_default=True,
+              help="Threads serving gRPC calls.")
+@click.option("--max-streams", type=click.IntRange(1), default=ServerLimits.streams, show_default=True,
+              help="Streams open at once, everyone's together (fewer than --rpc-threads: the rest always "
+                   "serve other calls).")
+@click.option("--streams-per-caller", type=click.IntRange(1), default=ServerLimits.streams_per_caller,
+              show_default=True, help="Streams one user (or one job attempt) may hold open at once.")
+@click.option("--stream-idle-timeout", type=click.FloatRange(0, min_open=True), default=ServerLimits.idle_timeout,
+              show_default=True, help="Seconds an upload or a job's log push may stay silent before it is ended.")
+@click.option("--max-log-bytes", type=click.IntRange(1024), default=MAX_LOG_BYTES, show_default=True,
+              help="Size at which a job attempt's log is cut, with a note saying so; later lines are dropped.")
+@click.option("--input-deadline", type=click.FloatRange(0, min_open=True), default=FetchSettings.deadline,
+              show_default=True, help="Seconds all of a job's inputs may take to fetch (a shorter job timeout "
+                                      "bounds them instead).")
+@click.option("--max-download-bytes", type=click.IntRange(0), default=FetchSettings.max_bytes, show_default=True,
+              help="Largest `origin` input a job may download.")
+@click.option("--deny-private-origins", is_flag=True,
+              help="Refuse `origin` inputs (and redirects) at addresses that are not public: loopback, private, "
+                   "link-local (the cloud metadata service)...")
+@click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
+def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
+       etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
+       parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
+       rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
+       max_log_bytes: int,
+       input_deadline: float, max_download_bytes: int, deny_private_origins: bool, verbose: bool) -> None:
+    """Start the whole stack on this machine (Ctrl-C stops it)."""
+    import logging
+    import os
+    import signal
+    import threading
+
+    from donut_cli.stack import Stack, StackConfig
+    from donut_common.config import ClientConfig
+    from donut_common.etcd import EtcdAccess
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        limits = ServerLimits(threads=rpc_threads, streams=max_streams, streams_per_caller=streams_per_caller,
+                              idle_timeout=stream_idle_timeout)
+    except ValueError as e:
+        fail(f"--max-streams: {e}", EXIT_BAD_INPUT)
+    password = os.environ.get("DONUT_ETCD_PASSWORD", "")  # never a flag: argv is visible in ps
+    access = EtcdAccess(ca=etcd_ca, cert=etcd_cert, key=etcd_key, user=etcd_user, password=password)
+    config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
+                         executor=executor, etcd_endpoints=etcd_endpoints, etcd_access=access, etcd_prefix=etcd_prefix,
+                         default_parallelism=parallelism, kill_grace=kill_grace,
+                         tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
+                         max_log_bytes=max_log_bytes,
+                         fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins))
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
+    if (etcd_cert is None) != (etcd_key is None):
+        fail("--etcd-cert and --etcd-key go together", EXIT_BAD_INPUT)
+    if not etcd_endpoints and (etcd_ca or etcd_cert or etcd_user):
+        fail("--etcd-ca, --etcd-cert, --etcd-key and --etcd-user are for an external etcd (--etcd-endpoints); "
+             "the embedded one uses certificates of its own", EXIT_BAD_INPUT)
+    if bool(etcd_user) != bool(password):
+        fail("--etcd-user and DONUT_ETCD_PASSWORD (in the environment) go together", EXIT_BAD_INPUT)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
+        signal.signal(sig, lambda *_: stopped.set())
+    try:
+        stack = Stack(config).start()
+    except Exception as e:  # noqa: BLE001 - one line for the user
+        fail(f"cannot start the stack: {e}")
+    try:
+        try:
+            existing = ClientConfig.load().token
+        except ValueError:
+            existing = ""  # replaced below
+        token, new = stack.client_token(existing)
+        try:
+            path = ClientConfig(endpoint=stack.endpoint, token=token,
+                                tls_ca=str(tls_cert.resolve()) if tls_cert else "").save()
+        except OSError as e:
+            fail(f"cannot write the client config ($DONUT_HOME): {e}")
+        click.echo(f"donut is up: grpc {stack.endpoint}"
+                   + (f", web {stack.http_endpoint}" if stack.http_endpoint else "")
+                   + f", data {config.data_dir}", err=True)
+        click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
+        stopped.wait()
+    finally:
+        click.echo("stopping...", err=True)
+        stack.stop()
