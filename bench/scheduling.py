@@ -4,8 +4,11 @@ Starts `donut up` (its own etcd, fsync on, as in production) in a separate proce
 for each DAG shape of `true` jobs measures the wall time from the CreateWorkflow RPC to
 the finished state, and the wall time of a minimal baseline in this process: the same
 commands in the same dependency order on a thread pool of the same size, no persistence.
-Also prints definition validation time for 10,000 jobs and the scheduler's CPU per job
-at 1,000 and 10,000 jobs (CPU of the donut process itself, not of the jobs).
+Also prints what a user waits for at the command line: `donut submit --wait --json` of
+the chain shape from outside, beside the CLI's own start-up with one call (`donut status
+--json` of an ended workflow), so what the CLI adds to the RPC figure shows; definition
+validation time for 10,000 jobs; and the scheduler's CPU per job at 1,000 and 10,000 jobs
+(CPU of the donut process itself, not of the jobs).
 
     python bench/scheduling.py [--repeat N]
 """
@@ -80,8 +83,9 @@ class Donut:
     """A `donut up` process and a client of it."""
 
     def __init__(self, work: Path) -> None:
+        self.work = work
         home = work / "home"
-        env = {**os.environ, "DONUT_HOME": str(home)}
+        self.env = env = {**os.environ, "DONUT_HOME": str(home)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(work / "data"), "--port", "0",
              "--http-port", "-1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,6 +114,21 @@ class Donut:
         if w.status != pb.WORKFLOW_STATUS_DONE:
             raise RuntimeError(f"workflow ended {w.status}: {w.message}")
         return elapsed
+
+    def cli(self, *args: str) -> tuple[float, str]:
+        """(wall seconds, stdout) of one `donut` command, from outside."""
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "donut_cli", *args], env=self.env, capture_output=True,
+                              text=True, check=True)
+        return time.perf_counter() - start, done.stdout
+
+    def cli_wait(self, dag: Dag, parallelism: int) -> tuple[float, float]:
+        """(`donut submit --wait --json` seconds, `donut status --json` seconds of that workflow)."""
+        path = self.work / "definition.json"
+        path.write_text(definition(dag))
+        waited, out = self.cli("submit", "--wait", "--json", "--parallelism", str(parallelism), str(path))
+        status, _ = self.cli("status", "--json", json.loads(out)["id"])
+        return waited, status
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -149,6 +168,14 @@ def main() -> None:
                 ours = statistics.median(donut.run(dag, parallelism) for _ in range(args.repeat))
                 base = statistics.median(baseline(dag, parallelism) for _ in range(args.repeat))
                 print(f"{label:<22} {len(dag):>5} {ours:>9.3f} {base:>11.3f} {ours / base:>7.2f}")
+            runs = [donut.cli_wait(chain(50), 1) for _ in range(args.repeat)]
+            waited = statistics.median(w for w, _ in runs)
+            start_up = statistics.median(s for _, s in runs)
+            rpc = statistics.median(donut.run(chain(50), 1) for _ in range(args.repeat))
+            print()
+            print(f"CLI: submit --wait --json of chain 50: {waited:.3f} s; the CLI's start-up and one call "
+                  f"(status --json): {start_up:.3f} s; beyond them: {waited - start_up:.3f} s "
+                  f"(CreateWorkflow to the end over gRPC, the same run: {rpc:.3f} s)")
             if not args.skip_cpu:
                 print()
                 print(f"{'scheduler CPU per job':<22} {'jobs':>5} {'wall s':>9} {'CPU ms/job':>11}")
