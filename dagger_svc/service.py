@@ -11,15 +11,15 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from dagger_svc.core.definition import Definition, parse_definition
-from dagger_svc.core.limits import submission_problems
+from dagger_svc.core.limits import label_problems, submission_problems
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowId, WorkflowRecord, WorkflowStatus
-from dagger_svc.core.run import prepare_retry
+from dagger_svc.core.run import prepare_retry, retry_selection
 from dagger_svc.executors.base import workflow_dir
 from dagger_svc.logs import LogLine, LogStore
 from dagger_svc.scheduler import Scheduler
@@ -72,9 +72,10 @@ class DaggerService:
     # ---- workflows -----------------------------------------------------------------
 
     def create(self, caller: Principal, definition_text: bytes, name: str = "", parallelism: int = 0,
-               fail_fast: bool = False, upload_id: str = "") -> WorkflowRecord:
+               fail_fast: bool = False, upload_id: str = "", labels: Mapping[str, str] | None = None) -> WorkflowRecord:
         caller.require_user()
-        problems = submission_problems(name, parallelism, zero_means="the default")
+        labels = dict(labels or {})
+        problems = submission_problems(name, parallelism, zero_means="the default") + label_problems(labels)
         upload_ok = not upload_id or names.matches(names.UPLOAD_ID, upload_id)
         if not upload_ok:
             problems.append(Problem("upload_id", "must be letters, digits, '.', '_' or '-'"))
@@ -90,7 +91,7 @@ class DaggerService:
                 self._remove_refused_upload(caller, upload_id)
             raise InvalidArgument(problems)
         return self._store_new(definition, name, parallelism or self.config.default_parallelism,
-                               fail_fast, upload_id, caller.user_id)
+                               fail_fast, upload_id, caller.user_id, labels)
 
     def _remove_refused_upload(self, caller: Principal, upload_id: str) -> None:
         """Removes the upload of a refused submission if it is wholly the caller's and no
@@ -119,13 +120,10 @@ class DaggerService:
         problems = []
         if upload_id and not present:
             problems.append(Problem("upload_id", f"nothing was uploaded under '{upload_id}'"))
-        wanted = [(f"jobs[{j}].inputs[{i}].cache", item.cache) for j, spec in enumerate(definition.jobs.values())
-                  for i, item in enumerate(spec.inputs) if item.cache]
-        return problems + [Problem(place, f"'{path}' was not uploaded with this workflow (submit --upload)")
-                           for place, path in wanted if path not in present]
+        return problems + _cache_problems(definition, present)
 
     def _store_new(self, definition: Definition, name: str, parallelism: int, fail_fast: bool,
-                   upload_id: str, owner: str) -> WorkflowRecord:
+                   upload_id: str, owner: str, labels: Mapping[str, str]) -> WorkflowRecord:
         if upload_id and self.store.mark_upload(upload_id, UploadMark.USED) is UploadMark.REMOVED:
             raise InvalidArgument([Problem("upload_id", f"'{upload_id}' was removed with a refused submission: "
                                                         "upload the files again under a new id")])
@@ -134,14 +132,20 @@ class DaggerService:
         workflow = WorkflowRecord(
             id=workflow_id, name=name or workflow_id[:8], owner=owner, parallelism=parallelism,
             fail_fast=fail_fast, created_at=time.time(), upload_id=upload_id, job_total=len(jobs),
-            counts={JobStatus.WAITING.value: len(jobs)},
+            counts={JobStatus.WAITING.value: len(jobs)}, labels=dict(labels),
         )
         self.store.create_workflow(workflow, definition, jobs)
         return workflow
 
-    def validate(self, caller: Principal, definition_text: bytes) -> Definition:
+    def validate(self, caller: Principal, definition_text: bytes,
+                 uploads: Collection[str] | None = None) -> Definition:
+        """The definition, parsed; with `uploads`, its `cache:` inputs must be among them."""
         caller.require_user()
-        return parse_definition(definition_text)
+        definition = parse_definition(definition_text)
+        problems = [] if uploads is None else _cache_problems(definition, uploads)
+        if problems:
+            raise InvalidArgument(problems)
+        return definition
 
     def get(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
         return self._get_versioned(caller, workflow_id)[0]
@@ -163,12 +167,14 @@ class DaggerService:
         return workflow_dir(self.config.data_root, workflow_id)
 
     def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None, page_size: int = 0,
-                       page_token: str = "") -> tuple[list[WorkflowRecord], str]:
+                       page_token: str = "", labels: Mapping[str, str] | None = None,
+                       ) -> tuple[list[WorkflowRecord], str]:
         """A page of the caller's workflows (an admin's: everybody's), newest first, and the
-        token of the next page ("" after the last). With a status filter a page reads at
-        most PAGE_READS pages' worth of workflows, so it may hold fewer than asked."""
+        token of the next page ("" after the last). With a status or label filter a page reads
+        at most PAGE_READS pages' worth of workflows, so it may hold fewer than asked."""
         caller.require_user()
-        problems = []
+        labels = dict(labels or {})
+        problems = label_problems(labels)
         if page_size < 0:
             problems.append(Problem("page_size", f"must be 0 (the default, {DEFAULT_PAGE_SIZE}) or more"))
         if page_token and not _PAGE_TOKEN.fullmatch(page_token):
@@ -181,7 +187,8 @@ class DaggerService:
         position = page_token
         for _ in range(PAGE_READS):
             read, position = self.store.workflow_page(owner, position, size - len(found))
-            found += [w for w in read if (not statuses or w.status in statuses) and caller.owns(w.owner)]
+            found += [w for w in read if (not statuses or w.status in statuses) and caller.owns(w.owner)
+                      and labels.items() <= w.labels.items()]
             if len(found) == size or not position:
                 break
         return found, position
@@ -193,15 +200,21 @@ class DaggerService:
         self.store.request_cancel(workflow.id)
         return workflow
 
-    def retry(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
+    def retry(self, caller: Principal, workflow_id: str, only: Sequence[str] = (),
+              restart_successful: bool = False) -> WorkflowRecord:
+        """Runs an ended workflow's unsuccessful jobs again; with `only`, just those among
+        the named jobs and their descendants; with `restart_successful`, succeeded ones too."""
         workflow, revision = self._get_versioned(caller, workflow_id)
+        selected = retry_selection(self.store.definition(workflow.id), only) if only else None
         if not workflow.status.finished:
             raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; retry it once it ends")
         revisions = self.store.workflow_revisions(workflow.id, revision)
         jobs = self.store.jobs(workflow.id, revisions)
-        queued, changed = prepare_retry(workflow, jobs, time.time())
+        queued, changed = prepare_retry(workflow, jobs, time.time(), selected, restart_successful)
         if not changed:
-            raise FailedPrecondition(f"workflow {workflow_id} has nothing to retry: every job succeeded")
+            among = "the chosen jobs and their descendants" if only else "every job"
+            raise FailedPrecondition(f"workflow {workflow_id} has nothing to retry: {among} succeeded "
+                                     "(--restart-successful runs them again)")
         self.store.clear_cancel(workflow.id)
         self.store.save_run(workflow.id, queued, changed.values(), revisions, enqueue=True)
         return queued
@@ -213,7 +226,7 @@ class DaggerService:
         if problems:
             raise InvalidArgument(problems)
         return self._store_new(definition, name or original.name, parallelism or original.parallelism,
-                               original.fail_fast, original.upload_id, caller.user_id)
+                               original.fail_fast, original.upload_id, caller.user_id, original.labels)
 
     def watch(self, caller: Principal, workflow_id: str, is_active: Callable[[], bool] = lambda: True,
               min_interval: float = WATCH_INTERVAL) -> Iterator[WorkflowRecord]:
@@ -335,6 +348,14 @@ class _Latest:
             self._due.clear()
             value, self._value = self._value, _NOTHING
             return value
+
+
+def _cache_problems(definition: Definition, present: Collection[str]) -> list[Problem]:
+    """A problem for every `cache:` input that is not among the uploaded paths."""
+    wanted = [(f"jobs[{j}].inputs[{i}].cache", item.cache) for j, spec in enumerate(definition.jobs.values())
+              for i, item in enumerate(spec.inputs) if item.cache]
+    return [Problem(place, f"'{path}' was not uploaded with this workflow (submit --upload)")
+            for place, path in wanted if path not in present]
 
 
 def _check_job_caller(caller: Principal, workflow_id: str, job: str, attempt: int) -> None:

@@ -27,7 +27,7 @@ def workflow_pb(w: WorkflowRecord, workdir: str = "") -> pb.Workflow:
     return pb.Workflow(
         id=w.id, name=w.name, owner=w.owner, status=pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{w.status.name}"),
         parallelism=w.parallelism, fail_fast=w.fail_fast, message=w.message, job_counts=dict(w.counts),
-        job_total=w.job_total, upload_id=w.upload_id, workdir=workdir,
+        job_total=w.job_total, upload_id=w.upload_id, workdir=workdir, labels=dict(w.labels),
         created_at=timestamp(w.created_at), started_at=timestamp(w.started_at),
         finished_at=timestamp(w.finished_at),
     )
@@ -80,14 +80,15 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
     def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         workflow = self.service.create(
             self.principal(), request.definition, name=request.name, parallelism=request.parallelism,
-            fail_fast=request.fail_fast, upload_id=request.upload_id,
+            fail_fast=request.fail_fast, upload_id=request.upload_id, labels=request.labels,
         )
         return self._workflow(workflow)
 
     def ValidateDefinition(self, request: pb.ValidateDefinitionRequest,
                            context: grpc.ServicerContext) -> pb.ValidateDefinitionResponse:
         try:
-            definition = self.service.validate(self.principal(), request.definition)
+            definition = self.service.validate(self.principal(), request.definition,
+                                               request.uploads if request.check_uploads else None)
         except InvalidArgument as e:
             return pb.ValidateDefinitionResponse(problems=[pb.Problem(place=p.place, message=p.message)
                                                            for p in e.problems])
@@ -108,14 +109,16 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         if request.limit < 0:
             raise InvalidArgument([Problem("limit", "must be 0 (the default page size) or more")])
         listed, next_page = self.service.list_workflows(self.principal(), statuses,
-                                                        request.page_size or request.limit, request.page_token)
+                                                        request.page_size or request.limit, request.page_token,
+                                                        request.labels)
         return pb.ListWorkflowsResponse(workflows=[self._workflow(w) for w in listed], next_page_token=next_page)
 
     def CancelWorkflow(self, request: pb.CancelWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         return self._workflow(self.service.cancel(self.principal(), request.id))
 
     def RetryWorkflow(self, request: pb.RetryWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
-        return self._workflow(self.service.retry(self.principal(), request.id))
+        return self._workflow(self.service.retry(self.principal(), request.id, request.jobs,
+                                                 request.restart_successful))
 
     def CloneWorkflow(self, request: pb.CloneWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         return self._workflow(self.service.clone(self.principal(), request.id, request.name, request.parallelism))

@@ -182,12 +182,33 @@ class WorkflowIdType(click.ParamType[str]):
 WORKFLOW_ID = WorkflowIdType()
 
 
+class LabelType(click.ParamType[tuple[str, str]]):
+    """A label as KEY=VALUE, checked as the server checks it."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
+        from dagger_svc.core.limits import label_problems
+
+        if isinstance(value, tuple):
+            return value
+        key, equals, label = str(value).partition("=")
+        if not equals:
+            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+        for problem in label_problems({key: label}):
+            self.fail(f"{problem.place}: {problem.message}", param, ctx)
+        return key, label
+
+
+LABEL = LabelType()
+
+
 def main() -> None:
     cli(prog_name="donut")
 
 
 # the commands register themselves on the group
-from donut_cli import accounts, logs, results, up, workflows  # noqa: E402,F401
+from donut_cli import accounts, lifecycle, logs, results, up, workflows  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

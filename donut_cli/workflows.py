@@ -11,13 +11,14 @@ from typing import Any, NoReturn
 
 import click
 
-from dagger_svc.core.limits import MAX_PARALLELISM, name_problem
+from dagger_svc.core.limits import MAX_PARALLELISM, label_problems, name_problem
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut_cli.cli import (
     ACTIVE,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     JOB_STATUS_NAMES,
+    LABEL,
     STATUS_NAMES,
     WORKFLOW_ID,
     Client,
@@ -36,7 +37,7 @@ def workflow_json(w: pb.Workflow) -> dict[str, Any]:
         "id": w.id, "name": w.name, "status": status_name(w.status),
         "parallelism": w.parallelism, "message": w.message, "created_at": iso_time(w.created_at),
         "started_at": iso_time(w.started_at), "finished_at": iso_time(w.finished_at), "job_counts": dict(w.job_counts),
-        "workdir": w.workdir,
+        "workdir": w.workdir, "labels": dict(w.labels),
     }
     if w.jobs:
         doc["jobs"] = [
@@ -116,30 +117,33 @@ def show_workflow(client: Client, workflow_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--name", default="", help="A friendly name (default: the file's name).")
+@click.argument("file", type=click.Path(path_type=Path, allow_dash=True))
+@click.option("--name", default="", help="A friendly name (default: the file's name; 'stdin' for -).")
 @click.option("--parallelism", type=click.IntRange(0, MAX_PARALLELISM), default=0,
               help="Jobs at once (0: the server's default).")
 @click.option("--upload", "uploads", multiple=True, type=click.Path(path_type=Path),
               help="A file or directory to upload for `cache:` inputs (repeatable).")
 @click.option("--fail-fast", is_flag=True, help="Stop everything at the first failed job.")
+@click.option("--label", "labels", multiple=True, type=LABEL,
+              help="A label KEY=VALUE to find the workflow by (`list --label`; repeatable).")
+@click.option("--dry-run", is_flag=True, help="Check everything on the server, upload and store nothing; "
+              "print 'valid' (exit 0) or every problem (exit 2).")
 @click.option("--wait", is_flag=True, help="Follow the workflow to its end; exit 0 only when it is done.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with --wait: the final state).")
 @pass_settings
 @rpc_errors
 def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads: tuple[Path, ...],
-           fail_fast: bool, wait: bool, as_json: bool) -> None:
-    """Submit the workflow definition in FILE (YAML or JSON)."""
+           fail_fast: bool, labels: tuple[tuple[str, str], ...], dry_run: bool, wait: bool, as_json: bool) -> None:
+    """Submit the workflow definition in FILE (YAML or JSON; - reads it from stdin)."""
     import uuid
 
-
-    problems = []
+    problems = [f"--label: {p.place}: {p.message}" for p in label_problems(dict(labels))]
     text: bytes | None = None
     try:
-        text = file.read_bytes()
+        text = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
     except OSError as e:
         problems.append(f"FILE: cannot read {file}: {e.strerror}")
-    name = name or file.stem
+    name = name or ("stdin" if str(file) == "-" else file.stem)
     if name_problem(name):
         problems.append(f"--name: {name_problem(name)}")
     to_upload: list[tuple[str, Path]] = []
@@ -157,20 +161,25 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
     client = settings.client
     definition = text or b""  # as it is: the server says where it is not UTF-8
     if text is not None:  # every problem at once: the definition's too
-        check = client.dagger.ValidateDefinition(pb.ValidateDefinitionRequest(definition=definition),
-                                                 metadata=client.metadata)
+        check = client.dagger.ValidateDefinition(pb.ValidateDefinitionRequest(
+            definition=definition, check_uploads=True, uploads=[relative for relative, _ in to_upload]),
+            metadata=client.metadata)
         problems += [f"{p.place}: {p.message}" if p.place else p.message for p in check.problems]
     if problems:
         for problem in problems:
             click.echo("error: " + problem.replace("\n", "\n  "), err=True)
         sys.exit(EXIT_BAD_INPUT)
+    if dry_run:
+        click.echo("valid")
+        return
     upload_id = uuid.uuid4().hex if to_upload else ""
     for relative, f in to_upload:
         client.cellar.put("cache", upload_id, relative, f)
         click.echo(f"uploaded {relative}", err=True)
     w = client.dagger.CreateWorkflow(
         pb.CreateWorkflowRequest(definition=definition, name=name,
-                                 parallelism=parallelism, fail_fast=fail_fast, upload_id=upload_id),
+                                 parallelism=parallelism, fail_fast=fail_fast, upload_id=upload_id,
+                                 labels=dict(labels)),
         metadata=client.metadata,
     )
     if wait:
@@ -196,10 +205,12 @@ def status(settings: Settings, workflow_id: str, as_json: bool) -> None:
 @click.option("--status", "statuses", multiple=True, type=click.Choice(STATUS_NAMES), help="Only these (repeatable).")
 @click.option("--limit", type=click.IntRange(0), default=0, help="At most this many, newest first (0: all).")
 @click.option("--page-size", type=click.IntRange(1, 1000), default=100, help="Workflows asked for per call.")
+@click.option("--label", "labels", multiple=True, type=LABEL, help="Only those with this label (repeatable: all).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 @rpc_errors
-def list_(settings: Settings, statuses: tuple[str, ...], limit: int, page_size: int, as_json: bool) -> None:
+def list_(settings: Settings, statuses: tuple[str, ...], limit: int, page_size: int,
+          labels: tuple[tuple[str, str], ...], as_json: bool) -> None:
     """List workflows, newest first."""
     client = settings.client
     wanted = [pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{s.upper()}") for s in statuses]
@@ -208,7 +219,7 @@ def list_(settings: Settings, statuses: tuple[str, ...], limit: int, page_size: 
     while not limit or len(workflows) < limit:  # page after page
         page = client.dagger.ListWorkflows(pb.ListWorkflowsRequest(
             statuses=wanted, page_size=min(page_size, limit - len(workflows)) if limit else page_size,
-            page_token=token), metadata=client.metadata)
+            page_token=token, labels=dict(labels)), metadata=client.metadata)
         workflows += [workflow_json(w) for w in page.workflows]
         token = page.next_page_token
         if not token:
@@ -238,14 +249,21 @@ def cancel(settings: Settings, workflow_id: str) -> None:
 
 @cli.command()
 @click.argument("workflow_id", type=WORKFLOW_ID)
+@click.option("--jobs", "jobs", multiple=True, metavar="A,B",
+              help="Only these jobs and their descendants (comma-separated; repeatable).")
+@click.option("--restart-successful", is_flag=True, help="Run the succeeded jobs among them again too.")
 @click.option("--wait", is_flag=True, help="Follow the workflow to its end.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 @rpc_errors
-def retry(settings: Settings, workflow_id: str, wait: bool, as_json: bool) -> None:
+def retry(settings: Settings, workflow_id: str, jobs: tuple[str, ...], restart_successful: bool, wait: bool,
+          as_json: bool) -> None:
     """Re-run the failed, skipped, terminated and dead jobs of an ended workflow."""
     client = settings.client
-    w = client.dagger.RetryWorkflow(pb.RetryWorkflowRequest(id=workflow_id), metadata=client.metadata)
+    only = [name.strip() for names in jobs for name in names.split(",")]
+    w = client.dagger.RetryWorkflow(pb.RetryWorkflowRequest(id=workflow_id, jobs=only,
+                                                            restart_successful=restart_successful),
+                                    metadata=client.metadata)
     if wait:
         wait_for(settings, w.id, as_json)
     if as_json:

@@ -3,6 +3,8 @@ ones it can before it uploads anything, and the README quotes them."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Final
 
 from donut_common.errors import Problem
@@ -29,6 +31,33 @@ MAX_NAME_LENGTH: Final = 200
 MAX_LOG_BYTES: Final = 1024 ** 3
 """Where a job attempt's log is cut by default (`donut up --max-log-bytes`): a note says
 so, and later lines are dropped."""
+
+
+MAX_LABELS: Final = 32
+"""The most labels one workflow may carry."""
+
+_LABEL_NAME = re.compile(r"([a-zA-Z0-9]([-_.a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def label_problems(labels: Mapping[str, str]) -> list[Problem]:
+    """What is wrong with a workflow's labels (or a label selector), checked as Kubernetes
+    checks its labels, each problem at `labels[key]`."""
+    problems = []
+    if len(labels) > MAX_LABELS:
+        problems.append(Problem("labels", f"at most {MAX_LABELS} labels, not {len(labels)}"))
+    for key, value in labels.items():
+        place = f"labels[{key}]" if key.isprintable() else f"labels[{key!r}]"
+        prefix, _, name = key.rpartition("/")
+        if not name or not _LABEL_NAME.fullmatch(name) or "/" in key and (
+                len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+            problems.append(Problem(place, "the key must be a name of up to 63 letters, digits, '-', '_' or '.', "
+                                           "starting and ending with a letter or digit, optionally after a DNS "
+                                           "subdomain and '/'"))
+        if not _LABEL_NAME.fullmatch(value):
+            problems.append(Problem(place, "the value must be empty or up to 63 letters, digits, '-', '_' or '.', "
+                                           "starting and ending with a letter or digit"))
+    return problems
 
 
 def name_problem(name: str) -> str:

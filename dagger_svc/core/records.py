@@ -111,6 +111,7 @@ class WorkflowDoc(TypedDict, total=False):
     upload_id: str
     job_total: int
     counts: dict[str, int]
+    labels: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,11 @@ class WorkflowRecord:
     upload_id: str = ""
     job_total: int = 0
     counts: Mapping[str, int] = field(default_factory=dict)  # job status value -> count
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> WorkflowDoc:
-        return cast(WorkflowDoc, _compact(dict(self.__dict__), status=self.status.value, counts=dict(self.counts)))
+        return cast(WorkflowDoc, _compact(dict(self.__dict__), status=self.status.value, counts=dict(self.counts),
+                                          labels=dict(self.labels)))
 
     @classmethod
     def from_dict(cls, d: WorkflowDoc) -> WorkflowRecord:
@@ -188,7 +191,8 @@ class WorkflowRecord:
                    status=WorkflowStatus(d["status"]), parallelism=d.get("parallelism", 1),
                    fail_fast=d.get("fail_fast", False), message=d.get("message", ""),
                    created_at=d.get("created_at"), started_at=d.get("started_at"), finished_at=d.get("finished_at"),
-                   upload_id=d.get("upload_id", ""), job_total=d.get("job_total", 0), counts=d.get("counts", {}))
+                   upload_id=d.get("upload_id", ""), job_total=d.get("job_total", 0), counts=d.get("counts", {}),
+                   labels=d.get("labels", {}))
 
 
 def _compact(d: dict[str, Any], **overrides: Any) -> dict[str, Any]:

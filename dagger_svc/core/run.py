@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from dagger_svc.core.definition import Definition
@@ -24,6 +24,7 @@ from dagger_svc.core.records import (
     WorkflowRecord,
     WorkflowStatus,
 )
+from donut_common.errors import InvalidArgument, Problem
 
 LOST = Outcome(lost=True, message="lost by its executor")
 MAX_LOST_ATTEMPTS = 3  # attempts of a job lost one after another before it is given up (dead)
@@ -316,18 +317,40 @@ class Run:
         return step
 
 
+def retry_selection(definition: Definition, only: Sequence[str]) -> frozenset[str]:
+    """The jobs a retry may reset: those named and their descendants (none named: every job).
+    A name the workflow does not have is an InvalidArgument at `jobs[i]`."""
+    problems = [Problem(f"jobs[{i}]", f"the workflow has no job '{name}'")
+                for i, name in enumerate(only) if name not in definition.jobs]
+    if problems:
+        raise InvalidArgument(problems)
+    if not only:
+        return frozenset(definition.jobs)
+    selected = set(only)
+    todo = deque(only)
+    while todo:
+        for child in definition.children[todo.popleft()]:
+            if child not in selected:
+                selected.add(child)
+                todo.append(child)
+    return frozenset(selected)
+
+
 def prepare_retry(
-    workflow: WorkflowRecord, jobs: Mapping[str, JobRecord], now: float
+    workflow: WorkflowRecord, jobs: Mapping[str, JobRecord], now: float,
+    selected: Collection[str] | None = None, restart_successful: bool = False,
 ) -> tuple[WorkflowRecord, dict[str, JobRecord]]:
     """The records that make a finished workflow run again: failed, skipped, terminated
-    and dead jobs go back to waiting (keeping their attempts); succeeded ones stay."""
+    and dead jobs (among `selected`, if given) go back to waiting, keeping their attempts;
+    succeeded ones stay, unless `restart_successful`."""
+    resettable = RETRYABLE_JOB_STATUSES | {JobStatus.SUCCEEDED} if restart_successful else RETRYABLE_JOB_STATUSES
     changed = {
         name: replace(
             job, status=JobStatus.WAITING, round_start=job.attempt, message="", retry_at=None,
             exit_code=None, signal="", started_at=None, finished_at=None,
         )
         for name, job in jobs.items()
-        if job.status in RETRYABLE_JOB_STATUSES
+        if job.status in resettable and (selected is None or name in selected)
     }
     counts = Counter(job.status.value for job in jobs.values())
     counts[JobStatus.WAITING.value] += len(changed)

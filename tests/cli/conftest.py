@@ -14,13 +14,13 @@ FRUIT = Path(__file__).resolve().parents[2] / "examples" / "fruit_gather.yaml"
 
 
 def donut(*args: str, home: Path, endpoint: str | None = None, timeout: float = 60,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+          env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
     environment = {**{k: v for k, v in os.environ.items() if k != "DONUT_TOKEN"}, "DONUT_HOME": str(home),
                    **(env or {})}
     if endpoint:
         environment["DONUT_ENDPOINT"] = endpoint
     return subprocess.run([sys.executable, "-m", "donut_cli", *args], env=environment, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, input=input)
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from dagger_svc.core.definition import Definition, JobSpec
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
-from dagger_svc.core.run import MAX_LOST_ATTEMPTS, Run, Step, prepare_retry, retry_backoff
+from dagger_svc.core.run import MAX_LOST_ATTEMPTS, Run, Step, prepare_retry, retry_backoff, retry_selection
+from donut_common.errors import InvalidArgument
 
 OK = Outcome(exit_code=0)
 FAIL = Outcome(exit_code=1)
@@ -281,3 +282,50 @@ def test_a_paused_run_launches_nothing_more_but_records_ends() -> None:
     step = run.job_finished("a", 1, OK, 1.0)
     assert step.launch == [] and run.jobs["a"].status is JobStatus.SUCCEEDED
     assert run.jobs["b"].status is JobStatus.QUEUED
+
+
+def _failed_diamond() -> Run:
+    """DIAMOND plus a lone `e`: b fails, so d is skipped; a, c and e succeed."""
+    run = make_run({**DIAMOND, "e": []}, parallelism=4)
+    drive(run, run.start(0.0), {"b": [FAIL]})
+    return run
+
+
+@pytest.mark.parametrize(("only", "restart_successful", "reset"), [
+    ((), False, {"b", "d"}),
+    ((), True, {"a", "b", "c", "d", "e"}),
+    (("b",), False, {"b", "d"}),
+    (("c",), False, {"d"}),
+    (("c",), True, {"c", "d"}),
+    (("a",), True, {"a", "b", "c", "d"}),
+    (("e",), False, set()),
+    (("e", "d"), True, {"e", "d"}),
+])
+def test_retry_resets_the_chosen_jobs_and_their_descendants(only: tuple[str, ...], restart_successful: bool,
+                                                            reset: set[str]) -> None:
+    run = _failed_diamond()
+    selected = retry_selection(run.definition, only) if only else None
+    queued, changed = prepare_retry(run.workflow, run.jobs, 100.0, selected, restart_successful)
+    assert set(changed) == reset
+    assert all(job.status is JobStatus.WAITING and job.round_start == run.jobs[name].attempt
+               for name, job in changed.items())
+    assert sum(queued.counts.values()) == 5 and queued.counts.get("waiting", 0) == len(reset)
+
+
+def test_retry_selection_names_every_unknown_job() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        retry_selection(make_run(DIAMOND).definition, ["a", "zz", "b", "yy"])
+    assert [(p.place, p.message) for p in refused.value.problems] == [
+        ("jobs[1]", "the workflow has no job 'zz'"), ("jobs[3]", "the workflow has no job 'yy'")]
+
+
+def test_a_restarted_successful_job_runs_again_and_its_descendants_after_it() -> None:
+    run = make_run(CHAIN)
+    drive(run, run.start(0.0), {})
+    queued, changed = prepare_retry(run.workflow, run.jobs, 100.0, retry_selection(run.definition, ["b"]), True)
+    again = make_run(CHAIN, jobs={**run.jobs, **changed}, workflow=queued)
+    first = again.start(101.0)
+    assert first.launch == ["b"]
+    drive(again, first, {})
+    assert again.workflow.status is WorkflowStatus.DONE
+    assert [again.jobs[name].attempt for name in "abc"] == [1, 2, 2]

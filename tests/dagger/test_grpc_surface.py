@@ -237,3 +237,31 @@ def test_workflows_are_listed_in_pages_newest_first(driver: Driver) -> None:
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert field in refused.value.details()  # type: ignore[attr-defined]
     assert len(stub.ListWorkflows(pb.ListWorkflowsRequest(page_size=10**6)).workflows) == 7  # at most the maximum
+
+
+def _refused(call: Any) -> str:
+    """The details of a call refused as INVALID_ARGUMENT."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.details()  # type: ignore[attr-defined]
+        return e.details()  # type: ignore[attr-defined,no-any-return]
+    raise AssertionError("the call succeeded")
+
+
+def test_bad_labels_and_unknown_retry_jobs_are_invalid_argument(driver: Driver) -> None:
+    stub = driver.stub
+    good = json.dumps({"jobs": [sh("true", "a")]}).encode()
+    details = _refused(lambda: stub.CreateWorkflow(pb.CreateWorkflowRequest(
+        definition=good, labels={"team": "ok", "bad key": "v", "tier": "-x"})))
+    assert "labels[bad key]" in details and "labels[tier]" in details and "labels[team]" not in details
+    assert "labels" in _refused(lambda: stub.CreateWorkflow(pb.CreateWorkflowRequest(
+        definition=good, labels={f"k{i}": "v" for i in range(33)})))
+    assert "labels[a b]" in _refused(lambda: stub.ListWorkflows(pb.ListWorkflowsRequest(labels={"a b": "c"})))
+    assert list(stub.ListWorkflows(pb.ListWorkflowsRequest()).workflows) == []
+
+    ended = driver.submit([sh("true", "a"), sh("false", "b")], {"a": ["b"]})
+    driver.wait(ended)
+    details = _refused(lambda: stub.RetryWorkflow(pb.RetryWorkflowRequest(id=ended, jobs=["b", "zz"])))
+    assert "jobs[1]" in details and "zz" in details
+    assert driver.jobs(ended)["b"].attempt == 1  # nothing was retried

@@ -328,6 +328,26 @@ class Workflow(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
@@ -343,6 +363,7 @@ class Workflow(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     WORKDIR_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -369,6 +390,8 @@ class Workflow(_message.Message):
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """filled when asked for (include_jobs)"""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -387,10 +410,11 @@ class Workflow(_message.Message):
         jobs: _abc.Iterable[Global___Job] | None = ...,
         upload_id: _builtins.str = ...,
         workdir: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fail_fast", b"fail_fast", "finished_at", b"finished_at", "id", b"id", "job_counts", b"job_counts", "job_total", b"job_total", "jobs", b"jobs", "message", b"message", "name", b"name", "owner", b"owner", "parallelism", b"parallelism", "started_at", b"started_at", "status", b"status", "upload_id", b"upload_id", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fail_fast", b"fail_fast", "finished_at", b"finished_at", "id", b"id", "job_counts", b"job_counts", "job_total", b"job_total", "jobs", b"jobs", "labels", b"labels", "message", b"message", "name", b"name", "owner", b"owner", "parallelism", b"parallelism", "started_at", b"started_at", "status", b"status", "upload_id", b"upload_id", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -400,11 +424,32 @@ Global___Workflow: _TypeAlias = Workflow  # noqa: Y015
 class CreateWorkflowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DEFINITION_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     PARALLELISM_FIELD_NUMBER: _builtins.int
     FAIL_FAST_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     definition: _builtins.bytes
     """YAML or JSON text, UTF-8"""
     name: _builtins.str
@@ -413,6 +458,12 @@ class CreateWorkflowRequest(_message.Message):
     fail_fast: _builtins.bool
     upload_id: _builtins.str
     """cellar CACHE scope of the files uploaded for this workflow"""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """As Kubernetes labels: key [prefix/]name, name and value up to 63 of [-_.a-zA-Z0-9]
+        starting and ending alphanumeric (a value may be empty), prefix a DNS subdomain; at most 32.
+        """
+
     def __init__(
         self,
         *,
@@ -421,10 +472,11 @@ class CreateWorkflowRequest(_message.Message):
         parallelism: _builtins.int = ...,
         fail_fast: _builtins.bool = ...,
         upload_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "fail_fast", b"fail_fast", "name", b"name", "parallelism", b"parallelism", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "fail_fast", b"fail_fast", "labels", b"labels", "name", b"name", "parallelism", b"parallelism", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -458,16 +510,26 @@ class ValidateDefinitionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DEFINITION_FIELD_NUMBER: _builtins.int
+    CHECK_UPLOADS_FIELD_NUMBER: _builtins.int
+    UPLOADS_FIELD_NUMBER: _builtins.int
     definition: _builtins.bytes
     """YAML or JSON text, UTF-8"""
+    check_uploads: _builtins.bool
+    """every `cache:` input must be one of uploads"""
+    @_builtins.property
+    def uploads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the paths that would be uploaded with the workflow"""
+
     def __init__(
         self,
         *,
         definition: _builtins.bytes = ...,
+        check_uploads: _builtins.bool = ...,
+        uploads: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_uploads", b"check_uploads", "definition", b"definition", "uploads", b"uploads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -521,15 +583,36 @@ Global___GetWorkflowRequest: _TypeAlias = GetWorkflowRequest  # noqa: Y015
 @_typing.final
 class ListWorkflowsRequest(_message.Message):
     """Newest first, a page at a time: ask again with next_page_token until it is empty.
-    A page with a status filter may hold fewer than page_size (even none) and still not be the last.
+    A page with a status or label filter may hold fewer than page_size (even none) and still not be the last.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     STATUSES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """older clients' page_size (used when page_size is 0)"""
     page_size: _builtins.int
@@ -540,6 +623,10 @@ class ListWorkflowsRequest(_message.Message):
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___WorkflowStatus.ValueType]:
         """empty: all"""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """only workflows with every one of these labels"""
+
     def __init__(
         self,
         *,
@@ -547,10 +634,11 @@ class ListWorkflowsRequest(_message.Message):
         limit: _builtins.int = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "limit", b"limit", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -604,15 +692,25 @@ class RetryWorkflowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    RESTART_SUCCESSFUL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    restart_successful: _builtins.bool
+    """succeeded jobs among them run again too"""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only these jobs and their descendants (empty: every job)"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+        restart_successful: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "jobs", b"jobs", "restart_successful", b"restart_successful"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,7 +112,7 @@ class DaggerServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ValidateDefinition(self, request, context):
-        """Validates a definition without storing anything.
+        """Validates a definition without storing anything (with check_uploads, its `cache:` inputs too).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,7 +138,8 @@ class DaggerServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def RetryWorkflow(self, request, context):
-        """Re-runs the failed, skipped, terminated and dead jobs of a finished workflow.
+        """Re-runs the failed, skipped, terminated and dead jobs of a finished workflow (or of
+        the chosen jobs and their descendants; with restart_successful, succeeded ones too).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,13 +34,15 @@ class DaggerStub:
     CreateWorkflow: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.CreateWorkflowRequest, _dagger_pb2.Workflow]
     """Validates a definition and stores the workflow; INVALID_ARGUMENT lists every problem."""
     ValidateDefinition: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.ValidateDefinitionRequest, _dagger_pb2.ValidateDefinitionResponse]
-    """Validates a definition without storing anything."""
+    """Validates a definition without storing anything (with check_uploads, its `cache:` inputs too)."""
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.GetWorkflowRequest, _dagger_pb2.Workflow]
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.ListWorkflowsRequest, _dagger_pb2.ListWorkflowsResponse]
     CancelWorkflow: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.CancelWorkflowRequest, _dagger_pb2.Workflow]
     """Terminates running jobs and marks the rest terminated."""
     RetryWorkflow: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.RetryWorkflowRequest, _dagger_pb2.Workflow]
-    """Re-runs the failed, skipped, terminated and dead jobs of a finished workflow."""
+    """Re-runs the failed, skipped, terminated and dead jobs of a finished workflow (or of
+    the chosen jobs and their descendants; with restart_successful, succeeded ones too).
+    """
     CloneWorkflow: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.CloneWorkflowRequest, _dagger_pb2.Workflow]
     """Submits the definition of an existing workflow again, as a new workflow."""
     WatchWorkflow: _grpc.UnaryStreamMultiCallable[_dagger_pb2.WatchWorkflowRequest, _dagger_pb2.Workflow]
@@ -62,13 +64,15 @@ class DaggerAsyncStub(DaggerStub):
     CreateWorkflow: _aio.UnaryUnaryMultiCallable[_dagger_pb2.CreateWorkflowRequest, _dagger_pb2.Workflow]  # type: ignore[assignment]
     """Validates a definition and stores the workflow; INVALID_ARGUMENT lists every problem."""
     ValidateDefinition: _aio.UnaryUnaryMultiCallable[_dagger_pb2.ValidateDefinitionRequest, _dagger_pb2.ValidateDefinitionResponse]  # type: ignore[assignment]
-    """Validates a definition without storing anything."""
+    """Validates a definition without storing anything (with check_uploads, its `cache:` inputs too)."""
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_dagger_pb2.GetWorkflowRequest, _dagger_pb2.Workflow]  # type: ignore[assignment]
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_dagger_pb2.ListWorkflowsRequest, _dagger_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     CancelWorkflow: _aio.UnaryUnaryMultiCallable[_dagger_pb2.CancelWorkflowRequest, _dagger_pb2.Workflow]  # type: ignore[assignment]
     """Terminates running jobs and marks the rest terminated."""
     RetryWorkflow: _aio.UnaryUnaryMultiCallable[_dagger_pb2.RetryWorkflowRequest, _dagger_pb2.Workflow]  # type: ignore[assignment]
-    """Re-runs the failed, skipped, terminated and dead jobs of a finished workflow."""
+    """Re-runs the failed, skipped, terminated and dead jobs of a finished workflow (or of
+    the chosen jobs and their descendants; with restart_successful, succeeded ones too).
+    """
     CloneWorkflow: _aio.UnaryUnaryMultiCallable[_dagger_pb2.CloneWorkflowRequest, _dagger_pb2.Workflow]  # type: ignore[assignment]
     """Submits the definition of an existing workflow again, as a new workflow."""
     WatchWorkflow: _aio.UnaryStreamMultiCallable[_dagger_pb2.WatchWorkflowRequest, _dagger_pb2.Workflow]  # type: ignore[assignment]
@@ -99,7 +103,7 @@ class DaggerServicer(metaclass=_abc_1.ABCMeta):
         request: _dagger_pb2.ValidateDefinitionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dagger_pb2.ValidateDefinitionResponse, _abc.Awaitable[_dagger_pb2.ValidateDefinitionResponse]]:
-        """Validates a definition without storing anything."""
+        """Validates a definition without storing anything (with check_uploads, its `cache:` inputs too)."""
 
     @_abc_1.abstractmethod
     def GetWorkflow(
@@ -129,7 +133,9 @@ class DaggerServicer(metaclass=_abc_1.ABCMeta):
         request: _dagger_pb2.RetryWorkflowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dagger_pb2.Workflow, _abc.Awaitable[_dagger_pb2.Workflow]]:
-        """Re-runs the failed, skipped, terminated and dead jobs of a finished workflow."""
+        """Re-runs the failed, skipped, terminated and dead jobs of a finished workflow (or of
+        the chosen jobs and their descendants; with restart_successful, succeeded ones too).
+        """
 
     @_abc_1.abstractmethod
     def CloneWorkflow(
