@@ -243,7 +243,8 @@ def logs(settings: Settings, workflow_id: str, job: str | None, follow: bool, at
     Without JOB, every job's lines, each behind its job's name: job by job in the order they
     started, or with -f as they arrive, from each job as it starts, until the workflow ends.
     """
-    since_ms = round((time.time() - _seconds(since)) * 1000) if since is not None else 0
+    since_ms = round((time.time() - min(_seconds(since), 1 << 40)) * 1000) if since is not None else 0
+    tail = None if tail is None else min(tail, sys.maxsize)
     if attempt and job is None:
         fail("--attempt: needs a JOB", EXIT_BAD_INPUT)
     client = settings.client

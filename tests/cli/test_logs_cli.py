@@ -47,6 +47,35 @@ def test_logs_of_a_finished_workflow_show_every_line_once_prefixed_by_its_job(cl
     assert "\x1b" not in result.stdout + result.stderr  # piped: no colour codes
 
 
+def test_on_a_terminal_each_job_name_has_a_colour_of_its_own(cli: Any, stack: Any, donut_home: Path,
+                                                             tmp_path: Path) -> None:
+    import pty
+
+    workflow_id = _three_fruit(cli, tmp_path)
+    terminal, side = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "donut_cli", "logs", workflow_id],
+        env={**{k: v for k, v in os.environ.items() if k != "NO_COLOR"}, "DONUT_HOME": str(donut_home),
+             "DONUT_ENDPOINT": stack.endpoint, "DONUT_TOKEN": stack.admin_token},
+        stdout=side, stderr=subprocess.PIPE)
+    os.close(side)
+    shown = b""
+    while True:
+        try:
+            data = os.read(terminal, 65536)
+        except OSError:  # the other side closed
+            break
+        if not data:
+            break
+        shown += data
+    os.close(terminal)
+    assert process.wait(timeout=30) == 0
+    lines = [re.fullmatch(r"(\x1b\[\d+m)(\w+):\x1b\[0m (\w+) \d", line) for line in shown.decode().splitlines()]
+    assert len(lines) == 9 and all(lines), shown
+    assert all(m[2] == m[3] for m in lines if m)  # the job's own lines
+    assert len({(m[1], m[2]) for m in lines if m}) == 3  # one colour per job, the same on each of its lines
+
+
 def test_tail_shows_the_last_lines_of_each_job(cli: Any, tmp_path: Path) -> None:
     workflow_id = _three_fruit(cli, tmp_path)
 
@@ -56,7 +85,11 @@ def test_tail_shows_the_last_lines_of_each_job(cli: Any, tmp_path: Path) -> None
     assert one.returncode == 0 and one.stdout.splitlines() == ["banana 2", "banana 3"]
     assert every.returncode == 0 and every.stdout.splitlines() == ["banana: banana 3", "cherry: cherry 3"]
     assert every.stderr.splitlines() == ["apple: bruised"]  # apple's last line
-    assert cli("logs", workflow_id, "--tail", "-1").returncode == 2
+    assert cli("logs", workflow_id, "banana", "--tail", "99999999999999999999").stdout.splitlines() == [
+        "banana 1", "banana 2", "banana 3"]  # more than there are: all of them
+    for bad in (("--tail", "-1"), ("--attempt", "1")):
+        result = cli("logs", workflow_id, *bad)
+        assert result.returncode == 2 and bad[0] in result.stderr and "Traceback" not in result.stderr
 
 
 def test_timestamps_lead_each_line(cli: Any, tmp_path: Path) -> None:
@@ -78,6 +111,7 @@ def test_since_shows_only_recent_lines(cli: Any, tmp_path: Path) -> None:
 
     assert len(cli("logs", workflow_id, "--since", "1h").stdout.splitlines()) == 9
     assert cli("logs", workflow_id, "apple", "--since", "0s").stdout == ""
+    assert len(cli("logs", workflow_id, "--since", "9" * 400 + "d").stdout.splitlines()) == 9
     bad = cli("logs", workflow_id, "--since", "soon")
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "--since" in bad.stderr
 
