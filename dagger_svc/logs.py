@@ -10,6 +10,10 @@ write, so a resent batch is stored once, even after a restart: reopening the fil
 the last sequence stored and drops a batch that was cut short (the wrapper resends it).
 A sequenced log starts with `q0`, so even its first batch can be found cut short.
 
+Each batch's lines follow a `t<unix ms>` line: when the server received them. Like the
+sequence markers it is not a line of the log (offsets count only the lines); a log
+written before these markers existed has lines of unknown time (0).
+
 An attempt's log is cut at a size limit: the line that would cross it is replaced by a
 note saying so, and later lines are dropped (their sequence markers are still stored).
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,10 +35,12 @@ from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 _TAGS = {STDOUT: b"o", STDERR: b"e", SYSTEM: b"s"}
 _STREAMS = {ord("o"): STDOUT, ord("e"): STDERR, ord("s"): SYSTEM}
 _SEQUENCE = ord("q")
+_TIME = ord("t")
 _MARKER = re.compile(rb"(?m)^q(\d{1,20})\n")
 _MARKER_ROOM = 32  # bytes a marker line can take (looked at again across a read boundary)
 
 LogLine = tuple[int, bytes]  # (stream, text without newline)
+TimedLine = tuple[int, bytes, int]  # (stream, text, when it was received in unix ms; 0: unknown)
 READ_BATCH_BYTES = 4 * 1024 * 1024  # lines are at most 1 MiB: a batch stays well under a message's 16 MiB
 MAX_OPEN_LOGS = 256  # files kept open for appending; the least recently used is closed (and reopened when needed)
 
@@ -46,8 +53,10 @@ class _Open:
 
 
 class LogStore:
-    def __init__(self, root: Path, max_bytes: int = MAX_LOG_BYTES, max_open: int = MAX_OPEN_LOGS) -> None:
+    def __init__(self, root: Path, max_bytes: int = MAX_LOG_BYTES, max_open: int = MAX_OPEN_LOGS,
+                 clock: Callable[[], float] = time.time) -> None:
         self.root = root
+        self.clock = clock
         self.max_bytes = max_bytes
         self.max_open = max_open
         self._open: OrderedDict[tuple[str, str, int], _Open] = OrderedDict()
@@ -78,17 +87,19 @@ class LogStore:
     def _lines_within_limit(self, entry: _Open, lines: list[LogLine]) -> bytes:
         """The stored form of the lines that fit under the limit, and the note saying where
         the log was cut when this batch reaches it (once: a log over it takes no more)."""
-        if entry.size > self.max_bytes:  # cut already (the note takes it over)
+        if entry.size > self.max_bytes or not lines:  # cut already (the note takes it over), or nothing
             return b""
+        received = b"t%d\n" % round(self.clock() * 1000)
         stored = [_TAGS[s] + text.replace(b"\n", b" ") + b"\n" for s, text in lines]
-        room = self.max_bytes - entry.size
+        room = self.max_bytes - entry.size - len(received)
         for i, line in enumerate(stored):
             room -= len(line)
             if room < 0:
                 note = (f"log cut: this attempt's log reached its limit of {self.max_bytes} bytes; "
                         "later lines are dropped").encode()
-                return b"".join(stored[:i]) + _TAGS[SYSTEM] + note + b"\n"
-        return b"".join(stored)
+                stored[i:] = [_TAGS[SYSTEM] + note + b"\n"]
+                break
+        return received + b"".join(stored)
 
     def append(self, workflow_id: str, job: str, attempt: int, lines: list[LogLine],
                sequence: int | None = None) -> int:
@@ -131,17 +142,24 @@ class LogStore:
     def read(self, workflow_id: str, job: str, attempt: int, offset: int = 0,
              follow_until: Callable[[], bool] | None = None,
              batch: int = 1000, batch_bytes: int = READ_BATCH_BYTES) -> Iterator[tuple[int, list[LogLine]]]:
+        """Yields (index of the first line, lines) as read_timed does, without the times."""
+        for index, lines in self.read_timed(workflow_id, job, attempt, offset, follow_until, batch, batch_bytes):
+            yield index, [(stream, text) for stream, text, _ in lines]
+
+    def read_timed(self, workflow_id: str, job: str, attempt: int, offset: int = 0,
+                   follow_until: Callable[[], bool] | None = None,
+                   batch: int = 1000, batch_bytes: int = READ_BATCH_BYTES) -> Iterator[tuple[int, list[TimedLine]]]:
         """Yields (index of the first line, lines) from line `offset`, at most `batch`
         lines and about `batch_bytes` at a time (read from disk as they go: memory does not
         grow with the log). With follow_until, keeps waiting for new lines until it returns
         True (the attempt is over) and the file has been read to its end."""
         path = self.path(workflow_id, job, attempt)
-        position, index = 0, 0
+        position, index, at = 0, 0, 0
         while True:
             with self._lock:
                 generation = self._generation
             over = follow_until is None or follow_until()
-            lines: list[LogLine] = []
+            lines: list[TimedLine] = []
             size = 0
             if path.exists():
                 with open(path, "rb") as f:
@@ -152,8 +170,11 @@ class LogStore:
                         position += len(raw)
                         if raw[0] == _SEQUENCE:
                             continue
+                        if raw[0] == _TIME:
+                            at = int(raw[1:-1])
+                            continue
                         if index >= offset:
-                            lines.append((_STREAMS.get(raw[0], STDOUT), raw[1:-1]))
+                            lines.append((_STREAMS.get(raw[0], STDOUT), raw[1:-1], at))
                             size += len(raw)
                         index += 1
                         if len(lines) >= batch or size >= batch_bytes:

@@ -21,7 +21,7 @@ from dagger_svc.core.limits import label_problems, submission_problems
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowId, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.run import prepare_retry, retry_selection
 from dagger_svc.executors.base import workflow_dir
-from dagger_svc.logs import LogLine, LogStore
+from dagger_svc.logs import LogLine, LogStore, TimedLine
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import RunView, Store, UploadMark, no_workflow
 from donut_common import names
@@ -264,7 +264,7 @@ class DaggerService:
 
     def tail_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int = 0, offset: int = 0,
                   follow: bool = False,
-                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, list[LogLine]]]:
+                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, list[TimedLine]]]:
         """(attempt, index of the first line, lines) of one attempt (0: the current one);
         with follow, then of every attempt after it, until the job has ended."""
         workflow_id = self.get(caller, workflow_id).id
@@ -283,7 +283,8 @@ class DaggerService:
                 now.status is not JobStatus.RUNNING and now.attempt == current)
 
         while True:
-            for index, lines in self.logs.read(workflow_id, job, current, offset, attempt_over if follow else None):
+            for index, lines in self.logs.read_timed(workflow_id, job, current, offset,
+                                                     attempt_over if follow else None):
                 offset = index + len(lines)
                 yield current, index, lines
             if not follow or not is_active():

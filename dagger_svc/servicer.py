@@ -149,7 +149,7 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
             is_active=lambda: _active(context),
         ):
             yield pb.LogLines(offset=offset, attempt=attempt,
-                              lines=[pb.LogLine(stream=cast(Any, s), text=t) for s, t in lines])
+                              lines=[pb.LogLine(stream=cast(Any, s), text=t, time=at) for s, t, at in lines])
 
     def ReportJobStatus(self, request: pb.ReportJobStatusRequest,
                         context: grpc.ServicerContext) -> pb.ReportJobStatusResponse:

@@ -46,6 +46,22 @@ def test_offsets_and_unsequenced_appends(tmp_path: Path) -> None:
     assert LogStore(tmp_path).append("w", "j", 1, [(STDOUT, b"y")]) == 0
 
 
+def test_each_batch_is_stored_with_when_it_was_received(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    store = LogStore(tmp_path, clock=lambda: now[0])
+    store.append("w", "j", 1, [(STDOUT, b"a"), (STDERR, b"b")], sequence=1)
+    now[0] += 1.5
+    store.append("w", "j", 1, [(STDOUT, b"c")], sequence=2)
+    assert [line for _, chunk in store.read_timed("w", "j", 1) for line in chunk] == [
+        (STDOUT, b"a", 1_800_000_000_000), (STDERR, b"b", 1_800_000_000_000), (STDOUT, b"c", 1_800_000_001_500)]
+    assert [line for _, chunk in store.read_timed("w", "j", 1, offset=2) for line in chunk] == [
+        (STDOUT, b"c", 1_800_000_001_500)]  # the times are not lines
+    store.close()
+    older = store.path("w", "j", 2)
+    older.write_bytes(b"q0\noold\nq1\n")  # written before logs had times
+    assert list(LogStore(tmp_path).read_timed("w", "j", 2)) == [(0, [(STDOUT, b"old", 0)])]
+
+
 def test_a_torn_first_batch_is_dropped(tmp_path: Path) -> None:
     store = LogStore(tmp_path)
     store.append("w", "j", 1, [(STDOUT, b"hello")], sequence=1)
@@ -127,17 +143,17 @@ def test_open_log_files_are_bounded_and_a_reopened_one_still_drops_resends(tmp_p
 
 
 def test_an_attempt_log_is_cut_at_its_limit_with_a_note_and_resends_still_drop(tmp_path: Path) -> None:
-    store = LogStore(tmp_path, max_bytes=100)
-    for sequence in range(1, 6):  # 5 batches of two 20-byte lines: over the limit from the third
+    store = LogStore(tmp_path, max_bytes=130, clock=lambda: 1.8e9)
+    for sequence in range(1, 6):  # 5 batches of two 20-byte lines and 18 of markers: over the limit from the third
         store.append("w", "j", 1, [(STDOUT, b"%019d" % (2 * sequence - 1)), (STDOUT, b"%019d" % (2 * sequence))],
                      sequence=sequence)
     assert store.append("w", "j", 1, [(STDOUT, b"x")], sequence=5) == 5  # a resend, still dropped
     lines = [line for _, batch in store.read("w", "j", 1) for line in batch]
     assert [text for stream, text in lines if stream == STDOUT] == [b"%019d" % i for i in range(1, 5)]
-    assert lines[-1][0] == SYSTEM and b"100 bytes" in lines[-1][1]
+    assert lines[-1][0] == SYSTEM and b"130 bytes" in lines[-1][1]
     assert sum(1 for stream, _ in lines if stream == SYSTEM) == 1
     store.close()
-    again = LogStore(tmp_path, max_bytes=100)  # after a restart: still cut, no second note
+    again = LogStore(tmp_path, max_bytes=130)  # after a restart: still cut, no second note
     assert again.append("w", "j", 1, [(STDOUT, b"more")], sequence=6) == 6
     assert [line for _, batch in again.read("w", "j", 1) for line in batch] == lines
 

@@ -94,9 +94,9 @@ def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
 
 
 def test_log_followers_ride_out_a_killed_stack(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
-    """`donut logs --follow` of a running job and of one still waiting, while `donut up` is
-    killed and started again: the running attempt is lost and run again, and the followers
-    go on through the new attempts to the end, every line once."""
+    """`donut logs --follow` of a running job, of one still waiting and of the whole workflow,
+    while `donut up` is killed and started again: the running attempt is lost and run again,
+    and the followers go on through the new attempts to the end, every line once."""
     data_dir, home, port = tmp_path / "data", tmp_path / "home", free_port()
     process, config = start_up(data_dir, home, etcd_server, etcd_prefix, port)
     stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
@@ -109,14 +109,15 @@ def test_log_followers_ride_out_a_killed_stack(tmp_path: Path, etcd_server: Etcd
         assert time.time() < deadline
         time.sleep(0.05)
 
-    def follow(job: str) -> subprocess.Popen[bytes]:
+    def follow(*job: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "donut_cli", "logs", workflow_id, job, "--follow"],
+            [sys.executable, "-m", "donut_cli", "logs", workflow_id, *job, "--follow"],
             env={**os.environ, "DONUT_HOME": str(home), "DONUT_ENDPOINT": config["endpoint"],
                  "DONUT_TOKEN": config["token"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    followers = {"a": follow("a"), "b": follow("b")}
+    followers = {"a": follow("a"), "b": follow("b"), "all": follow()}
     assert followers["a"].stdout.readline() == b"a 1\n"  # type: ignore[union-attr]
+    assert followers["all"].stdout.readline() == b"a: a 1\n"  # type: ignore[union-attr]
     time.sleep(1)  # b's follower, started with a's, is waiting for b to start
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -130,6 +131,10 @@ def test_log_followers_ride_out_a_killed_stack(tmp_path: Path, etcd_server: Etcd
         assert b"attempt 2" in a_notes and b"lost the connection" in a_notes
         assert followers["b"].returncode == 0, b_notes
         assert b_out.splitlines() == [b"b 1"]
+        all_out, all_notes = followers["all"].communicate(timeout=60)
+        assert followers["all"].returncode == 0, all_notes
+        assert all_out.splitlines() == [b"a: a 2", b"a: a done", b"b: b 1"]
+        assert b"a: [donut] attempt 2" in all_notes and b"lost the connection" in all_notes
     finally:
         for follower in followers.values():
             follower.kill()

@@ -832,18 +832,22 @@ class LogLine(_message.Message):
 
     STREAM_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
     stream: Global___LogStream.ValueType
     text: _builtins.bytes
     """without the newline; may be a fragment of a longer line"""
+    time: _builtins.int
+    """in TailLogs answers: when the server received it, unix ms (0: unknown)"""
     def __init__(
         self,
         *,
         stream: Global___LogStream.ValueType = ...,
         text: _builtins.bytes = ...,
+        time: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream", b"stream", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream", b"stream", "text", b"text", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
