@@ -9,6 +9,7 @@ import click
 
 from donut.users.v1 import users_pb2
 from donut_cli.cli import EXIT_BAD_INPUT, Settings, cli, fail, iso_time, pass_settings, rpc_errors
+from donut_cli.output import emit, output_option
 
 
 def _duration(text: str) -> int:
@@ -81,20 +82,20 @@ def token_create(settings: Settings, name: str, expires: str, user_login: str, a
 
 @token.command(name="list")
 @click.option("--user", "user_login", default="", help="Another user's tokens (admins only).")
-@click.option("--json", "as_json", is_flag=True)
+@output_option
 @pass_settings
 @rpc_errors
-def token_list(settings: Settings, user_login: str, as_json: bool) -> None:
+def token_list(settings: Settings, user_login: str, output: str) -> None:
     """List tokens (never their secrets)."""
     from donut.users.v1 import users_pb2
 
     client = settings.client
     tokens = client.users.ListTokens(users_pb2.ListTokensRequest(user_login=user_login),
                                      metadata=client.metadata).tokens
-    docs = [_token_json(t) for t in tokens]
-    if as_json:
-        click.echo(json.dumps(docs, indent=2))
-        return
+    emit([_token_json(t) for t in tokens], output, _token_table)
+
+
+def _token_table(docs: list[dict[str, Any]], wide: bool) -> None:
     click.echo(f"{'ID':<16}  {'NAME':<20}  {'SCOPES':<12}  {'EXPIRES':<29}  STATE")
     for d in docs:
         click.echo(f"{d['id']:<16}  {d['name'][:20]:<20}  {','.join(d['scopes']):<12}  "

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,29 +17,32 @@ from donut_cli.cli import (
     pass_settings,
     rpc_errors,
 )
+from donut_cli.output import TABLE, emit, output_option
+
+
+def _table(docs: list[dict[str, Any]], wide: bool) -> None:
+    for d in docs:
+        click.echo(f"{d['job']}/{d['path']}  {d['size']} bytes  sha256:{d['sha256'] if wide else d['sha256'][:16]}")
 
 
 @cli.command()
 @click.argument("workflow_id", type=WORKFLOW_ID)
 @click.option("--download", type=click.Path(path_type=Path), help="Copy every result into DIR/<job>/<path>.")
-@click.option("--json", "as_json", is_flag=True)
+@output_option
 @pass_settings
 @rpc_errors
-def results(settings: Settings, workflow_id: str, download: Path | None, as_json: bool) -> None:
+def results(settings: Settings, workflow_id: str, download: Path | None, output: str) -> None:
     """List (or download) the saved outputs of a workflow."""
     if download is not None and download.exists() and not download.is_dir():
         fail(f"--download: not a directory: {download}", EXIT_BAD_INPUT)
     client = settings.client
     client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id), metadata=client.metadata)  # NOT_FOUND early
     files = client.cellar.list("result", workflow_id)
-    if as_json:
-        click.echo(json.dumps([{"job": f.ref.job, "path": f.ref.path, "size": f.size, "sha256": f.sha256}
-                               for f in files], indent=2))
-    elif not files:
+    if not files and output in (TABLE, "wide"):
         click.echo("no results saved (yet)", err=True)
     else:
-        for f in files:
-            click.echo(f"{f.ref.job}/{f.ref.path}  {f.size} bytes  sha256:{f.sha256[:16]}")
+        emit([{"job": f.ref.job, "path": f.ref.path, "size": f.size, "sha256": f.sha256} for f in files],
+             output, _table, name=lambda d: f"{d['job']}/{d['path']}")
     if download is not None:
         root = download.resolve()
         for f in files:
