@@ -245,7 +245,7 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
             to_upload.append((f.name if path.is_file() else str(Path(path.name) / f.relative_to(path)), f))
     client = settings.client
     definition = text or b""  # as it is: the server says where it is not UTF-8
-    if text is not None:  # every problem at once: the definition's too
+    if text is not None and (problems or to_upload or dry_run):  # every problem at once, before any upload
         check = client.dagger.ValidateDefinition(pb.ValidateDefinitionRequest(
             definition=definition, check_uploads=True, uploads=[relative for relative, _ in to_upload]),
             metadata=client.metadata)
