@@ -8,9 +8,10 @@ modules imported at the bottom: up, workflows, logs, results, accounts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -30,6 +31,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+MIN_ID_PREFIX = 4  # characters of a workflow id that may stand for it
+MAX_CANDIDATES = 10  # workflows named when an id prefix fits several
 ACTIVE = frozenset({pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING})
 
 
@@ -98,32 +101,39 @@ class Client:
         return CellarClient(self.channel, self.metadata)
 
 
-def rpc_errors(command: F) -> F:
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
     """Turns gRPC errors into one-line messages and exit codes."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as e:
+        code = e.code()
+        settings = click.get_current_context().find_object(Settings)
+        endpoint = settings.endpoint if settings is not None else "?"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if (e.details() or "").startswith("etcd unavailable"):
+                fail(f"donut at {endpoint} answers, but its {e.details()}")
+            fail(f"cannot reach donut at {endpoint} ({e.details()})")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            for line in (e.details() or "").splitlines():
+                click.echo(f"error: {line}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        fail(f"{e.details()} ({code.name.lower()})")
+    except OSError as e:  # a local file or directory
+        fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def rpc_errors(command: F) -> F:
+    """The command with its gRPC errors turned into one-line messages and exit codes."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import grpc
-
-        try:
+        with translated_errors():
             return command(*args, **kwargs)
-        except grpc.RpcError as e:
-            code = e.code()
-            settings = click.get_current_context().find_object(Settings)
-            endpoint = settings.endpoint if settings is not None else "?"
-            if code == grpc.StatusCode.UNAVAILABLE:
-                if (e.details() or "").startswith("etcd unavailable"):
-                    fail(f"donut at {endpoint} answers, but its {e.details()}")
-                fail(f"cannot reach donut at {endpoint} ({e.details()})")
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                for line in (e.details() or "").splitlines():
-                    click.echo(f"error: {line}", err=True)
-                sys.exit(EXIT_BAD_INPUT)
-            fail(f"{e.details()} ({code.name.lower()})")
-        except OSError as e:  # a local file or directory
-            fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
-        except KeyboardInterrupt:
-            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -171,12 +181,51 @@ def iso_time(ts: Timestamp) -> str | None:
 
 
 class WorkflowIdType(click.ParamType[str]):
-    """A workflow id as the user gives it, turned into the full id before a command runs."""
+    """A workflow id as the user gives it, turned into the full id before a command runs:
+    the id, a unique start of it (MIN_ID_PREFIX characters or more), or `@latest` (the
+    caller's newest workflow)."""
 
     name = "WORKFLOW_ID"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        return str(value)
+        from donut_common import names
+
+        text = str(value)
+        if names.matches(names.WORKFLOW_ID, text):
+            return text
+        label = param.human_readable_name if param is not None else self.name
+        settings = ctx.find_object(Settings) if ctx is not None else None
+        if settings is None:
+            return text
+        if text == "@latest":
+            return self._latest(settings)
+        if len(text) < MIN_ID_PREFIX:
+            fail(f"{label}: give at least {MIN_ID_PREFIX} characters of a workflow id (or @latest), "
+                 f"not {text!r}", EXIT_BAD_INPUT)
+        return self._by_prefix(settings, text.lower())
+
+    @staticmethod
+    def _latest(settings: Settings) -> str:
+        client = settings.client
+        with translated_errors():
+            page = client.dagger.ListWorkflows(pb.ListWorkflowsRequest(page_size=1), metadata=client.metadata)
+        if not page.workflows:
+            fail("@latest: you have no workflows yet")
+        return page.workflows[0].id
+
+    @staticmethod
+    def _by_prefix(settings: Settings, prefix: str) -> str:
+        client = settings.client
+        with translated_errors():
+            found = client.dagger.ListWorkflows(pb.ListWorkflowsRequest(id_prefix=prefix, page_size=MAX_CANDIDATES + 1),
+                                                metadata=client.metadata).workflows
+        if not found:
+            fail(f"no workflow {prefix}... (not_found)")
+        if len(found) > 1:
+            more = ", ..." if len(found) > MAX_CANDIDATES else ""
+            fail(f"ambiguous id prefix {prefix!r}: {', '.join(w.id for w in found[:MAX_CANDIDATES])}{more}",
+                 EXIT_BAD_INPUT)
+        return found[0].id
 
 
 WORKFLOW_ID = WorkflowIdType()
