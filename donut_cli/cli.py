@@ -167,6 +167,7 @@ pass_settings = click.make_pass_decorator(Settings)
               "default: from ~/.donut/client.json]")
 @click.option("--token", envvar="DONUT_TOKEN", help="API token [env DONUT_TOKEN]")
 @click.option("--tls-ca", envvar="DONUT_TLS_CA", help="CA certificate (PEM) to reach a TLS server [env DONUT_TLS_CA]")
+@click.version_option(package_name="donut-dagger", prog_name="donut", message="%(prog)s %(version)s (client)")
 @click.pass_context
 def cli(ctx: click.Context, endpoint: str | None, token: str | None, tls_ca: str | None) -> None:
     """donut-dagger: DAGs of batch jobs, with live logs and saved results."""
@@ -236,7 +237,7 @@ def main() -> None:
 
 
 # the commands register themselves on the group
-from donut_cli import accounts, logs, results, up, workflows  # noqa: E402,F401
+from donut_cli import accounts, lint, logs, misc, results, up, workflows  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()
