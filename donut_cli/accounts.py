@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -24,6 +25,15 @@ def _duration(text: str) -> int:
         fail(f"--expires: must be more than 0 and at most 100 years (leave it out for never), not {text!r}",
              EXIT_BAD_INPUT)
     return seconds
+
+
+def _state(t: users_pb2.Token, now: float) -> str:
+    from streamed_job.timestamps import seconds
+
+    if t.revoked:
+        return "revoked"
+    expires = seconds(t.expires_at)
+    return "expired" if expires is not None and expires <= now else "active"
 
 
 def _token_json(t: users_pb2.Token) -> dict[str, Any]:
@@ -92,13 +102,14 @@ def token_list(settings: Settings, user_login: str, as_json: bool) -> None:
     tokens = client.users.ListTokens(users_pb2.ListTokensRequest(user_login=user_login),
                                      metadata=client.metadata).tokens
     docs = [_token_json(t) for t in tokens]
+    now = time.time()
     if as_json:
         click.echo(json.dumps(docs, indent=2))
         return
     click.echo(f"{'ID':<16}  {'NAME':<20}  {'SCOPES':<12}  {'EXPIRES':<29}  STATE")
-    for d in docs:
+    for t, d in zip(tokens, docs, strict=True):
         click.echo(f"{d['id']:<16}  {d['name'][:20]:<20}  {','.join(d['scopes']):<12}  "
-                   f"{d['expires_at'] or 'never':<29}  {'revoked' if d['revoked'] else 'active'}")
+                   f"{d['expires_at'] or 'never':<29}  {_state(t, now)}")
 
 
 @token.command(name="revoke")

@@ -9,6 +9,7 @@ import click
 
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut_cli.cli import (
+    INT32_MAX,
     WORKFLOW_ID,
     Settings,
     cli,
@@ -21,7 +22,8 @@ from donut_cli.cli import (
 @click.argument("workflow_id", type=WORKFLOW_ID)
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
-@click.option("--attempt", type=click.IntRange(0), default=0, help="Which attempt (default: the current one).")
+@click.option("--attempt", type=click.IntRange(0, INT32_MAX), default=0,
+              help="Which attempt (default: the current one).")
 @pass_settings
 @rpc_errors
 def logs(settings: Settings, workflow_id: str, job: str, follow: bool, attempt: int) -> None:

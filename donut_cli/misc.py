@@ -28,7 +28,10 @@ def version(settings: Settings) -> None:
 @cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
-    """Print the shell completion script; e.g. `eval "$(donut completion bash)"` in ~/.bashrc."""
+    """Print the shell completion script.
+
+    E.g. `eval "$(donut completion bash)"` in ~/.bashrc.
+    """
     from click.shell_completion import get_completion_class
 
     complete = get_completion_class(shell)

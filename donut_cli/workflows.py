@@ -17,6 +17,7 @@ from donut_cli.cli import (
     ACTIVE,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
+    INT32_MAX,
     JOB_STATUS_NAMES,
     STATUS_NAMES,
     WORKFLOW_ID,
@@ -194,7 +195,7 @@ def status(settings: Settings, workflow_id: str, as_json: bool) -> None:
 
 @cli.command(name="list")
 @click.option("--status", "statuses", multiple=True, type=click.Choice(STATUS_NAMES), help="Only these (repeatable).")
-@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many, newest first (0: all).")
+@click.option("--limit", type=click.IntRange(0, INT32_MAX), default=0, help="At most this many, newest first (0: all).")
 @click.option("--page-size", type=click.IntRange(1, 1000), default=100, help="Workflows asked for per call.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
