@@ -237,3 +237,20 @@ def test_workflows_are_listed_in_pages_newest_first(driver: Driver) -> None:
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert field in refused.value.details()  # type: ignore[attr-defined]
     assert len(stub.ListWorkflows(pb.ListWorkflowsRequest(page_size=10**6)).workflows) == 7  # at most the maximum
+
+
+def test_workflows_are_found_by_the_start_of_their_id(driver: Driver) -> None:
+    stub = driver.stub
+    submitted = sorted(driver.submit([sh("true", "a")]) for _ in range(3))
+    found = stub.ListWorkflows(pb.ListWorkflowsRequest(id_prefix=submitted[0][:8])).workflows
+    assert [w.id for w in found] == [submitted[0]]
+    whole = stub.ListWorkflows(pb.ListWorkflowsRequest(id_prefix=submitted[1])).workflows
+    assert [w.id for w in whole] == [submitted[1]]
+    for bad in (pb.ListWorkflowsRequest(id_prefix="abc"), pb.ListWorkflowsRequest(id_prefix="zzzz"),
+                pb.ListWorkflowsRequest(id_prefix=submitted[0] + "0"),
+                pb.ListWorkflowsRequest(id_prefix="abcd", page_token="x"),
+                pb.ListWorkflowsRequest(id_prefix="abcd", statuses=[pb.WORKFLOW_STATUS_DONE])):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListWorkflows(bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "id_prefix" in refused.value.details()  # type: ignore[attr-defined]
