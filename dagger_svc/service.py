@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100  # workflows in a page of a listing that names no size
 MAX_PAGE_SIZE = 1000
+MIN_ID_PREFIX = 4
+_ID_PREFIX = re.compile(rf"[0-9a-f-]{{{MIN_ID_PREFIX},36}}")
+PREFIX_READS = 100  # workflows read at most to find the caller's with an id prefix
 PAGE_READS = 5  # reads of a filtered listing's page at most (a page may come back short)
 _PAGE_TOKEN = re.compile(r"[0-9]{15}/" + names.WORKFLOW_ID)
 
@@ -192,6 +195,17 @@ class DaggerService:
             if len(found) == size or not position:
                 break
         return found, position
+
+    def find_workflows(self, caller: Principal, id_prefix: str, limit: int) -> list[WorkflowRecord]:
+        """Up to `limit` of the caller's workflows (an admin's: anybody's) whose id starts
+        with `id_prefix`, in id order: what a short id the user typed may mean."""
+        caller.require_user()
+        if not _ID_PREFIX.fullmatch(id_prefix):
+            raise InvalidArgument([Problem("id_prefix", f"not the start of a workflow id (at least "
+                                           f"{MIN_ID_PREFIX} characters of it): {id_prefix!r}")])
+        # others' workflows read here are dropped; ids are random, so few share a prefix
+        read = self.store.workflows_by_prefix(id_prefix, PREFIX_READS)
+        return [w for w in read if caller.owns(w.owner)][:limit]
 
     def cancel(self, caller: Principal, workflow_id: str) -> WorkflowRecord:
         workflow = self.get(caller, workflow_id)

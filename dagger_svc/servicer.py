@@ -10,7 +10,7 @@ import grpc
 from dagger_svc.core.definition import Definition, JobSpec
 from dagger_svc.core.records import JobRecord, JobStatus, WorkflowRecord, WorkflowStatus
 from dagger_svc.executors.base import outcome_of
-from dagger_svc.service import DaggerService
+from dagger_svc.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, DaggerService
 from dagger_svc.store import RunView
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
@@ -108,6 +108,12 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
             statuses.add(WorkflowStatus[pb.WorkflowStatus.Name(value).removeprefix("WORKFLOW_STATUS_")])
         if request.limit < 0:
             raise InvalidArgument([Problem("limit", "must be 0 (the default page size) or more")])
+        if request.id_prefix:
+            if statuses or request.page_token:
+                raise InvalidArgument([Problem("id_prefix", "goes with neither statuses nor page_token")])
+            size = min(request.page_size or request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            found = self.service.find_workflows(self.principal(), request.id_prefix, size)
+            return pb.ListWorkflowsResponse(workflows=[self._workflow(w) for w in found])
         listed, next_page = self.service.list_workflows(self.principal(), statuses,
                                                         request.page_size or request.limit, request.page_token,
                                                         request.labels)

@@ -195,6 +195,11 @@ class Store:
         position = entries[-1].key.removeprefix(prefix) if len(entries) == size else ""
         return [found[i] for i in ids if i in found], position
 
+    def workflows_by_prefix(self, id_prefix: str, limit: int) -> list[WorkflowRecord]:
+        """Up to `limit` workflows whose id starts with `id_prefix`, in id order (one range read)."""
+        start = self.keys.workflow(id_prefix)
+        return [_workflow(kv.value) for kv in self._etcd.get_range(start, etcd.prefix_end(start), limit)]
+
     # ---- uploads -------------------------------------------------------------------
 
     def mark_upload(self, upload_id: str, mark: UploadMark) -> UploadMark:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -27,9 +28,19 @@ def _duration(text: str) -> int:
     return seconds
 
 
-def _token_json(t: users_pb2.Token) -> dict[str, Any]:
+def _state(t: users_pb2.Token, now: float) -> str:
+    from streamed_job.timestamps import seconds
+
+    if t.revoked:
+        return "revoked"
+    expires = seconds(t.expires_at)
+    return "expired" if expires is not None and expires <= now else "active"
+
+
+def _token_json(t: users_pb2.Token, now: float) -> dict[str, Any]:
     return {"id": t.id, "name": t.name, "scopes": list(t.scopes), "created_at": iso_time(t.created_at),
-            "expires_at": iso_time(t.expires_at), "last_used_at": iso_time(t.last_used_at), "revoked": t.revoked}
+            "expires_at": iso_time(t.expires_at), "last_used_at": iso_time(t.last_used_at), "revoked": t.revoked,
+            "state": _state(t, now)}
 
 
 @cli.command()
@@ -44,7 +55,7 @@ def whoami(settings: Settings, as_json: bool) -> None:
     me = client.users.WhoAmI(users_pb2.WhoAmIRequest(), metadata=client.metadata)
     if as_json:
         click.echo(json.dumps({"login": me.user.login, "id": me.user.id, "admin": me.user.admin,
-                               "token": _token_json(me.token)}, indent=2))
+                               "token": _token_json(me.token, time.time())}, indent=2))
     else:
         click.echo(f"{me.user.login}{' (admin)' if me.user.admin else ''}, token {me.token.id} "
                    f"({', '.join(me.token.scopes)})")
@@ -92,14 +103,15 @@ def token_list(settings: Settings, user_login: str, output: str) -> None:
     client = settings.client
     tokens = client.users.ListTokens(users_pb2.ListTokensRequest(user_login=user_login),
                                      metadata=client.metadata).tokens
-    emit([_token_json(t) for t in tokens], output, _token_table)
+    now = time.time()
+    emit([_token_json(t, now) for t in tokens], output, _token_table)
 
 
 def _token_table(docs: list[dict[str, Any]], wide: bool) -> None:
     click.echo(f"{'ID':<16}  {'NAME':<20}  {'SCOPES':<12}  {'EXPIRES':<29}  STATE")
     for d in docs:
         click.echo(f"{d['id']:<16}  {d['name'][:20]:<20}  {','.join(d['scopes']):<12}  "
-                   f"{d['expires_at'] or 'never':<29}  {'revoked' if d['revoked'] else 'active'}")
+                   f"{d['expires_at'] or 'never':<29}  {d['state']}")
 
 
 @token.command(name="revoke")
@@ -135,3 +147,24 @@ def user_create(settings: Settings, login: str, admin: bool, display_name: str) 
                                                                   display_name=display_name),
                                       metadata=client.metadata)
     click.echo(created.id)
+
+
+@user.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@rpc_errors
+def user_list(settings: Settings, as_json: bool) -> None:
+    """List the users (admins only)."""
+    from donut.users.v1 import users_pb2
+
+    client = settings.client
+    users = client.users.ListUsers(users_pb2.ListUsersRequest(), metadata=client.metadata).users
+    docs = [{"id": u.id, "login": u.login, "display_name": u.display_name, "admin": u.admin,
+             "github_id": u.github_id or None, "created_at": iso_time(u.created_at)} for u in users]
+    if as_json:
+        click.echo(json.dumps(docs, indent=2))
+        return
+    click.echo(f"{'LOGIN':<24}  {'ADMIN':<5}  {'CREATED':<29}  NAME")
+    for d in docs:
+        click.echo(f"{d['login']:<24}  {'yes' if d['admin'] else 'no':<5}  {d['created_at'] or '':<29}  "
+                   f"{d['display_name']}")

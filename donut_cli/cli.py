@@ -8,9 +8,12 @@ modules imported at the bottom: up, workflows, logs, results, accounts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -30,6 +33,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+MIN_ID_PREFIX = 4  # characters of a workflow id that may stand for it
+MAX_CANDIDATES = 10  # workflows named when an id prefix fits several
+INT32_MAX = 2**31 - 1  # every number option has a maximum: protobuf refuses larger ones with a traceback
+INT64_MAX = 2**63 - 1
+MAX_SECONDS = 10.0**9  # (about 32 years: beyond, timers overflow)
 ACTIVE = frozenset({pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING})
 
 
@@ -45,6 +53,21 @@ def job_status_name(value: pb.JobStatus.ValueType) -> str:
 
 STATUS_NAMES = tuple(status_name(value) for value in pb.WorkflowStatus.values() if value)
 JOB_STATUS_NAMES = tuple(job_status_name(value) for value in pb.JobStatus.values() if value)
+
+
+class Seconds(click.FloatRange):
+    """Seconds from 0 (excluded when min_open) to MAX_SECONDS; never nan."""
+
+    name = "seconds"
+
+    def __init__(self, min_open: bool = False) -> None:
+        super().__init__(0, MAX_SECONDS, min_open=min_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return seconds
 
 
 class Failure(click.ClickException):
@@ -76,6 +99,8 @@ class Client:
                 ca = Path(tls_ca).read_bytes()
             except OSError as e:
                 fail(f"--tls-ca: cannot read {tls_ca}: {e.strerror}", EXIT_BAD_INPUT)
+            if b"-----BEGIN CERTIFICATE-----" not in ca:
+                fail(f"--tls-ca: {tls_ca} holds no PEM certificate", EXIT_BAD_INPUT)
         self.channel = channel(endpoint, tls_ca=ca)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -98,32 +123,41 @@ class Client:
         return CellarClient(self.channel, self.metadata)
 
 
-def rpc_errors(command: F) -> F:
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
     """Turns gRPC errors into one-line messages and exit codes."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as e:
+        code = e.code()
+        settings = click.get_current_context().find_object(Settings)
+        endpoint = settings.endpoint if settings is not None else "?"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if (e.details() or "").startswith("etcd unavailable"):
+                fail(f"donut at {endpoint} answers, but its {e.details()}")
+            fail(f"cannot reach donut at {endpoint} ({e.details()})")
+        if code == grpc.StatusCode.UNAUTHENTICATED and settings is not None and not settings.token:
+            fail(settings.no_token())
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            for line in (e.details() or "").splitlines():
+                click.echo(f"error: {line}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        fail(f"{e.details()} ({code.name.lower()})")
+    except OSError as e:  # a local file or directory
+        fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def rpc_errors(command: F) -> F:
+    """The command with its gRPC errors turned into one-line messages and exit codes."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import grpc
-
-        try:
+        with translated_errors():
             return command(*args, **kwargs)
-        except grpc.RpcError as e:
-            code = e.code()
-            settings = click.get_current_context().find_object(Settings)
-            endpoint = settings.endpoint if settings is not None else "?"
-            if code == grpc.StatusCode.UNAVAILABLE:
-                if (e.details() or "").startswith("etcd unavailable"):
-                    fail(f"donut at {endpoint} answers, but its {e.details()}")
-                fail(f"cannot reach donut at {endpoint} ({e.details()})")
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                for line in (e.details() or "").splitlines():
-                    click.echo(f"error: {line}", err=True)
-                sys.exit(EXIT_BAD_INPUT)
-            fail(f"{e.details()} ({code.name.lower()})")
-        except OSError as e:  # a local file or directory
-            fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
-        except KeyboardInterrupt:
-            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -138,12 +172,23 @@ class Settings:
         except ValueError as e:
             config, self.problem = ClientConfig(), str(e)
         self.endpoint, self.token, self.tls_ca = config.endpoint, config.token, config.tls_ca
+        self.token_source = "--token/DONUT_TOKEN" if token else "the token of the client config"
         self._client: Client | None = None
+
+    @staticmethod
+    def no_token() -> str:
+        from donut_common.config import client_config_path
+
+        path = client_config_path()
+        where = f"{path} has none" if path.exists() else f"{path} is missing"
+        return f"no token: {where} (`donut up` writes it), and neither --token nor DONUT_TOKEN gives one"
 
     @property
     def client(self) -> Client:
         if self.problem:
             fail(self.problem)
+        if trouble := token_trouble(self.token):
+            fail(f"{self.token_source}: {trouble}", EXIT_BAD_INPUT)
         if self._client is None:
             self._client = Client(self.endpoint, self.token, self.tls_ca)
         return self._client
@@ -151,12 +196,25 @@ class Settings:
 
 pass_settings = click.make_pass_decorator(Settings)
 
+MAX_TOKEN_CHARS = 4096  # gRPC refuses metadata much beyond 8 KiB, with C-core lines on stderr
+
+
+def token_trouble(token: str) -> str | None:
+    """What would keep the token from being sent as gRPC metadata, if anything."""
+    if len(token) > MAX_TOKEN_CHARS:
+        return f"too long to be a token ({len(token)} characters)"
+    if any(not "!" <= c <= "~" for c in token):
+        return "a token is printable ASCII, without spaces or line breaks"
+    return None
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "DONUT"})
-@click.option("--endpoint", envvar="DONUT_ENDPOINT", help="host:port of the donut server [env DONUT_ENDPOINT; "
-              "default: from ~/.donut/client.json]")
-@click.option("--token", envvar="DONUT_TOKEN", help="API token [env DONUT_TOKEN]")
-@click.option("--tls-ca", envvar="DONUT_TLS_CA", help="CA certificate (PEM) to reach a TLS server [env DONUT_TLS_CA]")
+@click.option("--endpoint", envvar="DONUT_ENDPOINT", help="host:port of the donut server [default: from "
+              "$DONUT_HOME/client.json, $DONUT_HOME being ~/.donut unless set]")
+@click.option("--token", envvar="DONUT_TOKEN", help="API token [default: from $DONUT_HOME/client.json]")
+@click.option("--tls-ca", envvar="DONUT_TLS_CA", help="CA certificate (PEM) to reach a TLS server")
+@click.version_option(package_name="donut-dagger", prog_name="donut", message="%(prog)s %(version)s (client)",
+                      allow_from_autoenv=False)
 @click.pass_context
 def cli(ctx: click.Context, endpoint: str | None, token: str | None, tls_ca: str | None) -> None:
     """donut-dagger: DAGs of batch jobs, with live logs and saved results."""
@@ -171,12 +229,54 @@ def iso_time(ts: Timestamp) -> str | None:
 
 
 class WorkflowIdType(click.ParamType[str]):
-    """A workflow id as the user gives it, turned into the full id before a command runs."""
+    """A workflow id as the user gives it, turned into the full id before a command runs:
+    the id, a unique start of it (MIN_ID_PREFIX characters or more), or `@latest` (the
+    caller's newest workflow)."""
 
     name = "WORKFLOW_ID"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        return str(value)
+        from donut_common import names
+
+        text = str(value)
+        if names.matches(names.WORKFLOW_ID, text):
+            return text
+        label = param.human_readable_name if param is not None else self.name
+        if text != "@latest" and not re.fullmatch(r"[0-9a-fA-F-]{1,36}", text):
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            fail(f"{label}: not a workflow id, the start of one, or @latest: {shown!r}", EXIT_BAD_INPUT)
+        settings = ctx.find_object(Settings) if ctx is not None else None
+        if settings is None:
+            return text
+        if text == "@latest":
+            return self._latest(settings)
+        if len(text) < MIN_ID_PREFIX:
+            fail(f"{label}: give at least {MIN_ID_PREFIX} characters of a workflow id (or @latest), "
+                 f"not {text!r}", EXIT_BAD_INPUT)
+        return self._by_prefix(settings, text.lower())
+
+    @staticmethod
+    def _latest(settings: Settings) -> str:
+        client = settings.client
+        with translated_errors():
+            page = client.dagger.ListWorkflows(pb.ListWorkflowsRequest(page_size=1), metadata=client.metadata)
+        if not page.workflows:
+            fail("@latest: you have no workflows yet")
+        return page.workflows[0].id
+
+    @staticmethod
+    def _by_prefix(settings: Settings, prefix: str) -> str:
+        client = settings.client
+        with translated_errors():
+            found = client.dagger.ListWorkflows(pb.ListWorkflowsRequest(id_prefix=prefix, page_size=MAX_CANDIDATES + 1),
+                                                metadata=client.metadata).workflows
+        if not found:
+            fail(f"no workflow {prefix}... (not_found)")
+        if len(found) > 1:
+            more = ", ..." if len(found) > MAX_CANDIDATES else ""
+            fail(f"ambiguous id prefix {prefix!r}: {', '.join(w.id for w in found[:MAX_CANDIDATES])}{more}",
+                 EXIT_BAD_INPUT)
+        return found[0].id
 
 
 WORKFLOW_ID = WorkflowIdType()
@@ -204,11 +304,40 @@ LABEL = LabelType()
 
 
 def main() -> None:
-    cli(prog_name="donut")
+    import os
+
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # the C core's own log lines (read when grpc is imported)
+    try:
+        code = cli.main(prog_name="donut", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(EXIT_BAD_INPUT)
+    except click.UsageError as e:  # one line, as every other error (click's own shows the usage too)
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_envvars(command: click.Command) -> None:
+    """Every option's help names the variable it also reads (DONUT_<COMMAND>_<OPTION> and the like)."""
+    for param in command.params:
+        if isinstance(param, click.Option) and (param.envvar or param.allow_from_autoenv) and not param.is_eager:
+            param.show_envvar = True
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _show_envvars(sub)
 
 
 # the commands register themselves on the group
-from donut_cli import accounts, lifecycle, logs, results, up, workflows  # noqa: E402,F401
+from donut_cli import accounts, lifecycle, lint, logs, misc, results, up, workflows  # noqa: E402,F401
+
+_show_envvars(cli)
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ import click
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut_cli.cli import (
     EXIT_BAD_INPUT,
+    INT32_MAX,
     WORKFLOW_ID,
     Client,
     Settings,
@@ -229,7 +230,8 @@ def _seconds(text: str) -> int:
 @click.argument("job", required=False)
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing new lines until the job (without JOB: the workflow) ends.")
-@click.option("--attempt", type=click.IntRange(0), default=0, help="Which attempt of JOB (default: the current one).")
+@click.option("--attempt", type=click.IntRange(0, INT32_MAX), default=0,
+              help="Which attempt of JOB (default: the current one).")
 @click.option("--tail", type=click.IntRange(0), default=None, metavar="N",
               help="Only the last N lines of each job's attempt, then (with -f) the new ones.")
 @click.option("--since", metavar="DURATION", help="Only lines received in the last DURATION (90, 45s, 30m, 12h, 2d).")

@@ -28,10 +28,11 @@ def _table(docs: list[dict[str, Any]], wide: bool) -> None:
 @cli.command()
 @click.argument("workflow_id", type=WORKFLOW_ID)
 @click.option("--download", type=click.Path(path_type=Path), help="Copy every result into DIR/<job>/<path>.")
+@click.option("--overwrite", is_flag=True, help="With --download: replace files that are there already.")
 @output_option
 @pass_settings
 @rpc_errors
-def results(settings: Settings, workflow_id: str, download: Path | None, output: str) -> None:
+def results(settings: Settings, workflow_id: str, download: Path | None, overwrite: bool, output: str) -> None:
     """List (or download) the saved outputs of a workflow."""
     if download is not None and download.exists() and not download.is_dir():
         fail(f"--download: not a directory: {download}", EXIT_BAD_INPUT)
@@ -43,11 +44,20 @@ def results(settings: Settings, workflow_id: str, download: Path | None, output:
     else:
         emit([{"job": f.ref.job, "path": f.ref.path, "size": f.size, "sha256": f.sha256} for f in files],
              output, _table, name=lambda d: f"{d['job']}/{d['path']}")
-    if download is not None:
-        root = download.resolve()
-        for f in files:
-            target = (root / f.ref.job / f.ref.path).resolve()
-            if root not in target.parents:  # every name the server sends is checked again here
-                fail(f"the server named a result outside {download}: {f.ref.job}/{f.ref.path}")
-            client.cellar.get("result", workflow_id, f.ref.path, target, job=f.ref.job)
-        click.echo(f"downloaded {len(files)} file(s) to {download}", err=True)
+    if download is None:
+        return
+    if not files:
+        click.echo(f"nothing to download: {download} left as it was", err=True)
+        return
+    root = download.resolve()
+    targets = [(f, (root / f.ref.job / f.ref.path).resolve()) for f in files]
+    for f, target in targets:
+        if root not in target.parents:  # every name the server sends is checked again here
+            fail(f"the server named a result outside {download}: {f.ref.job}/{f.ref.path}")
+    if not overwrite:
+        for f, target in targets:
+            if target.exists() or target.is_symlink():
+                fail(f"--download: {download / f.ref.job / f.ref.path} exists already (--overwrite replaces it)")
+    for f, target in targets:
+        client.cellar.get("result", workflow_id, f.ref.path, target, job=f.ref.job)
+    click.echo(f"downloaded {len(files)} file(s) to {download}", err=True)

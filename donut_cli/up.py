@@ -9,15 +9,18 @@ import click
 from dagger_svc.core.limits import MAX_LOG_BYTES, MAX_PARALLELISM
 from donut_cli.cli import (
     EXIT_BAD_INPUT,
+    INT32_MAX,
+    INT64_MAX,
+    Seconds,
     cli,
     fail,
 )
-from donut_common.config import ServerLimits
+from donut_common.config import ServerLimits, donut_home
 from streamed_job.spec import FetchSettings
 
 
 @cli.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("~/.donut/data").expanduser(),
+@click.option("--data-dir", type=click.Path(path_type=Path), default=donut_home() / "data",
               show_default=True, help="Where the stack keeps its state, logs and files.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7000, show_default=True,
@@ -40,7 +43,7 @@ from streamed_job.spec import FetchSettings
 @click.option("--etcd-prefix", default="/donut/", show_default=True, help="Key prefix in etcd.")
 @click.option("--parallelism", type=click.IntRange(1, MAX_PARALLELISM), default=4, show_default=True,
               help="Parallelism of workflows submitted without one.")
-@click.option("--kill-grace", type=float, default=10.0, show_default=True,
+@click.option("--kill-grace", type=Seconds(), default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL for jobs cancelled or over their timeout.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Server certificate (PEM); with --tls-key, gRPC speaks only TLS.")
@@ -49,22 +52,22 @@ from streamed_job.spec import FetchSettings
 @click.option("--job-env", multiple=True, metavar="NAME",
               help="An environment variable of the stack that jobs get too (repeatable; they always get PATH, "
                    "HOME, the locale...; never the rest).")
-@click.option("--rpc-threads", type=click.IntRange(2), default=ServerLimits.threads, show_default=True,
+@click.option("--rpc-threads", type=click.IntRange(2, INT32_MAX), default=ServerLimits.threads, show_default=True,
               help="Threads serving gRPC calls.")
-@click.option("--max-streams", type=click.IntRange(1), default=ServerLimits.streams, show_default=True,
+@click.option("--max-streams", type=click.IntRange(1, INT32_MAX), default=ServerLimits.streams, show_default=True,
               help="Streams open at once, everyone's together (fewer than --rpc-threads: the rest always "
                    "serve other calls).")
-@click.option("--streams-per-caller", type=click.IntRange(1), default=ServerLimits.streams_per_caller,
+@click.option("--streams-per-caller", type=click.IntRange(1, INT32_MAX), default=ServerLimits.streams_per_caller,
               show_default=True, help="Streams one user (or one job attempt) may hold open at once.")
-@click.option("--stream-idle-timeout", type=click.FloatRange(0, min_open=True), default=ServerLimits.idle_timeout,
+@click.option("--stream-idle-timeout", type=Seconds(min_open=True), default=ServerLimits.idle_timeout,
               show_default=True, help="Seconds an upload or a job's log push may stay silent before it is ended.")
-@click.option("--max-log-bytes", type=click.IntRange(1024), default=MAX_LOG_BYTES, show_default=True,
+@click.option("--max-log-bytes", type=click.IntRange(1024, INT64_MAX), default=MAX_LOG_BYTES, show_default=True,
               help="Size at which a job attempt's log is cut, with a note saying so; later lines are dropped.")
-@click.option("--input-deadline", type=click.FloatRange(0, min_open=True), default=FetchSettings.deadline,
+@click.option("--input-deadline", type=Seconds(min_open=True), default=FetchSettings.deadline,
               show_default=True, help="Seconds all of a job's inputs may take to fetch (a shorter job timeout "
                                       "bounds them instead).")
-@click.option("--max-download-bytes", type=click.IntRange(0), default=FetchSettings.max_bytes, show_default=True,
-              help="Largest `origin` input a job may download.")
+@click.option("--max-download-bytes", type=click.IntRange(0, INT64_MAX), default=FetchSettings.max_bytes,
+              show_default=True, help="Largest `origin` input a job may download.")
 @click.option("--deny-private-origins", is_flag=True,
               help="Refuse `origin` inputs (and redirects) at addresses that are not public: loopback, private, "
                    "link-local (the cloud metadata service)...")
@@ -109,6 +112,9 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
              "the embedded one uses certificates of its own", EXIT_BAD_INPUT)
     if bool(etcd_user) != bool(password):
         fail("--etcd-user and DONUT_ETCD_PASSWORD (in the environment) go together", EXIT_BAD_INPUT)
+    for option, wanted in (("--port", port), ("--http-port", http_port)):
+        if trouble := _port_trouble(host, wanted):
+            fail(f"{option}: cannot listen on {host}:{wanted}: {trouble}")
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         signal.signal(sig, lambda *_: stopped.set())
@@ -135,3 +141,23 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     finally:
         click.echo("stopping...", err=True)
         stack.stop()
+
+
+def _port_trouble(host: str, port: int) -> str | None:
+    """Why the stack could not listen on host:port, found before anything starts (the
+    servers' own errors say it less plainly, or not in one line)."""
+    import errno
+    import socket
+
+    if port <= 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            probe.bind(infos[0][4])
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return "the port is in use (is `donut up` running already?)"
+        return e.strerror or str(e)
+    return None

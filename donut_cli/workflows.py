@@ -18,6 +18,7 @@ from donut_cli.cli import (
     ACTIVE,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
+    INT32_MAX,
     JOB_STATUS_NAMES,
     LABEL,
     STATUS_NAMES,
@@ -391,7 +392,7 @@ ENDED = tuple(s for s in STATUS_NAMES if pb.WorkflowStatus.Value(f"WORKFLOW_STAT
 @click.option("--running", is_flag=True, help="Only queued and running ones.")
 @click.option("--completed", is_flag=True, help=f"Only ended ones ({', '.join(ENDED)}).")
 @click.option("--since", type=DURATION, help="Only those created this recently: 10m, 2h, 1d.")
-@click.option("--limit", type=click.IntRange(0), default=50, show_default=True,
+@click.option("--limit", type=click.IntRange(0, INT32_MAX), default=50, show_default=True,
               help="At most this many, newest first (0: all).")
 @click.option("--page-size", type=click.IntRange(1, 1000), default=100, help="Workflows asked for per call.")
 @click.option("--label", "labels", multiple=True, type=LABEL, help="Only those with this label (repeatable: all).")

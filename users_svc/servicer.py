@@ -12,6 +12,7 @@ from donut.users.v1 import users_pb2_grpc
 from donut_common.auth import Principal, current_principal
 from donut_common.errors import PermissionDenied
 from donut_common.rpc import translate_errors
+from donut_common.version import donut_version
 from streamed_job.timestamps import timestamp
 from users_svc.service import UsersService
 from users_svc.store import TokenRecord, UserRecord
@@ -48,7 +49,9 @@ class UsersServicer(users_pb2_grpc.UsersServicer):
         return self._principal_pb(self.service.verify(request.token))
 
     def WhoAmI(self, request: pb.WhoAmIRequest, context: grpc.ServicerContext) -> pb.Principal:
-        return self._principal_pb(self.principal())
+        me = self._principal_pb(self.principal())
+        me.server_version = donut_version()
+        return me
 
     def GetUser(self, request: pb.GetUserRequest, context: grpc.ServicerContext) -> pb.User:
         return user_pb(self.service.get_user(self.principal(), request.id, request.login))

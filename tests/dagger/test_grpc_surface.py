@@ -265,3 +265,20 @@ def test_bad_labels_and_unknown_retry_jobs_are_invalid_argument(driver: Driver) 
     details = _refused(lambda: stub.RetryWorkflow(pb.RetryWorkflowRequest(id=ended, jobs=["b", "zz"])))
     assert "jobs[1]" in details and "zz" in details
     assert driver.jobs(ended)["b"].attempt == 1  # nothing was retried
+
+
+def test_workflows_are_found_by_the_start_of_their_id(driver: Driver) -> None:
+    stub = driver.stub
+    submitted = sorted(driver.submit([sh("true", "a")]) for _ in range(3))
+    found = stub.ListWorkflows(pb.ListWorkflowsRequest(id_prefix=submitted[0][:8])).workflows
+    assert [w.id for w in found] == [submitted[0]]
+    whole = stub.ListWorkflows(pb.ListWorkflowsRequest(id_prefix=submitted[1])).workflows
+    assert [w.id for w in whole] == [submitted[1]]
+    for bad in (pb.ListWorkflowsRequest(id_prefix="abc"), pb.ListWorkflowsRequest(id_prefix="zzzz"),
+                pb.ListWorkflowsRequest(id_prefix=submitted[0] + "0"),
+                pb.ListWorkflowsRequest(id_prefix="abcd", page_token="x"),
+                pb.ListWorkflowsRequest(id_prefix="abcd", statuses=[pb.WORKFLOW_STATUS_DONE])):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListWorkflows(bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "id_prefix" in refused.value.details()  # type: ignore[attr-defined]

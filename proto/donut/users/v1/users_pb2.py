@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64onut/users/v1/users.proto\x12\x0e\x64onut.users.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05login\x18\x02 \x01(\t\x12\x11\n\tgithub_id\x18\x03 \x01(\x03\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\"U\n\tPrincipal\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.donut.users.v1.User\x12$\n\x05token\x18\x02 \x01(\x0b\x32\x15.donut.users.v1.Token\"#\n\x12VerifyTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"+\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05login\x18\x02 \x01(\t\"Q\n\x17UpsertGithubUserRequest\x12\x11\n\tgithub_id\x18\x01 \x01(\x03\x12\r\n\x05login\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"G\n\x11\x43reateUserRequest\x12\r\n\x05login\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\"\x12\n\x10ListUsersRequest\"8\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.donut.users.v1.User\"s\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nuser_login\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x04 \x01(\x03\x12\x0f\n\x07user_id\x18\x05 \x01(\t\"K\n\x13\x43reateTokenResponse\x12$\n\x05token\x18\x01 \x01(\x0b\x32\x15.donut.users.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\'\n\x11ListTokensRequest\x12\x12\n\nuser_login\x18\x01 \x01(\t\";\n\x12ListTokensResponse\x12%\n\x06tokens\x18\x01 \x03(\x0b\x32\x15.donut.users.v1.Token\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xbd\x05\n\x05Users\x12L\n\x0bVerifyToken\x12\".donut.users.v1.VerifyTokenRequest\x1a\x19.donut.users.v1.Principal\x12\x42\n\x06WhoAmI\x12\x1d.donut.users.v1.WhoAmIRequest\x1a\x19.donut.users.v1.Principal\x12?\n\x07GetUser\x12\x1e.donut.users.v1.GetUserRequest\x1a\x14.donut.users.v1.User\x12Q\n\x10UpsertGithubUser\x12\'.donut.users.v1.UpsertGithubUserRequest\x1a\x14.donut.users.v1.User\x12\x45\n\nCreateUser\x12!.donut.users.v1.CreateUserRequest\x1a\x14.donut.users.v1.User\x12P\n\tListUsers\x12 .donut.users.v1.ListUsersRequest\x1a!.donut.users.v1.ListUsersResponse\x12V\n\x0b\x43reateToken\x12\".donut.users.v1.CreateTokenRequest\x1a#.donut.users.v1.CreateTokenResponse\x12S\n\nListTokens\x12!.donut.users.v1.ListTokensRequest\x1a\".donut.users.v1.ListTokensResponse\x12H\n\x0bRevokeToken\x12\".donut.users.v1.RevokeTokenRequest\x1a\x15.donut.users.v1.Tokenb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64onut/users/v1/users.proto\x12\x0e\x64onut.users.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05login\x18\x02 \x01(\t\x12\x11\n\tgithub_id\x18\x03 \x01(\x03\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\"m\n\tPrincipal\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.donut.users.v1.User\x12$\n\x05token\x18\x02 \x01(\x0b\x32\x15.donut.users.v1.Token\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\"#\n\x12VerifyTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"+\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05login\x18\x02 \x01(\t\"Q\n\x17UpsertGithubUserRequest\x12\x11\n\tgithub_id\x18\x01 \x01(\x03\x12\r\n\x05login\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"G\n\x11\x43reateUserRequest\x12\r\n\x05login\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\"\x12\n\x10ListUsersRequest\"8\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.donut.users.v1.User\"s\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nuser_login\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x04 \x01(\x03\x12\x0f\n\x07user_id\x18\x05 \x01(\t\"K\n\x13\x43reateTokenResponse\x12$\n\x05token\x18\x01 \x01(\x0b\x32\x15.donut.users.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\'\n\x11ListTokensRequest\x12\x12\n\nuser_login\x18\x01 \x01(\t\";\n\x12ListTokensResponse\x12%\n\x06tokens\x18\x01 \x03(\x0b\x32\x15.donut.users.v1.Token\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xbd\x05\n\x05Users\x12L\n\x0bVerifyToken\x12\".donut.users.v1.VerifyTokenRequest\x1a\x19.donut.users.v1.Principal\x12\x42\n\x06WhoAmI\x12\x1d.donut.users.v1.WhoAmIRequest\x1a\x19.donut.users.v1.Principal\x12?\n\x07GetUser\x12\x1e.donut.users.v1.GetUserRequest\x1a\x14.donut.users.v1.User\x12Q\n\x10UpsertGithubUser\x12\'.donut.users.v1.UpsertGithubUserRequest\x1a\x14.donut.users.v1.User\x12\x45\n\nCreateUser\x12!.donut.users.v1.CreateUserRequest\x1a\x14.donut.users.v1.User\x12P\n\tListUsers\x12 .donut.users.v1.ListUsersRequest\x1a!.donut.users.v1.ListUsersResponse\x12V\n\x0b\x43reateToken\x12\".donut.users.v1.CreateTokenRequest\x1a#.donut.users.v1.CreateTokenResponse\x12S\n\nListTokens\x12!.donut.users.v1.ListTokensRequest\x1a\".donut.users.v1.ListTokensResponse\x12H\n\x0bRevokeToken\x12\".donut.users.v1.RevokeTokenRequest\x1a\x15.donut.users.v1.Tokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,31 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKEN']._serialized_start=220
   _globals['_TOKEN']._serialized_end=449
   _globals['_PRINCIPAL']._serialized_start=451
-  _globals['_PRINCIPAL']._serialized_end=536
-  _globals['_VERIFYTOKENREQUEST']._serialized_start=538
-  _globals['_VERIFYTOKENREQUEST']._serialized_end=573
-  _globals['_WHOAMIREQUEST']._serialized_start=575
-  _globals['_WHOAMIREQUEST']._serialized_end=590
-  _globals['_GETUSERREQUEST']._serialized_start=592
-  _globals['_GETUSERREQUEST']._serialized_end=635
-  _globals['_UPSERTGITHUBUSERREQUEST']._serialized_start=637
-  _globals['_UPSERTGITHUBUSERREQUEST']._serialized_end=718
-  _globals['_CREATEUSERREQUEST']._serialized_start=720
-  _globals['_CREATEUSERREQUEST']._serialized_end=791
-  _globals['_LISTUSERSREQUEST']._serialized_start=793
-  _globals['_LISTUSERSREQUEST']._serialized_end=811
-  _globals['_LISTUSERSRESPONSE']._serialized_start=813
-  _globals['_LISTUSERSRESPONSE']._serialized_end=869
-  _globals['_CREATETOKENREQUEST']._serialized_start=871
-  _globals['_CREATETOKENREQUEST']._serialized_end=986
-  _globals['_CREATETOKENRESPONSE']._serialized_start=988
-  _globals['_CREATETOKENRESPONSE']._serialized_end=1063
-  _globals['_LISTTOKENSREQUEST']._serialized_start=1065
-  _globals['_LISTTOKENSREQUEST']._serialized_end=1104
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=1106
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=1165
-  _globals['_REVOKETOKENREQUEST']._serialized_start=1167
-  _globals['_REVOKETOKENREQUEST']._serialized_end=1199
-  _globals['_USERS']._serialized_start=1202
-  _globals['_USERS']._serialized_end=1903
+  _globals['_PRINCIPAL']._serialized_end=560
+  _globals['_VERIFYTOKENREQUEST']._serialized_start=562
+  _globals['_VERIFYTOKENREQUEST']._serialized_end=597
+  _globals['_WHOAMIREQUEST']._serialized_start=599
+  _globals['_WHOAMIREQUEST']._serialized_end=614
+  _globals['_GETUSERREQUEST']._serialized_start=616
+  _globals['_GETUSERREQUEST']._serialized_end=659
+  _globals['_UPSERTGITHUBUSERREQUEST']._serialized_start=661
+  _globals['_UPSERTGITHUBUSERREQUEST']._serialized_end=742
+  _globals['_CREATEUSERREQUEST']._serialized_start=744
+  _globals['_CREATEUSERREQUEST']._serialized_end=815
+  _globals['_LISTUSERSREQUEST']._serialized_start=817
+  _globals['_LISTUSERSREQUEST']._serialized_end=835
+  _globals['_LISTUSERSRESPONSE']._serialized_start=837
+  _globals['_LISTUSERSRESPONSE']._serialized_end=893
+  _globals['_CREATETOKENREQUEST']._serialized_start=895
+  _globals['_CREATETOKENREQUEST']._serialized_end=1010
+  _globals['_CREATETOKENRESPONSE']._serialized_start=1012
+  _globals['_CREATETOKENRESPONSE']._serialized_end=1087
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1089
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1128
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1130
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1189
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1191
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1223
+  _globals['_USERS']._serialized_start=1226
+  _globals['_USERS']._serialized_end=1927
 # @@protoc_insertion_point(module_scope)

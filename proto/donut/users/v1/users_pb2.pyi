@@ -109,6 +109,9 @@ class Principal(_message.Message):
 
     USER_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
+    SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    server_version: _builtins.str
+    """the donut-dagger version of the server (set by WhoAmI)"""
     @_builtins.property
     def user(self) -> Global___User: ...
     @_builtins.property
@@ -118,10 +121,11 @@ class Principal(_message.Message):
         *,
         user: Global___User | None = ...,
         token: Global___Token | None = ...,
+        server_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server_version", b"server_version", "token", b"token", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
