@@ -170,10 +170,11 @@ class DaggerService:
         return workflow_dir(self.config.data_root, workflow_id)
 
     def list_workflows(self, caller: Principal, statuses: set[WorkflowStatus] | None = None, page_size: int = 0,
-                       page_token: str = "", labels: Mapping[str, str] | None = None,
+                       page_token: str = "", labels: Mapping[str, str] | None = None, mine: bool = False,
                        ) -> tuple[list[WorkflowRecord], str]:
         """A page of the caller's workflows (an admin's: everybody's), newest first, and the
-        token of the next page ("" after the last). With a status or label filter a page reads
+        token of the next page ("" after the last); with mine, the caller's own only, admins
+        too. With a status or label filter a page reads
         at most PAGE_READS pages' worth of workflows, so it may hold fewer than asked."""
         caller.require_user()
         labels = dict(labels or {})
@@ -185,7 +186,7 @@ class DaggerService:
         if problems:
             raise InvalidArgument(problems)
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        owner = None if caller.is_admin else caller.user_id
+        owner = None if caller.is_admin and not mine else caller.user_id
         found: list[WorkflowRecord] = []
         position = page_token
         for _ in range(PAGE_READS):

@@ -116,7 +116,7 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
             return pb.ListWorkflowsResponse(workflows=[self._workflow(w) for w in found])
         listed, next_page = self.service.list_workflows(self.principal(), statuses,
                                                         request.page_size or request.limit, request.page_token,
-                                                        request.labels)
+                                                        request.labels, request.mine)
         return pb.ListWorkflowsResponse(workflows=[self._workflow(w) for w in listed], next_page_token=next_page)
 
     def CancelWorkflow(self, request: pb.CancelWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:

@@ -259,7 +259,8 @@ class WorkflowIdType(click.ParamType[str]):
     def _latest(settings: Settings) -> str:
         client = settings.client
         with translated_errors():
-            page = client.dagger.ListWorkflows(pb.ListWorkflowsRequest(page_size=1), metadata=client.metadata)
+            page = client.dagger.ListWorkflows(pb.ListWorkflowsRequest(page_size=1, mine=True),
+                                               metadata=client.metadata)
         if not page.workflows:
             fail("@latest: you have no workflows yet")
         return page.workflows[0].id

@@ -42,6 +42,15 @@ def test_an_ambiguous_prefix_names_the_candidates_and_an_unknown_one_is_not_foun
     assert unknown.stderr.startswith("error: no workflow ffff0") and "not_found" in unknown.stderr
 
 
+def test_latest_is_an_admins_own_newest_not_anybodys(cli: Any) -> None:
+    mine = json.loads(cli("submit", str(FRUIT), "--json").stdout)["id"]
+    assert cli("user", "create", "carol").returncode == 0
+    carol = {"DONUT_TOKEN": json.loads(cli("token", "create", "--user", "carol", "--json").stdout)["token"]}
+    hers = json.loads(cli("submit", str(FRUIT), "--json", env=carol).stdout)["id"]  # newer than mine
+    assert json.loads(cli("status", "@latest", "--json").stdout)["id"] == mine
+    assert json.loads(cli("status", "@latest", "--json", env=carol).stdout)["id"] == hers
+
+
 def test_others_workflows_are_never_candidates(cli: Any, stack: Any) -> None:
     assert cli("user", "create", "bob").returncode == 0
     created = cli("token", "create", "--user", "bob", "--json")

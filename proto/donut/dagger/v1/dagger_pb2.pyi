@@ -614,6 +614,7 @@ class ListWorkflowsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ID_PREFIX_FIELD_NUMBER: _builtins.int
+    MINE_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """older clients' page_size (used when page_size is 0)"""
     page_size: _builtins.int
@@ -624,6 +625,8 @@ class ListWorkflowsRequest(_message.Message):
     """Non-empty: the caller's workflows whose id starts with it (at least 4 characters),
     in id order, at most page_size of them; statuses and page_token must be empty.
     """
+    mine: _builtins.bool
+    """only the caller's own (an admin otherwise sees everybody's)"""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___WorkflowStatus.ValueType]:
         """empty: all"""
@@ -641,10 +644,11 @@ class ListWorkflowsRequest(_message.Message):
         page_token: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         id_prefix: _builtins.str = ...,
+        mine: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id_prefix", b"id_prefix", "labels", b"labels", "limit", b"limit", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id_prefix", b"id_prefix", "labels", b"labels", "limit", b"limit", "mine", b"mine", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
