@@ -88,11 +88,18 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 
 class Client:
-    """Stubs over one channel, with the token on every call."""
-    def __init__(self, endpoint: str, token: str, tls_ca: str = "") -> None:
+    """Stubs over one channel, with the token on every call. With follow_config, a
+    connection that was lost may be taken up at the endpoint the client config names now
+    (`donut up --port 0` started again writes a new one): see moved()."""
+    def __init__(self, endpoint: str, token: str, tls_ca: str = "", follow_config: bool = False,
+                 token_from_config: bool = False) -> None:
+        self.follow_config, self.token_from_config = follow_config, token_from_config
+        self._connect(endpoint, token, tls_ca)
+
+    def _connect(self, endpoint: str, token: str, tls_ca: str) -> None:
         from donut_common.rpc import channel
 
-        self.endpoint = endpoint
+        self.endpoint, self.token, self.tls_ca = endpoint, token, tls_ca
         ca = None
         if tls_ca:
             try:
@@ -121,6 +128,25 @@ class Client:
         from streamed_job.cellar import CellarClient
 
         return CellarClient(self.channel, self.metadata)
+
+    def moved(self) -> bool:
+        """After a lost connection: True when the client config now names another endpoint
+        (the stack was started again elsewhere), which this client then uses."""
+        from donut_common.config import ClientConfig
+
+        if not self.follow_config:
+            return False
+        try:
+            config = ClientConfig.load(tls_ca=self.tls_ca or None)
+        except ValueError:
+            return False
+        if config.endpoint == self.endpoint:
+            return False
+        for stub in ("users", "dagger", "cellar"):  # (the old channel is left open: other threads may be on it)
+            self.__dict__.pop(stub, None)
+        self._connect(config.endpoint, config.token if self.token_from_config else self.token, self.tls_ca)
+        click.echo(f"[donut] the client config names {config.endpoint} now: following there", err=True)
+        return True
 
 
 @contextlib.contextmanager
@@ -173,6 +199,7 @@ class Settings:
             config, self.problem = ClientConfig(), str(e)
         self.endpoint, self.token, self.tls_ca = config.endpoint, config.token, config.tls_ca
         self.token_source = "--token/DONUT_TOKEN" if token else "the token of the client config"
+        self.endpoint_given, self.token_given = bool(endpoint), bool(token)
         self._client: Client | None = None
 
     @staticmethod
@@ -190,7 +217,8 @@ class Settings:
         if trouble := token_trouble(self.token):
             fail(f"{self.token_source}: {trouble}", EXIT_BAD_INPUT)
         if self._client is None:
-            self._client = Client(self.endpoint, self.token, self.tls_ca)
+            self._client = Client(self.endpoint, self.token, self.tls_ca, follow_config=not self.endpoint_given,
+                                  token_from_config=not self.token_given)
         return self._client
 
 

@@ -87,16 +87,18 @@ class _Printer:
 class _Connection:
     """Says once that the connection was lost, however many followers notice it."""
 
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
+    def __init__(self, client: Client) -> None:
+        self.client = client
         self._away = False
         self._lock = threading.Lock()
 
     def lost(self) -> None:
         with self._lock:
+            if self.client.moved():
+                return
             if not self._away:
-                click.echo(f"[donut] lost the connection to {self.endpoint}; following again once it is back",
-                           err=True)
+                click.echo(f"[donut] lost the connection to {self.client.endpoint}; following again once it is "
+                           "back", err=True)
             self._away = True
         time.sleep(1)
 
@@ -157,7 +159,7 @@ def _started(job: pb.Job) -> int:
 def _workflow_logs(client: Client, workflow_id: str, tail: int | None, emit: Emit) -> None:
     """Every started job's current attempt, job by job in the order they started."""
     jobs = client.dagger.ListJobs(pb.ListJobsRequest(workflow_id=workflow_id), metadata=client.metadata).jobs
-    connection = _Connection(client.endpoint)
+    connection = _Connection(client)
     for job in sorted((j for j in jobs if j.attempt), key=_started):
         _job_log(client, connection, workflow_id, job.name, 0, False, tail, emit)
 
@@ -166,7 +168,7 @@ def _follow_workflow(client: Client, workflow_id: str, tail: int | None, printer
     """Every job's lines as they arrive, from each job as it starts, until the workflow and
     all its jobs have ended."""
     arrived: queue.Queue[list[_Line] | Exception | None] = queue.Queue()
-    connection = _Connection(client.endpoint)
+    connection = _Connection(client)
 
     def guarded(work: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -265,4 +267,4 @@ def logs(settings: Settings, workflow_id: str, job: str | None, follow: bool, at
         if not follow:
             click.echo(f"job '{job}' is {job_status_name(record.status)}: no output yet", err=True)
             return
-    _job_log(client, _Connection(settings.endpoint), workflow_id, job, attempt, follow, tail, printer)
+    _job_log(client, _Connection(client), workflow_id, job, attempt, follow, tail, printer)

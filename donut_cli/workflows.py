@@ -166,8 +166,10 @@ def follow(settings: Settings, workflow_id: str, include_jobs: bool = False) -> 
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
+            if client.moved():
+                continue
             if not away:
-                click.echo(f"cannot reach donut at {settings.endpoint}; still trying (Ctrl-C stops waiting, "
+                click.echo(f"cannot reach donut at {client.endpoint}; still trying (Ctrl-C stops waiting, "
                            "not the workflow)", err=True)
                 away = True
             time.sleep(1)

@@ -215,3 +215,40 @@ def test_a_clean_stop_terminates_jobs_with_grace_and_the_next_start_runs_them_ag
         assert [(a.number, status_name(a.status), a.message) for a in job.attempts] == [
             (1, "dead", "stopped with the stack"), (2, "succeeded", "")]
         driver.close()
+
+
+def test_followers_find_a_stack_started_again_on_another_port(tmp_path: Path, etcd_server: EtcdServer,
+                                                              etcd_prefix: str) -> None:
+    """`donut watch` and `donut logs -f`, reading the client config only, while `donut up
+    --port 0` is killed and started again on another port: they take up the new endpoint
+    from the client config and follow the workflow to its end."""
+    data_dir, home = tmp_path / "data", tmp_path / "home"
+    process, config = start_up(data_dir, home, etcd_server, etcd_prefix)
+    stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
+    definition = json.dumps({"jobs": [sh('echo "a $DONUT_JOB_ATTEMPT"; [ "$DONUT_JOB_ATTEMPT" = 1 ] && sleep 60; '
+                                         'echo "a done"', "a")]})
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DONUT_")} | {"DONUT_HOME": str(home)}
+    watch = subprocess.Popen([sys.executable, "-m", "donut_cli", "watch", workflow_id], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    logs = subprocess.Popen([sys.executable, "-m", "donut_cli", "logs", workflow_id, "-f"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert logs.stdout is not None and logs.stdout.readline() == b"a: a 1\n"  # both are following
+        assert watch.stdout is not None and watch.stdout.readline()
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        time.sleep(1.5)  # the followers notice
+        process, moved = start_up(data_dir, home, etcd_server, etcd_prefix)
+        assert moved["endpoint"] != config["endpoint"]
+        _, watch_notes = watch.communicate(timeout=60)
+        assert watch.returncode == 0, watch_notes
+        assert moved["endpoint"].encode() in watch_notes
+        followed, log_notes = logs.communicate(timeout=60)
+        assert logs.returncode == 0, log_notes
+        assert followed.splitlines()[-2:] == [b"a: a 2", b"a: a done"]
+    finally:
+        watch.kill()
+        logs.kill()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
