@@ -224,6 +224,8 @@ class Scheduler:
         if self._draining and not outcome.succeeded:
             outcome = replace(outcome, lost=True, message=STOPPED)
         event = JobEnded(WorkflowId(workflow_id), job, attempt, outcome)
+        log.info("%s/%s attempt %d ended: %s", workflow_id, job, attempt,
+                 "succeeded" if outcome.succeeded else outcome.message or f"exit {outcome.exit_code}")
         if self._events.empty() and not self._stopping.is_set() and self._step_lock.acquire(blocking=False):
             try:
                 if self._events.empty() and not self._stopping.is_set():
@@ -419,6 +421,7 @@ class Scheduler:
         if self._draining or not pending.begin_launch():
             return  # killed meanwhile: ended already; or the stack is stopping (it runs at the next start)
         launch = pending.launch
+        log.info("launching %s/%s attempt %d", launch.workflow_id, launch.job, launch.attempt)
         try:
             self.executor.launch(launch)
         except Exception as e:  # an executor's bug: the attempt fails, the run goes on
@@ -509,6 +512,8 @@ class Scheduler:
         directory.mkdir(parents=True, exist_ok=True)
         self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(directory))
         lost = [name for name in run.running_jobs if self.executor.lost(workflow_id, name, run.jobs[name].attempt)]
+        log.info("took run %s over (%s)%s", workflow_id, run.workflow.status.value,
+                 f"; lost attempts of {', '.join(lost)}" if lost else "")
         return run.start(now, lost=lost)
 
     def _give_up(self, workflow_id: WorkflowId, error: Exception, now: float) -> bool:

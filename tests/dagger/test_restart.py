@@ -31,13 +31,13 @@ from tests.dagger.conftest import (
 pytestmark = pytest.mark.slow
 
 
-def start_up(data_dir: Path, home: Path, etcd: EtcdServer,
-             prefix: str, port: int = 0) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str, port: int = 0,
+             *extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     config = home / "client.json"
     config.unlink(missing_ok=True)
     process = subprocess.Popen(
         [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", str(port), "--http-port", "-1",
-         "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1"],
+         "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1", *extra],
         env={**os.environ, "DONUT_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.time() + 30
@@ -252,3 +252,20 @@ def test_followers_find_a_stack_started_again_on_another_port(tmp_path: Path, et
         logs.kill()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_verbose_logs_the_scheduling_decisions(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    process, config = start_up(tmp_path / "data", tmp_path / "home", etcd_server, etcd_prefix, 0, "-v")
+    stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
+    definition = json.dumps({"jobs": [sh("true", "a"), sh("exit 3", "b")], "neighbors": {"a": ["b"]}})
+    workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
+    for w in stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), timeout=60):
+        if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
+            break
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    logged = process.stderr.read().decode()  # type: ignore[union-attr]
+    for line in (f"took run {workflow_id} over (queued)", f"launching {workflow_id}/a attempt 1",
+                 f"{workflow_id}/a attempt 1 ended: succeeded", f"{workflow_id}/b attempt 1 ended: exited with code 3",
+                 f"workflow {workflow_id} failed"):
+        assert line in logged, logged
