@@ -150,10 +150,10 @@ def user_create(settings: Settings, login: str, admin: bool, display_name: str) 
 
 
 @user.command(name="list")
-@click.option("--json", "as_json", is_flag=True)
+@output_option
 @pass_settings
 @rpc_errors
-def user_list(settings: Settings, as_json: bool) -> None:
+def user_list(settings: Settings, output: str) -> None:
     """List the users (admins only)."""
     from donut.users.v1 import users_pb2
 
@@ -161,10 +161,11 @@ def user_list(settings: Settings, as_json: bool) -> None:
     users = client.users.ListUsers(users_pb2.ListUsersRequest(), metadata=client.metadata).users
     docs = [{"id": u.id, "login": u.login, "display_name": u.display_name, "admin": u.admin,
              "github_id": u.github_id or None, "created_at": iso_time(u.created_at)} for u in users]
-    if as_json:
-        click.echo(json.dumps(docs, indent=2))
-        return
-    click.echo(f"{'LOGIN':<24}  {'ADMIN':<5}  {'CREATED':<29}  NAME")
+    emit(docs, output, _user_table, name=lambda d: d["login"])
+
+
+def _user_table(docs: list[dict[str, Any]], wide: bool) -> None:
+    click.echo(f"{'LOGIN':<24}  {'ADMIN':<5}  {'CREATED':<29}  NAME" + ("  ID" if wide else ""))
     for d in docs:
         click.echo(f"{d['login']:<24}  {'yes' if d['admin'] else 'no':<5}  {d['created_at'] or '':<29}  "
-                   f"{d['display_name']}")
+                   f"{d['display_name']}" + (f"  {d['id']}" if wide else ""))

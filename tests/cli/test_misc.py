@@ -36,6 +36,8 @@ def test_user_list_is_for_admins(cli: Any) -> None:
     bob = next(u for u in json.loads(listed.stdout) if u["login"] == "bob")
     assert bob["display_name"] == "Bob B" and bob["admin"] is False
     assert "bob" in cli("user", "list").stdout
+    assert sorted(cli("user", "list", "-o", "name").stdout.split()) == ["admin", "bob"]
+    assert bob["id"] in cli("user", "list", "-o", "wide").stdout
     token = json.loads(cli("token", "create", "--user", "bob", "--json").stdout)["token"]
     refused = cli("user", "list", env={"DONUT_TOKEN": token})
     assert refused.returncode == 1 and "permission_denied" in refused.stderr
