@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import click
 
 from donut.users.v1 import users_pb2
-from donut_cli.cli import EXIT_BAD_INPUT, Settings, cli, fail, iso_time, pass_settings, rpc_errors
+from donut_cli.cli import DURATION, EXIT_BAD_INPUT, Settings, cli, fail, iso_time, pass_settings, rpc_errors
 from donut_cli.output import emit, output_option
 
 
-def _duration(text: str) -> int:
-    """Seconds in '90', '45m', '12h', '30d'."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        seconds = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
-    except ValueError:
-        fail(f"--expires: expected a duration like 3600, 45m, 12h or 30d, not {text!r}", EXIT_BAD_INPUT)
+def _lifetime(expires: timedelta) -> int:
+    """Seconds of a token's lifetime, within what a token may live."""
     from donut_common.auth import MAX_TOKEN_LIFETIME
 
+    seconds = int(expires.total_seconds())
     if not 0 < seconds <= MAX_TOKEN_LIFETIME:
-        fail(f"--expires: must be more than 0 and at most 100 years (leave it out for never), not {text!r}",
-             EXIT_BAD_INPUT)
+        fail("--expires: must be more than 0 and at most 100 years (leave it out for never)", EXIT_BAD_INPUT)
     return seconds
 
 
@@ -68,13 +64,13 @@ def token() -> None:
 
 @token.command(name="create")
 @click.option("--name", default="", help="What the token is for.")
-@click.option("--expires", default="", help="Lifetime: 3600, 45m, 12h, 30d (default: never).")
+@click.option("--expires", type=DURATION, help="Lifetime: 3600, 45m, 12h, 30d (default: never).")
 @click.option("--user", "user_login", default="", help="For another user (admins only).")
 @click.option("--admin", "admin_scope", is_flag=True, help="With admin rights (for admins).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"id","token"}.')
 @pass_settings
 @rpc_errors
-def token_create(settings: Settings, name: str, expires: str, user_login: str, admin_scope: bool,
+def token_create(settings: Settings, name: str, expires: timedelta | None, user_login: str, admin_scope: bool,
                  as_json: bool) -> None:
     """Create a token; its secret is shown once."""
     from donut.users.v1 import users_pb2
@@ -82,7 +78,7 @@ def token_create(settings: Settings, name: str, expires: str, user_login: str, a
     client = settings.client
     request = users_pb2.CreateTokenRequest(name=name, user_login=user_login,
                                            scopes=["user", "admin"] if admin_scope else ["user"],
-                                           expires_in_seconds=_duration(expires) if expires else 0)
+                                           expires_in_seconds=_lifetime(expires) if expires is not None else 0)
     created = client.users.CreateToken(request, metadata=client.metadata)
     if as_json:
         click.echo(json.dumps({"id": created.token.id, "token": created.secret}))

@@ -14,7 +14,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -330,6 +330,27 @@ class LabelType(click.ParamType[tuple[str, str]]):
 
 
 LABEL = LabelType()
+
+
+class DurationType(click.ParamType[timedelta]):
+    """A span of time as people write it: 90 (seconds), 45s, 10m, 2h, 1d; one longer than a
+    timedelta holds is the longest it holds."""
+
+    name = "DURATION"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    LONGEST = timedelta.max.days * 86400
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip()
+        number, unit = (text[:-1], text[-1]) if text[-1:] in self.UNITS else (text, "s")
+        if not number.isdigit():
+            self.fail(f"expected a duration like 90, 45s, 10m, 2h or 1d, not {value!r}", param, ctx)
+        return timedelta(seconds=min(int(number) * self.UNITS[unit], self.LONGEST))
+
+
+DURATION = DurationType()
 
 
 def main() -> None:

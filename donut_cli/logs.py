@@ -17,12 +17,13 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut_cli.cli import (
+    DURATION,
     EXIT_BAD_INPUT,
     INT32_MAX,
     WORKFLOW_ID,
@@ -215,17 +216,6 @@ def _follow_workflow(client: Client, workflow_id: str, tail: int | None, printer
         printer(item)
 
 
-def _seconds(text: str) -> int:
-    """Seconds in '90', '45s', '30m', '12h', '2d'."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        seconds = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
-    except ValueError:
-        seconds = -1
-    if seconds < 0:
-        fail(f"--since: expected a duration like 90, 45s, 30m, 12h or 2d, not {text!r}", EXIT_BAD_INPUT)
-    return seconds
-
 
 @cli.command()
 @click.argument("workflow_id", type=WORKFLOW_ID)
@@ -236,18 +226,18 @@ def _seconds(text: str) -> int:
               help="Which attempt of JOB (default: the current one).")
 @click.option("--tail", type=click.IntRange(0), default=None, metavar="N",
               help="Only the last N lines of each job's attempt, then (with -f) the new ones.")
-@click.option("--since", metavar="DURATION", help="Only lines received in the last DURATION (90, 45s, 30m, 12h, 2d).")
+@click.option("--since", type=DURATION, help="Only lines received in the last DURATION (90, 45s, 30m, 12h, 2d).")
 @click.option("--timestamps", is_flag=True, help="Begin each line with the time the server received it (UTC).")
 @pass_settings
 @rpc_errors
 def logs(settings: Settings, workflow_id: str, job: str | None, follow: bool, attempt: int, tail: int | None,
-         since: str | None, timestamps: bool) -> None:
+         since: timedelta | None, timestamps: bool) -> None:
     """Print a job's output: stdout lines to stdout, stderr lines and donut's notes to stderr.
 
     Without JOB, every job's lines, each behind its job's name: job by job in the order they
     started, or with -f as they arrive, from each job as it starts, until the workflow ends.
     """
-    since_ms = round((time.time() - min(_seconds(since), 1 << 40)) * 1000) if since is not None else 0
+    since_ms = round((time.time() - min(since.total_seconds(), 1 << 40)) * 1000) if since is not None else 0
     tail = None if tail is None else min(tail, sys.maxsize)
     if attempt and job is None:
         fail("--attempt: needs a JOB", EXIT_BAD_INPUT)

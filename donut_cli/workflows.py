@@ -16,6 +16,7 @@ from dagger_svc.core.limits import MAX_PARALLELISM, label_problems, name_problem
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut_cli.cli import (
     ACTIVE,
+    DURATION,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     INT32_MAX,
@@ -369,23 +370,6 @@ def _watch_table(settings: Settings, workflow_id: str) -> str:
             return doc["status"] if doc else ""
 
 
-class DurationType(click.ParamType[timedelta]):
-    """A span of time as people write it: 90 (seconds), 45s, 10m, 2h, 1d."""
-
-    name = "DURATION"
-    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        text = str(value).strip()
-        number, unit = (text[:-1], text[-1]) if text[-1:] in self.UNITS else (text, "s")
-        if not number.isdigit() or len(number) > 9:
-            self.fail(f"expected a duration like 90, 45s, 10m, 2h or 1d, not {value!r}", param, ctx)
-        return timedelta(seconds=int(number) * self.UNITS[unit])
-
-
-DURATION = DurationType()
 ENDED = tuple(s for s in STATUS_NAMES if pb.WorkflowStatus.Value(f"WORKFLOW_STATUS_{s.upper()}") not in ACTIVE)
 
 
