@@ -14,6 +14,7 @@ from donut_cli.cli import (
     Seconds,
     cli,
     fail,
+    keep_the_normal_exit,
 )
 from donut_common.config import ServerLimits, donut_home
 from streamed_job.spec import FetchSettings
@@ -79,6 +80,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
        max_log_bytes: int,
        input_deadline: float, max_download_bytes: int, deny_private_origins: bool, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
+    keep_the_normal_exit()
     import logging
     import os
     import signal
