@@ -205,6 +205,24 @@ def show_workflow(client: Client, workflow_id: str, output: str, view: str = "jo
          lambda doc, wide: print_workflow({**doc, "owner_login": _owner_login(client, w.owner)}, wide, view))
 
 
+def files_to_upload(uploads: tuple[Path, ...], problems: list[str]) -> list[tuple[str, Path]]:
+    """(name in the upload, file) of every file --upload names: a file by its name, a
+    directory's files under its name; what can't be read is added to `problems`."""
+    found: list[tuple[str, Path]] = []
+    for path in uploads:
+        if not path.exists():
+            problems.append(f"--upload: no such file or directory: {path}")
+            continue
+        for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            try:
+                with open(f, "rb") as readable:
+                    readable.read(1)
+            except OSError as e:
+                problems.append(f"--upload: cannot read {f}: {e.strerror}")
+            found.append((f.name if path.is_file() else str(Path(path.name) / f.relative_to(path)), f))
+    return found
+
+
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path, allow_dash=True))
 @click.option("--name", default="", help="A friendly name (default: the file's name; 'stdin' for -).")
@@ -235,18 +253,7 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
     name = name or ("stdin" if str(file) == "-" else file.stem)
     if name_problem(name):
         problems.append(f"--name: {name_problem(name)}")
-    to_upload: list[tuple[str, Path]] = []
-    for path in uploads:
-        if not path.exists():
-            problems.append(f"--upload: no such file or directory: {path}")
-            continue
-        for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
-            try:
-                with open(f, "rb") as readable:
-                    readable.read(1)
-            except OSError as e:
-                problems.append(f"--upload: cannot read {f}: {e.strerror}")
-            to_upload.append((f.name if path.is_file() else str(Path(path.name) / f.relative_to(path)), f))
+    to_upload = files_to_upload(uploads, problems)
     client = settings.client
     definition = text or b""  # as it is: the server says where it is not UTF-8
     if text is not None and (problems or to_upload or dry_run):  # every problem at once, before any upload

@@ -38,3 +38,16 @@ def test_lint_server_asks_the_server_too(cli: Any, tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (0, f"{FRUIT}: ok\n"), result.stderr
     down = donut("lint", "--server", str(FRUIT), home=tmp_path / "home", endpoint="127.0.0.1:1")
     assert down.returncode == 1 and down.stderr.startswith("error: cannot reach donut at 127.0.0.1:1")
+
+
+def test_lint_server_checks_cache_inputs_against_what_would_be_uploaded(cli: Any, tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("jobs:\n- name: a\n  image: x\n  cmd: cat\n  args: [data.csv]\n"
+                    "  inputs:\n  - {cache: data.csv, local: data.csv}\n")
+    missing = cli("lint", "--server", str(flow))
+    assert missing.returncode == 2 and "data.csv" in missing.stderr, missing.stderr
+    (tmp_path / "data.csv").write_text("1,2\n")
+    found = cli("lint", "--server", "--upload", str(tmp_path / "data.csv"), str(flow))
+    assert (found.returncode, found.stdout) == (0, f"{flow}: ok\n"), found.stderr
+    alone = cli("lint", "--upload", str(tmp_path / "data.csv"), str(flow))
+    assert alone.returncode == 2 and alone.stderr.startswith("error: --upload: goes with --server")
