@@ -122,14 +122,17 @@ def test_ctrl_c_while_following_says_the_workflow_keeps_running(cli: Any, stack:
     for args in (["watch", workflow_id], ["submit", slow, "--wait"]):
         follower = subprocess.Popen([sys.executable, "-m", "donut_cli", *args], env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert follower.stdout is not None and follower.stderr is not None
-        followed = follower.stdout.readline().strip()  # watch: the job's first change; submit: the new id
-        if args[0] == "watch":
-            assert follower.stdout.readline().startswith("workflow: ")  # following
-        else:
-            assert follower.stderr.readline().startswith("[")  # following: "[HH:MM:SS] queued: 1 waiting"...
-        follower.send_signal(signal.SIGINT)
-        out, err = follower.communicate(timeout=30)
+        try:
+            assert follower.stdout is not None and follower.stderr is not None
+            followed = follower.stdout.readline().strip()  # watch: the job's first change; submit: the new id
+            if args[0] == "watch":
+                assert follower.stdout.readline().startswith("workflow: ")  # following
+            else:
+                assert follower.stderr.readline().startswith("[")  # following: "[HH:MM:SS] queued: 1 waiting"...
+            follower.send_signal(signal.SIGINT)
+            out, err = follower.communicate(timeout=30)
+        finally:
+            follower.kill()  # (a failed check leaves no follower behind)
         assert follower.returncode == 130, err
         keeps = followed if args[0] == "submit" else workflow_id
         assert f"the workflow keeps running; follow it again with: donut watch {keeps}" in err
