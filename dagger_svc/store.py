@@ -330,7 +330,11 @@ class Store:
         owner's claim is released."""
         if not run.let_go or run.workflow is None or not run.workflow.status.finished:
             return []
-        return [etcd.delete(self.keys.queued(run.workflow_id)), etcd.delete(self.keys.claim(run.workflow_id))]
+        return self._letting_go(run.workflow_id)
+
+    def _letting_go(self, workflow_id: WorkflowId) -> list[etcd.Op]:
+        """Off the queue, and its owner's claim released."""
+        return [etcd.delete(self.keys.queued(workflow_id)), etcd.delete(self.keys.claim(workflow_id))]
 
     def workflow_revisions(self, workflow_id: WorkflowId, revision: int) -> Revisions:
         """The revisions a guarded write of the workflow record checks (read at `revision`)."""
@@ -377,7 +381,7 @@ class Store:
         released, in one transaction."""
         key = self.keys.workflow(workflow_id)
         found = self._etcd.get(key)
-        ops = [etcd.delete(self.keys.queued(workflow_id)), etcd.delete(self.keys.claim(workflow_id))]
+        ops = self._letting_go(workflow_id)
         if found is not None:
             try:
                 workflow: WorkflowRecord | None = _workflow(found.value)
