@@ -87,11 +87,14 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
         self._principal = principal
 
     # Who may touch what: files belong to the user who stored them (a job's results to the
-    # workflow's owner, whose job token stored them); admins and services see everything.
+    # workflow's owner, whose job token stored them; a job's logs to the owner dagger names
+    # when it stores them); admins and services see everything.
 
-    def _check_write(self, caller: Principal, ref: FileRef) -> None:
+    def _check_write(self, caller: Principal, ref: FileRef, owner: str) -> None:
         if caller.is_admin or caller.is_service:
             return
+        if owner and owner != caller.user_id:
+            raise PermissionDenied("only services and admins store files for another user")
         if ref.kind == "cache" and caller.acts_as_user:
             # an upload belongs to whoever stored its first file
             if self._storage.owners("cache", ref.scope) <= {caller.user_id}:
@@ -123,13 +126,14 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
                 raise InvalidArgument("Put: the first message must be the header")
             caller = self._principal()
             ref = ref_from_pb(first.header)
-            self._check_write(caller, ref)
+            owner = first.owner or caller.user_id
+            self._check_write(caller, ref, owner)
             declared = first.size if first.HasField("size") else None
             if declared is not None and not 0 <= declared <= self._max_file_size:
                 raise InvalidArgument(
                     f"Put: size must be from 0 to the limit of {_size_text(self._max_file_size)}"
                 )
-            info = self._storage.put(ref, self._data(requests, context, declared), owner=caller.user_id)
+            info = self._storage.put(ref, self._data(requests, context, declared), owner=owner)
         except grpc.RpcError:
             # the client cancelled or went away; storage has dropped the partial file
             raise _cut_off() from None

@@ -40,7 +40,8 @@ from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, P
 
 log = logging.getLogger(__name__)
 
-KINDS = ("cache", "result", "archive")
+KINDS = ("cache", "result", "archive", "log")
+JOB_KINDS = ("result", "log")  # the kinds whose files belong to a job of the scope
 NAME_PATTERN = re.compile(f"^{names.UPLOAD_ID}$")
 MAX_PATH_CHARS = 1024
 MAX_SEGMENT_BYTES = 255
@@ -53,7 +54,7 @@ _NO_OWNER = "-"          # the file name for files stored without an owner
 
 @dataclass(frozen=True)
 class FileRef:
-    """Names one file: kind is one of KINDS; job is set for results only; path is relative."""
+    """Names one file: kind is one of KINDS; job is set for JOB_KINDS only; path is relative."""
 
     kind: str
     scope: str
@@ -112,9 +113,9 @@ def _kind_scope_job(kind: str, scope: str, job: str, *, listing: bool) -> list[P
     problems = []
     if not NAME_PATTERN.match(scope):
         problems.append(Problem("scope", f"must match {NAME_PATTERN.pattern} (got {scope!r})"))
-    job_required = kind == "result" and not listing
-    if kind != "result" and job:
-        problems.append(Problem("job", f"only results have a job (got {job!r})"))
+    job_required = kind in JOB_KINDS and not listing
+    if kind not in JOB_KINDS and job:
+        problems.append(Problem("job", f"only results and logs have a job (got {job!r})"))
     elif (job or job_required) and not NAME_PATTERN.match(job):
         problems.append(Problem("job", f"must match {NAME_PATTERN.pattern} (got {job!r})"))
     return problems
@@ -247,7 +248,7 @@ class LocalStorage:
     def list(self, kind: str, scope: str, job: str = "") -> list[FileInfo]:
         validate_listing(kind, scope, job)
         base = os.path.join(self.root, kind, scope)
-        if kind != "result":
+        if kind not in JOB_KINDS:
             tops = [("", base)]
         elif job:
             tops = [(job, os.path.join(base, job))]

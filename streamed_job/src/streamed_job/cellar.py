@@ -16,7 +16,7 @@ from donut.cellar.v1 import cellar_pb2_grpc
 from streamed_job.files import replacing
 
 CHUNK_BYTES = 1024 * 1024
-KINDS = {"cache": pb.KIND_CACHE, "result": pb.KIND_RESULT, "archive": pb.KIND_ARCHIVE}
+KINDS = {"cache": pb.KIND_CACHE, "result": pb.KIND_RESULT, "archive": pb.KIND_ARCHIVE, "log": pb.KIND_LOG}
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -26,12 +26,15 @@ class CellarClient:
         self.stub = cellar_pb2_grpc.CellarStub(channel)
         self.metadata = metadata
 
-    def put(self, kind: str, scope: str, path: str, source: Path | BinaryIO, job: str = "") -> pb.FileInfo:
-        """Streams a file (a path, or a file already open) into cellar."""
+    def put(self, kind: str, scope: str, path: str, source: Path | BinaryIO, job: str = "",
+            owner: str = "") -> pb.FileInfo:
+        """Streams a file (a path, or a file already open) into cellar; stored as the
+        owner's (services and admins only) or else as the caller's."""
         def messages() -> Iterator[pb.PutRequest]:
             with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as f:
                 size = os.fstat(f.fileno()).st_size
-                yield pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), size=size)
+                yield pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), size=size,
+                                    owner=owner)
                 while True:
                     chunk = f.read(CHUNK_BYTES)
                     if not chunk:
@@ -55,6 +58,18 @@ class CellarClient:
                     out.write(message.data)
         assert info is not None
         return info
+
+    def read(self, kind: str, scope: str, path: str, job: str = "", timeout: float | None = None) -> Iterator[bytes]:
+        """The file's bytes as they arrive (never all in memory); closing the iterator
+        early cancels the download. Errors are the call's RpcError."""
+        ref = pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path)
+        call = self.stub.Get(pb.GetRequest(ref=ref), metadata=self.metadata, timeout=timeout)
+        try:
+            for message in call:
+                if message.WhichOneof("part") == "data":
+                    yield message.data
+        finally:
+            call.cancel()
 
     def delete(self, kind: str, scope: str) -> None:
         """Removes every file of the scope (services and admins only)."""

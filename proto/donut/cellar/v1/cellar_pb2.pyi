@@ -33,6 +33,8 @@ class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Kind.ValueType],
     """a saved job output; scope is the workflow id"""
     KIND_ARCHIVE: _Kind.ValueType  # 3
     """a whole workflow directory; scope is the workflow id"""
+    KIND_LOG: _Kind.ValueType  # 4
+    """a job attempt's log; scope is the workflow id, job the job, path "<attempt>.log" """
 
 class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
 
@@ -43,6 +45,8 @@ KIND_RESULT: Kind.ValueType  # 2
 """a saved job output; scope is the workflow id"""
 KIND_ARCHIVE: Kind.ValueType  # 3
 """a whole workflow directory; scope is the workflow id"""
+KIND_LOG: Kind.ValueType  # 4
+"""a job attempt's log; scope is the workflow id, job the job, path "<attempt>.log" """
 Global___Kind: _TypeAlias = Kind  # noqa: Y015
 
 @_typing.final
@@ -56,7 +60,7 @@ class FileRef(_message.Message):
     kind: Global___Kind.ValueType
     scope: _builtins.str
     job: _builtins.str
-    """results only"""
+    """results and logs only"""
     path: _builtins.str
     """relative, '/'-separated"""
     def __init__(
@@ -116,10 +120,15 @@ class PutRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     size: _builtins.int
     """With the header: the file's size. An upload that ends short of it was cut off and is
     not stored. Without it, the server can only trust the stream's end.
+    """
+    owner: _builtins.str
+    """With the header, services and admins only: the id of the user the file belongs to
+    (e.g. a workflow's owner for its logs). Empty: the caller.
     """
     @_builtins.property
     def header(self) -> Global___FileRef: ...
@@ -129,10 +138,11 @@ class PutRequest(_message.Message):
         header: Global___FileRef | None = ...,
         data: _builtins.bytes = ...,
         size: _builtins.int | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "data", b"data", "header", b"header", "part", b"part", "size", b"size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "data", b"data", "header", b"header", "part", b"part", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "data", b"data", "header", b"header", "owner", b"owner", "part", b"part", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__size: _TypeAlias = _typing.Literal["size"]  # noqa: Y015
     _WhichOneofArgType__size: _TypeAlias = _typing.Literal["_size", b"_size"]  # noqa: Y015
