@@ -16,6 +16,9 @@ written before these markers existed has lines of unknown time (0).
 
 An attempt's log is cut at a size limit: the line that would cross it is replaced by a
 note saying so, and later lines are dropped (their sequence markers are still stored).
+
+Once an attempt has ended, its file may be copied elsewhere as it is (`on_end` says when);
+`read_stored` reads such a copy with the same parser as the file.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import re
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from io import FileIO
 from pathlib import Path
@@ -43,6 +46,18 @@ LogLine = tuple[int, bytes]  # (stream, text without newline)
 TimedLine = tuple[int, bytes, int]  # (stream, text, when it was received in unix ms; 0: unknown)
 READ_BATCH_BYTES = 4 * 1024 * 1024  # lines are at most 1 MiB: a batch stays well under a message's 16 MiB
 MAX_OPEN_LOGS = 256  # files kept open for appending; the least recently used is closed (and reopened when needed)
+
+
+Ended = Callable[[str, str, int], None]  # told (workflow id, job, attempt) once an attempt's log is complete
+
+
+@dataclass
+class _Cursor:
+    """How far a reader has got in a stored log."""
+
+    position: int = 0  # bytes of whole lines read
+    index: int = 0  # lines read (markers are not lines)
+    at: int = 0  # when the batch being read was received, in unix ms (0: unknown)
 
 
 @dataclass
@@ -64,6 +79,11 @@ class LogStore:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._generation = 0  # bumped on every change, so followers never miss a wake-up
+        self._on_end: list[Ended] = []
+
+    def on_end(self, listener: Ended) -> None:
+        """Calls listener (outside the store's lock) after each `end`."""
+        self._on_end.append(listener)
 
     def path(self, workflow_id: str, job: str, attempt: int) -> Path:
         return self.root / workflow_id / f"{job}.{attempt}.log"
@@ -138,6 +158,8 @@ class LogStore:
                 entry.file.close()
             self._generation += 1
             self._changed.notify_all()
+        for listener in self._on_end:
+            listener(workflow_id, job, attempt)
 
     def read(self, workflow_id: str, job: str, attempt: int, offset: int = 0,
              follow_until: Callable[[], bool] | None = None,
@@ -154,34 +176,15 @@ class LogStore:
         grow with the log). With follow_until, keeps waiting for new lines until it returns
         True (the attempt is over) and the file has been read to its end."""
         path = self.path(workflow_id, job, attempt)
-        position, index, at = 0, 0, 0
+        cursor = _Cursor()
         while True:
             with self._lock:
                 generation = self._generation
             over = follow_until is None or follow_until()
-            lines: list[TimedLine] = []
-            size = 0
             if path.exists():
                 with open(path, "rb") as f:
-                    f.seek(position)
-                    for raw in f:
-                        if not raw.endswith(b"\n"):
-                            break  # a line still being written
-                        position += len(raw)
-                        if raw[0] == _SEQUENCE:
-                            continue
-                        if raw[0] == _TIME:
-                            at = int(raw[1:-1])
-                            continue
-                        if index >= offset:
-                            lines.append((_STREAMS.get(raw[0], STDOUT), raw[1:-1], at))
-                            size += len(raw)
-                        index += 1
-                        if len(lines) >= batch or size >= batch_bytes:
-                            yield index - len(lines), lines
-                            lines, size = [], 0
-            if lines:
-                yield index - len(lines), lines
+                    f.seek(cursor.position)
+                    yield from _timed_lines(f, cursor, offset, batch, batch_bytes)
             if over:
                 return
             with self._lock:
@@ -193,6 +196,51 @@ class LogStore:
             for entry in self._open.values():
                 entry.file.close()
             self._open.clear()
+
+
+def read_stored(chunks: Iterable[bytes], offset: int = 0, batch: int = 1000,
+                batch_bytes: int = READ_BATCH_BYTES) -> Iterator[tuple[int, list[TimedLine]]]:
+    """LogStore.read_timed (without follow) of a log's stored bytes, as they arrive."""
+    yield from _timed_lines(_split_lines(chunks), _Cursor(), offset, batch, batch_bytes)
+
+
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines (each with its newline) of a stream of bytes; an unfinished last one without."""
+    pending = b""
+    for chunk in chunks:
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def _timed_lines(stored: Iterable[bytes], cursor: _Cursor, offset: int, batch: int,
+                 batch_bytes: int) -> Iterator[tuple[int, list[TimedLine]]]:
+    """Yields (index of the first line, lines) of the stored lines from line `offset`, at
+    most `batch` lines and about `batch_bytes` at a time, moving the cursor past each whole
+    line (an unfinished one, still being written, ends the reading)."""
+    lines: list[TimedLine] = []
+    size = 0
+    for raw in stored:
+        if not raw.endswith(b"\n"):
+            break
+        cursor.position += len(raw)
+        if raw[0] == _SEQUENCE:
+            continue
+        if raw[0] == _TIME:
+            cursor.at = int(raw[1:-1])
+            continue
+        if cursor.index >= offset:
+            lines.append((_STREAMS.get(raw[0], STDOUT), raw[1:-1], cursor.at))
+            size += len(raw)
+        cursor.index += 1
+        if len(lines) >= batch or size >= batch_bytes:
+            yield cursor.index - len(lines), lines
+            lines, size = [], 0
+    if lines:
+        yield cursor.index - len(lines), lines
 
 
 def _write_all(file: FileIO, data: bytes) -> None:

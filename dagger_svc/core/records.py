@@ -151,6 +151,10 @@ class JobRecord:
     retry_at: float | None = None
     attempts: tuple[AttemptRecord, ...] = ()
 
+    def attempt_over(self, number: int) -> bool:
+        """Attempt `number` (at most the current one) has ended: its log is complete."""
+        return self.attempt > number or self.status is not JobStatus.RUNNING
+
     def to_dict(self) -> JobDoc:
         return cast(JobDoc, _compact(dict(self.__dict__), status=self.status.value,
                                      attempts=[a.to_dict() for a in self.attempts]))
