@@ -21,7 +21,8 @@ from dagger_svc.core.limits import label_problems, submission_problems
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowId, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.run import prepare_retry, retry_selection
 from dagger_svc.executors.base import workflow_dir
-from dagger_svc.logs import LogLine, LogStore, TimedLine
+from dagger_svc.log_copies import LogCopies
+from dagger_svc.logs import LogLine, LogStore, TimedLine, read_stored
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import RunView, Store, UploadMark, no_workflow
 from donut_common import names
@@ -65,12 +66,13 @@ class Uploads(Protocol):
 
 class DaggerService:
     def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler, config: DaggerConfig,
-                 uploads: Uploads | None = None) -> None:
+                 uploads: Uploads | None = None, log_copies: LogCopies | None = None) -> None:
         self.store = store
         self.logs = logs
         self.scheduler = scheduler
         self.config = config
         self.uploads = uploads
+        self.log_copies = log_copies
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -291,15 +293,11 @@ class DaggerService:
         current = attempt or max(record.attempt, 1)
 
         def attempt_over() -> bool:
-            if not is_active():
-                return True
-            now = self.store.job(workflow_id, job)
-            return now.attempt > current or now.status.finished or (
-                now.status is not JobStatus.RUNNING and now.attempt == current)
+            return not is_active() or self.store.job(workflow_id, job).attempt_over(current)
 
         while True:
-            for index, lines in self.logs.read_timed(workflow_id, job, current, offset,
-                                                     attempt_over if follow else None):
+            for index, lines in self._attempt_lines(workflow_id, job, current, offset,
+                                                    attempt_over if follow else None):
                 offset = index + len(lines)
                 yield current, index, lines
             if not follow or not is_active():
@@ -311,6 +309,26 @@ class DaggerService:
                 current, offset = current + 1, 0
             else:
                 time.sleep(0.2)  # the next attempt has not started yet (retry backoff)
+
+    def _attempt_lines(self, workflow_id: WorkflowId, job: str, attempt: int, offset: int,
+                       follow_until: Callable[[], bool] | None) -> Iterator[tuple[int, list[TimedLine]]]:
+        """From the local file while there is one (or while the attempt may still write it),
+        else from the copy of the ended attempt's log."""
+        if (self.log_copies is None or self.logs.path(workflow_id, job, attempt).exists()
+                or not self.store.job(workflow_id, job).attempt_over(attempt)):
+            return self.logs.read_timed(workflow_id, job, attempt, offset, follow_until)
+        return self._copied_lines(self.log_copies, workflow_id, job, attempt, offset)
+
+    @staticmethod
+    def _copied_lines(copies: LogCopies, workflow_id: str, job: str, attempt: int,
+                      offset: int) -> Iterator[tuple[int, list[TimedLine]]]:
+        chunks = copies.read(workflow_id, job, attempt)
+        try:
+            yield from read_stored(chunks, offset)
+        except NotFound:
+            return  # no copy: the attempt wrote no line, or its file was lost before it was copied
+        finally:
+            chunks.close()
 
     def push_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int, sequence: int,
                   lines: list[LogLine]) -> int:

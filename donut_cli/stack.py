@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -25,6 +26,7 @@ from dagger_svc.core.limits import MAX_LOG_BYTES
 from dagger_svc.executors.local import LocalExecutor
 from dagger_svc.executors.wrapper import WrapperExecutor
 from dagger_svc.keys import Keys
+from dagger_svc.log_copies import LogCopier
 from dagger_svc.logs import LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
@@ -32,6 +34,7 @@ from dagger_svc.store import Store
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
 from donut_common.config import ServerLimits
+from donut_common.errors import DonutError, NotFound, Unavailable
 from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
@@ -106,6 +109,7 @@ class Stack:
     store: Store | None = None
     users: UsersService | None = None
     logs: LogStore | None = None
+    log_copier: LogCopier | None = None
     executor: LocalExecutor | WrapperExecutor | None = None
     scheduler: Scheduler | None = None
     server: grpc.Server | None = None
@@ -141,6 +145,8 @@ class Stack:
             self.server.start()
             assert self.scheduler is not None
             self.scheduler.start()
+            assert self.log_copier is not None
+            self.log_copier.start()
             if c.http_port >= 0:
                 self._start_gateway()
         except BaseException:
@@ -182,8 +188,10 @@ class Stack:
                  "--root", str(data_root)], stdin=subprocess.DEVNULL, start_new_session=True)
         self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                    lease_ttl=c.lease_ttl)
+        log_copies = _CellarLogCopies(CellarClient(services))
+        self.log_copier = LogCopier(self.logs, log_copies, self.store)
         service = DaggerService(self.store, self.logs, self.scheduler,
-                                DaggerConfig(data_root, c.default_parallelism), uploads)
+                                DaggerConfig(data_root, c.default_parallelism), uploads, log_copies)
         return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
                 users_registration(self.users)]
 
@@ -251,6 +259,9 @@ class Stack:
         if self.scheduler is not None:
             self.scheduler.stop()
             self.scheduler = None
+        if self.log_copier is not None:
+            self.log_copier.stop()  # what it had not copied yet is copied after the next start
+            self.log_copier = None
         for made in self._channels:
             made.close()
         self._channels.clear()
@@ -288,6 +299,33 @@ class _CellarUploads:
 
     def remove(self, upload_id: str) -> None:
         self.cellar.delete("cache", upload_id)
+
+
+@dataclass(frozen=True)
+class _CellarLogCopies:
+    """The copies of ended attempts' logs (`dagger_svc.log_copies.LogCopies`): cellar files
+    of kind `log`, scope the workflow, job the job, path `<attempt>.log`."""
+
+    cellar: CellarClient
+
+    def put(self, workflow_id: str, job: str, attempt: int, source: Path, owner: str) -> None:
+        try:
+            self.cellar.put("log", workflow_id, f"{attempt}.log", source, job=job, owner=owner)
+        except grpc.RpcError as e:
+            raise _storage_error(e) from None
+
+    def read(self, workflow_id: str, job: str, attempt: int) -> Generator[bytes, None, None]:
+        try:
+            yield from self.cellar.read("log", workflow_id, f"{attempt}.log", job=job)
+        except grpc.RpcError as e:
+            raise _storage_error(e) from None
+
+
+def _storage_error(e: grpc.RpcError) -> DonutError:
+    code, details = e.code(), e.details()
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(details)
+    return Unavailable(f"storage unavailable: {details}")
 
 
 def _lock(data_dir: Path) -> TextIO:
