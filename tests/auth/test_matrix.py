@@ -59,6 +59,7 @@ class World:
             {"name": "k", "image": "x", "cmd": "true", "args": []},
         ])
         assert driver.wait(self.workflow).status == dpb.WORKFLOW_STATUS_DONE
+        assert stack.log_copier.wait_idle(60)  # the logs' copies are stored: the files stay as they are
         services = channel(stack.endpoint, token=stack.service_token)
         self.job_token = JobTokens(services).mint(self.alice_id, self.workflow, "j", 1)[1]
         clock.advance(2)  # the short token has expired (it was never used, so never cached)

@@ -20,6 +20,7 @@ from cellar_svc.server import create_server
 from cellar_svc.storage import FileRef, LocalStorage
 from dagger_svc.log_copies import CopySettings, LogCopier, marker
 from dagger_svc.logs import STDOUT, LogStore, read_stored
+from dagger_svc.service import DaggerConfig, DaggerService
 from donut.cellar.v1 import cellar_pb2 as cpb
 from donut.cellar.v1 import cellar_pb2_grpc
 from donut.dagger.v1 import dagger_pb2 as pb
@@ -27,7 +28,8 @@ from donut.dagger.v1 import dagger_pb2_grpc
 from donut.users.v1 import users_pb2 as upb
 from donut.users.v1 import users_pb2_grpc
 from donut_cli.stack import Stack, StackConfig, _CellarLogCopies
-from donut_common.auth import SCOPE_SERVICE, Principal
+from donut_common.auth import SCOPE_ADMIN, SCOPE_SERVICE, SCOPE_USER, Principal
+from donut_common.errors import Unavailable
 from donut_common.etcd_server import free_port
 from donut_common.rpc import channel
 from streamed_job.cellar import CellarClient
@@ -145,6 +147,10 @@ def test_an_ended_attempt_s_log_is_copied_and_served_from_the_copy_once_the_file
     assert cli_logs(stack, donut_home, alice.token, alice.workflow) == shown
     assert not (stack_config.data_dir / "logs" / alice.workflow).exists()  # served from cellar, not written back
 
+    (stack_config.data_dir / "cellar" / "log" / alice.workflow / "flaky" / "1.log").unlink()
+    first = pb.TailLogsRequest(workflow_id=alice.workflow, job="flaky", attempt=1)
+    assert list(alice.dagger(stack).TailLogs(first, timeout=30)) == []  # no copy, no file: no lines, as before
+
 
 def test_the_copy_is_the_owner_s_alone_and_only_services_write_logs(running: Callable[[], Stack]) -> None:
     stack = running()
@@ -243,9 +249,16 @@ def test_a_copy_is_retried_until_cellar_is_back(running: Callable[[], Stack], tm
                 assert time.monotonic() < deadline, "no copy was tried"
                 time.sleep(0.02)
         assert not list(logs.rglob("*.copied"))
+        # meanwhile a log whose file is gone can't be served, and says why
+        assert stack.scheduler is not None
+        service = DaggerService(stack.store, LogStore(tmp_path / "no-logs"), stack.scheduler,
+                                DaggerConfig(tmp_path), log_copies=_CellarLogCopies(client))
+        admin = Principal(user_id="root", login="admin", admin=True, scopes=(SCOPE_USER, SCOPE_ADMIN))
+        with pytest.raises(Unavailable, match="^storage unavailable: "):
+            list(service.tail_logs(admin, alice.workflow, "flaky", 1))
 
-        service = Principal(user_id="services", login="donut-services", scopes=(SCOPE_SERVICE,))
-        server, _ = create_server(f"127.0.0.1:{port}", LocalStorage(tmp_path / "cellar"), principal=lambda: service)
+        services = Principal(user_id="services", login="donut-services", scopes=(SCOPE_SERVICE,))
+        server, _ = create_server(f"127.0.0.1:{port}", LocalStorage(tmp_path / "cellar"), principal=lambda: services)
         server.start()
         assert copier.wait_idle(30)
     finally:
