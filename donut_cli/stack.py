@@ -22,6 +22,8 @@ from werkzeug.serving import BaseWSGIServer
 
 from cellar_svc.storage import LocalStorage
 from dagger_svc.core.limits import MAX_LOG_BYTES
+from dagger_svc.core.records import WorkflowId
+from dagger_svc.deletion import Deleter, Retention, RetentionSettings
 from dagger_svc.executors.local import LocalExecutor
 from dagger_svc.executors.wrapper import WrapperExecutor
 from dagger_svc.keys import Keys
@@ -32,6 +34,7 @@ from dagger_svc.store import Store
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
 from donut_common.config import ServerLimits
+from donut_common.errors import Unavailable
 from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
@@ -87,6 +90,8 @@ class StackConfig:
     """Threads, streams and client-stream timeouts of the gRPC server."""
     fetch: FetchSettings = FetchSettings()
     """How jobs download their `origin` inputs: deadline, size limit, private origins."""
+    retention: RetentionSettings = RetentionSettings()
+    """How long ended workflows are kept (default: for ever), and how often that is looked at."""
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Stack:
     scheduler: Scheduler | None = None
     server: grpc.Server | None = None
     http: BaseWSGIServer | None = None
+    retention: Retention | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _reaper: subprocess.Popen[bytes] | None = None
@@ -141,6 +147,8 @@ class Stack:
             self.server.start()
             assert self.scheduler is not None
             self.scheduler.start()
+            assert self.retention is not None
+            self.retention.start()  # (it finishes interrupted deletions first, with or without a retention)
             if c.http_port >= 0:
                 self._start_gateway()
         except BaseException:
@@ -182,8 +190,10 @@ class Stack:
                  "--root", str(data_root)], stdin=subprocess.DEVNULL, start_new_session=True)
         self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                    lease_ttl=c.lease_ttl)
+        deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(CellarClient(services)))
+        self.retention = Retention(deleter, c.retention, self.clock.time)
         service = DaggerService(self.store, self.logs, self.scheduler,
-                                DaggerConfig(data_root, c.default_parallelism), uploads)
+                                DaggerConfig(data_root, c.default_parallelism), uploads, deleter)
         return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
                 users_registration(self.users)]
 
@@ -236,6 +246,9 @@ class Stack:
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
         self._stopping.set()
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
         if self.http is not None:
             self.http.shutdown()
             self.http = None
@@ -288,6 +301,19 @@ class _CellarUploads:
 
     def remove(self, upload_id: str) -> None:
         self.cellar.delete("cache", upload_id)
+
+
+@dataclass(frozen=True)
+class _CellarWorkflowFiles:
+    """What cellar keeps of a workflow, as its deletion removes it (`dagger_svc.deletion.WorkflowFiles`)."""
+
+    cellar: CellarClient
+
+    def remove(self, kind: str, workflow_id: WorkflowId) -> None:
+        try:
+            self.cellar.delete(kind, workflow_id)
+        except grpc.RpcError as e:
+            raise Unavailable(f"storage unavailable: {e.details()}") from e
 
 
 def _lock(data_dir: Path) -> TextIO:
