@@ -14,6 +14,8 @@
     <prefix>by-owner/<owner>/<ms>/<id>  empty: the same for one owner's workflows
     <prefix>uploads/<upload id>     'used' once a stored workflow names the upload, 'removed'
                                     once a refused submission removed it (whichever came first)
+    <prefix>deleting/<id>           WorkflowRecord JSON of a workflow being deleted: its record moved
+                                    here (out of every read and listing) until its files and keys are gone
     <prefix>upgrades/<name>         present once the records of earlier versions were upgraded so
 """
 
@@ -63,6 +65,10 @@ class Keys:
 
     def listed(self, owner: str | None, created_at: float, workflow_id: str) -> str:
         return f"{self.listing(owner)}{int(created_at * 1000):015d}/{workflow_id}"
+
+    def deleting(self, workflow_id: str = "") -> str:
+        """The mark of a workflow being deleted (without an id: the prefix of them all)."""
+        return f"{self.prefix}deleting/{workflow_id}"
 
     def upload(self, upload_id: str) -> str:
         return f"{self.prefix}uploads/{upload_id}"

@@ -24,6 +24,7 @@ Once an attempt has ended, its file may be copied elsewhere as it is (`on_end` s
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 import time
 from collections import OrderedDict, deque
@@ -190,6 +191,15 @@ class LogStore:
             with self._lock:
                 if generation == self._generation:
                     self._changed.wait(timeout=0.5)
+
+    def remove(self, workflow_id: str) -> None:
+        """Removes every log file of the workflow (closing those still open)."""
+        with self._lock:
+            for key in [key for key in self._open if key[0] == workflow_id]:
+                self._open.pop(key).file.close()
+            self._dirs.discard(self.root / workflow_id)
+            if (self.root / workflow_id).exists():
+                shutil.rmtree(self.root / workflow_id)
 
     def close(self) -> None:
         with self._lock:

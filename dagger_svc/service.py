@@ -20,6 +20,7 @@ from dagger_svc.core.definition import Definition, parse_definition
 from dagger_svc.core.limits import label_problems, submission_problems
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowId, WorkflowRecord, WorkflowStatus
 from dagger_svc.core.run import prepare_retry, retry_selection
+from dagger_svc.deletion import Deleter
 from dagger_svc.executors.base import workflow_dir
 from dagger_svc.log_copies import LogCopies
 from dagger_svc.logs import LogLine, LogStore, TimedLine, read_stored
@@ -49,6 +50,8 @@ class DaggerConfig:
     """Workflow directories live under it: <data_root>/<workflow id>/."""
     default_parallelism: int = 4
     """Parallelism of a submission that names none."""
+    force_delete_wait: float = 60.0
+    """Seconds a forced deletion waits for the workflow it cancelled to end."""
 
 
 class Uploads(Protocol):
@@ -66,13 +69,15 @@ class Uploads(Protocol):
 
 class DaggerService:
     def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler, config: DaggerConfig,
-                 uploads: Uploads | None = None, log_copies: LogCopies | None = None) -> None:
+                 uploads: Uploads | None = None, log_copies: LogCopies | None = None,
+                 deleter: Deleter | None = None) -> None:
         self.store = store
         self.logs = logs
         self.scheduler = scheduler
         self.config = config
         self.uploads = uploads
         self.log_copies = log_copies
+        self.deleter = deleter or Deleter(store, logs, config.data_root)
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -245,6 +250,40 @@ class DaggerService:
         return self._store_new(definition, name or original.name, parallelism or original.parallelism,
                                original.fail_fast, original.upload_id, caller.user_id, original.labels)
 
+    def delete(self, caller: Principal, workflow_id: str, force: bool = False) -> None:
+        """Deletes an ended workflow with everything it has; a queued or running one only
+        with force, which cancels it and waits (config.force_delete_wait) for it to end.
+        A deletion that was cut short is finished."""
+        caller.require_user()
+        checked = checked_id(workflow_id)
+        try:
+            workflow, revision = self.store.workflow(checked)
+        except NotFound:
+            marked = self.store.deleting_workflow(checked)
+            if marked is None or not caller.owns(marked.owner):
+                raise
+            self.deleter.finish(marked)
+            return
+        _check_owner(caller, workflow)
+        if not workflow.status.finished:
+            if not force:
+                raise FailedPrecondition(f"workflow {workflow.id} is {workflow.status.value}: cancel it first, "
+                                         "or delete it with force (which cancels it first)")
+            workflow, revision = self._cancelled(caller, workflow)
+        self.deleter.delete(workflow, revision)
+
+    def _cancelled(self, caller: Principal, workflow: WorkflowRecord) -> tuple[WorkflowRecord, int]:
+        """The workflow and its revision once the cancel asked for it now has ended it."""
+        self.store.request_cancel(workflow.id)
+        deadline = time.monotonic() + self.config.force_delete_wait
+        for _ in self.watch(caller, workflow.id, is_active=lambda: time.monotonic() < deadline):
+            pass
+        workflow, revision = self.store.workflow(workflow.id)
+        if not workflow.status.finished:
+            raise FailedPrecondition(f"workflow {workflow.id} was cancelled but is still {workflow.status.value} "
+                                     f"after {self.config.force_delete_wait:g}s; try again once it has ended")
+        return workflow, revision
+
     def watch(self, caller: Principal, workflow_id: str, is_active: Callable[[], bool] = lambda: True,
               min_interval: float = WATCH_INTERVAL) -> Iterator[WorkflowRecord]:
         """The workflow now, then as it changes (at most one update per min_interval,
@@ -363,6 +402,8 @@ class _Latest:
 
     def offer(self, workflow: WorkflowRecord | None) -> None:
         with self._lock:
+            if isinstance(self._value, WorkflowRecord) and self._value.status.finished:
+                return  # the final state, not yet sent, ends the watch: what follows (a deletion) is not seen
             self._value = workflow
             final = workflow is None or workflow.status.finished
             if final or time.monotonic() >= self._sent_at + self.interval:

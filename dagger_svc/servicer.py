@@ -129,6 +129,11 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
     def CloneWorkflow(self, request: pb.CloneWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
         return self._workflow(self.service.clone(self.principal(), request.id, request.name, request.parallelism))
 
+    def DeleteWorkflow(self, request: pb.DeleteWorkflowRequest,
+                       context: grpc.ServicerContext) -> pb.DeleteWorkflowResponse:
+        self.service.delete(self.principal(), request.id, request.force)
+        return pb.DeleteWorkflowResponse()
+
     def WatchWorkflow(self, request: pb.WatchWorkflowRequest, context: grpc.ServicerContext) -> Iterator[pb.Workflow]:
         for workflow in self.service.watch(self.principal(), request.id, is_active=lambda: _active(context)):
             yield self._run(self.service.run(self.principal(), workflow.id)) if request.include_jobs \

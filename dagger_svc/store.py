@@ -187,13 +187,8 @@ class Store:
         prefix = self.keys.listing(owner)
         entries = self._etcd.get_range(prefix, prefix + after if after else etcd.prefix_end(prefix), size,
                                        newest_first=True)
-        ids = [kv.key.rsplit("/", 1)[1] for kv in entries]
-        found: dict[str, WorkflowRecord] = {}
-        for start in range(0, len(ids), MAX_OPS_PER_TXN):
-            result = self._etcd.txn([], [etcd.get(self.keys.workflow(i)) for i in ids[start:start + MAX_OPS_PER_TXN]])
-            found.update((w.id, w) for w in (_workflow(kv.value) for kvs in result.ranges for kv in kvs))
         position = entries[-1].key.removeprefix(prefix) if len(entries) == size else ""
-        return [found[i] for i in ids if i in found], position
+        return self._records([kv.key.rsplit("/", 1)[1] for kv in entries]), position
 
     def workflows_by_prefix(self, id_prefix: str, limit: int) -> list[WorkflowRecord]:
         """Up to `limit` workflows whose id starts with `id_prefix`, in id order (one range read)."""
@@ -339,6 +334,56 @@ class Store:
     def workflow_revisions(self, workflow_id: WorkflowId, revision: int) -> Revisions:
         """The revisions a guarded write of the workflow record checks (read at `revision`)."""
         return {self.keys.workflow(workflow_id): revision}
+
+    # ---- deletion ------------------------------------------------------------------
+
+    def mark_deleting(self, workflow: WorkflowRecord, revision: int) -> None:
+        """Moves the workflow record (still at `revision`) to its deletion mark, out of its
+        listings, in one transaction: from then on the workflow is not found, listed,
+        watched, retried or cloned. Raises Conflict when the record changed meanwhile."""
+        key = self.keys.workflow(workflow.id)
+        ops = [etcd.put(self.keys.deleting(workflow.id), _dump(workflow.to_dict())), etcd.delete(key),
+               *(etcd.delete(listed) for listed in self._listed(workflow))]
+        if not self._etcd.txn([etcd.mod_equals(key, revision)], ops).succeeded:
+            raise Conflict(f"workflow {workflow.id} changed while it was being deleted")
+
+    def deleting(self) -> list[WorkflowRecord]:
+        """The workflows marked for deletion whose deletion has not been finished."""
+        return [_workflow(kv.value) for kv in self._etcd.get_prefix(self.keys.deleting())]
+
+    def deleting_workflow(self, workflow_id: WorkflowId) -> WorkflowRecord | None:
+        """The workflow's record if it is marked for deletion."""
+        found = self._etcd.get(self.keys.deleting(workflow_id))
+        return None if found is None else _workflow(found.value)
+
+    def remove_deleted(self, workflow: WorkflowRecord) -> None:
+        """Removes every key of a workflow marked for deletion, the mark with them, in one
+        transaction (ranges go as one operation each, so it fits whatever the workflow's size)."""
+        workflow_id = workflow.id
+        self._etcd.txn([], [
+            etcd.delete_prefix(self.keys.specs(workflow_id)), etcd.delete_prefix(self.keys.jobs(workflow_id)),
+            *(etcd.delete(key) for key in (
+                self.keys.workflow(workflow_id), self.keys.queued(workflow_id), self.keys.cancel(workflow_id),
+                self.keys.claim(workflow_id), *self._listed(workflow), self.keys.deleting(workflow_id)))])
+
+    def workflows_created_before(self, before: float, after: str, size: int) -> tuple[list[WorkflowRecord], str]:
+        """Up to `size` workflows created before `before` (of everybody), oldest first, from
+        just after the position `after` ("": the oldest); and the position of the last one
+        read ("" when there is nothing more)."""
+        prefix = self.keys.listing(None)
+        end = self.keys.listed(None, before, "")
+        entries = self._etcd.get_range(prefix + after + "\0" if after else prefix, end, size)
+        found = self._records([kv.key.rsplit("/", 1)[1] for kv in entries])
+        position = entries[-1].key.removeprefix(prefix) if len(entries) == size else ""
+        return found, position
+
+    def _records(self, ids: list[str]) -> list[WorkflowRecord]:
+        """The records of those ids that have one, in the order of the ids."""
+        found: dict[str, WorkflowRecord] = {}
+        for start in range(0, len(ids), MAX_OPS_PER_TXN):
+            result = self._etcd.txn([], [etcd.get(self.keys.workflow(i)) for i in ids[start:start + MAX_OPS_PER_TXN]])
+            found.update((w.id, w) for w in (_workflow(kv.value) for kvs in result.ranges for kv in kvs))
+        return [found[i] for i in ids if i in found]
 
     # ---- ownership -----------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from werkzeug.serving import BaseWSGIServer
 
 from cellar_svc.storage import LocalStorage
 from dagger_svc.core.limits import MAX_LOG_BYTES
+from dagger_svc.core.records import WorkflowId
+from dagger_svc.deletion import Deleter, Retention, RetentionSettings
 from dagger_svc.executors.local import LocalExecutor
 from dagger_svc.executors.wrapper import WrapperExecutor
 from dagger_svc.keys import Keys
@@ -90,6 +92,8 @@ class StackConfig:
     """Threads, streams and client-stream timeouts of the gRPC server."""
     fetch: FetchSettings = FetchSettings()
     """How jobs download their `origin` inputs: deadline, size limit, private origins."""
+    retention: RetentionSettings = RetentionSettings()
+    """How long ended workflows are kept (default: for ever), and how often that is looked at."""
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Stack:
     scheduler: Scheduler | None = None
     server: grpc.Server | None = None
     http: BaseWSGIServer | None = None
+    retention: Retention | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _reaper: subprocess.Popen[bytes] | None = None
@@ -147,6 +152,8 @@ class Stack:
             self.scheduler.start()
             assert self.log_copier is not None
             self.log_copier.start()
+            assert self.retention is not None
+            self.retention.start()  # (it finishes interrupted deletions first, with or without a retention)
             if c.http_port >= 0:
                 self._start_gateway()
         except BaseException:
@@ -190,8 +197,10 @@ class Stack:
                                    lease_ttl=c.lease_ttl)
         log_copies = _CellarLogCopies(CellarClient(services))
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
+        deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(CellarClient(services)))
+        self.retention = Retention(deleter, c.retention, self.clock.time)
         service = DaggerService(self.store, self.logs, self.scheduler,
-                                DaggerConfig(data_root, c.default_parallelism), uploads, log_copies)
+                                DaggerConfig(data_root, c.default_parallelism), uploads, log_copies, deleter)
         return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
                 users_registration(self.users)]
 
@@ -244,6 +253,9 @@ class Stack:
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
         self._stopping.set()
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
         if self.http is not None:
             self.http.shutdown()
             self.http = None
@@ -326,6 +338,19 @@ def _storage_error(e: grpc.RpcError) -> DonutError:
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(details)
     return Unavailable(f"storage unavailable: {details}")
+
+
+@dataclass(frozen=True)
+class _CellarWorkflowFiles:
+    """What cellar keeps of a workflow, as its deletion removes it (`dagger_svc.deletion.WorkflowFiles`)."""
+
+    cellar: CellarClient
+
+    def remove(self, kind: str, workflow_id: WorkflowId) -> None:
+        try:
+            self.cellar.delete(kind, workflow_id)
+        except grpc.RpcError as e:
+            raise _storage_error(e) from None
 
 
 def _lock(data_dir: Path) -> TextIO:

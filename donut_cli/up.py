@@ -72,13 +72,16 @@ from streamed_job.spec import FetchSettings
 @click.option("--deny-private-origins", is_flag=True,
               help="Refuse `origin` inputs (and redirects) at addresses that are not public: loopback, private, "
                    "link-local (the cloud metadata service)...")
+@click.option("--retention-days", type=click.IntRange(0, 100_000), default=0, show_default=True,
+              help="Delete workflows that ended more than this many days ago, in the background (0: never).")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
        parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
        rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
        max_log_bytes: int,
-       input_deadline: float, max_download_bytes: int, deny_private_origins: bool, verbose: bool) -> None:
+       input_deadline: float, max_download_bytes: int, deny_private_origins: bool, retention_days: int,
+       verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     keep_the_normal_exit()
     import logging
@@ -86,6 +89,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     import signal
     import threading
 
+    from dagger_svc.deletion import RetentionSettings
     from donut_cli.stack import Stack, StackConfig
     from donut_common.config import ClientConfig
     from donut_common.etcd import EtcdAccess
@@ -104,7 +108,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                          default_parallelism=parallelism, kill_grace=kill_grace,
                          tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
                          max_log_bytes=max_log_bytes,
-                         fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins))
+                         fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins),
+                         retention=RetentionSettings(days=retention_days))
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     if (etcd_cert is None) != (etcd_key is None):

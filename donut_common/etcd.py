@@ -72,6 +72,11 @@ def delete(key: str) -> Op:
     return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode()))
 
 
+def delete_prefix(prefix: str) -> Op:
+    start = prefix.encode()
+    return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=start, range_end=_prefix_end(start)))
+
+
 def absent(key: str) -> Compare:
     """The key does not exist."""
     return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.CREATE, result=etcdrpc.Compare.EQUAL,

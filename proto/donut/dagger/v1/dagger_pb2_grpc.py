@@ -74,6 +74,11 @@ class DaggerStub(object):
                 request_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.WatchWorkflowRequest.SerializeToString,
                 response_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.Workflow.FromString,
                 _registered_method=True)
+        self.DeleteWorkflow = channel.unary_unary(
+                '/donut.dagger.v1.Dagger/DeleteWorkflow',
+                request_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.DeleteWorkflowRequest.SerializeToString,
+                response_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.DeleteWorkflowResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/donut.dagger.v1.Dagger/GetJob',
                 request_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.GetJobRequest.SerializeToString,
@@ -159,6 +164,14 @@ class DaggerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteWorkflow(self, request, context):
+        """Removes an ended workflow and everything it has (records, results, archive, logs, work
+        directory); a queued or running one is refused unless force, which cancels it first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -235,6 +248,11 @@ def add_DaggerServicer_to_server(servicer, server):
                     servicer.WatchWorkflow,
                     request_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.WatchWorkflowRequest.FromString,
                     response_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.Workflow.SerializeToString,
+            ),
+            'DeleteWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkflow,
+                    request_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.DeleteWorkflowRequest.FromString,
+                    response_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.DeleteWorkflowResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -478,6 +496,33 @@ class Dagger(object):
             '/donut.dagger.v1.Dagger/WatchWorkflow',
             donut_dot_dagger_dot_v1_dot_dagger__pb2.WatchWorkflowRequest.SerializeToString,
             donut_dot_dagger_dot_v1_dot_dagger__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/donut.dagger.v1.Dagger/DeleteWorkflow',
+            donut_dot_dagger_dot_v1_dot_dagger__pb2.DeleteWorkflowRequest.SerializeToString,
+            donut_dot_dagger_dot_v1_dot_dagger__pb2.DeleteWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,10 @@ class DaggerStub:
     """Submits the definition of an existing workflow again, as a new workflow."""
     WatchWorkflow: _grpc.UnaryStreamMultiCallable[_dagger_pb2.WatchWorkflowRequest, _dagger_pb2.Workflow]
     """The workflow now, then again on every change, until it finishes."""
+    DeleteWorkflow: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.DeleteWorkflowRequest, _dagger_pb2.DeleteWorkflowResponse]
+    """Removes an ended workflow and everything it has (records, results, archive, logs, work
+    directory); a queued or running one is refused unless force, which cancels it first.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.GetJobRequest, _dagger_pb2.Job]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.ListJobsRequest, _dagger_pb2.ListJobsResponse]
     PushLogs: _grpc.StreamStreamMultiCallable[_dagger_pb2.LogBatch, _dagger_pb2.LogAck]
@@ -77,6 +81,10 @@ class DaggerAsyncStub(DaggerStub):
     """Submits the definition of an existing workflow again, as a new workflow."""
     WatchWorkflow: _aio.UnaryStreamMultiCallable[_dagger_pb2.WatchWorkflowRequest, _dagger_pb2.Workflow]  # type: ignore[assignment]
     """The workflow now, then again on every change, until it finishes."""
+    DeleteWorkflow: _aio.UnaryUnaryMultiCallable[_dagger_pb2.DeleteWorkflowRequest, _dagger_pb2.DeleteWorkflowResponse]  # type: ignore[assignment]
+    """Removes an ended workflow and everything it has (records, results, archive, logs, work
+    directory); a queued or running one is refused unless force, which cancels it first.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_dagger_pb2.GetJobRequest, _dagger_pb2.Job]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_dagger_pb2.ListJobsRequest, _dagger_pb2.ListJobsResponse]  # type: ignore[assignment]
     PushLogs: _aio.StreamStreamMultiCallable[_dagger_pb2.LogBatch, _dagger_pb2.LogAck]  # type: ignore[assignment]
@@ -152,6 +160,16 @@ class DaggerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_dagger_pb2.Workflow], _abc.AsyncIterator[_dagger_pb2.Workflow]]:
         """The workflow now, then again on every change, until it finishes."""
+
+    @_abc_1.abstractmethod
+    def DeleteWorkflow(
+        self,
+        request: _dagger_pb2.DeleteWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagger_pb2.DeleteWorkflowResponse, _abc.Awaitable[_dagger_pb2.DeleteWorkflowResponse]]:
+        """Removes an ended workflow and everything it has (records, results, archive, logs, work
+        directory); a queued or running one is refused unless force, which cancels it first.
+        """
 
     @_abc_1.abstractmethod
     def GetJob(
