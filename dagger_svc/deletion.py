@@ -62,14 +62,14 @@ class Deleter:
     def finish(self, workflow: WorkflowRecord) -> None:
         """Removes the files and keys of a workflow marked for deletion (again, if an
         earlier attempt was cut short: every step may run twice)."""
+        try:  # the local logs first: none is left for the log copier to copy
+            self.logs.remove(workflow.id)
+            _remove_tree(workflow_dir(self.data_root, workflow.id))
+        except OSError as e:
+            raise Unavailable(f"cannot remove the files of workflow {workflow.id}: {e}") from e
         if self.files is not None:
             for kind in WORKFLOW_FILE_KINDS:
                 self.files.remove(kind, workflow.id)
-        try:
-            _remove_tree(workflow_dir(self.data_root, workflow.id))
-            self.logs.remove(workflow.id)
-        except OSError as e:
-            raise Unavailable(f"cannot remove the files of workflow {workflow.id}: {e}") from e
         self.store.remove_deleted(workflow)
 
     def finish_interrupted(self) -> int:

@@ -43,6 +43,10 @@ class LogCopies(Protocol):
         """Stores the file as the attempt's copy (replacing an earlier one), as the owner's."""
         ...
 
+    def remove(self, workflow_id: str) -> None:
+        """Removes every copy kept for the workflow."""
+        ...
+
     def read(self, workflow_id: str, job: str, attempt: int) -> Generator[bytes, None, None]:
         """The copy's bytes as they arrive (NotFound when there is none); closing the
         iterator early stops the download."""
@@ -174,4 +178,9 @@ class LogCopier:
         except NotFound:
             return  # the workflow is gone: its log has no one to belong to
         self.copies.put(workflow_id, job, attempt, path, owner)
+        try:
+            self.store.workflow(WorkflowId(workflow_id))
+        except NotFound:  # deleted while the copy was made, maybe after its copies were removed
+            self.copies.remove(workflow_id)
+            return
         marker(path).touch()

@@ -326,6 +326,12 @@ class _CellarLogCopies:
         except grpc.RpcError as e:
             raise _storage_error(e) from None
 
+    def remove(self, workflow_id: str) -> None:
+        try:
+            self.cellar.delete("log", workflow_id)
+        except grpc.RpcError as e:
+            raise _storage_error(e) from None
+
     def read(self, workflow_id: str, job: str, attempt: int) -> Generator[bytes, None, None]:
         try:
             yield from self.cellar.read("log", workflow_id, f"{attempt}.log", job=job)
