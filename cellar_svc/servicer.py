@@ -21,6 +21,7 @@ import grpc
 from cellar_svc.storage import FileInfo, FileRef, Storage, no_such_file
 from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
+from donut_common import names
 from donut_common.auth import Principal, current_principal
 from donut_common.errors import InvalidArgument, PermissionDenied, Problem, Unavailable
 from donut_common.rpc import translate_errors
@@ -62,6 +63,18 @@ def info_to_pb(info: FileInfo) -> pb.FileInfo:
 
 def _cut_off() -> Unavailable:
     return Unavailable("Put: the upload was cut off before its end")
+
+
+def _owner(caller: Principal, named: str) -> str:
+    """Whom a Put stores the file for: the caller, or the user a service (or an admin)
+    names, such as the owner of the workflow whose archive a service stores."""
+    if not named:
+        return caller.user_id
+    if not (caller.is_service or caller.is_admin):
+        raise PermissionDenied("Put: only services and admins store files for another user (owner)")
+    if not names.matches(names.UPLOAD_ID, named):
+        raise InvalidArgument([Problem("owner", "must be a user id")])
+    return named
 
 
 def _size_text(size: int) -> str:
@@ -124,12 +137,13 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
             caller = self._principal()
             ref = ref_from_pb(first.header)
             self._check_write(caller, ref)
+            owner = _owner(caller, first.owner)
             declared = first.size if first.HasField("size") else None
             if declared is not None and not 0 <= declared <= self._max_file_size:
                 raise InvalidArgument(
                     f"Put: size must be from 0 to the limit of {_size_text(self._max_file_size)}"
                 )
-            info = self._storage.put(ref, self._data(requests, context, declared), owner=caller.user_id)
+            info = self._storage.put(ref, self._data(requests, context, declared), owner=owner)
         except grpc.RpcError:
             # the client cancelled or went away; storage has dropped the partial file
             raise _cut_off() from None

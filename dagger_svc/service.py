@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from dagger_svc.archives import ArchiveInfo, Archiver
 from dagger_svc.core.definition import Definition, parse_definition
 from dagger_svc.core.limits import label_problems, submission_problems
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowId, WorkflowRecord, WorkflowStatus
@@ -26,7 +27,14 @@ from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import RunView, Store, UploadMark, no_workflow
 from donut_common import names
 from donut_common.auth import Principal
-from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
+from donut_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Problem,
+    Unavailable,
+)
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 log = logging.getLogger(__name__)
@@ -65,12 +73,13 @@ class Uploads(Protocol):
 
 class DaggerService:
     def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler, config: DaggerConfig,
-                 uploads: Uploads | None = None) -> None:
+                 uploads: Uploads | None = None, archiver: Archiver | None = None) -> None:
         self.store = store
         self.logs = logs
         self.scheduler = scheduler
         self.config = config
         self.uploads = uploads
+        self.archiver = archiver
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -242,6 +251,16 @@ class DaggerService:
             raise InvalidArgument(problems)
         return self._store_new(definition, name or original.name, parallelism or original.parallelism,
                                original.fail_fast, original.upload_id, caller.user_id, original.labels)
+
+    def archive(self, caller: Principal, workflow_id: str) -> ArchiveInfo:
+        """Stores the ended workflow's directory as one .tar.gz (see dagger_svc.archives)."""
+        workflow, revision = self._get_versioned(caller, workflow_id)
+        if not workflow.status.finished:
+            raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; "
+                                     "archive it once it ends")
+        if self.archiver is None:
+            raise Unavailable("this server keeps no archives")
+        return self.archiver.archive(workflow, revision)
 
     def watch(self, caller: Principal, workflow_id: str, is_active: Callable[[], bool] = lambda: True,
               min_interval: float = WATCH_INTERVAL) -> Iterator[WorkflowRecord]:

@@ -333,12 +333,46 @@ class Store:
         return self._letting_go(run.workflow_id)
 
     def _letting_go(self, workflow_id: WorkflowId) -> list[etcd.Op]:
-        """Off the queue, and its owner's claim released."""
-        return [etcd.delete(self.keys.queued(workflow_id)), etcd.delete(self.keys.claim(workflow_id))]
+        """Off the queue, its owner's claim released, and due to be archived."""
+        return [etcd.delete(self.keys.queued(workflow_id)), etcd.delete(self.keys.claim(workflow_id)),
+                etcd.put(self.keys.to_archive(workflow_id), b"")]
 
     def workflow_revisions(self, workflow_id: WorkflowId, revision: int) -> Revisions:
         """The revisions a guarded write of the workflow record checks (read at `revision`)."""
         return {self.keys.workflow(workflow_id): revision}
+
+    # ---- archives ------------------------------------------------------------------
+
+    def archives_due(self) -> list[WorkflowId]:
+        """The runs that ended and whose directory has not been archived since."""
+        return [self.keys.workflow_id(kv.key) for kv in self._etcd.get_prefix(self.keys.archive_due)]
+
+    def watch_archives_due(self, on_due: Callable[[WorkflowId], None], after: int) -> Callable[[], None]:
+        """Calls on_due for every run that ended after revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if value is not None:
+                on_due(self.keys.workflow_id(key))
+
+        return self._etcd.watch_prefix(self.keys.archive_due, on_event, start_revision=after + 1)
+
+    def record_archive(self, workflow: WorkflowRecord, revision: int, done: bool) -> int:
+        """Writes the workflow record (saying it was archived) if it is still at `revision`
+        (Conflict if not: a retry ran it again meanwhile); with done, it is no longer due.
+        Returns the record's new revision."""
+        key = self.keys.workflow(workflow.id)
+        ops = [etcd.put(key, _dump(workflow.to_dict()))]
+        if done:
+            ops.append(etcd.delete(self.keys.to_archive(workflow.id)))
+        result = self._etcd.txn([etcd.mod_equals(key, revision)], ops)
+        if not result.succeeded:
+            raise Conflict(f"workflow {workflow.id} changed while it was being archived")
+        return result.revision
+
+    def archive_done(self, workflow_id: WorkflowId, revision: int | None = None) -> bool:
+        """The run is no longer due to be archived (with `revision`, only if its workflow
+        record is still at it: not run again by a retry meanwhile); False if it changed."""
+        compare = [] if revision is None else [etcd.mod_equals(self.keys.workflow(workflow_id), revision)]
+        return self._etcd.txn(compare, [etcd.delete(self.keys.to_archive(workflow_id))]).succeeded
 
     # ---- ownership -----------------------------------------------------------------
 

@@ -7,12 +7,14 @@ address so the CLI needs only that address.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -21,6 +23,7 @@ import grpc
 from werkzeug.serving import BaseWSGIServer
 
 from cellar_svc.storage import LocalStorage
+from dagger_svc.archives import ARCHIVE_PATH, ArchiveInfo, Archiver
 from dagger_svc.core.limits import MAX_LOG_BYTES
 from dagger_svc.executors.local import LocalExecutor
 from dagger_svc.executors.wrapper import WrapperExecutor
@@ -29,9 +32,11 @@ from dagger_svc.logs import LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
 from dagger_svc.store import Store
+from donut.cellar.v1 import cellar_pb2
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
 from donut_common.config import ServerLimits
+from donut_common.errors import NotFound, Unavailable
 from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
@@ -87,6 +92,10 @@ class StackConfig:
     """Threads, streams and client-stream timeouts of the gRPC server."""
     fetch: FetchSettings = FetchSettings()
     """How jobs download their `origin` inputs: deadline, size limit, private origins."""
+    archive_finished: bool = False
+    """Archive every workflow's directory into cellar when it ends (in the background)."""
+    delete_archived_workdirs: bool = False
+    """With archive_finished: remove a workflow's directory once its archive is stored and verified."""
 
 
 @dataclass
@@ -108,6 +117,7 @@ class Stack:
     logs: LogStore | None = None
     executor: LocalExecutor | WrapperExecutor | None = None
     scheduler: Scheduler | None = None
+    archiver: Archiver | None = None
     server: grpc.Server | None = None
     http: BaseWSGIServer | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
@@ -141,6 +151,9 @@ class Stack:
             self.server.start()
             assert self.scheduler is not None
             self.scheduler.start()
+            if c.archive_finished:
+                assert self.archiver is not None
+                self.archiver.start()
             if c.http_port >= 0:
                 self._start_gateway()
         except BaseException:
@@ -182,8 +195,9 @@ class Stack:
                  "--root", str(data_root)], stdin=subprocess.DEVNULL, start_new_session=True)
         self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                    lease_ttl=c.lease_ttl)
+        self.archiver = _archiver(c, self.store, CellarClient(services), data_root)
         service = DaggerService(self.store, self.logs, self.scheduler,
-                                DaggerConfig(data_root, c.default_parallelism), uploads)
+                                DaggerConfig(data_root, c.default_parallelism), uploads, self.archiver)
         return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
                 users_registration(self.users)]
 
@@ -239,6 +253,9 @@ class Stack:
         if self.http is not None:
             self.http.shutdown()
             self.http = None
+        if self.archiver is not None:
+            self.archiver.stop()
+            self.archiver = None
         if self.scheduler is not None:
             self.scheduler.drain()  # the attempts the executor stops now run again at the next start
         if self.executor is not None:
@@ -288,6 +305,49 @@ class _CellarUploads:
 
     def remove(self, upload_id: str) -> None:
         self.cellar.delete("cache", upload_id)
+
+
+# ---- archives: dagger's port over cellar, and the archiver a config asks for ----------
+
+
+def _archiver(config: StackConfig, store: Store, cellar: CellarClient, data_root: Path) -> Archiver:
+    if config.delete_archived_workdirs and not config.archive_finished:
+        raise ValueError("delete_archived_workdirs: only with archive_finished (a directory goes only once "
+                         "its archive is stored)")
+    return Archiver(store, _CellarArchives(cellar), data_root, delete_workdirs=config.delete_archived_workdirs)
+
+
+@dataclass(frozen=True)
+class _CellarArchives:
+    """dagger's archive storage (`dagger_svc.archives.ArchiveStorage`) through cellar, with
+    the services' token: each archive is stored for the workflow's owner, who may read it."""
+
+    cellar: CellarClient
+
+    def put(self, workflow_id: str, owner: str, chunks: Iterable[bytes]) -> ArchiveInfo:
+        with _storage_errors():
+            return _archive_info(self.cellar.put_chunks("archive", workflow_id, ARCHIVE_PATH, chunks, owner=owner))
+
+    def stat(self, workflow_id: str) -> ArchiveInfo:
+        with _storage_errors():
+            return _archive_info(self.cellar.stat("archive", workflow_id, ARCHIVE_PATH))
+
+
+def _archive_info(info: cellar_pb2.FileInfo) -> ArchiveInfo:
+    return ArchiveInfo(path=info.ref.path, size=info.size, sha256=info.sha256,
+                       created_at=info.created_at.ToNanoseconds() / 1e9)
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """cellar's answers as domain errors: NotFound, or Unavailable saying why."""
+    try:
+        yield
+    except grpc.RpcError as e:
+        code, details = e.code(), e.details()
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(details) from None
+        raise Unavailable(f"storage unavailable: {details} ({code.name.lower()})") from None
 
 
 def _lock(data_dir: Path) -> TextIO:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,10 +40,25 @@ class CellarClient:
 
         return self.stub.Put(messages(), metadata=self.metadata)
 
+    def put_chunks(self, kind: str, scope: str, path: str, chunks: Iterable[bytes], job: str = "",
+                   owner: str = "") -> pb.FileInfo:
+        """Streams chunks made as they are sent (of a size not known in advance) into cellar;
+        with owner (services and admins only), the file is stored for that user."""
+        def messages() -> Iterator[pb.PutRequest]:
+            yield pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), owner=owner)
+            for chunk in chunks:
+                yield pb.PutRequest(data=chunk)
+
+        return self.stub.Put(messages(), metadata=self.metadata)
+
+    def stat(self, kind: str, scope: str, path: str, job: str = "") -> pb.FileInfo:
+        return self.stub.Stat(pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), metadata=self.metadata)
+
     def get(self, kind: str, scope: str, path: str, destination: Path, job: str = "",
-            timeout: float | None = None) -> pb.FileInfo:
+            timeout: float | None = None, progress: Callable[[pb.FileInfo, int], None] | None = None) -> pb.FileInfo:
         """Streams the file to destination (through a fresh temporary file beside it, so a
-        partial download is never left and no link planted there is followed)."""
+        partial download is never left and no link planted there is followed); `progress`
+        is told the file's info and the size of each chunk written."""
         ref = pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path)
         destination.parent.mkdir(parents=True, exist_ok=True)
         info = None
@@ -53,6 +68,8 @@ class CellarClient:
                     info = message.info
                 else:
                     out.write(message.data)
+                    if progress is not None and info is not None:
+                        progress(info, len(message.data))
         assert info is not None
         return info
 

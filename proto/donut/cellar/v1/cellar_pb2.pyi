@@ -116,10 +116,15 @@ class PutRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     size: _builtins.int
     """With the header: the file's size. An upload that ends short of it was cut off and is
     not stored. Without it, the server can only trust the stream's end.
+    """
+    owner: _builtins.str
+    """With the header, from a service or an admin only: the user the file is stored for
+    (who may then read it). Empty: the caller.
     """
     @_builtins.property
     def header(self) -> Global___FileRef: ...
@@ -129,10 +134,11 @@ class PutRequest(_message.Message):
         header: Global___FileRef | None = ...,
         data: _builtins.bytes = ...,
         size: _builtins.int | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "data", b"data", "header", b"header", "part", b"part", "size", b"size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "data", b"data", "header", b"header", "part", b"part", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "data", b"data", "header", b"header", "owner", b"owner", "part", b"part", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__size: _TypeAlias = _typing.Literal["size"]  # noqa: Y015
     _WhichOneofArgType__size: _TypeAlias = _typing.Literal["_size", b"_size"]  # noqa: Y015
