@@ -232,6 +232,9 @@ class DaggerService:
         selected = retry_selection(self.store.definition(workflow.id), only) if only else None
         if not workflow.status.finished:
             raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; retry it once it ends")
+        if workflow.archived and not self.workdir(workflow.id).exists():
+            raise FailedPrecondition(f"the directory of workflow {workflow_id} was removed once archived, so its "
+                                     "jobs' files are gone: clone it to run it again")
         revisions = self.store.workflow_revisions(workflow.id, revision)
         jobs = self.store.jobs(workflow.id, revisions)
         queued, changed = prepare_retry(workflow, jobs, time.time(), selected, restart_successful)

@@ -236,6 +236,12 @@ def test_delete_archived_workdirs_removes_a_directory_only_once_its_archive_is_s
         wait_until(lambda: not driver.workdir(gone).exists(), "the archived directory removed")
         shown = _archived(driver, gone)
         assert shown is not None
+        try:
+            driver.stub.RetryWorkflow(pb.RetryWorkflowRequest(id=gone, restart_successful=True))
+            raise AssertionError("a workflow without its directory was retried")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+            assert "clone it to run it again" in e.details()  # type: ignore[attr-defined]
         info, data = download(cellar(running, running.admin_token), gone)
         assert shown.archive_sha256 == info.sha256 and members(data)["a/b/c/deep.txt"] == ("file", b"deep")
         # the archive of the second can't be stored: cellar finds a file where its folder goes
