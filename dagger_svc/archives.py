@@ -28,7 +28,7 @@ import shutil
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -97,7 +97,7 @@ class _TarGz:
             with contextlib.suppress(OSError):
                 raw.close()
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Generator[bytes]:
         read_end, write_end = os.pipe()
         writer = threading.Thread(target=self._write, args=(write_end,), name="archive-tar", daemon=True)
         writer.start()
@@ -140,12 +140,16 @@ class Archiver:
                 return self.storage.stat(workflow.id)
             raise FailedPrecondition(f"workflow {workflow.id} has no directory to archive")
         archive = _TarGz(directory, self._stopping)
+        chunks = archive.chunks()
         try:
-            self.storage.put(workflow.id, workflow.owner, archive.chunks())
+            self.storage.put(workflow.id, workflow.owner, chunks)
         except Exception as e:
             if archive.error is not None:
                 raise archive.error from e
             raise
+        finally:
+            with contextlib.suppress(ValueError):  # (still being read by the upload's thread: it ends it)
+                chunks.close()  # a refused upload may leave it unread: this ends its writer
         stored = self.storage.stat(workflow.id)
         sent = (archive.size, archive.digest.hexdigest())
         if (stored.size, stored.sha256) != sent:
