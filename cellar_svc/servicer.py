@@ -21,6 +21,7 @@ import grpc
 from cellar_svc.storage import FileInfo, FileRef, Storage, no_such_file
 from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
+from donut_common import names
 from donut_common.auth import Principal, current_principal
 from donut_common.errors import InvalidArgument, PermissionDenied, Problem, Unavailable
 from donut_common.rpc import translate_errors
@@ -64,6 +65,18 @@ def _cut_off() -> Unavailable:
     return Unavailable("Put: the upload was cut off before its end")
 
 
+def _owner(caller: Principal, named: str) -> str:
+    """Whom a Put stores the file for: the caller, or the user a service (or an admin)
+    names, such as the owner of the workflow whose archive a service stores."""
+    if not named:
+        return caller.user_id
+    if not (caller.is_service or caller.is_admin):
+        raise PermissionDenied("Put: only services and admins store files for another user (owner)")
+    if not names.matches(names.UPLOAD_ID, named):
+        raise InvalidArgument([Problem("owner", "must be a user id")])
+    return named
+
+
 def _size_text(size: int) -> str:
     for unit, name in ((GiB, "GiB"), (MiB, "MiB")):
         if size >= unit and size % unit == 0:
@@ -90,11 +103,9 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
     # workflow's owner, whose job token stored them; a job's logs to the owner dagger names
     # when it stores them); admins and services see everything.
 
-    def _check_write(self, caller: Principal, ref: FileRef, owner: str) -> None:
+    def _check_write(self, caller: Principal, ref: FileRef) -> None:
         if caller.is_admin or caller.is_service:
             return
-        if owner and owner != caller.user_id:
-            raise PermissionDenied("only services and admins store files for another user")
         if ref.kind == "cache" and caller.acts_as_user:
             # an upload belongs to whoever stored its first file
             if self._storage.owners("cache", ref.scope) <= {caller.user_id}:
@@ -126,8 +137,8 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
                 raise InvalidArgument("Put: the first message must be the header")
             caller = self._principal()
             ref = ref_from_pb(first.header)
-            owner = first.owner or caller.user_id
-            self._check_write(caller, ref, owner)
+            self._check_write(caller, ref)
+            owner = _owner(caller, first.owner)
             declared = first.size if first.HasField("size") else None
             if declared is not None and not 0 <= declared <= self._max_file_size:
                 raise InvalidArgument(

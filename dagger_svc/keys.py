@@ -16,6 +16,8 @@
                                     once a refused submission removed it (whichever came first)
     <prefix>deleting/<id>           WorkflowRecord JSON of a workflow being deleted: its record moved
                                     here (out of every read and listing) until its files and keys are gone
+    <prefix>to-archive/<id>         empty: written with the records of a run's end (every end), removed
+                                    once its directory is archived (what --archive-finished works through)
     <prefix>upgrades/<name>         present once the records of earlier versions were upgraded so
 """
 
@@ -34,6 +36,7 @@ class Keys:
         self.queue = self.prefix + "queue/"
         self.claims = self.prefix + "claims/"
         self.schedulers = self.prefix + "schedulers/"
+        self.archive_due = self.prefix + "to-archive/"
 
     def workflow(self, workflow_id: str) -> str:
         return f"{self.workflows}{workflow_id}"
@@ -72,6 +75,9 @@ class Keys:
 
     def upload(self, upload_id: str) -> str:
         return f"{self.prefix}uploads/{upload_id}"
+
+    def to_archive(self, workflow_id: str) -> str:
+        return f"{self.archive_due}{workflow_id}"
 
     def upgrade(self, name: str) -> str:
         return f"{self.prefix}upgrades/{name}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from dagger_svc.archives import ArchiveInfo, Archiver
 from dagger_svc.core.definition import Definition, parse_definition
 from dagger_svc.core.limits import label_problems, submission_problems
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowId, WorkflowRecord, WorkflowStatus
@@ -28,7 +29,14 @@ from dagger_svc.scheduler import Scheduler
 from dagger_svc.store import RunView, Store, UploadMark, no_workflow
 from donut_common import names
 from donut_common.auth import Principal
-from donut_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problem
+from donut_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Problem,
+    Unavailable,
+)
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 log = logging.getLogger(__name__)
@@ -70,7 +78,7 @@ class Uploads(Protocol):
 class DaggerService:
     def __init__(self, store: Store, logs: LogStore, scheduler: Scheduler, config: DaggerConfig,
                  uploads: Uploads | None = None, log_copies: LogCopies | None = None,
-                 deleter: Deleter | None = None) -> None:
+                 deleter: Deleter | None = None, archiver: Archiver | None = None) -> None:
         self.store = store
         self.logs = logs
         self.scheduler = scheduler
@@ -78,6 +86,7 @@ class DaggerService:
         self.uploads = uploads
         self.log_copies = log_copies
         self.deleter = deleter or Deleter(store, logs, config.data_root)
+        self.archiver = archiver
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -230,6 +239,9 @@ class DaggerService:
         selected = retry_selection(self.store.definition(workflow.id), only) if only else None
         if not workflow.status.finished:
             raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; retry it once it ends")
+        if workflow.archived and not self.workdir(workflow.id).exists():
+            raise FailedPrecondition(f"the directory of workflow {workflow_id} was removed once archived, so its "
+                                     "jobs' files are gone: clone it to run it again")
         revisions = self.store.workflow_revisions(workflow.id, revision)
         jobs = self.store.jobs(workflow.id, revisions)
         queued, changed = prepare_retry(workflow, jobs, time.time(), selected, restart_successful)
@@ -283,6 +295,15 @@ class DaggerService:
             raise FailedPrecondition(f"workflow {workflow.id} was cancelled but is still {workflow.status.value} "
                                      f"after {self.config.force_delete_wait:g}s; try again once it has ended")
         return workflow, revision
+    def archive(self, caller: Principal, workflow_id: str) -> ArchiveInfo:
+        """Stores the ended workflow's directory as one .tar.gz (see dagger_svc.archives)."""
+        workflow, revision = self._get_versioned(caller, workflow_id)
+        if not workflow.status.finished:
+            raise FailedPrecondition(f"workflow {workflow_id} is still {workflow.status.value}; "
+                                     "archive it once it ends")
+        if self.archiver is None:
+            raise Unavailable("this server keeps no archives")
+        return self.archiver.archive(workflow, revision)
 
     def watch(self, caller: Principal, workflow_id: str, is_active: Callable[[], bool] = lambda: True,
               min_interval: float = WATCH_INTERVAL) -> Iterator[WorkflowRecord]:

@@ -29,7 +29,7 @@ def workflow_pb(w: WorkflowRecord, workdir: str = "") -> pb.Workflow:
         parallelism=w.parallelism, fail_fast=w.fail_fast, message=w.message, job_counts=dict(w.counts),
         job_total=w.job_total, upload_id=w.upload_id, workdir=workdir, labels=dict(w.labels),
         created_at=timestamp(w.created_at), started_at=timestamp(w.started_at),
-        finished_at=timestamp(w.finished_at),
+        finished_at=timestamp(w.finished_at), archived_at=timestamp(w.archived_at), archive_sha256=w.archive_sha256,
     )
 
 
@@ -138,6 +138,12 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         for workflow in self.service.watch(self.principal(), request.id, is_active=lambda: _active(context)):
             yield self._run(self.service.run(self.principal(), workflow.id)) if request.include_jobs \
                 else self._workflow(workflow)
+
+    def ArchiveWorkflow(self, request: pb.ArchiveWorkflowRequest,
+                        context: grpc.ServicerContext) -> pb.ArchiveWorkflowResponse:
+        info = self.service.archive(self.principal(), request.id)
+        return pb.ArchiveWorkflowResponse(path=info.path, size=info.size, sha256=info.sha256,
+                                          created_at=timestamp(info.created_at))
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return job_pb(request.workflow_id, *self.service.job(self.principal(), request.workflow_id, request.name))

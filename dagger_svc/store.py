@@ -328,8 +328,9 @@ class Store:
         return self._letting_go(run.workflow_id)
 
     def _letting_go(self, workflow_id: WorkflowId) -> list[etcd.Op]:
-        """Off the queue, and its owner's claim released."""
-        return [etcd.delete(self.keys.queued(workflow_id)), etcd.delete(self.keys.claim(workflow_id))]
+        """Off the queue, its owner's claim released, and due to be archived."""
+        return [etcd.delete(self.keys.queued(workflow_id)), etcd.delete(self.keys.claim(workflow_id)),
+                etcd.put(self.keys.to_archive(workflow_id), b"")]
 
     def workflow_revisions(self, workflow_id: WorkflowId, revision: int) -> Revisions:
         """The revisions a guarded write of the workflow record checks (read at `revision`)."""
@@ -364,7 +365,8 @@ class Store:
             etcd.delete_prefix(self.keys.specs(workflow_id)), etcd.delete_prefix(self.keys.jobs(workflow_id)),
             *(etcd.delete(key) for key in (
                 self.keys.workflow(workflow_id), self.keys.queued(workflow_id), self.keys.cancel(workflow_id),
-                self.keys.claim(workflow_id), *self._listed(workflow), self.keys.deleting(workflow_id)))])
+                self.keys.claim(workflow_id), self.keys.to_archive(workflow_id), *self._listed(workflow),
+                self.keys.deleting(workflow_id)))])
 
     def workflows_created_before(self, before: float, after: str, size: int) -> tuple[list[WorkflowRecord], str]:
         """Up to `size` workflows created before `before` (of everybody), oldest first, from
@@ -384,6 +386,38 @@ class Store:
             result = self._etcd.txn([], [etcd.get(self.keys.workflow(i)) for i in ids[start:start + MAX_OPS_PER_TXN]])
             found.update((w.id, w) for w in (_workflow(kv.value) for kvs in result.ranges for kv in kvs))
         return [found[i] for i in ids if i in found]
+    # ---- archives ------------------------------------------------------------------
+
+    def archives_due(self) -> list[WorkflowId]:
+        """The runs that ended and whose directory has not been archived since."""
+        return [self.keys.workflow_id(kv.key) for kv in self._etcd.get_prefix(self.keys.archive_due)]
+
+    def watch_archives_due(self, on_due: Callable[[WorkflowId], None], after: int) -> Callable[[], None]:
+        """Calls on_due for every run that ended after revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if value is not None:
+                on_due(self.keys.workflow_id(key))
+
+        return self._etcd.watch_prefix(self.keys.archive_due, on_event, start_revision=after + 1)
+
+    def record_archive(self, workflow: WorkflowRecord, revision: int, done: bool) -> int:
+        """Writes the workflow record (saying it was archived) if it is still at `revision`
+        (Conflict if not: a retry ran it again meanwhile); with done, it is no longer due.
+        Returns the record's new revision."""
+        key = self.keys.workflow(workflow.id)
+        ops = [etcd.put(key, _dump(workflow.to_dict()))]
+        if done:
+            ops.append(etcd.delete(self.keys.to_archive(workflow.id)))
+        result = self._etcd.txn([etcd.mod_equals(key, revision)], ops)
+        if not result.succeeded:
+            raise Conflict(f"workflow {workflow.id} changed while it was being archived")
+        return result.revision
+
+    def archive_done(self, workflow_id: WorkflowId, revision: int | None = None) -> bool:
+        """The run is no longer due to be archived (with `revision`, only if its workflow
+        record is still at it: not run again by a retry meanwhile); False if it changed."""
+        compare = [] if revision is None else [etcd.mod_equals(self.keys.workflow(workflow_id), revision)]
+        return self._etcd.txn(compare, [etcd.delete(self.keys.to_archive(workflow_id))]).succeeded
 
     # ---- ownership -----------------------------------------------------------------
 

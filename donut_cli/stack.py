@@ -7,13 +7,14 @@ address so the CLI needs only that address.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -22,6 +23,7 @@ import grpc
 from werkzeug.serving import BaseWSGIServer
 
 from cellar_svc.storage import LocalStorage
+from dagger_svc.archives import ARCHIVE_PATH, ArchiveInfo, Archiver
 from dagger_svc.core.limits import MAX_LOG_BYTES
 from dagger_svc.core.records import WorkflowId
 from dagger_svc.deletion import Deleter, Retention, RetentionSettings
@@ -33,10 +35,11 @@ from dagger_svc.logs import LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
 from dagger_svc.store import Store
+from donut.cellar.v1 import cellar_pb2
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
 from donut_common.config import ServerLimits
-from donut_common.errors import DonutError, NotFound, Unavailable
+from donut_common.errors import NotFound, Unavailable
 from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
@@ -94,6 +97,10 @@ class StackConfig:
     """How jobs download their `origin` inputs: deadline, size limit, private origins."""
     retention: RetentionSettings = RetentionSettings()
     """How long ended workflows are kept (default: for ever), and how often that is looked at."""
+    archive_finished: bool = False
+    """Archive every workflow's directory into cellar when it ends (in the background)."""
+    delete_archived_workdirs: bool = False
+    """With archive_finished: remove a workflow's directory once its archive is stored and verified."""
 
 
 @dataclass
@@ -116,6 +123,7 @@ class Stack:
     log_copier: LogCopier | None = None
     executor: LocalExecutor | WrapperExecutor | None = None
     scheduler: Scheduler | None = None
+    archiver: Archiver | None = None
     server: grpc.Server | None = None
     http: BaseWSGIServer | None = None
     retention: Retention | None = None
@@ -154,6 +162,9 @@ class Stack:
             self.log_copier.start()
             assert self.retention is not None
             self.retention.start()  # (it finishes interrupted deletions first, with or without a retention)
+            if c.archive_finished:
+                assert self.archiver is not None
+                self.archiver.start()
             if c.http_port >= 0:
                 self._start_gateway()
         except BaseException:
@@ -195,12 +206,14 @@ class Stack:
                  "--root", str(data_root)], stdin=subprocess.DEVNULL, start_new_session=True)
         self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                    lease_ttl=c.lease_ttl)
-        log_copies = _CellarLogCopies(CellarClient(services))
+        cellar_files = CellarClient(services)
+        log_copies = _CellarLogCopies(cellar_files)
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
-        deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(CellarClient(services)))
+        deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(cellar_files))
         self.retention = Retention(deleter, c.retention, self.clock.time)
-        service = DaggerService(self.store, self.logs, self.scheduler,
-                                DaggerConfig(data_root, c.default_parallelism), uploads, log_copies, deleter)
+        self.archiver = _archiver(c, self.store, cellar_files, data_root)
+        service = DaggerService(self.store, self.logs, self.scheduler, DaggerConfig(data_root, c.default_parallelism),
+                                uploads, log_copies, deleter, self.archiver)
         return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
                 users_registration(self.users)]
 
@@ -259,6 +272,9 @@ class Stack:
         if self.http is not None:
             self.http.shutdown()
             self.http = None
+        if self.archiver is not None:
+            self.archiver.stop()
+            self.archiver = None
         if self.scheduler is not None:
             self.scheduler.drain()  # the attempts the executor stops now run again at the next start
         if self.executor is not None:
@@ -321,29 +337,16 @@ class _CellarLogCopies:
     cellar: CellarClient
 
     def put(self, workflow_id: str, job: str, attempt: int, source: Path, owner: str) -> None:
-        try:
+        with _storage_errors():
             self.cellar.put("log", workflow_id, f"{attempt}.log", source, job=job, owner=owner)
-        except grpc.RpcError as e:
-            raise _storage_error(e) from None
 
     def remove(self, workflow_id: str) -> None:
-        try:
+        with _storage_errors():
             self.cellar.delete("log", workflow_id)
-        except grpc.RpcError as e:
-            raise _storage_error(e) from None
 
     def read(self, workflow_id: str, job: str, attempt: int) -> Generator[bytes, None, None]:
-        try:
+        with _storage_errors():
             yield from self.cellar.read("log", workflow_id, f"{attempt}.log", job=job)
-        except grpc.RpcError as e:
-            raise _storage_error(e) from None
-
-
-def _storage_error(e: grpc.RpcError) -> DonutError:
-    code, details = e.code(), e.details()
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(details)
-    return Unavailable(f"storage unavailable: {details}")
 
 
 @dataclass(frozen=True)
@@ -353,10 +356,51 @@ class _CellarWorkflowFiles:
     cellar: CellarClient
 
     def remove(self, kind: str, workflow_id: WorkflowId) -> None:
-        try:
+        with _storage_errors():
             self.cellar.delete(kind, workflow_id)
-        except grpc.RpcError as e:
-            raise _storage_error(e) from None
+
+
+# ---- archives: dagger's port over cellar, and the archiver a config asks for ----------
+
+
+def _archiver(config: StackConfig, store: Store, cellar: CellarClient, data_root: Path) -> Archiver:
+    if config.delete_archived_workdirs and not config.archive_finished:
+        raise ValueError("delete_archived_workdirs: only with archive_finished (a directory goes only once "
+                         "its archive is stored)")
+    return Archiver(store, _CellarArchives(cellar), data_root, delete_workdirs=config.delete_archived_workdirs)
+
+
+@dataclass(frozen=True)
+class _CellarArchives:
+    """dagger's archive storage (`dagger_svc.archives.ArchiveStorage`) through cellar, with
+    the services' token: each archive is stored for the workflow's owner, who may read it."""
+
+    cellar: CellarClient
+
+    def put(self, workflow_id: str, owner: str, chunks: Iterable[bytes]) -> ArchiveInfo:
+        with _storage_errors():
+            return _archive_info(self.cellar.put_chunks("archive", workflow_id, ARCHIVE_PATH, chunks, owner=owner))
+
+    def stat(self, workflow_id: str) -> ArchiveInfo:
+        with _storage_errors():
+            return _archive_info(self.cellar.stat("archive", workflow_id, ARCHIVE_PATH))
+
+
+def _archive_info(info: cellar_pb2.FileInfo) -> ArchiveInfo:
+    return ArchiveInfo(path=info.ref.path, size=info.size, sha256=info.sha256,
+                       created_at=info.created_at.ToNanoseconds() / 1e9)
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """cellar's answers as domain errors: NotFound, or Unavailable saying why."""
+    try:
+        yield
+    except grpc.RpcError as e:
+        code, details = e.code(), e.details()
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(details) from None
+        raise Unavailable(f"storage unavailable: {details} ({code.name.lower()})") from None
 
 
 def _lock(data_dir: Path) -> TextIO:

@@ -74,6 +74,10 @@ from streamed_job.spec import FetchSettings
                    "link-local (the cloud metadata service)...")
 @click.option("--retention-days", type=click.IntRange(0, 100_000), default=0, show_default=True,
               help="Delete workflows that ended more than this many days ago, in the background (0: never).")
+@click.option("--archive-finished", is_flag=True,
+              help="Archive every workflow's directory into cellar (as `donut archive` does) when it ends.")
+@click.option("--delete-archived-workdirs", is_flag=True,
+              help="With --archive-finished: remove a workflow's directory once its archive is stored and verified.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
@@ -81,7 +85,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
        rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
        max_log_bytes: int,
        input_deadline: float, max_download_bytes: int, deny_private_origins: bool, retention_days: int,
-       verbose: bool) -> None:
+       archive_finished: bool, delete_archived_workdirs: bool, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     keep_the_normal_exit()
     import logging
@@ -109,7 +113,11 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                          tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
                          max_log_bytes=max_log_bytes,
                          fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins),
-                         retention=RetentionSettings(days=retention_days))
+                         retention=RetentionSettings(days=retention_days),
+                         archive_finished=archive_finished, delete_archived_workdirs=delete_archived_workdirs)
+    if delete_archived_workdirs and not archive_finished:
+        fail("--delete-archived-workdirs goes only with --archive-finished (a directory is removed only once "
+             "its archive is stored)", EXIT_BAD_INPUT)
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     if (etcd_cert is None) != (etcd_key is None):

@@ -52,6 +52,7 @@ def workflow_json(w: pb.Workflow) -> dict[str, Any]:
         "created_at": iso_time(w.created_at), "started_at": iso_time(w.started_at),
         "finished_at": iso_time(w.finished_at), "job_counts": dict(w.job_counts), "workdir": w.workdir,
         "labels": dict(w.labels),
+        "archived_at": iso_time(w.archived_at), "archive_sha256": w.archive_sha256,
     }
     if w.jobs:
         doc["jobs"] = [
@@ -139,7 +140,8 @@ def _header(doc: dict[str, Any]) -> list[str]:
             + (f" - {doc['message']}" if doc.get("message") else ""),
             f"  owner {doc.get('owner_login') or doc['owner'] or '-'}, "
             f"fail-fast {'on' if doc['fail_fast'] else 'off'}, "
-            f"parallelism {doc['parallelism']}, created {doc['created_at']}, workdir {doc['workdir']}"]
+            f"parallelism {doc['parallelism']}, created {doc['created_at']}, workdir {doc['workdir']}"] + (
+        [f"  archived {doc['archived_at']} (sha256:{doc['archive_sha256']})"] if doc.get("archived_at") else [])
 
 
 def print_workflow(doc: dict[str, Any], wide: bool = False, view: str = "jobs") -> None:

@@ -112,6 +112,8 @@ class WorkflowDoc(TypedDict, total=False):
     job_total: int
     counts: dict[str, int]
     labels: dict[str, str]
+    archived_at: float
+    archive_sha256: str
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,14 @@ class WorkflowRecord:
     job_total: int = 0
     counts: Mapping[str, int] = field(default_factory=dict)  # job status value -> count
     labels: Mapping[str, str] = field(default_factory=dict)
+    archived_at: float | None = None  # when its directory was last archived (for the end at finished_at, if later)
+    archive_sha256: str = ""
+
+    @property
+    def archived(self) -> bool:
+        """Its directory was archived since the workflow last ended."""
+        return (self.status.finished and self.archived_at is not None
+                and self.archived_at >= (self.finished_at or 0))
 
     def to_dict(self) -> WorkflowDoc:
         return cast(WorkflowDoc, _compact(dict(self.__dict__), status=self.status.value, counts=dict(self.counts),
@@ -196,7 +206,8 @@ class WorkflowRecord:
                    fail_fast=d.get("fail_fast", False), message=d.get("message", ""),
                    created_at=d.get("created_at"), started_at=d.get("started_at"), finished_at=d.get("finished_at"),
                    upload_id=d.get("upload_id", ""), job_total=d.get("job_total", 0), counts=d.get("counts", {}),
-                   labels=d.get("labels", {}))
+                   labels=d.get("labels", {}), archived_at=d.get("archived_at"),
+                   archive_sha256=d.get("archive_sha256", ""))
 
 
 def _compact(d: dict[str, Any], **overrides: Any) -> dict[str, Any]:

@@ -90,6 +90,7 @@ def dagger_calls(w: World) -> dict[str, Call]:
         "TailLogs": lambda s: list(s.TailLogs(dpb.TailLogsRequest(workflow_id=wf, job="j"))),
         "ReportJobStatus": lambda s: s.ReportJobStatus(dpb.ReportJobStatusRequest(
             workflow_id=wf, job="k", attempt=1, exit_code=1)),
+        "ArchiveWorkflow": lambda s: s.ArchiveWorkflow(dpb.ArchiveWorkflowRequest(id=wf)),
     }
 
 
@@ -180,7 +181,7 @@ def test_the_matrix(world: World) -> None:
     bob_allowed = {("dagger", "ValidateDefinition"), ("dagger", "ListWorkflows"), ("dagger", "CreateWorkflow"),
                    ("users", "WhoAmI"), ("cellar", "List")}
     alices = {("dagger", n) for n in ("GetWorkflow", "CancelWorkflow", "RetryWorkflow", "CloneWorkflow",
-                                      "WatchWorkflow", "GetJob", "ListJobs", "TailLogs")}
+                                      "WatchWorkflow", "GetJob", "ListJobs", "TailLogs", "ArchiveWorkflow")}
     alices |= {("cellar", "Get"), ("cellar", "Stat"), ("users", "RevokeToken")}
     wrong = {k: v for k, v in results.items() if k[0] == "other user" and (k[1], k[2]) not in bob_allowed
              and v != (grpc.StatusCode.NOT_FOUND if (k[1], k[2]) in alices else DENIED)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,21 +32,31 @@ class CellarClient:
         owner's (services and admins only) or else as the caller's."""
         def messages() -> Iterator[pb.PutRequest]:
             with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as f:
-                size = os.fstat(f.fileno()).st_size
-                yield pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), size=size,
-                                    owner=owner)
-                while True:
-                    chunk = f.read(CHUNK_BYTES)
-                    if not chunk:
-                        return
+                yield _header(kind, scope, path, job, owner, os.fstat(f.fileno()).st_size)
+                while chunk := f.read(CHUNK_BYTES):
                     yield pb.PutRequest(data=chunk)
 
         return self.stub.Put(messages(), metadata=self.metadata)
 
+    def put_chunks(self, kind: str, scope: str, path: str, chunks: Iterable[bytes], job: str = "",
+                   owner: str = "") -> pb.FileInfo:
+        """Streams chunks made as they are sent (of a size not known in advance) into cellar;
+        with owner (services and admins only), the file is stored for that user."""
+        def messages() -> Iterator[pb.PutRequest]:
+            yield _header(kind, scope, path, job, owner, None)
+            for chunk in chunks:
+                yield pb.PutRequest(data=chunk)
+
+        return self.stub.Put(messages(), metadata=self.metadata)
+
+    def stat(self, kind: str, scope: str, path: str, job: str = "") -> pb.FileInfo:
+        return self.stub.Stat(pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), metadata=self.metadata)
+
     def get(self, kind: str, scope: str, path: str, destination: Path, job: str = "",
-            timeout: float | None = None) -> pb.FileInfo:
+            timeout: float | None = None, progress: Callable[[pb.FileInfo, int], None] | None = None) -> pb.FileInfo:
         """Streams the file to destination (through a fresh temporary file beside it, so a
-        partial download is never left and no link planted there is followed)."""
+        partial download is never left and no link planted there is followed); `progress`
+        is told the file's info and the size of each chunk written."""
         ref = pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path)
         destination.parent.mkdir(parents=True, exist_ok=True)
         info = None
@@ -56,6 +66,8 @@ class CellarClient:
                     info = message.info
                 else:
                     out.write(message.data)
+                    if progress is not None and info is not None:
+                        progress(info, len(message.data))
         assert info is not None
         return info
 
@@ -78,3 +90,7 @@ class CellarClient:
     def list(self, kind: str, scope: str, job: str = "") -> builtins.list[pb.FileInfo]:
         return list(self.stub.List(pb.ListRequest(kind=KINDS[kind], scope=scope, job=job),
                                    metadata=self.metadata).files)
+
+
+def _header(kind: str, scope: str, path: str, job: str, owner: str, size: int | None) -> pb.PutRequest:
+    return pb.PutRequest(header=pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), owner=owner, size=size)

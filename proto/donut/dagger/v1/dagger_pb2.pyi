@@ -364,6 +364,8 @@ class Workflow(_message.Message):
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     WORKDIR_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    ARCHIVED_AT_FIELD_NUMBER: _builtins.int
+    ARCHIVE_SHA256_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -376,6 +378,8 @@ class Workflow(_message.Message):
     """the cellar scope holding the files uploaded with it"""
     workdir: _builtins.str
     """the workflow directory, where the executor can tell"""
+    archive_sha256: _builtins.str
+    """that archive's sha256"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -392,6 +396,10 @@ class Workflow(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def archived_at(self) -> _timestamp_pb2.Timestamp:
+        """when its directory was last archived (unset: never)"""
+
     def __init__(
         self,
         *,
@@ -411,10 +419,12 @@ class Workflow(_message.Message):
         upload_id: _builtins.str = ...,
         workdir: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        archived_at: _timestamp_pb2.Timestamp | None = ...,
+        archive_sha256: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archived_at", b"archived_at", "created_at", b"created_at", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fail_fast", b"fail_fast", "finished_at", b"finished_at", "id", b"id", "job_counts", b"job_counts", "job_total", b"job_total", "jobs", b"jobs", "labels", b"labels", "message", b"message", "name", b"name", "owner", b"owner", "parallelism", b"parallelism", "started_at", b"started_at", "status", b"status", "upload_id", b"upload_id", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_sha256", b"archive_sha256", "archived_at", b"archived_at", "created_at", b"created_at", "fail_fast", b"fail_fast", "finished_at", b"finished_at", "id", b"id", "job_counts", b"job_counts", "job_total", b"job_total", "jobs", b"jobs", "labels", b"labels", "message", b"message", "name", b"name", "owner", b"owner", "parallelism", b"parallelism", "started_at", b"started_at", "status", b"status", "upload_id", b"upload_id", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1074,3 +1084,53 @@ class DeleteWorkflowResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteWorkflowResponse: _TypeAlias = DeleteWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class ArchiveWorkflowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveWorkflowRequest: _TypeAlias = ArchiveWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class ArchiveWorkflowResponse(_message.Message):
+    """The archive as cellar keeps it: FileRef{kind: KIND_ARCHIVE, scope: the workflow id, path}."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    size: _builtins.int
+    sha256: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "path", b"path", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveWorkflowResponse: _TypeAlias = ArchiveWorkflowResponse  # noqa: Y015

@@ -104,6 +104,11 @@ class DaggerStub(object):
                 request_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ReportJobStatusRequest.SerializeToString,
                 response_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ReportJobStatusResponse.FromString,
                 _registered_method=True)
+        self.ArchiveWorkflow = channel.unary_unary(
+                '/donut.dagger.v1.Dagger/ArchiveWorkflow',
+                request_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowRequest.SerializeToString,
+                response_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class DaggerServicer(object):
@@ -206,6 +211,14 @@ class DaggerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ArchiveWorkflow(self, request, context):
+        """Stores a finished workflow's directory as one .tar.gz in cellar (kind archive, scope
+        the workflow id), owned by the workflow's owner, and names the stored file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DaggerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +291,11 @@ def add_DaggerServicer_to_server(servicer, server):
                     servicer.ReportJobStatus,
                     request_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ReportJobStatusRequest.FromString,
                     response_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ReportJobStatusResponse.SerializeToString,
+            ),
+            'ArchiveWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchiveWorkflow,
+                    request_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowRequest.FromString,
+                    response_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -658,6 +676,33 @@ class Dagger(object):
             '/donut.dagger.v1.Dagger/ReportJobStatus',
             donut_dot_dagger_dot_v1_dot_dagger__pb2.ReportJobStatusRequest.SerializeToString,
             donut_dot_dagger_dot_v1_dot_dagger__pb2.ReportJobStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchiveWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/donut.dagger.v1.Dagger/ArchiveWorkflow',
+            donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowRequest.SerializeToString,
+            donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,10 @@ class DaggerStub:
     """A job's log from an offset, then live lines until the attempt ends (when follow is set)."""
     ReportJobStatus: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.ReportJobStatusRequest, _dagger_pb2.ReportJobStatusResponse]
     """The wrapper's final word on an attempt."""
+    ArchiveWorkflow: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.ArchiveWorkflowRequest, _dagger_pb2.ArchiveWorkflowResponse]
+    """Stores a finished workflow's directory as one .tar.gz in cellar (kind archive, scope
+    the workflow id), owned by the workflow's owner, and names the stored file.
+    """
 
 @_typing.type_check_only
 class DaggerAsyncStub(DaggerStub):
@@ -95,6 +99,10 @@ class DaggerAsyncStub(DaggerStub):
     """A job's log from an offset, then live lines until the attempt ends (when follow is set)."""
     ReportJobStatus: _aio.UnaryUnaryMultiCallable[_dagger_pb2.ReportJobStatusRequest, _dagger_pb2.ReportJobStatusResponse]  # type: ignore[assignment]
     """The wrapper's final word on an attempt."""
+    ArchiveWorkflow: _aio.UnaryUnaryMultiCallable[_dagger_pb2.ArchiveWorkflowRequest, _dagger_pb2.ArchiveWorkflowResponse]  # type: ignore[assignment]
+    """Stores a finished workflow's directory as one .tar.gz in cellar (kind archive, scope
+    the workflow id), owned by the workflow's owner, and names the stored file.
+    """
 
 class DaggerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -210,5 +218,15 @@ class DaggerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dagger_pb2.ReportJobStatusResponse, _abc.Awaitable[_dagger_pb2.ReportJobStatusResponse]]:
         """The wrapper's final word on an attempt."""
+
+    @_abc_1.abstractmethod
+    def ArchiveWorkflow(
+        self,
+        request: _dagger_pb2.ArchiveWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagger_pb2.ArchiveWorkflowResponse, _abc.Awaitable[_dagger_pb2.ArchiveWorkflowResponse]]:
+        """Stores a finished workflow's directory as one .tar.gz in cellar (kind archive, scope
+        the workflow id), owned by the workflow's owner, and names the stored file.
+        """
 
 def add_DaggerServicer_to_server(servicer: DaggerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
