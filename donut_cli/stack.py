@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -36,8 +37,9 @@ from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
 from donut_common.rpc import Registration, channel, create_server
+from gateway.links import LinkSigner
 from streamed_job.cellar import CellarClient
-from streamed_job.spec import FetchSettings
+from streamed_job.spec import FetchSettings, SaveSettings
 from users_svc.service import UsersService
 from users_svc.store import UserStore
 
@@ -87,6 +89,11 @@ class StackConfig:
     """Threads, streams and client-stream timeouts of the gRPC server."""
     fetch: FetchSettings = FetchSettings()
     """How jobs download their `origin` inputs: deadline, size limit, private origins."""
+    quota_bytes: int | None = None
+    """Most bytes one user's files may hold in cellar together (None: no quota; services'
+    and admins' writes are never limited)."""
+    save: SaveSettings = SaveSettings()
+    """How long jobs keep trying to save their outputs while cellar is unavailable."""
 
 
 @dataclass
@@ -110,6 +117,8 @@ class Stack:
     scheduler: Scheduler | None = None
     server: grpc.Server | None = None
     http: BaseWSGIServer | None = None
+    url_signing_key: bytes = b""
+    """The key cellar signs download links with and the gateway checks them with."""
     _channels: list[grpc.Channel] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _reaper: subprocess.Popen[bytes] | None = None
@@ -133,6 +142,7 @@ class Stack:
             self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
             self.users.store.upgrade(now=self.clock.time())
             self.service_token = self._service_token(self.users)
+            self.url_signing_key = _url_signing_key(c.data_dir)
             self.logs = LogStore(c.data_dir / "logs", max_bytes=c.max_log_bytes)
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
             verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds, clock=self.clock)
@@ -167,11 +177,13 @@ class Stack:
 
         if c.executor == "local":
             self.executor = LocalExecutor(self.logs, cellar=cellar, tokens=JobTokens(services),
-                                          kill_grace=c.kill_grace, job_env=c.job_env, fetch=c.fetch)
+                                          kill_grace=c.kill_grace, job_env=c.job_env, fetch=c.fetch,
+                                          save=c.save)
         elif c.executor == "wrapper":
             self.executor = WrapperExecutor(self.logs, self.endpoint, kill_grace=c.kill_grace,
                                             tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
-                                            state_dir=c.data_dir / "wrappers", job_env=c.job_env, fetch=c.fetch)
+                                            state_dir=c.data_dir / "wrappers", job_env=c.job_env, fetch=c.fetch,
+                                            save=c.save)
         else:
             raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
         data_root = c.data_dir / "workflows"
@@ -184,7 +196,9 @@ class Stack:
                                    lease_ttl=c.lease_ttl)
         service = DaggerService(self.store, self.logs, self.scheduler,
                                 DaggerConfig(data_root, c.default_parallelism), uploads)
-        return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
+        links = LinkSigner(self.url_signing_key, lambda: self.http_endpoint)  # known once the gateway runs
+        return [dagger_registration(service),
+                cellar_registration(LocalStorage(c.data_dir / "cellar"), quota_bytes=c.quota_bytes, links=links),
                 users_registration(self.users)]
 
     def _channel(self, made: grpc.Channel) -> grpc.Channel:
@@ -226,7 +240,10 @@ class Stack:
 
         from gateway.app import create_app
 
-        app = create_app({"DONUT_ENDPOINT": self.endpoint})
+        c = self.config
+        app = create_app({"DONUT_ENDPOINT": self.endpoint, "DONUT_SERVICE_TOKEN": self.service_token,
+                          "DONUT_URL_SIGNING_KEY": self.url_signing_key,
+                          "DONUT_TLS_CA": c.tls_cert.read_bytes() if c.tls_cert else None})
         http = make_server(self.config.host, self.config.http_port, app, threaded=True)
         self.http_endpoint = f"http://{self.config.host}:{http.server_port}"
         thread = threading.Thread(target=http.serve_forever, name="gateway", daemon=True)
@@ -237,7 +254,10 @@ class Stack:
         """Stops everything, jobs included; state stays in etcd for the next start."""
         self._stopping.set()
         if self.http is not None:
+            from gateway.app import close
+
             self.http.shutdown()
+            close(self.http.app)  # type: ignore[arg-type]  # the Flask app made in _start_gateway
             self.http = None
         if self.scheduler is not None:
             self.scheduler.drain()  # the attempts the executor stops now run again at the next start
@@ -301,6 +321,14 @@ def _lock(data_dir: Path) -> TextIO:
         lock.close()
         raise RuntimeError(f"another stack is using {data_dir} (is `donut up` running already?)") from None
     return lock
+
+
+def _url_signing_key(data_dir: Path) -> bytes:
+    """The key of download links, kept with the data (mode 0600), made on first start."""
+    path = data_dir / "url-signing-key"
+    if not path.exists():
+        write_private(path, secrets.token_hex(32))
+    return path.read_bytes().strip()
 
 
 def _scheduler_id(data_dir: Path) -> str:

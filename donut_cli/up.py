@@ -17,7 +17,7 @@ from donut_cli.cli import (
     keep_the_normal_exit,
 )
 from donut_common.config import ServerLimits, donut_home
-from streamed_job.spec import FetchSettings
+from streamed_job.spec import FetchSettings, SaveSettings
 
 
 @cli.command()
@@ -72,13 +72,19 @@ from streamed_job.spec import FetchSettings
 @click.option("--deny-private-origins", is_flag=True,
               help="Refuse `origin` inputs (and redirects) at addresses that are not public: loopback, private, "
                    "link-local (the cloud metadata service)...")
+@click.option("--quota-bytes", type=click.IntRange(0, INT64_MAX), default=None,
+              help="Most bytes one user's files may hold in cellar together (default: no quota; services' and "
+                   "admins' writes are never limited; a job's results count for its workflow's owner).")
+@click.option("--save-deadline", type=Seconds(), default=SaveSettings.deadline, show_default=True,
+              help="Seconds a job keeps trying to save its outputs while storage is unavailable, before it fails.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
        parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
        rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
        max_log_bytes: int,
-       input_deadline: float, max_download_bytes: int, deny_private_origins: bool, verbose: bool) -> None:
+       input_deadline: float, max_download_bytes: int, deny_private_origins: bool, quota_bytes: int | None,
+       save_deadline: float, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     keep_the_normal_exit()
     import logging
@@ -104,7 +110,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                          default_parallelism=parallelism, kill_grace=kill_grace,
                          tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
                          max_log_bytes=max_log_bytes,
-                         fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins))
+                         fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins),
+                         quota_bytes=quota_bytes, save=SaveSettings(deadline=save_deadline))
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together", EXIT_BAD_INPUT)
     if (etcd_cert is None) != (etcd_key is None):
