@@ -103,14 +103,13 @@ class _Cellar:
         }
 
         def chunks() -> Iterator[bytes]:
-            try:
-                for message in responses:
-                    yield message.data
-            finally:
-                call.cancel()  # the client went away: so does the call
+            for message in responses:
+                yield message.data
 
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return Response(chunks(), headers=headers, content_type=content_type, direct_passthrough=True)
+        response = Response(chunks(), headers=headers, content_type=content_type, direct_passthrough=True)
+        response.call_on_close(call.cancel)  # sent, cut off by the client, or a HEAD: the call ends too
+        return response
 
 
 def _text(status: int, text: str) -> Response:
