@@ -3,7 +3,11 @@ as soon as it is known, leaving nothing stored), and the usage the quota is coun
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -179,3 +183,39 @@ def test_usage_reads_only_the_owners_own_index(storage: LocalStorage, root: Path
     assert sorted(p.name for p in index.iterdir()) == ["alice-id", "bob-id"]
     assert [p.relative_to(index / "alice-id").as_posix() for p in (index / "alice-id").rglob("*")
             if p.is_file()] == ["cache/up1/a"]
+
+
+def test_the_standalone_server_takes_a_quota_and_signs_links_for_its_gateway(tmp_path: Path, stack: Any) -> None:
+    from donut.users.v1 import users_pb2 as upb
+    from donut.users.v1 import users_pb2_grpc
+    from gateway.links import link_problem
+
+    from .test_servicer import REPO, _free_port
+
+    port = _free_port()
+    (tmp_path / "service-token").write_text(stack.service_token)
+    (tmp_path / "key").write_text("k" * 64 + "\n")
+    users = users_pb2_grpc.UsersStub(channel(stack.endpoint, token=stack.admin_token))
+    users.CreateUser(upb.CreateUserRequest(login="carol"))
+    carol = users.CreateToken(upb.CreateTokenRequest(user_login="carol", name="carol")).secret
+    command = [sys.executable, "-m", "cellar_svc.server", "--listen", f"127.0.0.1:{port}", "--root",
+               str(tmp_path / "r"), "--users-endpoint", stack.endpoint, "--service-token-file",
+               str(tmp_path / "service-token"), "--quota-bytes", "10"]
+    alone = subprocess.run([*command, "--url-signing-key-file", str(tmp_path / "key")], cwd=REPO,
+                           capture_output=True, text=True, timeout=30)
+    assert alone.returncode == 2 and "--url-signing-key-file and --public-url go together" in alone.stderr
+    process = subprocess.Popen([*command, "--url-signing-key-file", str(tmp_path / "key"), "--public-url",
+                                "https://donut.example.org/"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with channel(f"127.0.0.1:{port}", token=carol) as ch:
+            grpc.channel_ready_future(ch).result(timeout=20)
+            stub = Stub(ch)
+            assert put(stub, cache("a"), b"x" * 10).size == 10
+            assert status_of(lambda: put(stub, cache("b"), b"x")).code() == EXHAUSTED
+            url = stub.GetDownloadUrl(pb.GetDownloadUrlRequest(ref=cache("a"))).url
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+    assert url.startswith("https://donut.example.org/files/cache/up1/a?expires=")
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert link_problem(b"k" * 64, "cache", "up1", "", "a", query["expires"], query["signature"], time.time()) is None
