@@ -326,9 +326,11 @@ def _lock(data_dir: Path) -> TextIO:
 def _url_signing_key(data_dir: Path) -> bytes:
     """The key of download links, kept with the data (mode 0600), made on first start."""
     path = data_dir / "url-signing-key"
-    if not path.exists():
-        write_private(path, secrets.token_hex(32))
-    return path.read_bytes().strip()
+    key = path.read_bytes().strip() if path.exists() else b""
+    if not key:  # none yet (or emptied): a link signed with no key would be anyone's to make
+        key = secrets.token_hex(32).encode()
+        write_private(path, key)
+    return key
 
 
 def _scheduler_id(data_dir: Path) -> str:

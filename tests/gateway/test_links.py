@@ -159,6 +159,10 @@ def test_the_signing_key_is_private_and_kept_across_restarts(stack_config: Any) 
     assert key_file.stat().st_mode & 0o777 == 0o600 and len(key.strip()) == 64
     with Stack(stack_config) as again:
         assert again.url_signing_key == key.strip()
+    key_file.write_text("\n")
+    with Stack(stack_config) as emptied:
+        assert len(emptied.url_signing_key) == 64 and emptied.url_signing_key != key.strip()
+    assert key_file.read_bytes() == emptied.url_signing_key
 
 
 def test_donut_results_url_prints_a_working_link_per_result(web_stack: Any, donut_home: Path) -> None:
