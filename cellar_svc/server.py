@@ -25,6 +25,7 @@ from cellar_svc.storage import LocalStorage, Storage
 from donut.cellar.v1 import cellar_pb2, cellar_pb2_grpc
 from donut_common import rpc
 from donut_common.auth import AuthInterceptor, CachedVerifier, Principal, current_principal, remote_verifier
+from gateway.links import LinkSigner
 
 SERVICE_NAME = cellar_pb2.DESCRIPTOR.services_by_name["Cellar"].full_name  # donut.cellar.v1.Cellar
 STOP_GRACE_SECONDS = 5.0
@@ -35,9 +36,11 @@ log = logging.getLogger(__name__)
 def registration(
     storage: Storage, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     principal: Callable[[], Principal] = current_principal,
+    quota_bytes: int | None = None, links: LinkSigner | None = None,
 ) -> rpc.Registration:
     """(add_fn, servicer, full service name) for `donut_common.rpc.create_server`."""
-    servicer = CellarServicer(storage, max_file_size=max_file_size, principal=principal)
+    servicer = CellarServicer(storage, max_file_size=max_file_size, principal=principal, quota_bytes=quota_bytes,
+                              links=links)
     return cellar_pb2_grpc.add_CellarServicer_to_server, servicer, SERVICE_NAME
 
 
@@ -46,9 +49,11 @@ def create_server(
     principal: Callable[[], Principal] = current_principal,
     interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
     tls: tuple[bytes, bytes] | None = None,
+    quota_bytes: int | None = None, links: LinkSigner | None = None,
 ) -> tuple[grpc.Server, int]:
     """A cellar-only server, not yet started, and its bound port (useful with port 0)."""
-    return rpc.create_server(address, [registration(storage, max_file_size=max_file_size, principal=principal)],
+    return rpc.create_server(address, [registration(storage, max_file_size=max_file_size, principal=principal,
+                                                    quota_bytes=quota_bytes, links=links)],
                              interceptors=interceptors, tls=tls)
 
 
@@ -66,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_MAX_FILE_SIZE,
         help="largest accepted upload, in bytes (default: %(default)s)",
     )
+    parser.add_argument("--quota-bytes", type=int, help="most bytes one user's files may hold together "
+                        "(default: no quota; services and admins are never limited)")
+    parser.add_argument("--url-signing-key-file", default=os.environ.get("DONUT_URL_SIGNING_KEY_FILE", ""),
+                        help="file holding the key download links are signed with, shared with the gateway "
+                             "that serves them [env DONUT_URL_SIGNING_KEY_FILE]")
+    parser.add_argument("--public-url", default=os.environ.get("DONUT_PUBLIC_URL", ""),
+                        help="base URL of that gateway, e.g. https://donut.example.org [env DONUT_PUBLIC_URL]")
     parser.add_argument("--users-endpoint", default=os.environ.get("DONUT_USERS_ENDPOINT", ""),
                         help="host:port of users_svc, which verifies callers' tokens [env DONUT_USERS_ENDPOINT]")
     parser.add_argument("--service-token-file", default=os.environ.get("DONUT_SERVICE_TOKEN_FILE", ""),
@@ -80,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--users-endpoint and --service-token-file are required: every call is authenticated")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if bool(args.url_signing_key_file) != bool(args.public_url):
+        parser.error("--url-signing-key-file and --public-url go together")
+    if args.quota_bytes is not None and args.quota_bytes < 0:
+        parser.error(f"--quota-bytes: must not be negative (got {args.quota_bytes})")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -90,10 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             service_token = f.read().strip()
         ca = _read(args.tls_ca) if args.tls_ca else None
         tls = (_read(args.tls_cert), _read(args.tls_key)) if args.tls_cert else None
+        links = None
+        if args.url_signing_key_file:
+            public_url = args.public_url
+            links = LinkSigner(_read(args.url_signing_key_file).strip(), lambda: public_url)
         verifier = CachedVerifier(remote_verifier(rpc.channel(args.users_endpoint, token=service_token, tls_ca=ca)))
         server, port = create_server(
             args.listen, LocalStorage(args.root), max_file_size=args.max_file_size,
-            interceptors=[AuthInterceptor(verifier)], tls=tls,
+            interceptors=[AuthInterceptor(verifier)], tls=tls, quota_bytes=args.quota_bytes, links=links,
         )
     except (OSError, RuntimeError) as e:
         print(f"cellar: cannot start: {e}", file=sys.stderr)

@@ -5,6 +5,15 @@ become statuses in `donut_common.rpc.translate_errors`. What is left here is con
 stream framing: the Put header comes first, uploads have a size limit, Get sends the info
 first and then chunks of at most MAX_CHUNK bytes.
 
+Limits: a file may not pass the per-file maximum, nor, with a quota, a user's files
+together the per-user quota (services' and admins' writes aside; a job's results count
+for the workflow's owner, who they are stored for). Both are refused with
+RESOURCE_EXHAUSTED as soon as they are known to be passed: at the header when it declares
+the size, else once the streamed bytes pass them.
+
+Download links: the storage's own (presigned, on S3), else a link of the gateway signed
+here (`gateway.links`), for whoever may read the file.
+
 A Put commits only if the upload is whole: it has the size declared with the header, or,
 for a client that declares none, the call is still alive once the request stream has
 ended (the sync gRPC server can end the stream of a cancelled call just before it reports
@@ -14,7 +23,9 @@ the cancellation, so such a Put waits up to `cancel_grace` seconds for that repo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -23,8 +34,17 @@ from donut.cellar.v1 import cellar_pb2 as pb
 from donut.cellar.v1 import cellar_pb2_grpc
 from donut_common import names
 from donut_common.auth import Principal, current_principal
-from donut_common.errors import InvalidArgument, PermissionDenied, Problem, Unavailable
+from donut_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Problem,
+    ResourceExhausted,
+    Unavailable,
+)
 from donut_common.rpc import translate_errors
+from gateway.links import LinkSigner
 from streamed_job.timestamps import timestamp
 
 MiB = 1024 * 1024
@@ -32,6 +52,9 @@ GiB = 1024 * MiB
 DEFAULT_MAX_FILE_SIZE = 5 * GiB
 MAX_CHUNK = MiB
 CANCEL_GRACE_SECONDS = 0.005
+DEFAULT_LINK_SECONDS = 3600
+MAX_LINK_SECONDS = 7 * 24 * 3600
+NO_GATEWAY = "no gateway to serve download links"
 
 _KIND_NAMES: dict[pb.Kind.ValueType, str] = {value: pb.Kind.Name(value).removeprefix("KIND_").lower()
                                              for value in pb.Kind.values() if value != pb.KIND_UNSPECIFIED}
@@ -84,6 +107,22 @@ def _size_text(size: int) -> str:
     return f"{size} bytes"
 
 
+@dataclass(frozen=True)
+class _Room:
+    """What a user's quota leaves them."""
+
+    quota: int
+    used: int
+
+    @property
+    def bytes(self) -> int:
+        return max(0, self.quota - self.used)
+
+    def passed(self) -> ResourceExhausted:
+        return ResourceExhausted(f"Put: over the per-user quota of {_size_text(self.quota)} "
+                                 f"({self.used} bytes in use)")
+
+
 @translate_errors
 class CellarServicer(cellar_pb2_grpc.CellarServicer):
     def __init__(
@@ -93,9 +132,13 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         cancel_grace: float = CANCEL_GRACE_SECONDS,
         principal: Callable[[], Principal] = current_principal,
+        quota_bytes: int | None = None,
+        links: LinkSigner | None = None,
     ) -> None:
         self._storage = storage
         self._max_file_size = max_file_size
+        self._quota_bytes = quota_bytes
+        self._links = links
         self._cancel_grace = cancel_grace
         self._principal = principal
 
@@ -140,18 +183,39 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
             self._check_write(caller, ref)
             owner = _owner(caller, first.owner)
             declared = first.size if first.HasField("size") else None
-            if declared is not None and not 0 <= declared <= self._max_file_size:
-                raise InvalidArgument(
-                    f"Put: size must be from 0 to the limit of {_size_text(self._max_file_size)}"
-                )
-            info = self._storage.put(ref, self._data(requests, context, declared), owner=owner)
+            if declared is not None and declared < 0:
+                raise InvalidArgument([Problem("size", f"must not be negative (got {declared})")])
+            if declared is not None and declared > self._max_file_size:
+                raise self._too_large()
+            room = self._room(caller, ref)
+            if room is not None and declared is not None and declared > room.bytes:
+                raise room.passed()
+            info = self._storage.put(ref, self._data(requests, context, declared, room), owner=owner)
         except grpc.RpcError:
             # the client cancelled or went away; storage has dropped the partial file
             raise _cut_off() from None
         return info_to_pb(info)
 
+    def _too_large(self) -> ResourceExhausted:
+        return ResourceExhausted(f"Put: file larger than the per-file limit of {_size_text(self._max_file_size)}")
+
+    def _room(self, caller: Principal, ref: FileRef) -> _Room | None:
+        """What the caller's quota leaves for this file (None: no quota holds them): the
+        version it replaces, if theirs, counts out."""
+        if self._quota_bytes is None or caller.is_admin or caller.is_service:
+            return None
+        used = self._storage.usage(caller.user_id)
+        try:
+            replaced = self._storage.stat(ref)
+        except NotFound:
+            replaced = None
+        if replaced is not None and replaced.owner == caller.user_id:
+            used = max(0, used - replaced.size)
+        return _Room(self._quota_bytes, used)
+
     def _data(
-        self, requests: Iterator[pb.PutRequest], context: grpc.ServicerContext, declared: int | None
+        self, requests: Iterator[pb.PutRequest], context: grpc.ServicerContext, declared: int | None,
+        room: _Room | None,
     ) -> Iterator[bytes]:
         size = 0
         for request in requests:
@@ -161,9 +225,9 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
             if declared is not None and size > declared:
                 raise InvalidArgument(f"Put: more data than the {declared} bytes declared in the header")
             if size > self._max_file_size:
-                raise InvalidArgument(
-                    f"Put: the file is larger than the limit of {_size_text(self._max_file_size)}"
-                )
+                raise self._too_large()
+            if room is not None and size > room.bytes:
+                raise room.passed()
             yield request.data
         if declared is not None:
             if size != declared:
@@ -203,6 +267,21 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
                  if self._may_read(caller, f)]
         files.sort(key=lambda info: (info.ref.path, info.ref.job))
         return pb.ListResponse(files=[info_to_pb(info) for info in files])
+
+    def GetDownloadUrl(self, request: pb.GetDownloadUrlRequest, context: grpc.ServicerContext) -> pb.DownloadUrl:
+        ttl = request.ttl_seconds or DEFAULT_LINK_SECONDS
+        if not 0 < ttl <= MAX_LINK_SECONDS:
+            raise InvalidArgument([Problem("ttl_seconds", f"must be from 1 to {MAX_LINK_SECONDS} (7 days), "
+                                                          f"or 0 for an hour (got {request.ttl_seconds})")])
+        ref = ref_from_pb(request.ref)
+        self._readable(self._storage.stat(ref))
+        expires = int(time.time()) + ttl
+        url = self._storage.download_url(ref, ttl)
+        if url is None and self._links is not None:
+            url = self._links.url(ref.kind, ref.scope, ref.job, ref.path, expires)
+        if url is None:
+            raise FailedPrecondition(NO_GATEWAY)
+        return pb.DownloadUrl(url=url, expires_at=timestamp(expires))
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         caller = self._principal()

@@ -10,6 +10,9 @@ every adapter refuses the same names with the same messages.
     <root>/<kind>/<scope>/[<job>/]<path>        the files
     <root>/.meta/<kind>/<scope>/[<job>/]<path>  a JSON sidecar per file: sha256, size, owner, ...
     <root>/.meta/.owners/<kind>/<scope>/<user>  an empty file per user who stored in the scope
+    <root>/.meta/.usage/<user>/<kind>/<scope>/[<job>/]<path>
+                                                the size of each file the user owns (their usage,
+                                                summed from their own files alone)
 
 Writes stream into a temp file in the target directory (hashing as they go) and are
 published with `os.replace`, so an interrupted Put leaves nothing visible. The sidecar is
@@ -49,6 +52,7 @@ TEMP_PREFIX = ".cellar-tmp-"  # reserved: user paths may not have segments start
 READ_CHUNK = 1024 * 1024
 _META_DIR = ".meta"
 _OWNERS_DIR = ".owners"  # in _META_DIR; kinds can't be named so
+_USAGE_DIR = ".usage"    # in _META_DIR too
 _NO_OWNER = "-"          # the file name for files stored without an owner
 
 
@@ -104,6 +108,15 @@ class Storage(Protocol):
     def delete(self, kind: str, scope: str) -> None:
         """Removes every file of the scope and all that is kept about them (an unknown
         scope has nothing to remove)."""
+        ...
+
+    def usage(self, owner: str) -> int:
+        """Bytes of every file stored with this owner."""
+        ...
+
+    def download_url(self, ref: FileRef, ttl_seconds: int) -> str | None:
+        """A URL anyone may GET the file from until ttl_seconds pass, or None when the
+        backend has none."""
         ...
 
 
@@ -208,11 +221,13 @@ class LocalStorage:
                 os.fsync(f.fileno())
                 st = os.fstat(f.fileno())
             info = FileInfo(ref, size, digest.hexdigest(), time.time(), owner)
+            previous = _read_meta(meta_path)
             # the sidecar first (it names the new version's inode): whoever reads the file
             # in between, or after a crash, finds the owner of the path, never none
             self._write_meta(meta_path, info, st)
             os.replace(temp, data_path)
             self._add_owner(ref, owner)
+            self._count(ref, owner, size, None if previous is None else str(previous.get("owner", "")))
         except BaseException as e:
             _remove_quietly(temp)
             self._prune(directory, ref)
@@ -281,6 +296,7 @@ class LocalStorage:
     def delete(self, kind: str, scope: str) -> None:
         validate_listing(kind, scope, "")
         tops = [os.path.join(self.root, kind, scope), os.path.join(self.root, _META_DIR, kind, scope),
+                *(self._usage_entry(owner, kind, scope) for owner in self.owners(kind, scope)),
                 self._owners_dir(kind, scope)]  # the owners last: until then the scope is still theirs
         for top in tops:
             if os.path.realpath(top) != top:
@@ -289,7 +305,46 @@ class LocalStorage:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(top)  # never follows a link inside (it removes the link itself)
 
+    def usage(self, owner: str) -> int:
+        total = 0
+        for directory, _, files in os.walk(self._usage_entry(owner)):
+            for name in files:
+                if name.startswith(TEMP_PREFIX):
+                    continue  # a count being written
+                try:
+                    with open(os.path.join(directory, name), encoding="ascii") as f:
+                        total += int(f.read())
+                except (OSError, ValueError):
+                    continue  # removed meanwhile, or garbled
+        return total
+
+    def download_url(self, ref: FileRef, ttl_seconds: int) -> str | None:
+        return None  # the files are reachable through cellar alone
+
     # -- helpers ---------------------------------------------------------------------------
+
+    def _usage_entry(self, owner: str, *parts: str) -> str:
+        """Where the usage index keeps the owner's files (under `parts`: kind, scope...)."""
+        return os.path.join(self.root, _META_DIR, _USAGE_DIR, owner or _NO_OWNER, *parts)
+
+    def _count(self, ref: FileRef, owner: str, size: int, previous_owner: str | None) -> None:
+        """Counts a stored version for its owner (and no longer for the previous version's).
+        Failures are logged, not raised: the file is stored, only its count is off."""
+        parts = [ref.kind, ref.scope, *([ref.job] if ref.job else []), *ref.path.split("/")]
+        entry = self._usage_entry(owner, *parts)
+        temp = ""
+        try:
+            if previous_owner is not None and previous_owner != owner:
+                _remove_quietly(self._usage_entry(previous_owner, *parts))
+            os.makedirs(os.path.dirname(entry), exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=os.path.dirname(entry))
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(str(size))
+            os.replace(temp, entry)
+        except OSError:
+            log.warning("cannot count %s in the usage of %r", ref, owner, exc_info=True)
+            if temp:
+                _remove_quietly(temp)
 
     def _owners_dir(self, kind: str, scope: str) -> str:
         return os.path.join(self.root, _META_DIR, _OWNERS_DIR, kind, scope)

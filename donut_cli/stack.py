@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -44,8 +45,9 @@ from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
 from donut_common.rpc import Registration, channel, create_server
+from gateway.links import LinkSigner
 from streamed_job.cellar import CellarClient
-from streamed_job.spec import FetchSettings
+from streamed_job.spec import FetchSettings, SaveSettings
 from users_svc.service import UsersService
 from users_svc.store import UserStore
 
@@ -101,6 +103,11 @@ class StackConfig:
     """Archive every workflow's directory into cellar when it ends (in the background)."""
     delete_archived_workdirs: bool = False
     """With archive_finished: remove a workflow's directory once its archive is stored and verified."""
+    quota_bytes: int | None = None
+    """Most bytes one user's files may hold in cellar together (None: no quota; services'
+    and admins' writes are never limited)."""
+    save: SaveSettings = SaveSettings()
+    """How long jobs keep trying to save their outputs while cellar is unavailable."""
 
 
 @dataclass
@@ -127,6 +134,8 @@ class Stack:
     server: grpc.Server | None = None
     http: BaseWSGIServer | None = None
     retention: Retention | None = None
+    url_signing_key: bytes = b""
+    """The key cellar signs download links with and the gateway checks them with."""
     _channels: list[grpc.Channel] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _reaper: subprocess.Popen[bytes] | None = None
@@ -150,6 +159,7 @@ class Stack:
             self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
             self.users.store.upgrade(now=self.clock.time())
             self.service_token = self._service_token(self.users)
+            self.url_signing_key = _url_signing_key(c.data_dir)
             self.logs = LogStore(c.data_dir / "logs", max_bytes=c.max_log_bytes)
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
             verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds, clock=self.clock)
@@ -191,11 +201,13 @@ class Stack:
 
         if c.executor == "local":
             self.executor = LocalExecutor(self.logs, cellar=cellar, tokens=JobTokens(services),
-                                          kill_grace=c.kill_grace, job_env=c.job_env, fetch=c.fetch)
+                                          kill_grace=c.kill_grace, job_env=c.job_env, fetch=c.fetch,
+                                          save=c.save)
         elif c.executor == "wrapper":
             self.executor = WrapperExecutor(self.logs, self.endpoint, kill_grace=c.kill_grace,
                                             tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
-                                            state_dir=c.data_dir / "wrappers", job_env=c.job_env, fetch=c.fetch)
+                                            state_dir=c.data_dir / "wrappers", job_env=c.job_env, fetch=c.fetch,
+                                            save=c.save)
         else:
             raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
         data_root = c.data_dir / "workflows"
@@ -214,7 +226,9 @@ class Stack:
         self.archiver = _archiver(c, self.store, cellar_files, data_root)
         service = DaggerService(self.store, self.logs, self.scheduler, DaggerConfig(data_root, c.default_parallelism),
                                 uploads, log_copies, deleter, self.archiver)
-        return [dagger_registration(service), cellar_registration(LocalStorage(c.data_dir / "cellar")),
+        links = LinkSigner(self.url_signing_key, lambda: self.http_endpoint)  # known once the gateway runs
+        return [dagger_registration(service),
+                cellar_registration(LocalStorage(c.data_dir / "cellar"), quota_bytes=c.quota_bytes, links=links),
                 users_registration(self.users)]
 
     def _channel(self, made: grpc.Channel) -> grpc.Channel:
@@ -256,7 +270,10 @@ class Stack:
 
         from gateway.app import create_app
 
-        app = create_app({"DONUT_ENDPOINT": self.endpoint})
+        c = self.config
+        app = create_app({"DONUT_ENDPOINT": self.endpoint, "DONUT_SERVICE_TOKEN": self.service_token,
+                          "DONUT_URL_SIGNING_KEY": self.url_signing_key,
+                          "DONUT_TLS_CA": c.tls_cert.read_bytes() if c.tls_cert else None})
         http = make_server(self.config.host, self.config.http_port, app, threaded=True)
         self.http_endpoint = f"http://{self.config.host}:{http.server_port}"
         thread = threading.Thread(target=http.serve_forever, name="gateway", daemon=True)
@@ -270,7 +287,10 @@ class Stack:
             self.retention.stop()
             self.retention = None
         if self.http is not None:
+            from gateway.app import close
+
             self.http.shutdown()
+            close(self.http.app)  # type: ignore[arg-type]  # the Flask app made in _start_gateway
             self.http = None
         if self.archiver is not None:
             self.archiver.stop()
@@ -414,6 +434,16 @@ def _lock(data_dir: Path) -> TextIO:
         lock.close()
         raise RuntimeError(f"another stack is using {data_dir} (is `donut up` running already?)") from None
     return lock
+
+
+def _url_signing_key(data_dir: Path) -> bytes:
+    """The key of download links, kept with the data (mode 0600), made on first start."""
+    path = data_dir / "url-signing-key"
+    key = path.read_bytes().strip() if path.exists() else b""
+    if not key:  # none yet (or emptied): a link signed with no key would be anyone's to make
+        key = secrets.token_hex(32).encode()
+        write_private(path, key)
+    return key
 
 
 def _scheduler_id(data_dir: Path) -> str:

@@ -17,7 +17,7 @@ from donut_cli.cli import (
     keep_the_normal_exit,
 )
 from donut_common.config import ServerLimits, donut_home
-from streamed_job.spec import FetchSettings
+from streamed_job.spec import FetchSettings, SaveSettings
 
 
 @cli.command()
@@ -78,6 +78,11 @@ from streamed_job.spec import FetchSettings
               help="Archive every workflow's directory into cellar (as `donut archive` does) when it ends.")
 @click.option("--delete-archived-workdirs", is_flag=True,
               help="With --archive-finished: remove a workflow's directory once its archive is stored and verified.")
+@click.option("--quota-bytes", type=click.IntRange(0, INT64_MAX), default=None,
+              help="Most bytes one user's files may hold in cellar together (default: no quota; services' and "
+                   "admins' writes are never limited; a job's results count for its workflow's owner).")
+@click.option("--save-deadline", type=Seconds(), default=SaveSettings.deadline, show_default=True,
+              help="Seconds a job keeps trying to save its outputs while storage is unavailable, before it fails.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
@@ -85,7 +90,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
        rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
        max_log_bytes: int,
        input_deadline: float, max_download_bytes: int, deny_private_origins: bool, retention_days: int,
-       archive_finished: bool, delete_archived_workdirs: bool, verbose: bool) -> None:
+       archive_finished: bool, delete_archived_workdirs: bool, quota_bytes: int | None, save_deadline: float,
+       verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     keep_the_normal_exit()
     import logging
@@ -114,7 +120,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                          max_log_bytes=max_log_bytes,
                          fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins),
                          retention=RetentionSettings(days=retention_days),
-                         archive_finished=archive_finished, delete_archived_workdirs=delete_archived_workdirs)
+                         archive_finished=archive_finished, delete_archived_workdirs=delete_archived_workdirs,
+                         quota_bytes=quota_bytes, save=SaveSettings(deadline=save_deadline))
     if delete_archived_workdirs and not archive_finished:
         fail("--delete-archived-workdirs goes only with --archive-finished (a directory is removed only once "
              "its archive is stored)", EXIT_BAD_INPUT)

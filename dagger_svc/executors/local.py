@@ -27,7 +27,7 @@ from streamed_job.cellar import CellarClient
 from streamed_job.files import FileProblem
 from streamed_job.outcome import Ended
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import FetchSettings, attempt_key
+from streamed_job.spec import FetchSettings, SaveSettings, attempt_key
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,15 @@ class _Running:
 class LocalExecutor:
     def __init__(self, logs: AttemptLogs, cellar: Cellar | None = None,
                  tokens: JobTokens | None = None, kill_grace: float = 10.0, spawners: int = 2,
-                 job_env: Iterable[str] = (), fetch: FetchSettings | None = None) -> None:
+                 job_env: Iterable[str] = (), fetch: FetchSettings | None = None,
+                 save: SaveSettings | None = None) -> None:
         self.logs = logs
         self.cellar = cellar
         self.tokens = tokens
         self.report: Report = not_started
         self.pump = ProcessPump(kill_grace=kill_grace)
         self.fetch = fetch or FetchSettings()
+        self.save = save or SaveSettings()
         self._spawners = ThreadPoolExecutor(max_workers=spawners, thread_name_prefix="local-spawn")
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
@@ -66,7 +68,7 @@ class LocalExecutor:
         attempt = Attempt(run, pump=self.pump, output=lambda stream, lines: self._output(launch, stream, lines),
                           cellar=(lambda: self._job_cellar(key)) if self.cellar is not None else None,
                           on_end=lambda ended: self._ended(key, ended), base_env=self._base_env,
-                          background=lambda work: self._thread(key, work), fetch=self.fetch)
+                          background=lambda work: self._thread(key, work), fetch=self.fetch, save=self.save)
         fetches = any(i.origin or i.cache for i in run.inputs)
         with self._lock:
             if key in self._running:

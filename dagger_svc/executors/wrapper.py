@@ -35,7 +35,7 @@ from donut_common.auth import JobTokens, split_token
 from streamed_job.attempt import SYSTEM
 from streamed_job.outcome import Ended, read_termination_message
 from streamed_job.pump import STDERR, ProcessPump
-from streamed_job.spec import JOB_KEY_ENV, SPEC_ENV, FetchSettings, attempt_key
+from streamed_job.spec import JOB_KEY_ENV, SPEC_ENV, FetchSettings, SaveSettings, attempt_key
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class WrapperExecutor:
     def __init__(self, logs: AttemptLogs, dagger_endpoint: str, kill_grace: float = 10.0,
                  python: str = sys.executable, tokens: JobTokens | None = None, spawners: int = 2,
                  tls_ca: str = "", state_dir: Path | None = None, job_env: Iterable[str] = (),
-                 fetch: FetchSettings | None = None) -> None:
+                 fetch: FetchSettings | None = None, save: SaveSettings | None = None) -> None:
         self.logs = logs
         self.report: Report = not_started
         self._host_env = host_environment(os.environ, job_env)
@@ -77,6 +77,7 @@ class WrapperExecutor:
         self.python = python
         self.tokens = tokens
         self.fetch = fetch or FetchSettings()
+        self.save = save or SaveSettings()
         # The pump's own grace covers the wrapper's: it forwards SIGTERM, waits kill_grace
         # for the command, then needs a moment to flush the log and report.
         self.pump = ProcessPump(kill_grace=kill_grace + REPORT_MARGIN)
@@ -195,6 +196,7 @@ class WrapperExecutor:
             "STREAMED_JOB_INPUT_DEADLINE": str(self.fetch.deadline),
             "STREAMED_JOB_MAX_DOWNLOAD_BYTES": str(self.fetch.max_bytes),
             "STREAMED_JOB_DENY_PRIVATE_ORIGINS": "1" if self.fetch.deny_private else "0",
+            "STREAMED_JOB_SAVE_DEADLINE": str(self.save.deadline),
             "STREAMED_JOB_TERMINATION_LOG": str(self._termination_log(attempt.key)),
         })
         with self._lock:

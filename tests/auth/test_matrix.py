@@ -103,6 +103,7 @@ def cellar_calls(w: World) -> dict[str, Call]:
         "Stat": lambda s: s.Stat(result),
         "List": lambda s: s.List(cpb.ListRequest(kind=cpb.KIND_RESULT, scope=w.workflow)),
         "Delete": lambda s: s.Delete(cpb.DeleteRequest(kind=cpb.KIND_RESULT, scope=w.workflow)),
+        "GetDownloadUrl": lambda s: s.GetDownloadUrl(cpb.GetDownloadUrlRequest(ref=result)),
     }
 
 
@@ -182,12 +183,13 @@ def test_the_matrix(world: World) -> None:
                    ("users", "WhoAmI"), ("cellar", "List")}
     alices = {("dagger", n) for n in ("GetWorkflow", "CancelWorkflow", "RetryWorkflow", "CloneWorkflow",
                                       "WatchWorkflow", "GetJob", "ListJobs", "TailLogs", "ArchiveWorkflow")}
-    alices |= {("cellar", "Get"), ("cellar", "Stat"), ("users", "RevokeToken")}
+    alices |= {("cellar", "Get"), ("cellar", "Stat"), ("cellar", "GetDownloadUrl"), ("users", "RevokeToken")}
     wrong = {k: v for k, v in results.items() if k[0] == "other user" and (k[1], k[2]) not in bob_allowed
              and v != (grpc.StatusCode.NOT_FOUND if (k[1], k[2]) in alices else DENIED)}
     assert wrong == {}
     # The job token may only speak for job j: everything here is another job or not a job's business.
-    job_allowed = {("cellar", "Get"), ("cellar", "Stat"), ("cellar", "List"), ("users", "WhoAmI")}
+    job_allowed = {("cellar", "Get"), ("cellar", "Stat"), ("cellar", "List"), ("cellar", "GetDownloadUrl"),
+                   ("users", "WhoAmI")}
     wrong = {k: v for k, v in results.items() if k[0] == "job token" and (k[1], k[2]) not in job_allowed
              and v != DENIED}
     assert wrong == {}

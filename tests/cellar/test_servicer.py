@@ -232,8 +232,8 @@ def test_the_size_limit(start_server: Callable[..., str], root: Path) -> None:
         stub = Stub(ch)
         assert put(stub, cache("fits"), b"x" * MiB).size == MiB
         error = status_of(lambda: put(stub, cache("too-big"), b"x" * (MiB + 1)))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "Put: the file is larger than the limit of 1 MiB (1048576 bytes)"
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == "Put: file larger than the per-file limit of 1 MiB (1048576 bytes)"
     assert all_files(root / "cache") == ["up1/fits"]
     assert temp_files(root) == []
 

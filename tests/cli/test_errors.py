@@ -29,7 +29,9 @@ def test_huge_numbers_are_bad_input(donut_home: Path) -> None:
                          (["up", "--rpc-threads", huge], "--rpc-threads"),
                          (["up", "--max-download-bytes", huge + "0"], "--max-download-bytes"),
                          (["up", "--kill-grace", "nan"], "--kill-grace"),
-                         (["up", "--stream-idle-timeout", "1e400"], "--stream-idle-timeout")):
+                         (["up", "--stream-idle-timeout", "1e400"], "--stream-idle-timeout"),
+                         (["up", "--quota-bytes", "-1"], "--quota-bytes"),
+                         (["up", "--save-deadline", "nan"], "--save-deadline")):
         _one_error_line(donut("--token", "t", *args, home=donut_home, endpoint=NOWHERE), 2, f"'{option}'")
 
 

@@ -22,14 +22,14 @@ from streamed_job.outcome import (
     termination_message,
 )
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import FetchSettings, InputFile, OutputFile, RunSpec, base_environment
+from streamed_job.spec import FetchSettings, InputFile, OutputFile, RunSpec, SaveSettings, base_environment
 
 
 class Run:
     """An attempt on a pump of its own, its lines and its end recorded."""
 
     def __init__(self, pump: ProcessPump, spec: RunSpec, cellar: Any = None,
-                 fetch: FetchSettings | None = None) -> None:
+                 fetch: FetchSettings | None = None, save: SaveSettings | None = None) -> None:
         self.lines: list[tuple[int, bytes]] = []
         self.ends: list[Ended] = []
         self.done = threading.Event()
@@ -37,7 +37,7 @@ class Run:
             (stream, line) for line in lines), cellar=cellar, on_end=self._on_end,
             base_env=base_environment({"PATH": "/usr/bin:/bin", "DONUT_TOKEN": "secret", "STREAMED_JOB_X": "1",
                                        "KEEP": "me"}),
-            background=lambda work: threading.Thread(target=work).start(), fetch=fetch)
+            background=lambda work: threading.Thread(target=work).start(), fetch=fetch, save=save)
 
     def _on_end(self, ended: Ended) -> None:
         self.ends.append(ended)

@@ -8,9 +8,10 @@ how cellar is reached, which pump runs the command and which thread saves the ou
 `run` fetches the inputs on the caller's thread, starts the command and returns; the
 attempt ends once, through `on_end`, from whichever thread finished it. How each failure
 ends an attempt is decided here alone: an input that can't be had is exit 90 (124 when
-the job's timeout ran out while fetching it), a missing or unsaved output 91, a bug in
-this machinery 70, a kill before the command ran is a SIGTERM without an exit code (a
-kill interrupts a download at once).
+the job's timeout ran out while fetching it), a missing or unsaved output 91 (storage
+that stays unavailable longer than the save deadline too), a bug in this machinery 70,
+a kill before the command ran is a SIGTERM without an exit code (a kill interrupts a
+download at once).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import grpc
 
 from donut.dagger.v1 import dagger_pb2 as pb
 from streamed_job.cellar import CellarClient
-from streamed_job.files import FileProblem, outputs_to_save, prepare_inputs
+from streamed_job.files import FileProblem, Saved, outputs_to_save, prepare_inputs
 from streamed_job.origin import Fetching
 from streamed_job.outcome import (
     EXIT_INPUT_FAILED,
@@ -40,7 +41,7 @@ from streamed_job.outcome import (
 )
 from streamed_job.pump import STDERR as STDERR_PIPE
 from streamed_job.pump import ProcessPump
-from streamed_job.spec import FetchSettings, RunSpec
+from streamed_job.spec import FetchSettings, RunSpec, SaveSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Attempt:
     def __init__(self, spec: RunSpec, *, pump: ProcessPump, output: Output,
                  cellar: Callable[[], CellarClient] | None, on_end: Callable[[Ended], None],
                  base_env: Mapping[str, str], background: Callable[[Callable[[], None]], object],
-                 fetch: FetchSettings | None = None) -> None:
+                 fetch: FetchSettings | None = None, save: SaveSettings | None = None) -> None:
         self.spec = spec
         self.pump = pump
         self.output = output
@@ -76,6 +77,9 @@ class Attempt:
         self.base_env = base_env  # what every command gets besides its own DONUT_* (spec.base_environment)
         self.background = background  # runs slow work (saving outputs) off the pump's thread
         self.fetch = fetch or FetchSettings()
+        self.save = save or SaveSettings()
+        self._save_deadline: float | None = None  # monotonic; set when storage is first found away
+        self._kill_requested = threading.Event()  # cuts a wait between saving tries short
         self._fetching = Fetching()
         self._lock = threading.Lock()
         self._started_at: float | None = None
@@ -93,6 +97,7 @@ class Attempt:
         with self._lock:
             self._killed = True
             command_started = self._command_started
+        self._kill_requested.set()
         if command_started:
             self.pump.kill(self.spec.key)
         else:
@@ -166,18 +171,47 @@ class Attempt:
                     return Ended(None, "SIGTERM", "terminated while saving outputs")
                 if self.cellar is None:
                     raise FileProblem(f"{saved.name}: no cellar to save it in")
-                with saved.open() as f:
-                    size = os.fstat(f.fileno()).st_size
-                    self.cellar().put("result", self.spec.workflow_id, saved.name, f, job=self.spec.job)
+                size = self._save(saved)
+                if size is None:
+                    return Ended(None, "SIGTERM", "terminated while saving outputs")
                 self.note(f"saved {saved.name} ({size} bytes)")
         except FileProblem as e:
             return Ended(EXIT_OUTPUT_FAILED, message=str(e))
+        except StorageAway as e:
+            return Ended(EXIT_OUTPUT_FAILED, message=f"storage unavailable: {e}")
         except (OSError, grpc.RpcError) as e:
             return Ended(EXIT_OUTPUT_FAILED, message=problem(e, "cannot save outputs"))
         except Exception as e:
             log.exception("saving the outputs of %s failed", self.spec.key)
             return Ended(EXIT_WRAPPER_ERROR, message=f"the job machinery failed: {e!r}")
         return ended
+
+    def _save(self, saved: Saved) -> int | None:
+        """Puts one output into cellar and returns its size (None: killed meanwhile). While
+        cellar answers UNAVAILABLE, tries again with a growing pause, until the save deadline
+        (counted from the first time storage was found away) has passed: then StorageAway."""
+        assert self.cellar is not None
+        pause = self.save.first_retry
+        while True:
+            try:
+                with saved.open() as f:
+                    size = os.fstat(f.fileno()).st_size
+                    self.cellar().put("result", self.spec.workflow_id, saved.name, f, job=self.spec.job)
+                return size
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                why = (e.details() or "no answer").removeprefix("storage unavailable: ")
+            if self._save_deadline is None:
+                self._save_deadline = time.monotonic() + self.save.deadline
+            left = self._save_deadline - time.monotonic()
+            if left <= 0:
+                raise StorageAway(why)
+            pause = min(pause, left)
+            self.note(f"storage unavailable ({why}): saving {saved.name} again in {pause:g}s")
+            if self._kill_requested.wait(pause):
+                return None
+            pause = min(pause * 2, self.save.max_retry)
 
     def end(self, ended: Ended) -> None:
         """Ends the attempt (the first end counts; later ones are ignored): a note of why
@@ -190,6 +224,10 @@ class Attempt:
         if ended.message and not ended.succeeded:
             self.note(ended.message)
         self.on_end(ended)
+
+
+class StorageAway(Exception):
+    """Cellar stayed unavailable for longer than the save deadline; the message says why."""
 
 
 def problem(error: BaseException, context: str = "") -> str:

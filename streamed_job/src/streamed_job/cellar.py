@@ -82,6 +82,12 @@ class CellarClient:
                     yield message.data
         finally:
             call.cancel()
+    def download_url(self, kind: str, scope: str, path: str, job: str = "", ttl_seconds: int = 0) -> pb.DownloadUrl:
+        """A link anyone may download the file from until it expires (ttl 0: cellar's default)."""
+        ref = pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path)
+        url: pb.DownloadUrl = self.stub.GetDownloadUrl(pb.GetDownloadUrlRequest(ref=ref, ttl_seconds=ttl_seconds),
+                                                       metadata=self.metadata)
+        return url
 
     def delete(self, kind: str, scope: str) -> None:
         """Removes every file of the scope (services and admins only)."""

@@ -51,6 +51,7 @@ from streamed_job.spec import (  # noqa: E402
     SPEC_FILE_ENV,
     FetchSettings,
     RunSpec,
+    SaveSettings,
     base_environment,
 )
 
@@ -78,6 +79,8 @@ class Settings:
     deny_private_origins: bool = FetchSettings.deny_private
     """Refuse `origin` inputs (and redirects) at addresses that are not public: loopback,
     private, link-local (the cloud metadata service)... (1/true/yes or 0/false/no)."""
+    save_deadline: float = SaveSettings.deadline
+    """Seconds saving the outputs keeps retrying while cellar (or its storage) is unavailable."""
     log_memory_bytes: int = ShipperSettings.memory_bytes
     """Unacknowledged log batches kept in memory before they spill to a temporary file."""
     termination_log: str = "/dev/termination-log" if os.path.exists("/dev/termination-log") else ""
@@ -104,6 +107,10 @@ class Settings:
     def fetch(self) -> FetchSettings:
         return FetchSettings(deadline=self.input_deadline, max_bytes=self.max_download_bytes,
                              deny_private=self.deny_private_origins)
+
+    @property
+    def save(self) -> SaveSettings:
+        return SaveSettings(deadline=self.save_deadline)
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
@@ -155,7 +162,7 @@ def run(spec: RunSpec, settings: Settings, guard: SignalGuard) -> int:
     own = {"GRPC_ENABLE_FORK_SUPPORT"} if _FORK_SUPPORT_SET_HERE else set()
     attempt = Attempt(spec, pump=pump, output=shipper.add, cellar=lambda: cellar, on_end=on_end,
                       base_env={k: v for k, v in base_environment(os.environ).items() if k not in own},
-                      background=background.submit, fetch=settings.fetch)
+                      background=background.submit, fetch=settings.fetch, save=settings.save)
     try:
         attempt.run()  # a signal while fetching inputs ends the attempt there
         with guard.held():

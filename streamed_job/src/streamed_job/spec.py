@@ -1,6 +1,6 @@
 """The job spec an executor hands the wrapper (as JSON in an env var or a file), the
 environment and key of an attempt, built here for every executor, and the settings its
-downloads follow (kept here, light to import, for the CLI's defaults)."""
+downloads and saves follow (kept here, light to import, for the CLI's defaults)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ JOB_KEY_ENV = "DONUT_JOB_KEY"          # <workflow>/<job>/<attempt>: finds an at
 OWN_ENV_PREFIXES = ("DONUT_", "STREAMED_JOB_")  # never passed on from the launcher to a command
 MAX_DOWNLOAD_BYTES = 10 * 1024**3
 INPUT_DEADLINE = 3600.0
+SAVE_DEADLINE = 300.0
 
 
 def attempt_key(workflow_id: str, job: str, attempt: int) -> str:
@@ -42,6 +43,19 @@ class FetchSettings:
     deny_private: bool = False
     """Refuse origins (and redirects) whose address is not a public one: loopback, private,
     link-local (the cloud metadata service), shared, multicast or reserved."""
+
+
+@dataclass(frozen=True)
+class SaveSettings:
+    """How `save: true` outputs are kept while cellar (or the storage behind it) is away."""
+
+    deadline: float = SAVE_DEADLINE
+    """Seconds the saving keeps retrying, from the first time storage is unavailable; then
+    the attempt fails with "storage unavailable"."""
+    first_retry: float = 0.5
+    """Seconds before the first retry; each next one waits twice as long..."""
+    max_retry: float = 15.0
+    """...up to this many seconds."""
 
 
 @dataclass(frozen=True)

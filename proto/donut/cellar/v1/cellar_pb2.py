@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64onut/cellar/v1/cellar.proto\x12\x0f\x64onut.cellar.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x07\x46ileRef\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.donut.cellar.v1.Kind\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0b\n\x03job\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\"\x8e\x01\n\x08\x46ileInfo\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.donut.cellar.v1.FileRef\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x05 \x01(\t\"{\n\nPutRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.donut.cellar.v1.FileRefH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x11\n\x04size\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\r\n\x05owner\x18\x04 \x01(\tB\x06\n\x04partB\x07\n\x05_size\"S\n\nGetRequest\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.donut.cellar.v1.FileRef\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"P\n\x0bGetResponse\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x19.donut.cellar.v1.FileInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"N\n\x0bListRequest\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.donut.cellar.v1.Kind\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0b\n\x03job\x18\x03 \x01(\t\"8\n\x0cListResponse\x12(\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x19.donut.cellar.v1.FileInfo\"C\n\rDeleteRequest\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.donut.cellar.v1.Kind\x12\r\n\x05scope\x18\x02 \x01(\t\"\x10\n\x0e\x44\x65leteResponse*]\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_CACHE\x10\x01\x12\x0f\n\x0bKIND_RESULT\x10\x02\x12\x10\n\x0cKIND_ARCHIVE\x10\x03\x12\x0c\n\x08KIND_LOG\x10\x04\x32\xda\x02\n\x06\x43\x65llar\x12?\n\x03Put\x12\x1b.donut.cellar.v1.PutRequest\x1a\x19.donut.cellar.v1.FileInfo(\x01\x12\x42\n\x03Get\x12\x1b.donut.cellar.v1.GetRequest\x1a\x1c.donut.cellar.v1.GetResponse0\x01\x12;\n\x04Stat\x12\x18.donut.cellar.v1.FileRef\x1a\x19.donut.cellar.v1.FileInfo\x12\x43\n\x04List\x12\x1c.donut.cellar.v1.ListRequest\x1a\x1d.donut.cellar.v1.ListResponse\x12I\n\x06\x44\x65lete\x12\x1e.donut.cellar.v1.DeleteRequest\x1a\x1f.donut.cellar.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64onut/cellar/v1/cellar.proto\x12\x0f\x64onut.cellar.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x07\x46ileRef\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.donut.cellar.v1.Kind\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0b\n\x03job\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\"\x8e\x01\n\x08\x46ileInfo\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.donut.cellar.v1.FileRef\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x05 \x01(\t\"{\n\nPutRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.donut.cellar.v1.FileRefH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x11\n\x04size\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\r\n\x05owner\x18\x04 \x01(\tB\x06\n\x04partB\x07\n\x05_size\"S\n\nGetRequest\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.donut.cellar.v1.FileRef\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"P\n\x0bGetResponse\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x19.donut.cellar.v1.FileInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"N\n\x0bListRequest\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.donut.cellar.v1.Kind\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0b\n\x03job\x18\x03 \x01(\t\"8\n\x0cListResponse\x12(\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x19.donut.cellar.v1.FileInfo\"C\n\rDeleteRequest\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.donut.cellar.v1.Kind\x12\r\n\x05scope\x18\x02 \x01(\t\"\x10\n\x0e\x44\x65leteResponse\"S\n\x15GetDownloadUrlRequest\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.donut.cellar.v1.FileRef\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"J\n\x0b\x44ownloadUrl\x12\x0b\n\x03url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*]\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_CACHE\x10\x01\x12\x0f\n\x0bKIND_RESULT\x10\x02\x12\x10\n\x0cKIND_ARCHIVE\x10\x03\x12\x0c\n\x08KIND_LOG\x10\x04\x32\xb2\x03\n\x06\x43\x65llar\x12?\n\x03Put\x12\x1b.donut.cellar.v1.PutRequest\x1a\x19.donut.cellar.v1.FileInfo(\x01\x12\x42\n\x03Get\x12\x1b.donut.cellar.v1.GetRequest\x1a\x1c.donut.cellar.v1.GetResponse0\x01\x12;\n\x04Stat\x12\x18.donut.cellar.v1.FileRef\x1a\x19.donut.cellar.v1.FileInfo\x12\x43\n\x04List\x12\x1c.donut.cellar.v1.ListRequest\x1a\x1d.donut.cellar.v1.ListResponse\x12I\n\x06\x44\x65lete\x12\x1e.donut.cellar.v1.DeleteRequest\x1a\x1f.donut.cellar.v1.DeleteResponse\x12V\n\x0eGetDownloadUrl\x12&.donut.cellar.v1.GetDownloadUrlRequest\x1a\x1c.donut.cellar.v1.DownloadUrlb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'donut.cellar.v1.cellar_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=834
-  _globals['_KIND']._serialized_end=927
+  _globals['_KIND']._serialized_start=995
+  _globals['_KIND']._serialized_end=1088
   _globals['_FILEREF']._serialized_start=82
   _globals['_FILEREF']._serialized_end=170
   _globals['_FILEINFO']._serialized_start=173
@@ -52,6 +52,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEREQUEST']._serialized_end=814
   _globals['_DELETERESPONSE']._serialized_start=816
   _globals['_DELETERESPONSE']._serialized_end=832
-  _globals['_CELLAR']._serialized_start=930
-  _globals['_CELLAR']._serialized_end=1276
+  _globals['_GETDOWNLOADURLREQUEST']._serialized_start=834
+  _globals['_GETDOWNLOADURLREQUEST']._serialized_end=917
+  _globals['_DOWNLOADURL']._serialized_start=919
+  _globals['_DOWNLOADURL']._serialized_end=993
+  _globals['_CELLAR']._serialized_start=1091
+  _globals['_CELLAR']._serialized_end=1525
 # @@protoc_insertion_point(module_scope)

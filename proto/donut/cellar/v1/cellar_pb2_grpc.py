@@ -59,6 +59,11 @@ class CellarStub(object):
                 request_serializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.GetDownloadUrl = channel.unary_unary(
+                '/donut.cellar.v1.Cellar/GetDownloadUrl',
+                request_serializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.GetDownloadUrlRequest.SerializeToString,
+                response_deserializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DownloadUrl.FromString,
+                _registered_method=True)
 
 
 class CellarServicer(object):
@@ -97,6 +102,13 @@ class CellarServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDownloadUrl(self, request, context):
+        """A URL anyone may GET the file from until it expires; for whoever may read the file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CellarServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +136,11 @@ def add_CellarServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteRequest.FromString,
                     response_serializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteResponse.SerializeToString,
+            ),
+            'GetDownloadUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDownloadUrl,
+                    request_deserializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.GetDownloadUrlRequest.FromString,
+                    response_serializer=donut_dot_cellar_dot_v1_dot_cellar__pb2.DownloadUrl.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +278,33 @@ class Cellar(object):
             '/donut.cellar.v1.Cellar/Delete',
             donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteRequest.SerializeToString,
             donut_dot_cellar_dot_v1_dot_cellar__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDownloadUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/donut.cellar.v1.Cellar/GetDownloadUrl',
+            donut_dot_cellar_dot_v1_dot_cellar__pb2.GetDownloadUrlRequest.SerializeToString,
+            donut_dot_cellar_dot_v1_dot_cellar__pb2.DownloadUrl.FromString,
             options,
             channel_credentials,
             insecure,

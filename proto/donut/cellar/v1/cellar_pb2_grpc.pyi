@@ -39,6 +39,8 @@ class CellarStub:
     List: _grpc.UnaryUnaryMultiCallable[_cellar_pb2.ListRequest, _cellar_pb2.ListResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_cellar_pb2.DeleteRequest, _cellar_pb2.DeleteResponse]
     """Removes every file of a scope (e.g. the upload of a refused submission); services and admins only."""
+    GetDownloadUrl: _grpc.UnaryUnaryMultiCallable[_cellar_pb2.GetDownloadUrlRequest, _cellar_pb2.DownloadUrl]
+    """A URL anyone may GET the file from until it expires; for whoever may read the file."""
 
 @_typing.type_check_only
 class CellarAsyncStub(CellarStub):
@@ -51,6 +53,8 @@ class CellarAsyncStub(CellarStub):
     List: _aio.UnaryUnaryMultiCallable[_cellar_pb2.ListRequest, _cellar_pb2.ListResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_cellar_pb2.DeleteRequest, _cellar_pb2.DeleteResponse]  # type: ignore[assignment]
     """Removes every file of a scope (e.g. the upload of a refused submission); services and admins only."""
+    GetDownloadUrl: _aio.UnaryUnaryMultiCallable[_cellar_pb2.GetDownloadUrlRequest, _cellar_pb2.DownloadUrl]  # type: ignore[assignment]
+    """A URL anyone may GET the file from until it expires; for whoever may read the file."""
 
 class CellarServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +94,13 @@ class CellarServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cellar_pb2.DeleteResponse, _abc.Awaitable[_cellar_pb2.DeleteResponse]]:
         """Removes every file of a scope (e.g. the upload of a refused submission); services and admins only."""
+
+    @_abc_1.abstractmethod
+    def GetDownloadUrl(
+        self,
+        request: _cellar_pb2.GetDownloadUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cellar_pb2.DownloadUrl, _abc.Awaitable[_cellar_pb2.DownloadUrl]]:
+        """A URL anyone may GET the file from until it expires; for whoever may read the file."""
 
 def add_CellarServicer_to_server(servicer: CellarServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
