@@ -105,6 +105,19 @@ class Storage(Protocol):
         scope has nothing to remove)."""
         ...
 
+    def download_url(self, ref: FileRef, ttl_seconds: int) -> str | None:
+        """A URL anyone may GET the file from until ttl_seconds pass, or None when the backend has none."""
+        ...
+
+    def usage(self, owner: str) -> int:
+        """Bytes of every file stored with this owner."""
+        ...
+
+    def sweep(self, older_than: float) -> int:
+        """Removes what unfinished uploads left behind (temporary files or objects, incomplete
+        multipart uploads) older than `older_than` seconds; returns how many it removed."""
+        ...
+
 
 def _kind_scope_job(kind: str, scope: str, job: str, *, listing: bool) -> list[Problem]:
     if kind not in KINDS:
@@ -287,6 +300,31 @@ class LocalStorage:
         for top in tops:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(top)  # never follows a link inside (it removes the link itself)
+
+    def download_url(self, ref: FileRef, ttl_seconds: int) -> str | None:
+        validate_ref(ref)
+        return None  # the gateway signs its own links to local files
+
+    def usage(self, owner: str) -> int:
+        total = 0
+        for directory, _, files in os.walk(os.path.join(self.root, _META_DIR)):
+            for name in files:
+                meta = _read_meta(os.path.join(directory, name))
+                if meta is not None and meta.get("owner") == owner and isinstance(meta.get("size"), int):
+                    total += meta["size"]
+        return total
+
+    def sweep(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        removed = 0
+        for directory, _, files in os.walk(self.root):
+            for name in files:
+                path = os.path.join(directory, name)
+                with contextlib.suppress(OSError):
+                    if name.startswith(TEMP_PREFIX) and os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+        return removed
 
     # -- helpers ---------------------------------------------------------------------------
 
