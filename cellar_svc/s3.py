@@ -13,8 +13,9 @@ Object layout, under the bucket and `S3Settings.prefix` (the one place it is doc
                                                          scope (`-`: stored without an owner)
     <prefix>owned/<owner>/<kind>/<scope>/[<job>/]<path>  an empty marker per file a user stored:
                                                          `usage` lists these, not the bucket
-    <prefix>tmp/<random>                                 an upload larger than one part, until it
-                                                         is complete and copied to its name
+    <prefix>tmp/<seconds>-<random>                       an upload larger than one part, until it
+                                                         is complete and copied to its name (its
+                                                         name says when it began, for `sweep`)
 
 Owners are URL-quoted in keys. A Put reads up to one part (`part_size`) first: a file that
 fits is written to its name in one PUT carrying its metadata. A larger one streams to a
@@ -188,7 +189,11 @@ class S3Storage:
         storage = cls(settings, client)
         where = f"bucket {settings.bucket} at {settings.endpoint}"
         try:
-            if not client.bucket_exists(settings.bucket):
+            try:  # a GET, not bucket_exists's HEAD: its error says why (InvalidAccessKeyId, not "Access denied")
+                next(iter(client.list_objects(settings.bucket, f"{settings.prefix}owners/")), None)
+            except S3Error as e:
+                if e.code != "NoSuchBucket":
+                    raise
                 client.make_bucket(settings.bucket, location=settings.region)
         except S3Error as e:
             if e.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):  # made meanwhile by another replica
@@ -216,7 +221,7 @@ class S3Storage:
                     self._mark(ref, owner)
                     self.client.put_object(self.bucket, key, _bytes_io(data), len(data), metadata=_metadata(info))
                     return info
-                temp = f"{self.settings.prefix}tmp/{uuid.uuid4().hex}"
+                temp = f"{self.settings.prefix}tmp/{int(time.time())}-{uuid.uuid4().hex}"
                 self.client.put_object(self.bucket, temp, source, -1, part_size=self.settings.part_size)  # type: ignore[arg-type]
                 info = self._info_of(ref, source, owner)
                 self._mark(ref, owner)
@@ -307,14 +312,14 @@ class S3Storage:
         temp_prefix = f"{self.settings.prefix}tmp/"
         with self._errors():
             stale = [obj.object_name or "" for obj in self.client.list_objects(self.bucket, temp_prefix)
-                     if obj.last_modified is not None and obj.last_modified.timestamp() < cutoff]
+                     if self._made_at(obj.object_name or "", obj.last_modified) < cutoff]
             removed += self._remove(stale)
             key_marker, upload_marker = None, None
             while True:
                 page = self.client._list_multipart_uploads(self.bucket, prefix=self.settings.prefix or None,
                                                            key_marker=key_marker, upload_id_marker=upload_marker)
                 for upload in page.uploads:
-                    if upload.initiated_time is not None and upload.initiated_time.timestamp() < cutoff:
+                    if self._made_at(upload.object_name, upload.initiated_time) < cutoff:
                         self.client._abort_multipart_upload(self.bucket, upload.object_name, upload.upload_id or "")
                         removed += 1
                 if not page.is_truncated or not page.uploads:
@@ -325,6 +330,14 @@ class S3Storage:
 
     def _file_key(self, ref: FileRef) -> str:
         return f"{self.settings.prefix}files/{ref}"
+
+    def _made_at(self, key: str, server_time: datetime.datetime | None) -> float:
+        """When a temporary object (or upload) was begun: by the time in its name, as this
+        process's clock saw it; for other uploads, as the server says."""
+        name = key.removeprefix(f"{self.settings.prefix}tmp/")
+        if name != key and name.partition("-")[0].isdigit():
+            return float(name.partition("-")[0])
+        return server_time.timestamp() if server_time is not None else 0.0
 
     def _owners_prefix(self, kind: str, scope: str) -> str:
         return f"{self.settings.prefix}owners/{kind}/{scope}/"

@@ -136,8 +136,9 @@ def _fresh_buckets(endpoint: str, access_key: str, secret_key: str) -> Any:
     from cellar_svc.s3 import S3Settings
 
     def make(**changes: Any) -> S3Settings:
-        return S3Settings(endpoint=endpoint, bucket=f"test-{uuid.uuid4().hex[:16]}", access_key=access_key,
-                          secret_key=secret_key, **changes)
+        fields = {"endpoint": endpoint, "bucket": f"test-{uuid.uuid4().hex[:16]}", "access_key": access_key,
+                  "secret_key": secret_key}
+        return S3Settings(**(fields | changes))
 
     return make
 

@@ -322,3 +322,31 @@ def test_deleting_a_scope_leaves_nothing_of_it(storage: Storage, backend: Backen
     storage.delete("cache", "never-there")
     with pytest.raises(InvalidArgument, match="scope"):
         storage.delete("cache", "../up2")
+
+
+def test_usage_counts_the_bytes_of_the_files_stored_with_an_owner(storage: Storage) -> None:
+    assert storage.usage("u1") == 0
+    storage.put(cache("a"), [b"123"], owner="u1")
+    storage.put(result("j", "b"), [b"12345"], owner="u1")
+    storage.put(cache("c", scope="up2"), [b"1234567"], owner="u2")
+    assert (storage.usage("u1"), storage.usage("u2")) == (8, 7)
+    storage.put(cache("a"), [b"1234567890"], owner="u2")  # now u2's
+    assert (storage.usage("u1"), storage.usage("u2")) == (5, 17)
+    storage.delete("result", "wf1")
+    storage.delete("cache", "up2")
+    assert (storage.usage("u1"), storage.usage("u2")) == (0, 10)
+
+
+def test_sweep_removes_only_stale_temporary_files(local_storage: LocalStorage, root: Path) -> None:
+    local_storage.put(cache("f"), [b"kept"])
+    stale, fresh = root / "cache" / "up1" / ".cellar-tmp-stale", root / "cache" / "up1" / ".cellar-tmp-fresh"
+    stale.write_bytes(b"left by a crash")
+    fresh.write_bytes(b"an upload in progress")
+    day_ago = os.stat(stale).st_mtime - 86400
+    os.utime(stale, (day_ago, day_ago))
+    before = all_files(root)
+
+    assert local_storage.sweep(older_than=3600) == 1
+
+    assert all_files(root) == [f for f in before if not f.endswith("stale")]
+    assert read(local_storage, cache("f")) == b"kept"

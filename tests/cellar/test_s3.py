@@ -1,0 +1,231 @@
+"""What only the S3 backend has to prove: multipart uploads that leave nothing behind, the
+sweep, concurrent writers, a server that goes away and comes back (moto), and what moto does
+not check: credentials and presigned URLs' expiry (s3rver)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from cellar_svc.s3 import S3Settings, S3Storage
+from cellar_svc.server import create_server
+from cellar_svc.storage import FileRef
+from donut.cellar.v1 import cellar_pb2 as pb
+from donut.cellar.v1 import cellar_pb2_grpc
+from donut_common.errors import Unavailable
+from donut_common.rpc import channel
+from tests.conftest import MotoServer
+
+from .conftest import ADMIN, Backend, s3_backend
+
+MiB = 1024 * 1024
+PART = 5 * MiB  # the smallest part S3 takes: uploads of a few MiB already go in parts
+
+
+def cache(path: str, scope: str = "up1") -> FileRef:
+    return FileRef("cache", scope, "", path)
+
+
+def read(storage: S3Storage, ref: FileRef) -> bytes:
+    return b"".join(storage.open(ref)[1])
+
+
+def chunked(data: bytes, size: int = MiB) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.fixture
+def s3(moto_s3: Callable[..., S3Settings]) -> Backend:
+    return s3_backend(S3Storage.connect(moto_s3(part_size=PART)))
+
+
+def test_a_cut_off_multipart_upload_leaves_no_object_no_temp_and_no_upload(s3: Backend) -> None:
+    s3.storage.put(cache("kept"), [b"old"], owner="u1")
+    before = s3.everything()
+    seen_in_progress = []
+
+    def cut_off() -> Iterator[bytes]:
+        yield from chunked(os.urandom(2 * PART + MiB))
+        seen_in_progress.extend(s3.temporaries())  # a part or two are in the bucket by now
+        raise ConnectionError("client went away")
+
+    for ref in (cache("kept"), cache("new"), cache("deep/new")):
+        with pytest.raises(ConnectionError, match="client went away"):
+            s3.storage.put(ref, cut_off(), owner="u2")
+
+    assert any(name.startswith("upload:tmp/") for name in seen_in_progress), seen_in_progress
+    assert s3.temporaries() == []
+    assert s3.everything() == before
+    assert read(s3.storage, cache("kept")) == b"old"  # type: ignore[arg-type]
+    assert s3.storage.owners("cache", "up1") == {"u1"}
+
+
+def test_a_multipart_upload_round_trips(s3: Backend) -> None:
+    data = os.urandom(2 * PART + 12345)
+    info = s3.storage.put(cache("big.bin"), chunked(data, 100_000), owner="u1")
+    assert (info.size, info.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert read(s3.storage, cache("big.bin")) == data  # type: ignore[arg-type]
+    assert b"".join(s3.storage.open(cache("big.bin"), PART - 10, PART)[1]) == data[PART - 10 : 2 * PART - 10]
+    assert s3.storage.stat(cache("big.bin")) == info
+    assert s3.temporaries() == []
+    assert s3.storage.usage("u1") == len(data)
+
+
+def test_sweep_removes_stale_temporaries_and_incomplete_uploads_and_nothing_else(s3: Backend) -> None:
+    storage: S3Storage = s3.storage  # type: ignore[assignment]
+    storage.put(cache("f"), [b"kept"], owner="u1")
+    storage.put(cache("big"), chunked(os.urandom(PART + 1)), owner="u1")
+    now = int(time.time())
+    storage.client.put_object(storage.bucket, f"tmp/{now}-left-by-a-crash", io.BytesIO(b"half"), 4)
+    storage.client._create_multipart_upload(storage.bucket, f"tmp/{now}-never-completed", {})
+    kept = [name for name in s3.everything() if not name.startswith(("tmp/", "upload:"))]
+    assert storage.sweep(older_than=3600) == 0  # all fresh: could be uploads in progress
+    assert len(s3.temporaries()) == 2
+
+    storage.client.put_object(storage.bucket, f"tmp/{now - 7200}-older", io.BytesIO(b"half"), 4)
+    storage.client._create_multipart_upload(storage.bucket, f"tmp/{now - 7200}-older-upload", {})
+    assert storage.sweep(older_than=3600) == 2
+    assert len(s3.temporaries()) == 2
+    # a cut-off server-side copy (to the file's own name) is judged by the time the server gives
+    storage.client._create_multipart_upload(storage.bucket, "files/cache/up1/compose-cut-off", {})
+    assert storage.sweep(older_than=-60) == 3  # from 60 s in the future, everything is stale
+
+    assert s3.temporaries() == []
+    assert s3.everything() == kept
+    assert read(storage, cache("f")) == b"kept"
+
+
+@pytest.mark.parametrize("size", [1000, PART + 1000], ids=["one part", "multipart"])
+def test_the_last_write_to_complete_wins_and_its_content_matches_its_sha256(s3: Backend, size: int) -> None:
+    storage = s3.storage
+    versions = {name: os.urandom(size) for name in ("slow", "fast")}
+    release, started = threading.Event(), threading.Event()
+    outcomes: dict[str, Any] = {}
+
+    def slow() -> Iterator[bytes]:
+        yield versions["slow"][:100]
+        started.set()
+        release.wait(30)
+        yield versions["slow"][100:]
+
+    writer = threading.Thread(target=lambda: outcomes.setdefault("slow", storage.put(cache("f"), slow())))
+    writer.start()
+    assert started.wait(30)
+    outcomes["fast"] = storage.put(cache("f"), chunked(versions["fast"]))  # begun later, completes first
+    assert read(storage, cache("f")) == versions["fast"]  # type: ignore[arg-type]
+    release.set()
+    writer.join(30)
+
+    info, chunks = storage.open(cache("f"))
+    content = b"".join(chunks)
+    assert content == versions["slow"]  # the last to complete, whole
+    assert info == outcomes["slow"] and info.sha256 == hashlib.sha256(content).hexdigest()
+    assert s3.temporaries() == []
+
+
+def test_concurrent_writers_never_mix(s3: Backend) -> None:
+    storage = s3.storage
+    contents = [bytes([i]) * (PART + i) for i in range(4)]
+    barrier = threading.Barrier(len(contents))
+
+    def write(data: bytes) -> None:
+        barrier.wait()
+        storage.put(cache("f"), chunked(data))
+
+    threads = [threading.Thread(target=write, args=(data,)) for data in contents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    info, chunks = storage.open(cache("f"))
+    content = b"".join(chunks)
+    assert content in contents
+    assert (info.size, info.sha256) == (len(content), hashlib.sha256(content).hexdigest())
+    assert s3.temporaries() == []
+
+
+def test_storage_stopped_mid_run_is_unavailable_then_recovers(moto_s3: Callable[..., S3Settings]) -> None:
+    server = MotoServer()  # its own, to stop
+    try:
+        settings = moto_s3(endpoint=server.endpoint)
+        storage = S3Storage.connect(settings)
+        storage.put(cache("f"), [b"before"], owner="u1")
+        grpc_server, port = create_server("127.0.0.1:0", storage, principal=lambda: ADMIN)
+        grpc_server.start()
+        stub = cellar_pb2_grpc.CellarStub(ch := channel(f"127.0.0.1:{port}"))
+        server.stop()
+
+        calls: list[Callable[[], object]] = [
+            lambda: storage.stat(cache("f")), lambda: storage.open(cache("f")),
+            lambda: storage.put(cache("g"), [b"x"], owner="u1"), lambda: storage.list("cache", "up1"),
+            lambda: storage.owners("cache", "up1"), lambda: storage.usage("u1"),
+            lambda: storage.delete("cache", "up1"), lambda: storage.sweep(0),
+            lambda: storage.download_url(cache("f"), 60),
+        ]
+        for call in calls:
+            with pytest.raises(Unavailable, match="^storage unavailable: ") as e:
+                call()
+            assert "\n" not in str(e.value)
+        with pytest.raises(grpc.RpcError) as rpc_error:
+            stub.Stat(pb.FileRef(kind=pb.KIND_CACHE, scope="up1", path="f"))
+        assert rpc_error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (rpc_error.value.details() or "").startswith("storage unavailable: ")
+
+        server.start()  # same port: the same storage object recovers by itself
+        assert read(storage, cache("f")) == b"before"
+        storage.put(cache("g"), [b"after"], owner="u1")
+        assert {i.ref.path for i in storage.list("cache", "up1")} == {"f", "g"}
+        assert stub.Stat(pb.FileRef(kind=pb.KIND_CACHE, scope="up1", path="g")).size == 5
+        ch.close()
+        grpc_server.stop(None)
+    finally:
+        server.stop()
+
+
+def test_an_unreachable_endpoint_is_refused_at_start_in_one_line(moto_s3: Callable[..., S3Settings]) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(Unavailable) as e:
+        S3Storage.connect(moto_s3(endpoint=closed))
+    message = str(e.value)
+    assert message.startswith("storage unavailable: bucket test-") and closed in message, message
+    assert "\n" not in message and "connect" in message.lower()
+
+
+def test_wrong_credentials_are_refused_at_start_in_one_line(s3rver: Callable[..., S3Settings]) -> None:
+    with pytest.raises(Unavailable) as e:  # (s3rver checks access keys, not signatures)
+        S3Storage.connect(s3rver(access_key="wrong"))
+    message = str(e.value)
+    assert message.startswith("storage unavailable: bucket test-") and "\n" not in message, message
+    assert "InvalidAccessKeyId" in message
+    S3Storage.connect(s3rver())  # the right ones work
+
+
+def test_presigned_urls_work_until_they_expire(s3rver: Callable[..., S3Settings]) -> None:
+    storage = S3Storage.connect(s3rver())
+    storage.put(cache("f.txt"), [b"shared"], owner="u1")
+    lasting = storage.download_url(cache("f.txt"), 600)
+    short = storage.download_url(cache("f.txt"), 1)
+    assert lasting and short
+    with urllib.request.urlopen(short, timeout=10) as response:
+        assert response.read() == b"shared"
+    time.sleep(2.1)  # presigned URLs carry their expiry: only time passing makes one stale
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(short, timeout=10)
+    assert e.value.code == 403
+    with urllib.request.urlopen(lasting, timeout=10) as response:
+        assert response.read() == b"shared"
