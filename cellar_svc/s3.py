@@ -34,6 +34,7 @@ import contextlib
 import datetime
 import hashlib
 import io
+import logging
 import os
 import time
 import uuid
@@ -72,6 +73,14 @@ _NO_OWNER = "-"
 _LOOKUP_THREADS = 8  # HEADs in flight at once when a listing needs each file's metadata
 
 T = TypeVar("T")
+
+
+def _not_a_retry(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Retrying (")
+
+
+# urllib3 warns of each retry on stderr; a call that still fails says why as Unavailable
+logging.getLogger("urllib3.connectionpool").addFilter(_not_a_retry)
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,20 @@ not check: credentials and presigned URLs' expiry (s3rver)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,6 +34,7 @@ from tests.conftest import MotoServer
 
 from .conftest import ADMIN, Backend, s3_backend
 
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 PART = 5 * MiB  # the smallest part S3 takes: uploads of a few MiB already go in parts
 
@@ -194,8 +201,6 @@ def test_storage_stopped_mid_run_is_unavailable_then_recovers(moto_s3: Callable[
 
 
 def test_an_unreachable_endpoint_is_refused_at_start_in_one_line(moto_s3: Callable[..., S3Settings]) -> None:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
@@ -229,3 +234,55 @@ def test_presigned_urls_work_until_they_expire(s3rver: Callable[..., S3Settings]
     assert e.value.code == 403
     with urllib.request.urlopen(lasting, timeout=10) as response:
         assert response.read() == b"shared"
+
+
+def _serve(tmp_path: Path, users_endpoint: str, token: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    token_file = tmp_path / "service-token"
+    token_file.write_text(token)
+    return subprocess.Popen([sys.executable, "-m", "cellar_svc.server", "--users-endpoint", users_endpoint,
+                             "--service-token-file", str(token_file), *args], cwd=REPO, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_the_standalone_server_keeps_files_in_the_bucket(
+    tmp_path: Path, stack: Any, moto_s3: Callable[..., S3Settings]
+) -> None:
+    settings = moto_s3()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = _serve(tmp_path, stack.endpoint, stack.service_token, "--listen", f"127.0.0.1:{port}",
+                     "--storage", "s3", "--s3-endpoint", settings.endpoint, "--s3-bucket", settings.bucket,
+                     "--s3-prefix", "cellar", env={"DONUT_S3_ACCESS_KEY": "k", "DONUT_S3_SECRET_KEY": "s"})
+    try:
+        with channel(f"127.0.0.1:{port}", token=stack.admin_token) as ch:
+            grpc.channel_ready_future(ch).result(timeout=20)
+            ref = pb.FileRef(kind=pb.KIND_CACHE, scope="up1", path="f")
+            requests = iter([pb.PutRequest(header=ref), pb.PutRequest(data=b"in the bucket")])
+            assert cellar_pb2_grpc.CellarStub(ch).Put(requests).size == 13
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert (process.returncode, out, err) == (0, b"", b"")
+    storage = S3Storage.connect(dataclasses.replace(settings, prefix="cellar/"))
+    assert read(storage, cache("f")) == b"in the bucket"
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--storage", "s3", "--s3-endpoint", "http://127.0.0.1:1", "--s3-bucket", "donut"],
+     {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"},
+     "cellar: cannot start: storage unavailable: bucket donut at http://127.0.0.1:1: cannot connect to 127.0.0.1:1"),
+    (["--storage", "s3", "--s3-endpoint", "http://127.0.0.1:1", "--s3-bucket", "donut"],
+     {"DONUT_S3_ACCESS_KEY": "", "AWS_ACCESS_KEY_ID": ""}, "error: s3 credentials: set DONUT_S3_ACCESS_KEY"),
+    (["--root", "r", "--s3-bucket", "donut"], {}, "error: --s3-bucket: only with --storage s3"),
+    (["--storage", "s3", "--s3-bucket", "donut"], {}, "error: --storage s3 needs --s3-endpoint"),
+])
+def test_the_standalone_server_refuses_a_storage_it_cannot_use(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    process = _serve(tmp_path, "127.0.0.1:1", "token", "--listen", "127.0.0.1:0", *args, env=env)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode in (1, 2)
+    last = err.decode().splitlines()[-1]
+    assert message in last and "Traceback" not in err.decode(), err.decode()
