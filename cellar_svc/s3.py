@@ -7,37 +7,39 @@ with the same domain errors; every S3 or network failure becomes
 
 Object layout, under the bucket and `S3Settings.prefix` (the one place it is documented):
 
-    <prefix>files/<kind>/<scope>/[<job>/]<path>          the files, with the metadata
-                                                         x-amz-meta-owner, -sha256, -created-at
+    <prefix>files/<kind>/<scope>/[<job>/]<path>          the files, with the metadata x-amz-meta-owner,
+                                                         -created-at and (written in one PUT) -sha256
+    <prefix>sums/<kind>/<scope>/[<job>/]<path>           the sha256 of a file written in parts, with the
+                                                         ETag of the version it describes (metadata)
     <prefix>owners/<kind>/<scope>/<owner>                an empty marker per user who stored in the
                                                          scope (`-`: stored without an owner)
     <prefix>owned/<owner>/<kind>/<scope>/[<job>/]<path>  an empty marker per file a user stored:
                                                          `usage` lists these, not the bucket
-    <prefix>tmp/<seconds>-<random>                       an upload larger than one part, until it
-                                                         is complete and copied to its name (its
-                                                         name says when it began, for `sweep`)
 
 Owners are URL-quoted in keys. A Put reads up to one part (`part_size`) first: a file that
-fits is written to its name in one PUT carrying its metadata. A larger one streams to a
-`tmp/` object in parts (one part in memory at a time, hashed as it goes), then a server-side
-copy (a multipart copy beyond 5 GiB) publishes it under its name with the metadata, and the
-temporary object is removed. Both ways a file appears only once whole, with the sha256 of
-exactly its bytes, and of two writers of one name the last to complete wins. A Put that
-fails aborts its multipart upload and removes its temporary object; what a crash leaves
-behind, `sweep` removes later.
+fits is written in one PUT carrying all its metadata. A larger one is a multipart upload to
+its own name (one part in memory at a time, hashed as it goes), begun with the owner and time
+(known at the start) and completed once every byte arrived; S3 shows it only then, whole, and
+of two writers of one name the last to complete wins. No temporary object, no copy: the
+data is written once. Its sha256, known only at the end, goes to its `sums/` object with the
+ETag of that version; a reader that finds no `sums/` object for the ETag it sees (a crash
+between the two writes, or a racing writer's) hashes the file once and writes it, as
+LocalStorage does with a sidecar that describes another inode. A Put that fails aborts its
+multipart upload; what a crash leaves behind, `sweep` aborts later.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import io
 import logging
 import os
 import time
-import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,9 +49,10 @@ from urllib.parse import quote, unquote, urlsplit
 import certifi
 import urllib3
 from minio import Minio
-from minio.commonconfig import ComposeSource
+from minio.datatypes import Object, Part
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
+from minio.helpers import genheaders
 
 from cellar_svc.storage import (
     NAME_PATTERN,
@@ -144,18 +147,19 @@ class _SourceFailed(Exception):
 
 
 class _HashingReader:
-    """A file-like view of the chunk iterator that hashes every byte as it arrives; `read(n)`
-    returns n bytes (fewer only at the end), so the SDK gets a whole part per call."""
+    """The chunk iterator, hashed as chunks arrive and handed out a part at a time."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buffer = bytearray()
+        self._pending: deque[bytes] = deque()
+        self._pending_size = 0
         self.digest = hashlib.sha256()
         self.size = 0
         self.exhausted = False
 
     def fill(self, wanted: int) -> None:
-        while len(self._buffer) < wanted and not self.exhausted:
+        """Reads chunks until `wanted` bytes are pending or the chunks end."""
+        while self._pending_size < wanted and not self.exhausted:
             try:
                 chunk = next(self._chunks)
             except StopIteration:
@@ -165,13 +169,22 @@ class _HashingReader:
                 raise _SourceFailed(e) from e
             self.digest.update(chunk)
             self.size += len(chunk)
-            self._buffer += chunk
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
 
-    def read(self, n: int = -1) -> bytes:
-        self.fill(n if n >= 0 else 1 << 62)
-        data = bytes(self._buffer[:n] if n >= 0 else self._buffer)
-        del self._buffer[: len(data)]
-        return data
+    def take(self, n: int) -> bytes:
+        """The next n bytes as one object (fewer only at the end; none once all are taken)."""
+        self.fill(n)
+        parts, wanted = [], n
+        while wanted and self._pending:
+            chunk = self._pending.popleft()
+            if len(chunk) > wanted:
+                self._pending.appendleft(chunk[wanted:])
+                chunk = chunk[:wanted]
+            parts.append(chunk)
+            wanted -= len(chunk)
+        self._pending_size -= n - wanted
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class S3Storage:
@@ -220,29 +233,39 @@ class S3Storage:
         with self._errors():
             self._refuse_clash(ref)
         source = _HashingReader(chunks)
-        temp = ""
+        part_size = self.settings.part_size
+        upload_id = ""
         try:
             with self._errors():
-                source.fill(self.settings.part_size + 1)
+                source.fill(part_size + 1)
                 if source.exhausted:
-                    data = source.read()
+                    data = source.take(part_size + 1)
                     info = self._info_of(ref, source, owner)
                     self._mark(ref, owner)
-                    self.client.put_object(self.bucket, key, _bytes_io(data), len(data), metadata=_metadata(info))
+                    metadata = _metadata(info) | {"sha256": info.sha256}
+                    self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), metadata=metadata)
                     return info
-                temp = f"{self.settings.prefix}tmp/{int(time.time())}-{uuid.uuid4().hex}"
-                self.client.put_object(self.bucket, temp, source, -1, part_size=self.settings.part_size)  # type: ignore[arg-type]
-                info = self._info_of(ref, source, owner)
+                created_at = time.time()
+                headers = genheaders(_metadata(FileInfo(ref, 0, "", created_at, owner)), None, None, None, False)
+                upload_id = self.client._create_multipart_upload(self.bucket, key, headers)
+                parts: builtins.list[Part] = []
+                while part := source.take(part_size):  # one part in memory at a time
+                    number = len(parts) + 1
+                    parts.append(Part(number, self.client._upload_part(self.bucket, key, part, None, upload_id,
+                                                                       number)))
+                    del part
+                info = dataclasses.replace(self._info_of(ref, source, owner), created_at=created_at)
                 self._mark(ref, owner)
-                self.client.compose_object(self.bucket, key, [ComposeSource(self.bucket, temp)],
-                                           metadata=_metadata(info))
+                done = self.client._complete_multipart_upload(self.bucket, key, upload_id, parts)
+                upload_id = ""
+                self._write_sum(ref, _etag(done.etag), info.sha256)
         except BaseException as e:
-            if temp:
-                self._abandon(temp)
+            if upload_id:
+                with contextlib.suppress(Unavailable), self._errors():
+                    self.client._abort_multipart_upload(self.bucket, key, upload_id)
             if isinstance(e, _SourceFailed):
                 raise e.original from None
             raise
-        self._abandon(temp)
         return info
 
     def open(self, ref: FileRef, offset: int = 0, length: int = 0) -> tuple[FileInfo, Iterator[bytes]]:
@@ -294,6 +317,7 @@ class S3Storage:
         validate_listing(kind, scope, "")
         owners = self._names(self._owners_prefix(kind, scope))
         self._remove_prefix(f"{self.settings.prefix}files/{kind}/{scope}/")
+        self._remove_prefix(f"{self.settings.prefix}sums/{kind}/{scope}/")
         for owner in owners:
             self._remove_prefix(f"{self.settings.prefix}owned/{owner}/{kind}/{scope}/")
         self._remove_prefix(self._owners_prefix(kind, scope))  # the owners last: until then the scope is theirs
@@ -312,23 +336,24 @@ class S3Storage:
         with self._errors():
             keys = [obj.object_name or "" for obj in self.client.list_objects(self.bucket, prefix, recursive=True)]
         refs = [ref for ref in (_ref_of(key.removeprefix(prefix)) for key in keys) if ref is not None]
-        infos = self._each(refs, self._stat_if_there)
-        return sum(info.size for info in infos if info is not None and info.owner == owner)
+        heads = self._each(refs, self._head_if_there)
+        return sum(head.size or 0 for head in heads if head is not None and _owner_of(head) == owner)
 
     def sweep(self, older_than: float) -> int:
         cutoff = time.time() - older_than
         removed = 0
-        temp_prefix = f"{self.settings.prefix}tmp/"
+        key_marker, upload_marker = None, None
         with self._errors():
-            stale = [obj.object_name or "" for obj in self.client.list_objects(self.bucket, temp_prefix)
-                     if self._made_at(obj.object_name or "", obj.last_modified) < cutoff]
-            removed += self._remove(stale)
-            key_marker, upload_marker = None, None
             while True:
-                page = self.client._list_multipart_uploads(self.bucket, prefix=self.settings.prefix or None,
-                                                           key_marker=key_marker, upload_id_marker=upload_marker)
+                try:
+                    page = self.client._list_multipart_uploads(self.bucket, prefix=self.settings.prefix or None,
+                                                               key_marker=key_marker, upload_id_marker=upload_marker)
+                except S3Error as e:
+                    if e.code == "NotImplemented":  # a server that can't list them (s3rver) has none to show
+                        return removed
+                    raise
                 for upload in page.uploads:
-                    if self._made_at(upload.object_name, upload.initiated_time) < cutoff:
+                    if upload.initiated_time is not None and upload.initiated_time.timestamp() < cutoff:
                         self.client._abort_multipart_upload(self.bucket, upload.object_name, upload.upload_id or "")
                         removed += 1
                 if not page.is_truncated or not page.uploads:
@@ -339,14 +364,6 @@ class S3Storage:
 
     def _file_key(self, ref: FileRef) -> str:
         return f"{self.settings.prefix}files/{ref}"
-
-    def _made_at(self, key: str, server_time: datetime.datetime | None) -> float:
-        """When a temporary object (or upload) was begun: by the time in its name, as this
-        process's clock saw it; for other uploads, as the server says."""
-        name = key.removeprefix(f"{self.settings.prefix}tmp/")
-        if name != key and name.partition("-")[0].isdigit():
-            return float(name.partition("-")[0])
-        return server_time.timestamp() if server_time is not None else 0.0
 
     def _owners_prefix(self, kind: str, scope: str) -> str:
         return f"{self.settings.prefix}owners/{kind}/{scope}/"
@@ -367,19 +384,47 @@ class S3Storage:
     def _stat(self, ref: FileRef) -> tuple[FileInfo, str]:
         """The file's info and its ETag."""
         with self._errors(missing=ref):
-            obj = self.client.stat_object(self.bucket, self._file_key(ref))
-        meta = obj.metadata or {}
-        sha256 = meta.get("x-amz-meta-sha256", "")
-        created_at = meta.get("x-amz-meta-created-at", "")
-        owner = meta.get("x-amz-meta-owner", "")
-        size = obj.size or 0
-        if not sha256:  # not stored through cellar: hash it once, as LocalStorage does a file without sidecar
-            sha256 = self._hash(ref)
+            head = self.client.stat_object(self.bucket, self._file_key(ref))
+        etag = _etag(head.etag)
+        meta = head.metadata or {}
+        sha256 = meta.get("x-amz-meta-sha256", "") or self._sum(ref, etag)
         try:
-            created = float(created_at)
+            created = float(meta.get("x-amz-meta-created-at", ""))
         except ValueError:
-            created = obj.last_modified.timestamp() if obj.last_modified else 0.0
-        return FileInfo(ref, size, sha256, created, unquote(owner)), obj.etag or ""
+            created = head.last_modified.timestamp() if head.last_modified else 0.0
+        return FileInfo(ref, head.size or 0, sha256, created, _owner_of(head)), etag
+
+    def _sum(self, ref: FileRef, etag: str) -> str:
+        """The sha256 of the version of a file written in parts with this ETag: from its
+        `sums/` object when that describes this version, else by hashing it (once)."""
+        with self._errors():
+            try:
+                head = self.client.stat_object(self.bucket, self._sum_key(ref))
+                meta = head.metadata or {}
+                if meta.get("x-amz-meta-etag") == etag and meta.get("x-amz-meta-sha256"):
+                    return str(meta["x-amz-meta-sha256"])
+            except S3Error as e:
+                if e.code not in _MISSING_CODES:
+                    raise
+        sha256 = self._hash(ref, etag)
+        self._write_sum(ref, etag, sha256)
+        return sha256
+
+    def _write_sum(self, ref: FileRef, etag: str, sha256: str) -> None:
+        self.client.put_object(self.bucket, self._sum_key(ref), io.BytesIO(b""), 0,
+                               metadata={"etag": etag, "sha256": sha256})
+
+    def _sum_key(self, ref: FileRef) -> str:
+        return f"{self.settings.prefix}sums/{ref}"
+
+    def _head_if_there(self, ref: FileRef) -> Object | None:
+        with self._errors():
+            try:
+                return self.client.stat_object(self.bucket, self._file_key(ref))
+            except S3Error as e:
+                if e.code in _MISSING_CODES:
+                    return None  # removed since it was listed
+                raise
 
     def _stat_if_there(self, ref: FileRef) -> FileInfo | None:
         try:
@@ -387,10 +432,11 @@ class S3Storage:
         except NotFound:
             return None  # removed since it was listed
 
-    def _hash(self, ref: FileRef) -> str:
+    def _hash(self, ref: FileRef, etag: str) -> str:
         digest = hashlib.sha256()
         with self._errors(missing=ref):
-            response = self.client.get_object(self.bucket, self._file_key(ref))
+            response = self.client.get_object(self.bucket, self._file_key(ref),
+                                              request_headers={"If-Match": f'"{etag}"'})
         for block in self._stream(response):
             digest.update(block)
         return digest.hexdigest()
@@ -427,18 +473,7 @@ class S3Storage:
         """The owner markers, written once the data has all arrived and before it is published."""
         name = _owner_name(owner)
         for key in (f"{self._owners_prefix(ref.kind, ref.scope)}{name}", f"{self.settings.prefix}owned/{name}/{ref}"):
-            self.client.put_object(self.bucket, key, _bytes_io(b""), 0)
-
-    def _abandon(self, temp: str) -> None:
-        """Removes a temporary object and aborts any multipart upload of it (best effort:
-        what is left, `sweep` removes later)."""
-        if not temp:
-            return
-        with contextlib.suppress(Unavailable), self._errors():
-            self.client.remove_object(self.bucket, temp)
-            page = self.client._list_multipart_uploads(self.bucket, prefix=temp)
-            for upload in page.uploads:
-                self.client._abort_multipart_upload(self.bucket, upload.object_name, upload.upload_id or "")
+            self.client.put_object(self.bucket, key, io.BytesIO(b""), 0)
 
     def _names(self, prefix: str) -> builtins.list[str]:
         with self._errors():
@@ -480,7 +515,16 @@ def _owner_name(owner: str) -> str:
 
 
 def _metadata(info: FileInfo) -> dict[str, str | list[str] | tuple[str]]:
-    return {"owner": quote(info.owner, safe=""), "sha256": info.sha256, "created-at": repr(info.created_at)}
+    """What a file carries from the start of its upload: its owner and the time."""
+    return {"owner": quote(info.owner, safe=""), "created-at": repr(info.created_at)}
+
+
+def _owner_of(head: Object) -> str:
+    return unquote((head.metadata or {}).get("x-amz-meta-owner", ""))
+
+
+def _etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
 
 
 def _ref_of(name: str) -> FileRef | None:
@@ -498,5 +542,3 @@ def _ref_of(name: str) -> FileRef | None:
     return ref
 
 
-def _bytes_io(data: bytes) -> io.BytesIO:
-    return io.BytesIO(data)

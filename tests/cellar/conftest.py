@@ -84,9 +84,9 @@ class Backend:
     name: str
     storage: Storage
     everything: Callable[[], list[str]]
-    """Every file (local) or object and incomplete multipart upload (S3) it holds."""
+    """Every file (local), or every object and incomplete multipart upload (S3), it holds."""
     temporaries: Callable[[], list[str]]
-    """Its temporary files or objects and incomplete multipart uploads."""
+    """Its temporary files (local) or incomplete multipart uploads (S3)."""
 
 
 def s3_backend(storage: S3Storage) -> Backend:
@@ -96,7 +96,7 @@ def s3_backend(storage: S3Storage) -> Backend:
     def uploads() -> list[str]:
         return sorted(f"upload:{u.object_name}" for u in storage.client._list_multipart_uploads(storage.bucket).uploads)
 
-    return Backend("s3", storage, lambda: objects() + uploads(), lambda: objects("tmp/") + uploads())
+    return Backend("s3", storage, lambda: objects() + uploads(), uploads)
 
 
 @pytest.fixture(params=["local", "s3"])
