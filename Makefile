@@ -42,3 +42,4 @@ bench: install
 	$(PY) bench/scheduling.py
 	$(PY) bench/throughput.py
 	$(PY) bench/logs.py
+	$(PY) bench/cellar.py
