@@ -122,9 +122,10 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak (VmHWM) or current (VmRSS) resident set, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -136,8 +137,9 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def through_cellar(work: Path, name: str, source: Path, expected: str, *options: str,
-                   env: dict[str, str] | None = None) -> tuple[float, float, float, float, bool]:
-    """(upload s, download s, peak RSS MB while uploading, while downloading, whether it was reset)."""
+                   env: dict[str, str] | None = None) -> tuple[float, float, float, float, float, bool]:
+    """(upload s, download s, RSS MB before, peak RSS MB while uploading, while downloading,
+    whether the peak could be reset)."""
     from donut_common.rpc import channel
     from streamed_job.cellar import CellarClient
 
@@ -145,26 +147,28 @@ def through_cellar(work: Path, name: str, source: Path, expected: str, *options:
     with donut_up(work, name, *options, env=env) as (pid, endpoint, token), \
             channel(endpoint, token=token) as ch:
         cellar = CellarClient(ch)
+        idle = rss_mb(pid, "VmRSS")
         reset = reset_peak(pid)
         up = timed(lambda: cellar.put("cache", "bench", "file.bin", source))
-        up_rss = peak_rss_mb(pid)
+        up_rss = rss_mb(pid)
         reset_peak(pid)
         down = timed(lambda: cellar.get("cache", "bench", "file.bin", destination))
-        down_rss = peak_rss_mb(pid)
+        down_rss = rss_mb(pid)
     assert sha256_of(destination) == expected, "cellar returned other bytes"
     destination.unlink()
-    return up, down, up_rss, down_rss, reset
+    return up, down, idle, up_rss, down_rss, reset
 
 
-def report(title: str, mib: int, cellar: tuple[float, float, float, float, bool], direct: tuple[float, float],
-           direct_name: str) -> None:
-    up, down, up_rss, down_rss, reset = cellar
+def report(title: str, mib: int, cellar: tuple[float, float, float, float, float, bool],
+           direct: tuple[float, float], direct_name: str) -> None:
+    up, down, idle, up_rss, down_rss, reset = cellar
     print(f"{title} ({mib} MiB):")
     for label, ours, theirs in (("upload", up, direct[0]), ("download", down, direct[1])):
         print(f"  {label:8}  cellar {mib / ours:7.1f} MB/s   {direct_name} {mib / theirs:7.1f} MB/s   "
               f"cellar/direct {theirs / ours:5.0%}")
     since = "during the transfer" if reset else "since start (clear_refs refused)"
-    print(f"  peak RSS of the cellar process {since}: upload {up_rss:.0f} MB, download {down_rss:.0f} MB")
+    print(f"  RSS of the cellar process (donut up): {idle:.0f} MB before; peak {since}: upload {up_rss:.0f} MB, "
+          f"download {down_rss:.0f} MB")
 
 
 def main() -> None:
