@@ -3,15 +3,21 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROTOC_VENV ?= .venv-protoc
+NODE_PREFIX ?= .node
 
 .PHONY: install demo test protos bench
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(NODE_PREFIX)/.installed
 
 $(VENV)/.installed: pyproject.toml streamed_job/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ./streamed_job -e '.[dev]'
+	touch $@
+
+# s3rver, the S3 server the tests start for what moto does not check (credentials, presigned URLs' expiry)
+$(NODE_PREFIX)/.installed:
+	npm install --prefix $(NODE_PREFIX) s3rver@3.7.1 --no-audit --no-fund --silent
 	touch $@
 
 demo: install
@@ -36,3 +42,4 @@ bench: install
 	$(PY) bench/scheduling.py
 	$(PY) bench/throughput.py
 	$(PY) bench/logs.py
+	$(PY) bench/cellar.py

@@ -2,8 +2,8 @@
 
 `registration` lets one server host several services (see `donut_common.rpc.create_server`);
 `create_server` is the cellar alone; `main` is the command line
-(`python -m cellar_svc.server --listen 127.0.0.1:7002 --root DIR`), which stops cleanly on
-SIGTERM or SIGINT.
+(`python -m cellar_svc.server --listen 127.0.0.1:7002 --root DIR`, or `--storage s3 --s3-endpoint
+URL --s3-bucket NAME` with the credentials in the environment), which stops cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from typing import Any
 
 import grpc
 
+from cellar_svc.backends import BACKENDS, SweepSettings, open_storage, s3_settings, start_sweeper
 from cellar_svc.servicer import DEFAULT_MAX_FILE_SIZE, CellarServicer
-from cellar_svc.storage import LocalStorage, Storage
+from cellar_svc.storage import Storage
 from donut.cellar.v1 import cellar_pb2, cellar_pb2_grpc
 from donut_common import rpc
 from donut_common.auth import AuthInterceptor, CachedVerifier, Principal, current_principal, remote_verifier
+from donut_common.errors import DonutError
 from gateway.links import LinkSigner
 
 SERVICE_NAME = cellar_pb2.DESCRIPTOR.services_by_name["Cellar"].full_name  # donut.cellar.v1.Cellar
@@ -64,7 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--listen", default="127.0.0.1:7002", help="host:port (default: %(default)s)"
     )
-    parser.add_argument("--root", required=True, help="directory the files are kept in")
+    parser.add_argument("--root", help="directory the files are kept in (with --storage local)")
+    parser.add_argument("--storage", choices=BACKENDS, default="local",
+                        help="local files under --root, or an S3 bucket (credentials from the environment only: "
+                             "DONUT_S3_ACCESS_KEY / DONUT_S3_SECRET_KEY, else AWS_ACCESS_KEY_ID / "
+                             "AWS_SECRET_ACCESS_KEY) (default: %(default)s)")
+    parser.add_argument("--s3-endpoint", default="", help="http(s)://host:port of the S3 server")
+    parser.add_argument("--s3-bucket", default="", help="bucket the files are kept in; made if missing")
+    parser.add_argument("--s3-region", default="", help="the bucket's region (default us-east-1)")
+    parser.add_argument("--s3-prefix", default="", help="key prefix of everything stored in the bucket")
+    parser.add_argument("--sweep-interval", type=float, default=SweepSettings.interval,
+                        help="seconds between removals of what unfinished uploads left behind (default: %(default)s)")
     parser.add_argument(
         "--max-file-size",
         type=int,
@@ -96,6 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--url-signing-key-file and --public-url go together")
     if args.quota_bytes is not None and args.quota_bytes < 0:
         parser.error(f"--quota-bytes: must not be negative (got {args.quota_bytes})")
+    if args.storage == "local" and not args.root:
+        parser.error("--root is required with --storage local")
+    if args.storage == "s3" and args.root:
+        parser.error("--root: only with --storage local")
+    if not args.sweep_interval > 0:
+        parser.error("--sweep-interval: must be more than 0 seconds")
+    try:
+        s3 = s3_settings(args.storage, args.s3_endpoint, args.s3_bucket, args.s3_region, args.s3_prefix)
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -111,11 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             public_url = args.public_url
             links = LinkSigner(_read(args.url_signing_key_file).strip(), lambda: public_url)
         verifier = CachedVerifier(remote_verifier(rpc.channel(args.users_endpoint, token=service_token, tls_ca=ca)))
+        storage = open_storage(s3, args.root)
         server, port = create_server(
-            args.listen, LocalStorage(args.root), max_file_size=args.max_file_size,
+            args.listen, storage, max_file_size=args.max_file_size,
             interceptors=[AuthInterceptor(verifier)], tls=tls, quota_bytes=args.quota_bytes, links=links,
         )
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, DonutError) as e:
         print(f"cellar: cannot start: {e}", file=sys.stderr)
         return 1
 
@@ -127,11 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
-    log.info("cellar serving on port %d, root %s", port, args.root)
+    sweeper = start_sweeper(storage, SweepSettings(interval=args.sweep_interval), stop)
+    log.info("cellar serving on port %d, storage %s", port, s3.endpoint if s3 else args.root)
     while not stop.wait(timeout=1.0):
         pass
     log.info("cellar stopping")
     server.stop(STOP_GRACE_SECONDS).wait()
+    sweeper.join()
     return 0
 
 

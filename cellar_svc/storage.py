@@ -110,13 +110,17 @@ class Storage(Protocol):
         scope has nothing to remove)."""
         ...
 
+    def download_url(self, ref: FileRef, ttl_seconds: int) -> str | None:
+        """A URL anyone may GET the file from until ttl_seconds pass, or None when the backend has none."""
+        ...
+
     def usage(self, owner: str) -> int:
         """Bytes of every file stored with this owner."""
         ...
 
-    def download_url(self, ref: FileRef, ttl_seconds: int) -> str | None:
-        """A URL anyone may GET the file from until ttl_seconds pass, or None when the
-        backend has none."""
+    def sweep(self, older_than: float) -> int:
+        """Removes what unfinished uploads left behind (temporary files or objects, incomplete
+        multipart uploads) older than `older_than` seconds; returns how many it removed."""
         ...
 
 
@@ -319,7 +323,20 @@ class LocalStorage:
         return total
 
     def download_url(self, ref: FileRef, ttl_seconds: int) -> str | None:
-        return None  # the files are reachable through cellar alone
+        validate_ref(ref)
+        return None  # the gateway signs its own links to local files
+
+    def sweep(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        removed = 0
+        for directory, _, files in os.walk(self.root):
+            for name in files:
+                path = os.path.join(directory, name)
+                with contextlib.suppress(OSError):
+                    if name.startswith(TEMP_PREFIX) and os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+        return removed
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -18,12 +18,13 @@ import uuid
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import grpc
 from werkzeug.serving import BaseWSGIServer
 
-from cellar_svc.storage import LocalStorage
+from cellar_svc.backends import SweepSettings, open_storage, start_sweeper
+from cellar_svc.storage import Storage
 from dagger_svc.archives import ARCHIVE_PATH, ArchiveInfo, Archiver
 from dagger_svc.core.limits import MAX_LOG_BYTES
 from dagger_svc.core.records import WorkflowId
@@ -50,6 +51,9 @@ from streamed_job.cellar import CellarClient
 from streamed_job.spec import FetchSettings, SaveSettings
 from users_svc.service import UsersService
 from users_svc.store import UserStore
+
+if TYPE_CHECKING:
+    from cellar_svc.s3 import S3Settings
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,11 @@ class StackConfig:
     and admins' writes are never limited)."""
     save: SaveSettings = SaveSettings()
     """How long jobs keep trying to save their outputs while cellar is unavailable."""
+    storage: S3Settings | None = None
+    """Where cellar keeps its files: None for local files under data_dir/cellar; else an S3
+    bucket, and nothing is written under data_dir/cellar."""
+    sweep: SweepSettings = SweepSettings()
+    """How often cellar removes what unfinished uploads left behind."""
 
 
 @dataclass
@@ -136,6 +145,8 @@ class Stack:
     retention: Retention | None = None
     url_signing_key: bytes = b""
     """The key cellar signs download links with and the gateway checks them with."""
+    cellar_storage: Storage | None = None
+    _sweeper: threading.Thread | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _reaper: subprocess.Popen[bytes] | None = None
@@ -161,6 +172,8 @@ class Stack:
             self.service_token = self._service_token(self.users)
             self.url_signing_key = _url_signing_key(c.data_dir)
             self.logs = LogStore(c.data_dir / "logs", max_bytes=c.max_log_bytes)
+            self.cellar_storage = open_storage(c.storage, c.data_dir / "cellar")
+            self._sweeper = start_sweeper(self.cellar_storage, c.sweep, self._stopping)
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
             verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds, clock=self.clock)
             self.server, port = create_server(f"{c.host}:{c.port}", self._services,
@@ -190,6 +203,7 @@ class Stack:
 
         c = self.config
         assert self.store is not None and self.users is not None and self.logs is not None
+        assert self.cellar_storage is not None
         self.endpoint = f"{c.host}:{port}"
         ca = c.tls_cert.read_bytes() if c.tls_cert else None
         internal = self._channel(channel(self.endpoint, tls_ca=ca))
@@ -228,7 +242,7 @@ class Stack:
                                 uploads, log_copies, deleter, self.archiver)
         links = LinkSigner(self.url_signing_key, lambda: self.http_endpoint)  # known once the gateway runs
         return [dagger_registration(service),
-                cellar_registration(LocalStorage(c.data_dir / "cellar"), quota_bytes=c.quota_bytes, links=links),
+                cellar_registration(self.cellar_storage, quota_bytes=c.quota_bytes, links=links),
                 users_registration(self.users)]
 
     def _channel(self, made: grpc.Channel) -> grpc.Channel:
@@ -325,6 +339,10 @@ class Stack:
         if self.etcd is not None:
             self.etcd.stop()
             self.etcd = None
+        if self._sweeper is not None:
+            self._sweeper.join()
+            self._sweeper = None
+        self.cellar_storage = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cellar_svc.backends import SweepSettings, s3_settings
 from dagger_svc.core.limits import MAX_LOG_BYTES, MAX_PARALLELISM
 from donut_cli.cli import (
     EXIT_BAD_INPUT,
@@ -83,6 +84,16 @@ from streamed_job.spec import FetchSettings, SaveSettings
                    "admins' writes are never limited; a job's results count for its workflow's owner).")
 @click.option("--save-deadline", type=Seconds(), default=SaveSettings.deadline, show_default=True,
               help="Seconds a job keeps trying to save its outputs while storage is unavailable, before it fails.")
+@click.option("--storage", type=click.Choice(["local", "s3"]), default="local", show_default=True,
+              help="Where cellar keeps uploads and results: local files under the data dir, or an S3 bucket "
+                   "(credentials from the environment only: DONUT_S3_ACCESS_KEY / DONUT_S3_SECRET_KEY, else "
+                   "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).")
+@click.option("--s3-endpoint", default="", help="http(s)://host:port of the S3 server (with --storage s3).")
+@click.option("--s3-bucket", default="", help="Bucket cellar keeps its files in; made if missing (with --storage s3).")
+@click.option("--s3-region", default="", help="The bucket's region (default us-east-1).")
+@click.option("--s3-prefix", default="", help="Key prefix of everything cellar stores in the bucket.")
+@click.option("--sweep-interval", type=Seconds(min_open=True), default=SweepSettings.interval, show_default=True,
+              help="Seconds between removals of what unfinished uploads left behind (a day old or more).")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
@@ -91,6 +102,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
        max_log_bytes: int,
        input_deadline: float, max_download_bytes: int, deny_private_origins: bool, retention_days: int,
        archive_finished: bool, delete_archived_workdirs: bool, quota_bytes: int | None, save_deadline: float,
+       storage: str, s3_endpoint: str, s3_bucket: str, s3_region: str, s3_prefix: str, sweep_interval: float,
        verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     keep_the_normal_exit()
@@ -111,6 +123,10 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                               idle_timeout=stream_idle_timeout)
     except ValueError as e:
         fail(f"--max-streams: {e}", EXIT_BAD_INPUT)
+    try:
+        s3 = s3_settings(storage, s3_endpoint, s3_bucket, s3_region, s3_prefix)
+    except ValueError as e:
+        fail(str(e), EXIT_BAD_INPUT)
     password = os.environ.get("DONUT_ETCD_PASSWORD", "")  # never a flag: argv is visible in ps
     access = EtcdAccess(ca=etcd_ca, cert=etcd_cert, key=etcd_key, user=etcd_user, password=password)
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
@@ -121,7 +137,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                          fetch=FetchSettings(input_deadline, max_download_bytes, deny_private_origins),
                          retention=RetentionSettings(days=retention_days),
                          archive_finished=archive_finished, delete_archived_workdirs=delete_archived_workdirs,
-                         quota_bytes=quota_bytes, save=SaveSettings(deadline=save_deadline))
+                         quota_bytes=quota_bytes, save=SaveSettings(deadline=save_deadline),
+                         storage=s3, sweep=SweepSettings(interval=sweep_interval))
     if delete_archived_workdirs and not archive_finished:
         fail("--delete-archived-workdirs goes only with --archive-finished (a directory is removed only once "
              "its archive is stored)", EXIT_BAD_INPUT)

@@ -1,4 +1,5 @@
-"""Fixtures for the cellar tests: a storage root, a spy on it, and real servers with stubs."""
+"""Fixtures for the cellar tests: a storage of each backend (local files; S3 on moto), a spy on
+it, and real servers with stubs."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from cellar_svc.s3 import S3Storage
 from cellar_svc.server import create_server
-from cellar_svc.storage import TEMP_PREFIX, FileInfo, FileRef, LocalStorage
+from cellar_svc.storage import TEMP_PREFIX, FileInfo, FileRef, LocalStorage, Storage
 from donut.cellar.v1 import cellar_pb2_grpc
 from donut_common.auth import SCOPE_ADMIN, Principal
 from donut_common.rpc import channel
@@ -22,9 +25,9 @@ ADMIN = Principal(user_id="admin-id", login="admin", admin=True, scopes=(SCOPE_A
 
 
 class SpyStorage:
-    """LocalStorage that reports when a Put has consumed a chunk and how each Put ended."""
+    """A storage that reports when a Put has consumed a chunk and how each Put ended."""
 
-    def __init__(self, inner: LocalStorage) -> None:
+    def __init__(self, inner: Storage) -> None:
         self.inner = inner
         self.chunk_seen = threading.Event()
         self.put_outcomes: queue.Queue[FileInfo | BaseException] = queue.Queue()
@@ -74,13 +77,49 @@ def outside(tmp_path: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A storage, and what its backend holds underneath, to check that nothing is left behind."""
+
+    name: str
+    storage: Storage
+    everything: Callable[[], list[str]]
+    """Every file (local), or every object and incomplete multipart upload (S3), it holds."""
+    temporaries: Callable[[], list[str]]
+    """Its temporary files (local) or incomplete multipart uploads (S3)."""
+
+
+def s3_backend(storage: S3Storage) -> Backend:
+    def objects(prefix: str = "") -> list[str]:
+        return sorted(o.object_name or "" for o in storage.client.list_objects(storage.bucket, prefix, recursive=True))
+
+    def uploads() -> list[str]:
+        return sorted(f"upload:{u.object_name}" for u in storage.client._list_multipart_uploads(storage.bucket).uploads)
+
+    return Backend("s3", storage, lambda: objects() + uploads(), uploads)
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, root: Path) -> Backend:
+    """Each backend in turn: LocalStorage under `root`; S3Storage on a fresh moto bucket."""
+    if request.param == "local":
+        return Backend("local", LocalStorage(root), lambda: all_files(root), lambda: temp_files(root))
+    return s3_backend(S3Storage.connect(request.getfixturevalue("moto_s3")(part_size=5 * 1024 * 1024)))
+
+
 @pytest.fixture
-def storage(root: Path) -> LocalStorage:
+def storage(backend: Backend) -> Storage:
+    return backend.storage
+
+
+@pytest.fixture
+def local_storage(root: Path) -> LocalStorage:
+    """For what only the local backend has: sidecars, symbolic links, its layout."""
     return LocalStorage(root)
 
 
 @pytest.fixture
-def spy(storage: LocalStorage) -> SpyStorage:
+def spy(storage: Storage) -> SpyStorage:
     return SpyStorage(storage)
 
 
