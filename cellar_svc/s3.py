@@ -55,6 +55,7 @@ from minio.error import MinioException, S3Error
 from minio.helpers import genheaders
 
 from cellar_svc.storage import (
+    JOB_KINDS,
     NAME_PATTERN,
     READ_CHUNK,
     FileInfo,
@@ -301,7 +302,7 @@ class S3Storage:
             for obj in self.client.list_objects(self.bucket, base + (f"{job}/" if job else ""), recursive=True):
                 name = (obj.object_name or "").removeprefix(base)
                 file_job = ""
-                if kind == "result":
+                if kind in JOB_KINDS:
                     file_job, _, name = name.partition("/")
                     if not NAME_PATTERN.match(file_job):
                         continue
@@ -532,7 +533,7 @@ def _ref_of(name: str) -> FileRef | None:
     kind, _, rest = name.partition("/")
     scope, _, rest = rest.partition("/")
     job = ""
-    if kind == "result":
+    if kind in JOB_KINDS:
         job, _, rest = rest.partition("/")
     ref = FileRef(kind, scope, job, rest)
     try:
