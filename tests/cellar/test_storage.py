@@ -126,6 +126,7 @@ def test_list_by_kind_scope_and_job(storage: Storage) -> None:
     storage.put(result("eval", "score.json"), [b"s"])
     storage.put(result("eval", "x", scope="wf2"), [b"other workflow"])
     storage.put(cache("model.bin", scope="wf1"), [b"same scope, other kind"])
+    storage.put(FileRef("log", "wf1", "train", "1.log"), [b"a job's log"])
 
     def listed(kind: str, scope: str, job: str = "") -> set[tuple[str, str]]:
         return {(i.ref.job, i.ref.path) for i in storage.list(kind, scope, job)}
@@ -139,6 +140,7 @@ def test_list_by_kind_scope_and_job(storage: Storage) -> None:
     assert listed("result", "wf2") == {("eval", "x")}
     assert listed("cache", "wf1") == {("", "model.bin")}
     assert listed("archive", "wf1") == set()
+    assert listed("log", "wf1") == {("train", "1.log")}
     assert listed("result", "nope") == set()
     assert listed("result", "wf1", "nojob") == set()
     info = next(i for i in storage.list("result", "wf1", "eval"))
