@@ -33,6 +33,7 @@ import re
 import shutil
 import stat as stat_mod
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ READ_CHUNK = 1024 * 1024
 _META_DIR = ".meta"
 _OWNERS_DIR = ".owners"  # in _META_DIR; kinds can't be named so
 _USAGE_DIR = ".usage"    # in _META_DIR too
+_SCOPE_LOCKS = 64  # locks a scope hashes to (see LocalStorage._scope_lock)
 _NO_OWNER = "-"          # the file name for files stored without an owner
 
 
@@ -197,6 +199,7 @@ class LocalStorage:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         os.makedirs(root, exist_ok=True)
         self.root = os.path.realpath(root)
+        self._scope_locks = [threading.Lock() for _ in range(_SCOPE_LOCKS)]
 
     # -- the port --------------------------------------------------------------------------
 
@@ -225,13 +228,16 @@ class LocalStorage:
                 os.fsync(f.fileno())
                 st = os.fstat(f.fileno())
             info = FileInfo(ref, size, digest.hexdigest(), time.time(), owner)
-            previous = _read_meta(meta_path)
-            # the sidecar first (it names the new version's inode): whoever reads the file
-            # in between, or after a crash, finds the owner of the path, never none
-            self._write_meta(meta_path, info, st)
-            os.replace(temp, data_path)
-            self._add_owner(ref, owner)
-            self._count(ref, owner, size, None if previous is None else str(previous.get("owner", "")))
+            with self._scope_lock(ref.kind, ref.scope):  # published whole, or deleted whole, never half
+                if not os.path.exists(temp):
+                    raise FailedPrecondition(f"{ref}: its {ref.kind} files were deleted during the upload")
+                previous = _read_meta(meta_path)
+                # the sidecar first (it names the new version's inode): whoever reads the file
+                # in between, or after a crash, finds the owner of the path, never none
+                self._write_meta(meta_path, info, st)
+                os.replace(temp, data_path)
+                self._add_owner(ref, owner)
+                self._count(ref, owner, size, None if previous is None else str(previous.get("owner", "")))
         except BaseException as e:
             _remove_quietly(temp)
             self._prune(directory, ref)
@@ -299,15 +305,16 @@ class LocalStorage:
 
     def delete(self, kind: str, scope: str) -> None:
         validate_listing(kind, scope, "")
-        tops = [os.path.join(self.root, kind, scope), os.path.join(self.root, _META_DIR, kind, scope),
-                *(self._usage_entry(owner, kind, scope) for owner in self.owners(kind, scope)),
-                self._owners_dir(kind, scope)]  # the owners last: until then the scope is still theirs
-        for top in tops:
-            if os.path.realpath(top) != top:
-                raise PermissionDenied(f"{kind}/{scope}: goes through a symbolic link; refused")
-        for top in tops:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(top)  # never follows a link inside (it removes the link itself)
+        with self._scope_lock(kind, scope):
+            tops = [os.path.join(self.root, kind, scope), os.path.join(self.root, _META_DIR, kind, scope),
+                    *(self._usage_entry(owner, kind, scope) for owner in self.owners(kind, scope)),
+                    self._owners_dir(kind, scope)]  # the owners last: until then the scope is still theirs
+            for top in tops:
+                if os.path.realpath(top) != top:
+                    raise PermissionDenied(f"{kind}/{scope}: goes through a symbolic link; refused")
+            for top in tops:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(top)  # never follows a link inside (it removes the link itself)
 
     def usage(self, owner: str) -> int:
         total = 0
@@ -339,6 +346,10 @@ class LocalStorage:
         return removed
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _scope_lock(self, kind: str, scope: str) -> threading.Lock:
+        """Held while a Put publishes a file of the scope and while the scope is deleted."""
+        return self._scope_locks[hash((kind, scope)) % _SCOPE_LOCKS]
 
     def _usage_entry(self, owner: str, *parts: str) -> str:
         """Where the usage index keeps the owner's files (under `parts`: kind, scope...)."""

@@ -226,6 +226,23 @@ def test_an_interrupted_put_leaves_nothing_and_keeps_the_old_version(storage: St
     assert [i.ref.path for i in storage.list("cache", "up1")] == ["kept"]
 
 
+def test_a_put_meeting_the_deletion_of_its_scope_stores_nothing(local_storage: LocalStorage, root: Path) -> None:
+    local_storage.put(result("train", "kept.bin", scope="wf2"), [b"another workflow's"])
+    before = all_files(root)
+    local_storage.put(result("train", "old.bin"), [b"old"])
+
+    def chunks() -> Iterator[bytes]:
+        yield b"half"
+        local_storage.delete("result", "wf1")  # e.g. the workflow deleted while a copy is made
+        yield b" and the rest"
+
+    with pytest.raises(FailedPrecondition, match="deleted during the upload"):
+        local_storage.put(result("train", "new.bin"), chunks(), owner="alice")
+    assert all_files(root) == before
+    assert local_storage.list("result", "wf1") == []
+    assert local_storage.usage("alice") == 0
+
+
 def test_temp_files_are_not_listed(local_storage: LocalStorage, root: Path) -> None:
     local_storage.put(cache("f"), [b"x"])
     (root / "cache" / "up1" / ".cellar-tmp-abc").write_bytes(b"half")
