@@ -22,7 +22,7 @@ from donut.cellar.v1 import cellar_pb2_grpc
 from donut_common.auth import SCOPE_SERVICE, Principal
 from donut_common.rpc import channel
 
-from .conftest import ADMIN, SpyStorage, all_files, temp_files
+from .conftest import ADMIN, Backend, SpyStorage
 from .test_servicer import cache, put, result, status_of
 
 Stub = cellar_pb2_grpc.CellarStub
@@ -82,21 +82,21 @@ def held_put(stub: Stub, ref: pb.FileRef, size: int) -> tuple[grpc.RpcError, boo
 
 
 def test_a_declared_size_over_the_per_file_limit_is_refused_before_any_data(
-        serve: Callable[..., Cellar], root: Path) -> None:
+        serve: Callable[..., Cellar], backend: Backend) -> None:
     cellar = serve(max_file_size=1000)
     error, sent = held_put(cellar.stub, cache("big"), 1001)
     assert (error.code(), error.details()) == (EXHAUSTED, "Put: file larger than the per-file limit of 1000 bytes")
     assert not sent
-    assert all_files(root) == []
+    assert backend.everything() == []
 
 
 def test_a_stream_passing_the_per_file_limit_is_refused_and_nothing_stored(
-        serve: Callable[..., Cellar], root: Path) -> None:
+        serve: Callable[..., Cellar], backend: Backend) -> None:
     cellar = serve(max_file_size=1024 * 1024)
     error = status_of(lambda: put(cellar.stub, cache("big"), b"x" * (1024 * 1024 + 1)))
     assert (error.code(), error.details()) == (
         EXHAUSTED, "Put: file larger than the per-file limit of 1 MiB (1048576 bytes)")
-    assert all_files(root) == []
+    assert backend.everything() == []
 
 
 def test_a_negative_declared_size_is_invalid(serve: Callable[..., Cellar]) -> None:
@@ -105,23 +105,23 @@ def test_a_negative_declared_size_is_invalid(serve: Callable[..., Cellar]) -> No
     assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "size: must not be negative (got -1)")
 
 
-def test_the_quota_refuses_a_declared_size_before_any_data(serve: Callable[..., Cellar], root: Path) -> None:
+def test_the_quota_refuses_a_declared_size_before_any_data(serve: Callable[..., Cellar], backend: Backend) -> None:
     cellar = serve(quota_bytes=1000)
     assert put(cellar.stub, cache("a"), b"x" * 600).size == 600
     error, sent = held_put(cellar.stub, cache("b"), 401)
     assert (error.code(), error.details()) == (EXHAUSTED, OVER_QUOTA.format(used=600))
     assert not sent
-    assert all_files(root / "cache") == ["up1/a"]
+    assert [f.ref.path for f in backend.storage.list("cache", "up1")] == ["a"]
     assert put(cellar.stub, cache("b"), b"x" * 400).size == 400  # up to the quota, exactly
 
 
-def test_the_quota_cuts_a_stream_off_and_stores_nothing(serve: Callable[..., Cellar], root: Path) -> None:
+def test_the_quota_cuts_a_stream_off_and_stores_nothing(serve: Callable[..., Cellar], backend: Backend) -> None:
     cellar = serve(quota_bytes=1000)
     put(cellar.stub, cache("a"), b"x" * 600)
     error = status_of(lambda: put(cellar.stub, cache("b"), b"x" * 401, chunk=100))
     assert (error.code(), error.details()) == (EXHAUSTED, OVER_QUOTA.format(used=600))
-    assert all_files(root / "cache") == ["up1/a"]
-    assert temp_files(root) == []
+    assert [f.ref.path for f in backend.storage.list("cache", "up1")] == ["a"]
+    assert backend.temporaries() == []
 
 
 def test_replacing_a_file_counts_its_old_version_out(serve: Callable[..., Cellar], storage: LocalStorage) -> None:
@@ -175,7 +175,8 @@ def test_usage_follows_puts_replacements_by_another_owner_and_deletes(storage: L
     assert storage.usage("alice-id") == 0
 
 
-def test_usage_reads_only_the_owners_own_index(storage: LocalStorage, root: Path) -> None:
+def test_usage_reads_only_the_owners_own_index(local_storage: LocalStorage, root: Path) -> None:
+    storage = local_storage
     storage.put(FileRef("cache", "up1", "", "a"), [b"x" * 10], owner="alice-id")
     for i in range(50):
         storage.put(FileRef("cache", "up2", "", f"f{i}"), [b"x"], owner="bob-id")
