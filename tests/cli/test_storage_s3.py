@@ -123,3 +123,105 @@ def test_the_stack_sweeps_leftovers_at_start_and_then_periodically(stack_config:
         wait_until_swept()
         assert running._sweeper is not None and running._sweeper.is_alive()
     assert running._sweeper is None  # stopped with the stack
+
+
+def _all_output(done: Any) -> str:
+    return str(done.stdout + done.stderr)
+
+
+def _objects(stack: Any, prefix: str = "") -> set[str]:
+    storage = stack.cellar_storage
+    return {o.object_name for o in storage.client.list_objects(storage.bucket, prefix, recursive=True)}
+
+
+def _etcd_keys(stack: Any) -> set[str]:
+    return {kv.key for kv in stack.store._etcd.get_prefix(stack.config.etcd_prefix)}
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_on_s3_logs_archives_and_deletions_go_through_the_bucket(cli: Any, stack: Any, tmp_path: Path) -> None:
+    import shutil
+    import tarfile
+
+    submitted = [cli("submit", str(FRUIT), "--wait", "--json") for _ in range(2)]
+    assert all(s.returncode == 0 for s in submitted), [s.stderr for s in submitted]
+    deleted, kept = (json.loads(s.stdout)["id"] for s in submitted)
+    data_dir = Path(stack.config.data_dir)
+    assert stack.log_copier.wait_idle(30)
+    assert {f"files/log/{deleted}/{job}/1.log" for job in ("apple", "banana", "cantaloupe", "dragonfruit")} \
+        <= _objects(stack)
+
+    # an ended attempt's log is served from the bucket once the local file is gone
+    before = cli("logs", deleted, "dragonfruit", "--timestamps").stdout
+    shutil.rmtree(data_dir / "logs" / deleted)
+    assert cli("logs", deleted, "dragonfruit", "--timestamps").stdout == before != ""
+
+    # the archive is stored in the bucket and holds the work dir
+    archive = tmp_path / "archive.tar.gz"
+    assert cli("archive", deleted, "-o", str(archive)).returncode == 0
+    assert f"files/archive/{deleted}/workflow.tar.gz" in _objects(stack)
+    with tarfile.open(archive) as tar:
+        total = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("total.txt")))
+        assert total is not None and total.read().decode().splitlines()[-1] == "total 10"
+
+    # a deletion leaves no object, key or file of the workflow, and all of the other's
+    kept_objects = {o for o in _objects(stack) if kept in o}
+    kept_keys = {k for k in _etcd_keys(stack) if kept in k}
+    assert cli("delete", deleted).returncode == 0
+    assert not [o for o in _objects(stack) if deleted in o]
+    assert not [k for k in _etcd_keys(stack) if deleted in k]
+    assert not [f for f in _files(data_dir) if deleted in f]
+    assert {o for o in _objects(stack) if kept in o} == kept_objects != set()
+    assert {k for k in _etcd_keys(stack) if kept in k} == kept_keys
+    assert not (data_dir / "cellar").exists()
+
+
+@pytest.fixture
+def saving_config(stack_config: Any) -> Any:
+    from streamed_job.spec import SaveSettings
+
+    return dataclasses.replace(stack_config, save=SaveSettings(deadline=120, first_retry=0.2, max_retry=1))
+
+
+def test_storage_stopped_and_restarted_mid_run(saving_config: Any, moto_server: Any, donut_home: Path,
+                                               tmp_path: Path) -> None:
+    import time
+
+    from donut_cli.stack import Stack
+
+    gate = tmp_path / "gate"
+    definition = {"jobs": [{"name": "saver", "image": "busybox", "cmd": "sh", "args": [
+        "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo kept > out.txt"],
+        "outputs": [{"local": "out.txt", "save": True}]}]}
+    path = tmp_path / "saver.json"
+    path.write_text(json.dumps(definition))
+
+    with Stack(saving_config) as stack:
+        def cli(*args: str) -> Any:
+            return donut(*args, home=donut_home, endpoint=stack.endpoint, env={"DONUT_TOKEN": stack.client_token()[0]})
+
+        def wait_for(check: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 60
+            while not check():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.1)
+
+        workflow_id = cli("submit", str(path)).stdout.strip()
+        wait_for(lambda: "running" in cli("status", workflow_id).stdout, "the job runs")
+        moto_server.stop()
+        try:
+            gate.touch()
+            wait_for(lambda: "storage unavailable" in _all_output(cli("logs", workflow_id, "saver")),
+                     "the job notes that its save waits for storage")
+            listing = cli("results", workflow_id)
+            assert listing.returncode != 0 and "storage unavailable" in listing.stderr
+        finally:
+            moto_server.start()
+        waited = cli("watch", workflow_id)
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        got = tmp_path / "got"
+        assert cli("results", workflow_id, "--download", str(got)).returncode == 0
+        assert (got / "saver" / "out.txt").read_text() == "kept\n"
