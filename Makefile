@@ -7,7 +7,7 @@ NODE_PREFIX ?= .node
 
 .PHONY: install demo test protos bench
 
-install: $(VENV)/.installed $(NODE_PREFIX)/.installed
+install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml streamed_job/pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,14 +31,14 @@ $(PROTOC_VENV)/.installed: proto/requirements.txt
 protos: $(PROTOC_VENV)/.installed
 	$(PROTOC_VENV)/bin/python proto/generate.py
 
-test: install $(PROTOC_VENV)/.installed
+test: install $(PROTOC_VENV)/.installed $(NODE_PREFIX)/.installed
 	$(PROTOC_VENV)/bin/python proto/generate.py && git diff --exit-code --stat -- proto/ || { echo "generated code is stale: run make protos and commit" >&2; exit 1; }
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
-bench: install
+bench: install $(NODE_PREFIX)/.installed
 	$(PY) bench/scheduling.py
 	$(PY) bench/throughput.py
 	$(PY) bench/logs.py

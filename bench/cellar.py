@@ -1,7 +1,7 @@
 """How fast files move through cellar, against moving them without it, and what cellar's
 process holds in memory meanwhile.
 
-S3: starts s3rver (installed by `make install`) and `donut up --storage s3` on it in a
+S3: starts s3rver (installed by `make test` or `make bench`) and `donut up --storage s3` on it in a
 separate process, then uploads a file through cellar (gRPC Put) and downloads it (gRPC Get),
 and, in the same run on the same s3rver, does the same with the minio SDK's own
 `fput_object` / `fget_object`. Local: `donut up` with local storage against two
@@ -72,7 +72,7 @@ def sha256_of(path: Path) -> str:
 @contextmanager
 def s3rver(work: Path) -> Iterator[str]:
     if not S3RVER.exists():
-        raise SystemExit(f"bench: {S3RVER} is missing: run `make install`")
+        raise SystemExit(f"bench: {S3RVER} is missing: run `make bench` (it installs it)")
     port = free_port()
     command = [str(S3RVER), "-d", str(work / "s3rver"), "-a", "127.0.0.1", "-p", str(port), "--silent"]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -162,7 +162,7 @@ def s3rver_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import subprocess
 
     if not S3RVER.exists():
-        pytest.fail(f"s3rver is not installed ({S3RVER} is missing): run `make install`", pytrace=False)
+        pytest.fail(f"s3rver is not installed ({S3RVER} is missing): run `make test` (it installs it)", pytrace=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
