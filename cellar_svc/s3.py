@@ -40,7 +40,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -56,6 +56,7 @@ from minio.helpers import genheaders
 
 from cellar_svc.storage import (
     JOB_KINDS,
+    KINDS,
     NAME_PATTERN,
     READ_CHUNK,
     FileInfo,
@@ -332,10 +333,11 @@ class S3Storage:
             return self.client.presigned_get_object(self.bucket, self._file_key(ref),
                                                     expires=datetime.timedelta(seconds=ttl_seconds))
 
-    def usage(self, owner: str) -> int:
+    def usage(self, owner: str, kinds: Collection[str] = KINDS) -> int:
         prefix = f"{self.settings.prefix}owned/{_owner_name(owner)}/"
         with self._errors():
-            keys = [obj.object_name or "" for obj in self.client.list_objects(self.bucket, prefix, recursive=True)]
+            keys = [obj.object_name or "" for kind in kinds
+                    for obj in self.client.list_objects(self.bucket, f"{prefix}{kind}/", recursive=True)]
         refs = [ref for ref in (_ref_of(key.removeprefix(prefix)) for key in keys) if ref is not None]
         heads = self._each(refs, self._head_if_there)
         return sum(head.size or 0 for head in heads if head is not None and _owner_of(head) == owner)

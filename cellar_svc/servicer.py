@@ -52,6 +52,7 @@ GiB = 1024 * MiB
 DEFAULT_MAX_FILE_SIZE = 5 * GiB
 MAX_CHUNK = MiB
 CANCEL_GRACE_SECONDS = 0.005
+QUOTA_KINDS = ("cache", "result")  # what users store; archives and logs are the system's copies
 DEFAULT_LINK_SECONDS = 3600
 MAX_LINK_SECONDS = 7 * 24 * 3600
 NO_GATEWAY = "no gateway to serve download links"
@@ -204,7 +205,7 @@ class CellarServicer(cellar_pb2_grpc.CellarServicer):
         version it replaces, if theirs, counts out."""
         if self._quota_bytes is None or caller.is_admin or caller.is_service:
             return None
-        used = self._storage.usage(caller.user_id)
+        used = self._storage.usage(caller.user_id, QUOTA_KINDS)
         try:
             replaced = self._storage.stat(ref)
         except NotFound:

@@ -35,7 +35,7 @@ import stat as stat_mod
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -116,8 +116,8 @@ class Storage(Protocol):
         """A URL anyone may GET the file from until ttl_seconds pass, or None when the backend has none."""
         ...
 
-    def usage(self, owner: str) -> int:
-        """Bytes of every file stored with this owner."""
+    def usage(self, owner: str, kinds: Collection[str] = KINDS) -> int:
+        """Bytes of every file of those kinds stored with this owner."""
         ...
 
     def sweep(self, older_than: float) -> int:
@@ -316,9 +316,9 @@ class LocalStorage:
                 with contextlib.suppress(FileNotFoundError):
                     shutil.rmtree(top)  # never follows a link inside (it removes the link itself)
 
-    def usage(self, owner: str) -> int:
+    def usage(self, owner: str, kinds: Collection[str] = KINDS) -> int:
         total = 0
-        for directory, _, files in os.walk(self._usage_entry(owner)):
+        for directory, _, files in (entry for kind in kinds for entry in os.walk(self._usage_entry(owner, kind))):
             for name in files:
                 if name.startswith(TEMP_PREFIX):
                     continue  # a count being written

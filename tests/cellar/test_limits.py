@@ -144,6 +144,16 @@ def test_a_jobs_results_count_for_the_workflow_owner(serve: Callable[..., Cellar
     assert put(cellar.stub, cache("a", scope="bobs"), b"x" * 1000).size == 1000
 
 
+def test_logs_and_archives_kept_for_a_user_do_not_count_for_their_quota(serve: Callable[..., Cellar]) -> None:
+    cellar = serve(quota_bytes=1000)
+    cellar.caller = SERVICE  # as dagger stores a workflow's log copies and archive, for its owner
+    for ref in (pb.FileRef(kind=pb.KIND_LOG, scope="wf1", job="j", path="1.log"),
+                pb.FileRef(kind=pb.KIND_ARCHIVE, scope="wf1", path="workflow.tar.gz")):
+        cellar.stub.Put(iter([pb.PutRequest(header=ref, owner="alice-id"), pb.PutRequest(data=b"x" * 900)]))
+    cellar.caller = ALICE
+    assert put(cellar.stub, cache("a"), b"x" * 1000).size == 1000
+
+
 @pytest.mark.parametrize("caller", [ADMIN, SERVICE], ids=["admin", "service"])
 def test_admins_and_services_are_not_held_by_the_quota(serve: Callable[..., Cellar], caller: Principal) -> None:
     cellar = serve(quota_bytes=10)

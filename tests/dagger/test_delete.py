@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from dagger_svc.core.records import WorkflowId, WorkflowRecord, WorkflowStatus
-from dagger_svc.deletion import DAY, Deleter, Retention, RetentionSettings
+from dagger_svc.deletion import DAY, WORKFLOW_FILE_KINDS, Deleter, Retention, RetentionSettings
 from dagger_svc.logs import LogStore
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut.dagger.v1 import dagger_pb2_grpc
@@ -194,7 +194,7 @@ def test_a_deletion_cut_short_is_finished_by_the_next_start(stack: Any, alice: U
     stack.store.mark_deleting(record, revision)  # ... and the process died there
     prefix = stack.store.keys.prefix
     assert {key.removeprefix(prefix).split("/")[0] for key in of(doomed, etcd_keys(stack))} == \
-        {"specs", "jobs", "deleting"}  # out of the listings, its record moved to the mark
+        {"specs", "jobs", "deleting", "to-archive"}  # out of the listings, its record moved to the mark
     assert [w.id for w in alice.stub.ListWorkflows(pb.ListWorkflowsRequest()).workflows] == [kept]
     alice.channel.close()
     stack.stop()
@@ -260,7 +260,8 @@ def test_the_retention_sweep_deletes_only_workflows_that_ended_long_enough_ago(s
 
     left = {w.id for w in store.workflows()}
     assert left == {ended_lately.id, still_running.id, young.id}
-    assert sorted(deleted) == sorted(f"{kind}/{w.id}" for w in (old, old_of_bob) for kind in ("result", "archive"))
+    assert sorted(deleted) == sorted(f"{kind}/{w.id}" for w in (old, old_of_bob)
+                                   for kind in WORKFLOW_FILE_KINDS)
     assert sorted(os.listdir(tmp_path / "workflows")) == sorted(left)
     assert sorted(os.listdir(tmp_path / "logs")) == sorted(left)
     assert retention.sweep() == 0  # nothing more to do
