@@ -5,7 +5,8 @@ S3: starts s3rver (installed by `make test` or `make bench`) and `donut up --sto
 separate process, then uploads a file through cellar (gRPC Put) and downloads it (gRPC Get),
 and, in the same run on the same s3rver, does the same with the minio SDK's own
 `fput_object` / `fget_object`. Local: `donut up` with local storage against two
-`shutil.copyfile`s of the same file (in, then out). For each, the peak RSS (VmHWM in
+`shutil.copyfile`s of the same file (in, then out), and against the same with an fsync of
+the copy (cellar fsyncs an upload before it answers). For each, the peak RSS (VmHWM in
 /proc/<pid>/status, reset through /proc/<pid>/clear_refs before each transfer where the
 kernel allows it) of the `donut up` process, which serves cellar.
 
@@ -159,6 +160,14 @@ def through_cellar(work: Path, name: str, source: Path, expected: str, *options:
     return up, down, idle, up_rss, down_rss, reset
 
 
+def durable_copy(source: Path, target: Path) -> None:
+    """A copy on disk before it returns, as cellar keeps an upload (copyfile alone may
+    leave it in the page cache)."""
+    shutil.copyfile(source, target)
+    with open(target, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def report(title: str, mib: int, cellar: tuple[float, float, float, float, float, bool],
            direct: tuple[float, float], direct_name: str) -> None:
     up, down, idle, up_rss, down_rss, reset = cellar
@@ -201,8 +210,16 @@ def main() -> None:
         copy_out = timed(lambda: shutil.copyfile(work / "copy-in.bin", work / "copy-out.bin"))
         for name in ("copy-in.bin", "copy-out.bin"):
             (work / name).unlink()
+        synced_in = timed(lambda: durable_copy(source, work / "copy-in.bin"))
+        synced_out = timed(lambda: durable_copy(work / "copy-in.bin", work / "copy-out.bin"))
+        for name in ("copy-in.bin", "copy-out.bin"):
+            (work / name).unlink()
         cellar = through_cellar(work, "local", source, expected)
         report("local disk", args.local_mib, cellar, (copy_in, copy_out), "copyfile")
+        up, down = cellar[:2]
+        print(f"  with fsync, as cellar stores an upload: copyfile+fsync {args.local_mib / synced_in:7.1f} MB/s in "
+              f"(cellar/direct {synced_in / up:.0%}), {args.local_mib / synced_out:7.1f} MB/s out "
+              f"(cellar/direct {synced_out / down:.0%})")
 
 
 if __name__ == "__main__":

@@ -243,6 +243,25 @@ def test_a_put_meeting_the_deletion_of_its_scope_stores_nothing(local_storage: L
     assert local_storage.usage("alice") == 0
 
 
+def test_a_failed_write_stops_the_upload_and_leaves_nothing(local_storage: LocalStorage, root: Path) -> None:
+    local_storage.put(cache("f"), [b"old"])
+    before = all_files(root)
+    received: list[bytes] = []
+
+    def chunks() -> Iterator[bytes]:
+        yield b"fine"
+        yield "not bytes: the writing thread fails on it"  # type: ignore[misc]
+        for _ in range(100):
+            received.append(b"more")
+            yield b"more"
+
+    with pytest.raises(TypeError):
+        local_storage.put(cache("f"), chunks())
+    assert len(received) < 100  # the upload stopped being read
+    assert all_files(root) == before
+    assert read(local_storage, cache("f")) == b"old"
+
+
 def test_temp_files_are_not_listed(local_storage: LocalStorage, root: Path) -> None:
     local_storage.put(cache("f"), [b"x"])
     (root / "cache" / "up1" / ".cellar-tmp-abc").write_bytes(b"half")
