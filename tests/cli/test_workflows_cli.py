@@ -120,8 +120,10 @@ def test_ctrl_c_while_following_says_the_workflow_keeps_running(cli: Any, stack:
            "DONUT_TOKEN": stack.admin_token}
     workflow_id = cli("submit", slow).stdout.strip()
     for args in (["watch", workflow_id], ["submit", slow, "--wait"]):
+        # as from a terminal: a test run in the background (`cmd &`) ignores SIGINT, and so would its children
         follower = subprocess.Popen([sys.executable, "-m", "donut_cli", *args], env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert follower.stdout is not None and follower.stderr is not None
             followed = follower.stdout.readline().strip()  # watch: the job's first change; submit: the new id
