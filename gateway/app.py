@@ -50,12 +50,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def healthz() -> Any:
         return jsonify(status="ok")
 
-    @app.get(f"{ROUTE}/<kind>/<scope>/<path:rest>")
-    def download(kind: str, scope: str, rest: str) -> Response:
+    @app.get(f"{ROUTE}/<kind>/<scope>/<path:path>")
+    def download(kind: str, scope: str, path: str) -> Response:
         cellar: _Cellar | None = app.extensions.get(CELLAR)
         if cellar is None:
             return _text(404, "download links are not served here")
-        job, path = rest.partition("/")[::2] if kind == "result" else ("", rest)
+        job = request.args.get("job", "")
         problem = link_problem(app.config["DONUT_URL_SIGNING_KEY"], kind, scope, job, path,
                                request.args.get("expires", ""), request.args.get("signature", ""), time.time())
         if problem is not None:

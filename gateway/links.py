@@ -1,7 +1,8 @@
 """Signed download links served by the gateway, in one place for both of their ends:
 cellar signs them (for storage that has no links of its own), the gateway checks them.
 
-A link is `<gateway>/files/<kind>/<scope>/[<job>/]<path>?expires=<unix seconds>&signature=<hex>`,
+A link is `<gateway>/files/<kind>/<scope>/<path>?[job=<job>&]expires=<unix seconds>&signature=<hex>`
+(the job, of a job's file, in the query: the gateway need not know which kinds have jobs),
 the signature an HMAC-SHA256, under a key the two share, of the file's name and the expiry.
 Anyone holding the link may download the file until it expires; nothing else is needed.
 Standard library only: cellar imports this module without the web framework.
@@ -51,7 +52,7 @@ class LinkSigner:
         base = self.base_url().rstrip("/")
         if not base:
             return None
-        name = "/".join(urllib.parse.quote(part, safe="") for part in (kind, scope, *([job] if job else [])))
-        query = urllib.parse.urlencode({"expires": expires,
+        name = "/".join(urllib.parse.quote(part, safe="") for part in (kind, scope))
+        query = urllib.parse.urlencode({**({"job": job} if job else {}), "expires": expires,
                                         "signature": signature(self.key, kind, scope, job, path, expires)})
         return f"{base}{ROUTE}/{name}/{urllib.parse.quote(path, safe='/')}?{query}"

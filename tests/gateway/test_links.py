@@ -84,6 +84,17 @@ def test_a_link_serves_the_file_to_anyone_until_it_expires(web_stack: Any) -> No
     assert "filename*=UTF-8''h%C3%A4agen%20dazs.csv" in headers["Content-Disposition"]
 
 
+def test_a_link_to_a_job_s_file_serves_it(web_stack: Any) -> None:
+    alice = user_cellar(web_stack, "alice")
+    admin = users_pb2_grpc.UsersStub(channel(web_stack.endpoint, token=web_stack.admin_token))
+    alice_id = admin.GetUser(upb.GetUserRequest(login="alice")).id
+    services = cellar_pb2_grpc.CellarStub(channel(web_stack.endpoint, token=web_stack.service_token))
+    log = cpb.FileRef(kind=cpb.KIND_LOG, scope="wf1", job="apple", path="1.log")  # as dagger keeps a job's log
+    services.Put(iter([cpb.PutRequest(header=log, owner=alice_id), cpb.PutRequest(data=b"qapple 3\n")]))
+    url = alice.GetDownloadUrl(cpb.GetDownloadUrlRequest(ref=log)).url
+    assert fetch(url)[0::2] == (200, b"qapple 3\n")
+
+
 def test_a_changed_or_expired_link_is_refused(web_stack: Any) -> None:
     alice = user_cellar(web_stack, "alice")
     put(alice, cache("a.txt"), b"A")
