@@ -24,7 +24,6 @@ import hashlib
 import logging
 import os
 import queue
-import shutil
 import tarfile
 import threading
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dagger_svc.core.records import WorkflowId, WorkflowRecord
-from dagger_svc.executors.base import workflow_dir
+from dagger_svc.executors.base import remove_tree, workflow_dir
 from dagger_svc.store import Store
 from donut_common.errors import FailedPrecondition, NotFound, Unavailable
 
@@ -238,6 +237,6 @@ class Archiver:
                               f"(sha256 {stored.sha256}, not {workflow.archive_sha256}); its directory stays")
         directory = workflow_dir(self.data_root, workflow.id)
         if directory.is_dir() and not directory.is_symlink():
-            shutil.rmtree(directory)  # (never follows a link inside: it removes the link)
+            remove_tree(directory)
             log.info("removed the directory of archived workflow %s", workflow.id)
         self.store.archive_done(workflow.id, revision)

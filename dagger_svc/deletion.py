@@ -13,9 +13,6 @@ workflow's alone (clones share it) and stays.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dagger_svc.core.records import WorkflowId, WorkflowRecord
-from dagger_svc.executors.base import workflow_dir
+from dagger_svc.executors.base import remove_tree, workflow_dir
 from dagger_svc.logs import LogStore
 from dagger_svc.store import Store
 from donut_common.errors import Conflict, NotFound, Unavailable
@@ -64,7 +61,7 @@ class Deleter:
         earlier attempt was cut short: every step may run twice)."""
         try:  # the local logs first: none is left for the log copier to copy
             self.logs.remove(workflow.id)
-            _remove_tree(workflow_dir(self.data_root, workflow.id))
+            remove_tree(workflow_dir(self.data_root, workflow.id))
         except OSError as e:
             raise Unavailable(f"cannot remove the files of workflow {workflow.id}: {e}") from e
         if self.files is not None:
@@ -160,14 +157,3 @@ class Retention:
 
 def _ended_before(workflow: WorkflowRecord, before: float) -> bool:
     return workflow.status.finished and (workflow.finished_at or workflow.created_at or 0) < before
-
-
-def _remove_tree(path: Path) -> None:
-    """Removes the directory and all in it, even what its jobs made read-only."""
-    def writable_and_again(function: Callable[..., object], name: str, _: object) -> None:
-        parent = os.path.dirname(name)
-        os.chmod(parent, os.stat(parent).st_mode | stat.S_IRWXU)
-        function(name)
-
-    if path.exists():
-        shutil.rmtree(path, onerror=writable_and_again)

@@ -295,6 +295,7 @@ class DaggerService:
             raise FailedPrecondition(f"workflow {workflow.id} was cancelled but is still {workflow.status.value} "
                                      f"after {self.config.force_delete_wait:g}s; try again once it has ended")
         return workflow, revision
+
     def archive(self, caller: Principal, workflow_id: str) -> ArchiveInfo:
         """Stores the ended workflow's directory as one .tar.gz (see dagger_svc.archives)."""
         workflow, revision = self._get_versioned(caller, workflow_id)

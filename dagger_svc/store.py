@@ -187,8 +187,7 @@ class Store:
         prefix = self.keys.listing(owner)
         entries = self._etcd.get_range(prefix, prefix + after if after else etcd.prefix_end(prefix), size,
                                        newest_first=True)
-        position = entries[-1].key.removeprefix(prefix) if len(entries) == size else ""
-        return self._records([kv.key.rsplit("/", 1)[1] for kv in entries]), position
+        return self._listed_page(prefix, entries, size)
 
     def workflows_by_prefix(self, id_prefix: str, limit: int) -> list[WorkflowRecord]:
         """Up to `limit` workflows whose id starts with `id_prefix`, in id order (one range read)."""
@@ -375,9 +374,13 @@ class Store:
         prefix = self.keys.listing(None)
         end = self.keys.listed(None, before, "")
         entries = self._etcd.get_range(prefix + after + "\0" if after else prefix, end, size)
-        found = self._records([kv.key.rsplit("/", 1)[1] for kv in entries])
+        return self._listed_page(prefix, entries, size)
+
+    def _listed_page(self, prefix: str, entries: list[etcd.KeyValue], size: int) -> tuple[list[WorkflowRecord], str]:
+        """The records of a page of listing entries (under `prefix`), and the position of the
+        last one read ("" when the page is not full: nothing more)."""
         position = entries[-1].key.removeprefix(prefix) if len(entries) == size else ""
-        return found, position
+        return self._records([kv.key.rsplit("/", 1)[1] for kv in entries]), position
 
     def _records(self, ids: list[str]) -> list[WorkflowRecord]:
         """The records of those ids that have one, in the order of the ids."""
@@ -386,6 +389,7 @@ class Store:
             result = self._etcd.txn([], [etcd.get(self.keys.workflow(i)) for i in ids[start:start + MAX_OPS_PER_TXN]])
             found.update((w.id, w) for w in (_workflow(kv.value) for kvs in result.ranges for kv in kvs))
         return [found[i] for i in ids if i in found]
+
     # ---- archives ------------------------------------------------------------------
 
     def archives_due(self) -> list[WorkflowId]:

@@ -3,6 +3,9 @@ tells what became of an attempt."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,18 @@ def host_environment(environ: Mapping[str, str], allow: Iterable[str] = ()) -> d
 def workflow_dir(data_root: Path, workflow_id: str) -> Path:
     """Where a workflow's jobs run and keep their files: `<data root>/<workflow id>`."""
     return data_root / workflow_id
+
+
+def remove_tree(path: Path) -> None:
+    """Removes the directory (a workflow's) and all in it, even what its jobs made read-only
+    (never following a link inside: it removes the link)."""
+    def writable_and_again(function: Callable[..., object], name: str, _: object) -> None:
+        parent = os.path.dirname(name)
+        os.chmod(parent, os.stat(parent).st_mode | stat.S_IRWXU)
+        function(name)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=writable_and_again)
 
 
 def run_spec(launch: Launch, dagger_endpoint: str = "", token: str = "", tls_ca: str = "") -> RunSpec:
