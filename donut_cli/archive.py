@@ -15,8 +15,6 @@ import click
 from donut.dagger.v1 import dagger_pb2 as pb
 from donut_cli.cli import EXIT_BAD_INPUT, WORKFLOW_ID, Settings, cli, fail, pass_settings, rpc_errors
 
-READ_BYTES = 1024 * 1024
-
 
 @cli.command()
 @click.argument("workflow_id", type=WORKFLOW_ID)
@@ -34,9 +32,14 @@ def archive(settings: Settings, workflow_id: str, destination: Path | None, over
         fail(f"-o: {target} exists already (--overwrite replaces it)")
     client = settings.client
     stored = client.dagger.ArchiveWorkflow(pb.ArchiveWorkflowRequest(id=workflow_id), metadata=client.metadata)
+    digest = hashlib.sha256()
     with _progress(stored.size) as advance:
-        client.cellar.get("archive", workflow_id, stored.path, target, progress=lambda _, size: advance(size))
-    if _sha256(target) != stored.sha256:
+        def received(_: object, chunk: bytes) -> None:
+            digest.update(chunk)
+            advance(len(chunk))
+
+        client.cellar.get("archive", workflow_id, stored.path, target, progress=received)
+    if digest.hexdigest() != stored.sha256:
         target.unlink()
         fail(f"the download of {target} does not match the archive stored (sha256 {stored.sha256}); "
              "removed it: try again")
@@ -52,10 +55,3 @@ def _progress(size: int) -> Iterator[Any]:
     with click.progressbar(length=size, label="downloading", file=sys.stderr) as bar:
         yield bar.update
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(READ_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()

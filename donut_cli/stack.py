@@ -208,7 +208,8 @@ class Stack:
         ca = c.tls_cert.read_bytes() if c.tls_cert else None
         internal = self._channel(channel(self.endpoint, tls_ca=ca))
         services = self._channel(channel(self.endpoint, token=self.service_token, tls_ca=ca))
-        uploads = _CellarUploads(CellarClient(services))  # checks uploads at submit, removes refused ones
+        cellar_files = CellarClient(services)  # dagger's way to cellar, as the services
+        uploads = _CellarUploads(cellar_files)  # checks uploads at submit, removes refused ones
 
         def cellar(token: str) -> CellarClient:
             return CellarClient(internal, (("authorization", f"Bearer {token}"),))
@@ -232,7 +233,6 @@ class Stack:
                  "--root", str(data_root)], stdin=subprocess.DEVNULL, start_new_session=True)
         self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
                                    lease_ttl=c.lease_ttl)
-        cellar_files = CellarClient(services)
         log_copies = _CellarLogCopies(cellar_files)
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
         deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(cellar_files))

@@ -53,10 +53,10 @@ class CellarClient:
         return self.stub.Stat(pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path), metadata=self.metadata)
 
     def get(self, kind: str, scope: str, path: str, destination: Path, job: str = "",
-            timeout: float | None = None, progress: Callable[[pb.FileInfo, int], None] | None = None) -> pb.FileInfo:
+            timeout: float | None = None, progress: Callable[[pb.FileInfo, bytes], None] | None = None) -> pb.FileInfo:
         """Streams the file to destination (through a fresh temporary file beside it, so a
         partial download is never left and no link planted there is followed); `progress`
-        is told the file's info and the size of each chunk written."""
+        is told the file's info and each chunk written."""
         ref = pb.FileRef(kind=KINDS[kind], scope=scope, job=job, path=path)
         destination.parent.mkdir(parents=True, exist_ok=True)
         info = None
@@ -67,7 +67,7 @@ class CellarClient:
                 else:
                     out.write(message.data)
                     if progress is not None and info is not None:
-                        progress(info, len(message.data))
+                        progress(info, message.data)
         assert info is not None
         return info
 
