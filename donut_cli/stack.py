@@ -47,7 +47,7 @@ from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
 from donut_common.rpc import Registration, channel, create_server
 from gateway.links import LinkSigner
-from streamed_job.cellar import CellarClient
+from streamed_job.cellar import CellarClient, why_unavailable
 from streamed_job.spec import FetchSettings, SaveSettings
 from users_svc.service import UsersService
 from users_svc.store import UserStore
@@ -435,10 +435,10 @@ def _storage_errors() -> Iterator[None]:
     try:
         yield
     except grpc.RpcError as e:
-        code, details = e.code(), e.details()
+        code = e.code()
         if code == grpc.StatusCode.NOT_FOUND:
-            raise NotFound(details) from None
-        raise Unavailable(f"storage unavailable: {details} ({code.name.lower()})") from None
+            raise NotFound(e.details()) from None
+        raise Unavailable(f"storage unavailable: {why_unavailable(e)} ({code.name.lower()})") from None
 
 
 def _lock(data_dir: Path) -> TextIO:

@@ -225,3 +225,16 @@ def test_storage_stopped_and_restarted_mid_run(saving_config: Any, moto_server: 
         got = tmp_path / "got"
         assert cli("results", workflow_id, "--download", str(got)).returncode == 0
         assert (got / "saver" / "out.txt").read_text() == "kept\n"
+
+
+def test_dagger_hears_storage_away_in_one_plain_line(stack: Any, moto_server: Any) -> None:
+    from donut_common.errors import Unavailable
+
+    moto_server.stop()
+    try:
+        with pytest.raises(Unavailable) as away:
+            stack.archiver.storage.stat("00000000-0000-4000-8000-000000000001")
+    finally:
+        moto_server.start()
+    message = str(away.value)
+    assert message.startswith("storage unavailable: ") and message.count("storage unavailable") == 1, message

@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 
 from donut.dagger.v1 import dagger_pb2 as pb
-from streamed_job.cellar import CellarClient
+from streamed_job.cellar import CellarClient, why_unavailable
 from streamed_job.files import FileProblem, Saved, outputs_to_save, prepare_inputs
 from streamed_job.origin import Fetching
 from streamed_job.outcome import (
@@ -201,7 +201,7 @@ class Attempt:
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
-                why = (e.details() or "no answer").removeprefix("storage unavailable: ")
+                why = why_unavailable(e)
             if self._save_deadline is None:
                 self._save_deadline = time.monotonic() + self.save.deadline
             left = self._save_deadline - time.monotonic()

@@ -19,6 +19,13 @@ CHUNK_BYTES = 1024 * 1024
 KINDS = {"cache": pb.KIND_CACHE, "result": pb.KIND_RESULT, "archive": pb.KIND_ARCHIVE, "log": pb.KIND_LOG}
 
 Metadata = tuple[tuple[str, str], ...]
+STORAGE_AWAY = "storage unavailable: "  # how cellar's UNAVAILABLE answers begin when its storage is away
+
+
+def why_unavailable(e: grpc.RpcError) -> str:
+    """What an UNAVAILABLE answer of cellar says went wrong (without cellar's own prefix,
+    for the caller to put its own words around it)."""
+    return (e.details() or "no answer").removeprefix(STORAGE_AWAY)
 
 
 class CellarClient:
