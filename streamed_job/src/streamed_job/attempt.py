@@ -79,12 +79,11 @@ class Attempt:
         self.fetch = fetch or FetchSettings()
         self.save = save or SaveSettings()
         self._save_deadline: float | None = None  # monotonic; set when storage is first found away
-        self._kill_requested = threading.Event()  # cuts a wait between saving tries short
         self._fetching = Fetching()
         self._lock = threading.Lock()
         self._started_at: float | None = None
         self._command_started = False
-        self._killed = False
+        self._killed = threading.Event()  # set by kill (it also cuts a wait between saving tries short)
         self._ended = False
 
     def note(self, text: str) -> None:
@@ -95,9 +94,8 @@ class Attempt:
         or, before it started, its inputs' downloads at once; saving stops after the
         current file."""
         with self._lock:
-            self._killed = True
+            self._killed.set()
             command_started = self._command_started
-        self._kill_requested.set()
         if command_started:
             self.pump.kill(self.spec.key)
         else:
@@ -124,7 +122,7 @@ class Attempt:
             self.end(Ended(EXIT_SIGNAL_BASE + s.signum, s.name, f"terminated by {s.name} while fetching inputs"))
             return
         except (FileProblem, OSError, ValueError) as e:
-            if self._killed:
+            if self._killed.is_set():
                 self.end(Ended(None, "SIGTERM", "terminated while fetching inputs"))
             else:
                 timed_out = job_timeout and bool(self._fetching.why)
@@ -137,7 +135,7 @@ class Attempt:
         finally:
             self._fetching.end()
         with self._lock:
-            killed = self._killed
+            killed = self._killed.is_set()
             self._command_started = not killed
         if killed:
             self.end(Ended(None, "SIGTERM", "terminated before it started"))
@@ -167,7 +165,7 @@ class Attempt:
     def _save_outputs(self, ended: Ended) -> Ended:
         try:
             for saved in outputs_to_save(self.spec, self.note):
-                if self._killed:
+                if self._killed.is_set():
                     return Ended(None, "SIGTERM", "terminated while saving outputs")
                 if self.cellar is None:
                     raise FileProblem(f"{saved.name}: no cellar to save it in")
@@ -209,7 +207,7 @@ class Attempt:
                 raise StorageAway(why)
             pause = min(pause, left)
             self.note(f"storage unavailable ({why}): saving {saved.name} again in {pause:g}s")
-            if self._kill_requested.wait(pause):
+            if self._killed.wait(pause):
                 return None
             pause = min(pause * 2, self.save.max_retry)
 
