@@ -57,12 +57,10 @@ from minio.helpers import genheaders
 from cellar_svc.storage import (
     JOB_KINDS,
     KINDS,
-    NAME_PATTERN,
     READ_CHUNK,
     FileInfo,
     FileRef,
     _conflict,
-    _path_problems,
     _validate_range,
     no_such_file,
     validate_listing,
@@ -297,18 +295,9 @@ class S3Storage:
 
     def list(self, kind: str, scope: str, job: str = "") -> list[FileInfo]:
         validate_listing(kind, scope, job)
-        base = f"{self.settings.prefix}files/{kind}/{scope}/"
-        refs = []
-        with self._errors():
-            for obj in self.client.list_objects(self.bucket, base + (f"{job}/" if job else ""), recursive=True):
-                name = (obj.object_name or "").removeprefix(base)
-                file_job = ""
-                if kind in JOB_KINDS:
-                    file_job, _, name = name.partition("/")
-                    if not NAME_PATTERN.match(file_job):
-                        continue
-                if not _path_problems(name):
-                    refs.append(FileRef(kind, scope, file_job, name))
+        under = f"{kind}/{scope}/" + (f"{job}/" if job else "")
+        refs = [ref for ref in (_ref_of(under + name) for name in self._names(f"{self.settings.prefix}files/{under}"))
+                if ref is not None]
         return [info for info in self._each(refs, self._stat_if_there) if info is not None]
 
     def owners(self, kind: str, scope: str) -> set[str]:
@@ -335,10 +324,8 @@ class S3Storage:
 
     def usage(self, owner: str, kinds: Collection[str] = KINDS) -> int:
         prefix = f"{self.settings.prefix}owned/{_owner_name(owner)}/"
-        with self._errors():
-            keys = [obj.object_name or "" for kind in kinds
-                    for obj in self.client.list_objects(self.bucket, f"{prefix}{kind}/", recursive=True)]
-        refs = [ref for ref in (_ref_of(key.removeprefix(prefix)) for key in keys) if ref is not None]
+        refs = [ref for kind in kinds for ref in (_ref_of(f"{kind}/{name}") for name in self._names(f"{prefix}{kind}/"))
+                if ref is not None]
         heads = self._each(refs, self._head_if_there)
         return sum(head.size or 0 for head in heads if head is not None and _owner_of(head) == owner)
 
@@ -531,7 +518,7 @@ def _etag(etag: str | None) -> str:
 
 
 def _ref_of(name: str) -> FileRef | None:
-    """The reference a key under files/ (without that prefix) names, or None for a stray."""
+    """The reference a key under files/ or owned/<owner>/ (without that prefix) names, or None for a stray."""
     kind, _, rest = name.partition("/")
     scope, _, rest = rest.partition("/")
     job = ""
