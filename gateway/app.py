@@ -21,7 +21,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from donut.cellar.v1 import cellar_pb2 as cpb
-from gateway import auth, jobs, workflows
+from gateway import auth, jobs, tokens, workflows
 from gateway.links import ROUTE, link_problem
 from gateway.services import EXTENSION, Services, services
 
@@ -64,6 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     auth.init_github(app)
     app.register_blueprint(workflows.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(tokens.blueprint)
 
     @app.get("/")
     def index() -> ResponseReturnValue:
