@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from io import FileIO
 from pathlib import Path
+from typing import BinaryIO
 
 from dagger_svc.core.limits import MAX_LOG_BYTES
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
@@ -46,6 +47,7 @@ _MARKER_ROOM = 32  # bytes a marker line can take (looked at again across a read
 LogLine = tuple[int, bytes]  # (stream, text without newline)
 TimedLine = tuple[int, bytes, int]  # (stream, text, when it was received in unix ms; 0: unknown)
 READ_BATCH_BYTES = 4 * 1024 * 1024  # lines are at most 1 MiB: a batch stays well under a message's 16 MiB
+_TIME_SEARCH_BYTES = 64 * 1024 * 1024  # how far back a tail looks for the time of its first line
 MAX_OPEN_LOGS = 256  # files kept open for appending; the least recently used is closed (and reopened when needed)
 
 
@@ -171,11 +173,14 @@ class LogStore:
 
     def read_timed(self, workflow_id: str, job: str, attempt: int, offset: int = 0,
                    follow_until: Callable[[], bool] | None = None,
-                   batch: int = 1000, batch_bytes: int = READ_BATCH_BYTES) -> Iterator[tuple[int, list[TimedLine]]]:
+                   batch: int = 1000, batch_bytes: int = READ_BATCH_BYTES,
+                   tail: int = 0) -> Iterator[tuple[int, list[TimedLine]]]:
         """Yields (index of the first line, lines) from line `offset`, at most `batch`
         lines and about `batch_bytes` at a time (read from disk as they go: memory does not
         grow with the log). With follow_until, keeps waiting for new lines until it returns
-        True (the attempt is over) and the file has been read to its end."""
+        True (the attempt is over) and the file has been read to its end. With `tail`, starts
+        no earlier than the last `tail` lines there are when the file is first read (found
+        from its end, not by reading it all)."""
         path = self.path(workflow_id, job, attempt)
         cursor = _Cursor()
         while True:
@@ -184,6 +189,8 @@ class LogStore:
             over = follow_until is None or follow_until()
             if path.exists():
                 with open(path, "rb") as f:
+                    if tail:
+                        cursor, tail = _tail_cursor(f, tail), 0
                     f.seek(cursor.position)
                     yield from _timed_lines(f, cursor, offset, batch, batch_bytes)
             if over:
@@ -251,6 +258,50 @@ def _timed_lines(stored: Iterable[bytes], cursor: _Cursor, offset: int, batch: i
             lines, size = [], 0
     if lines:
         yield cursor.index - len(lines), lines
+
+
+def _tail_cursor(f: BinaryIO, count: int) -> _Cursor:
+    """Where the last `count` whole lines of a stored log begin (with the index of the
+    first and the time of its batch): looked for from the end in a window that doubles
+    until it holds them and the time marker before them."""
+    end = f.seek(0, 2)
+    window = 64 * 1024
+    while True:
+        start = max(0, end - window)
+        f.seek(start)
+        data = f.read(end - start)
+        data = data[:data.rfind(b"\n") + 1]  # an unfinished last line is no line yet
+        records = data.split(b"\n")[:-1]
+        whole_from = 0 if start == 0 else 1  # the window's first record may be the end of a longer one
+        position, found, first = start + len(data), 0, None
+        for record in reversed(records[whole_from:]):
+            position -= len(record) + 1
+            tag = record[:1]
+            if first is None and tag not in (b"q", b"t"):
+                found += 1
+                if found == count:
+                    first = position
+            elif first is not None and tag in (b"t", b"q"):  # a batch's time, or the end of one that had none
+                return _Cursor(first, _lines_before(f, first), int(record[1:]) if tag == b"t" else 0)
+        if first is not None and (start == 0 or window >= _TIME_SEARCH_BYTES):
+            return _Cursor(first, _lines_before(f, first), 0)  # a log older than the times
+        if start == 0:
+            return _Cursor()
+        window *= 2
+
+
+def _lines_before(f: BinaryIO, position: int) -> int:
+    """The lines (not markers) stored before `position`, the start of one, counted at the
+    speed of bytes.count."""
+    f.seek(0)
+    lines, previous, left = 0, b"\n", position
+    while left:
+        chunk = f.read(min(left, READ_BATCH_BYTES))
+        left -= len(chunk)
+        joined = previous + chunk
+        lines += joined.count(b"\n") - (previous == b"\n") - joined.count(b"\nq") - joined.count(b"\nt")
+        previous = chunk[-1:]
+    return lines
 
 
 def _write_all(file: FileIO, data: bytes) -> None:

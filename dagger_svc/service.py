@@ -6,11 +6,13 @@ and talks to etcd through the Store and to running jobs through the Scheduler.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,9 +344,11 @@ class DaggerService:
 
     def tail_logs(self, caller: Principal, workflow_id: str, job: str, attempt: int = 0, offset: int = 0,
                   follow: bool = False,
-                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, list[TimedLine]]]:
-        """(attempt, index of the first line, lines) of one attempt (0: the current one);
-        with follow, then of every attempt after it, until the job has ended."""
+                  is_active: Callable[[], bool] = lambda: True,
+                  tail: int = 0) -> Iterator[tuple[int, int, list[TimedLine]]]:
+        """(attempt, index of the first line, lines) of one attempt (0: the current one),
+        only its last `tail` lines when tail is set; with follow, then of every attempt
+        after it, until the job has ended."""
         workflow_id = self.get(caller, workflow_id).id
         record = self.store.job(workflow_id, job)
         if attempt < 0:
@@ -358,7 +362,7 @@ class DaggerService:
 
         while True:
             for index, lines in self._attempt_lines(workflow_id, job, current, offset,
-                                                    attempt_over if follow else None):
+                                                    attempt_over if follow else None, tail):
                 offset = index + len(lines)
                 yield current, index, lines
             if not follow or not is_active():
@@ -367,24 +371,32 @@ class DaggerService:
             if record.status.finished and record.attempt <= current:
                 return
             if record.attempt > current:
-                current, offset = current + 1, 0
+                current, offset, tail = current + 1, 0, 0
             else:
                 time.sleep(0.2)  # the next attempt has not started yet (retry backoff)
 
     def _attempt_lines(self, workflow_id: WorkflowId, job: str, attempt: int, offset: int,
-                       follow_until: Callable[[], bool] | None) -> Iterator[tuple[int, list[TimedLine]]]:
+                       follow_until: Callable[[], bool] | None,
+                       tail: int = 0) -> Iterator[tuple[int, list[TimedLine]]]:
         """From the local file while there is one (or while the attempt may still write it),
         else from the copy of the ended attempt's log."""
         if (self.log_copies is None or self.logs.path(workflow_id, job, attempt).exists()
                 or not self.store.job(workflow_id, job).attempt_over(attempt)):
-            return self.logs.read_timed(workflow_id, job, attempt, offset, follow_until)
-        return self._copied_lines(self.log_copies, workflow_id, job, attempt, offset)
+            return self.logs.read_timed(workflow_id, job, attempt, offset, follow_until, tail=tail)
+        return self._copied_lines(self.log_copies, workflow_id, job, attempt, offset, tail)
 
     @staticmethod
     def _copied_lines(copies: LogCopies, workflow_id: str, job: str, attempt: int,
-                      offset: int) -> Iterator[tuple[int, list[TimedLine]]]:
+                      offset: int, tail: int = 0) -> Iterator[tuple[int, list[TimedLine]]]:
         chunks = copies.read(workflow_id, job, attempt)
         try:
+            if tail:  # a copy is read from its start: only the last lines are kept on the way
+                kept = deque(((index + i, line) for index, lines in read_stored(chunks, offset)
+                              for i, line in enumerate(lines)), maxlen=tail)
+                for start in range(0, len(kept), 1000):
+                    some = list(itertools.islice(kept, start, start + 1000))
+                    yield some[0][0], [line for _, line in some]
+                return
             yield from read_stored(chunks, offset)
         except NotFound:
             return  # no copy: the attempt wrote no line, or its file was lost before it was copied

@@ -163,7 +163,7 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
     def TailLogs(self, request: pb.TailLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogLines]:
         for attempt, offset, lines in self.service.tail_logs(
             self.principal(), request.workflow_id, request.job, request.attempt, request.offset, request.follow,
-            is_active=lambda: _active(context),
+            is_active=lambda: _active(context), tail=request.tail,
         ):
             yield pb.LogLines(offset=offset, attempt=attempt,
                               lines=[pb.LogLine(stream=cast(Any, s), text=t, time=at) for s, t, at in lines])

@@ -125,7 +125,8 @@ def _job_log(client: Client, connection: _Connection, workflow_id: str, job: str
     def chunks(live: bool) -> Iterator[pb.LogLines]:
         nonlocal shown, offset, connected
         while True:
-            request = pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=shown, offset=offset, follow=live)
+            request = pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=shown, offset=offset, follow=live,
+                                         tail=0 if live or tail is None else tail)
             try:
                 for chunk in client.dagger.TailLogs(request, metadata=client.metadata):
                     connected = True

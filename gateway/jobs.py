@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import posixpath
 import urllib.parse
-from collections import deque
 from collections.abc import Iterator
 
 import grpc
@@ -57,21 +56,23 @@ def _line(line: pb.LogLine) -> Line:
     return [STREAMS.get(line.stream, "stdout"), line.text.decode("utf-8", "replace")]
 
 
-def _tail(metadata: Metadata, workflow_id: str, job: str, attempt: int,
-          offset: int = 0) -> grpc.CallIterator[pb.LogLines]:
+def _tail(metadata: Metadata, workflow_id: str, job: str, attempt: int, offset: int = 0,
+          tail: int = 0) -> grpc.CallIterator[pb.LogLines]:
     return services().dagger.TailLogs(
-        pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=attempt, offset=offset), metadata=metadata)
+        pb.TailLogsRequest(workflow_id=workflow_id, job=job, attempt=attempt, offset=offset, tail=tail),
+        metadata=metadata)
 
 
 def last_lines(metadata: Metadata, workflow_id: str, job: str, attempt: int, count: int) -> tuple[int, list[Line], int]:
     """(index of the first, the last `count` lines, the number of lines) of an attempt."""
-    kept: deque[tuple[int, pb.LogLine]] = deque(maxlen=count)
-    total = 0
-    for chunk in _tail(metadata, workflow_id, job, attempt):
-        kept.extend(enumerate(chunk.lines, chunk.offset))
+    lines: list[Line] = []
+    first = total = 0
+    for chunk in _tail(metadata, workflow_id, job, attempt, tail=count):
+        if not lines:
+            first = chunk.offset
+        lines += [_line(line) for line in chunk.lines]
         total = chunk.offset + len(chunk.lines)
-    first = kept[0][0] if kept else total
-    return first, [_line(line) for _, line in kept], total
+    return (first if lines else total), lines[-count:], total
 
 
 def some_lines(metadata: Metadata, workflow_id: str, job: str, attempt: int, offset: int,

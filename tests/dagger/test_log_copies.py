@@ -105,7 +105,8 @@ def tails(stub: Any, workflow_id: str) -> dict[str, list[tuple[int, int, list[tu
     """What TailLogs answers for each way of asking (attempt, offset, follow)."""
     asked = {"current": {}, "first": {"attempt": 1}, "from 3": {"attempt": 1, "offset": 3},
              "follow from the first": {"attempt": 1, "follow": True}, "follow": {"follow": True},
-             "beyond the end": {"attempt": 2, "offset": 50}}
+             "beyond the end": {"attempt": 2, "offset": 50}, "tail": {"tail": 3},
+             "tail of the first, following": {"attempt": 1, "tail": 2, "follow": True}}
     return {name: [(m.attempt, m.offset, [(line.stream, line.text, line.time) for line in m.lines])
                    for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=workflow_id, job="flaky", **request),
                                           timeout=30)]
@@ -137,6 +138,12 @@ def test_an_ended_attempt_s_log_is_copied_and_served_from_the_copy_once_the_file
     assert [(a, o) for a, o, _ in before["from 3"]] == [(1, 3)]
     assert [a for a, _, _ in before["follow from the first"]] == [1, 2]
     assert all(t > 0 for _, _, lines in before["current"] for _, _, t in lines)
+    current = [(o + i, line) for _, o, lines in before["current"] for i, line in enumerate(lines)]
+    assert [(o + i, line) for _, o, lines in before["tail"] for i, line in enumerate(lines)] == current[-3:]
+    first = [line for a, _, lines in before["first"] for line in lines]
+    assert [line for a, _, lines in before["tail of the first, following"] if a == 1 for line in lines] == first[-2:]
+    assert [line for a, _, lines in before["tail of the first, following"] if a == 2 for line in lines] == \
+        [line for _, _, lines in before["current"] for line in lines]  # the next attempt whole
     shown = cli_logs(stack, donut_home, alice.token, alice.workflow)
 
     stack.stop()

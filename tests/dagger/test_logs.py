@@ -180,3 +180,33 @@ def test_a_job_printing_past_the_limit_keeps_running_and_its_log_is_cut(stack_co
         notes = [line.text for line in lines if line.stream == pb.LOG_STREAM_SYSTEM]
         assert any(b"limit of 4096 bytes" in note for note in notes), notes
         driver.close()
+
+
+@pytest.mark.parametrize("count", [1, 3, 250, 999, 1000, 5000])
+def test_a_tail_starts_at_the_last_lines_with_their_index_and_time(tmp_path: Path, count: int) -> None:
+    now = [1000.0]
+    store = LogStore(tmp_path, clock=lambda: now[0])
+    for batch in range(100):  # sequenced batches of 10 lines, received a second apart
+        now[0] += 1
+        store.append("w", "j", 1, [(STDERR if i % 2 else STDOUT, b"%d" % (batch * 10 + i)) for i in range(10)],
+                     sequence=batch + 1)
+    with open(store.path("w", "j", 1), "ab") as f:
+        f.write(b"ounfinished")  # a line still being written is no line yet
+
+    read = [(index, chunk) for index, chunk in store.read_timed("w", "j", 1, tail=count, batch=7)]
+
+    got = [line for _, chunk in read for line in chunk]
+    whole = [line for _, chunk in store.read_timed("w", "j", 1) for line in chunk]
+    assert got == whole[-count:]
+    assert read[0][0] == max(1000 - count, 0)  # the index of its first line
+    assert got[0][2] == (1001 + (1000 - min(count, 1000)) // 10) * 1000  # when its batch was received
+    assert [line for _, chunk in store.read_timed("w", "j", 1, offset=995, tail=count) for line in chunk] == \
+        whole[max(995, 1000 - count):]  # an offset past the tail's start wins
+
+
+def test_a_tail_of_an_old_log_without_markers_and_of_none(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    store.append("w", "j", 1, [(STDOUT, b"%d" % i) for i in range(100_000)])
+    assert [line[:2] for _, chunk in store.read_timed("w", "j", 1, tail=2) for line in chunk] == [
+        (STDOUT, b"99998"), (STDOUT, b"99999")]
+    assert list(store.read_timed("w", "j", 2, tail=5)) == []

@@ -935,6 +935,7 @@ class TailLogsRequest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     job: _builtins.str
     attempt: _builtins.int
@@ -943,6 +944,8 @@ class TailLogsRequest(_message.Message):
     """lines of that attempt to skip"""
     follow: _builtins.bool
     """then every later attempt's lines too, live, until the job ends"""
+    tail: _builtins.int
+    """only the last N lines of the attempt (no earlier than offset); 0: all"""
     def __init__(
         self,
         *,
@@ -951,10 +954,11 @@ class TailLogsRequest(_message.Message):
         attempt: _builtins.int = ...,
         offset: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        tail: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "job", b"job", "offset", b"offset", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "follow", b"follow", "job", b"job", "offset", b"offset", "tail", b"tail", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
