@@ -217,8 +217,8 @@ def graph(jobs: Iterable[pb.Job]) -> dict[str, Any]:
 def events(workflow_id: str) -> ResponseReturnValue:
     """Server-sent events: `workflow` (its status, counts and times) and `jobs` (the jobs
     that changed, by name), first everything, then what changes; `end` once it has ended."""
-    call = services().dagger.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id, include_jobs=True),
-                                           metadata=me().metadata)
+    call = services().dagger.WatchWorkflow(
+        pb.WatchWorkflowRequest(id=workflow_id, include_jobs=True, changed_jobs_only=True), metadata=me().metadata)
     return sse.events_response(call, _Changes().of)
 
 
