@@ -17,34 +17,34 @@ SIGN_IN_PATH = "/login/code"  # the GUI's page spending a code (as users_svc bui
 
 @cli.command()
 @click.option("--print-url", is_flag=True, help="Print the link instead of opening it in a browser.")
-@click.option("--url", "base", default="", metavar="BASE",
+@click.option("--url", default="", metavar="BASE",
               help="The web GUI's address, http(s)://host[:port][/path] (default: the one the server knows).")
 @pass_settings
 @rpc_errors
-def ui(settings: Settings, print_url: bool, base: str) -> None:
+def ui(settings: Settings, print_url: bool, url: str) -> None:
     """Open the web GUI, signed in as yourself (a link valid 60 s, once)."""
     import webbrowser
 
     from donut.users.v1 import users_pb2
 
-    base = web_url("--url", base)
+    base = web_url("--url", url)
     client = settings.client
     code = client.users.CreateSignInCode(users_pb2.CreateSignInCodeRequest(), metadata=client.metadata)
     if base:
-        url = f"{base}{SIGN_IN_PATH}?code={urllib.parse.quote(code.code, safe='')}"
+        link = f"{base}{SIGN_IN_PATH}?code={urllib.parse.quote(code.code, safe='')}"
     elif code.url:
-        url = code.url
+        link = code.url
     else:
         fail("the server does not know the web GUI's address: pass --url")
     if not print_url:
         try:
-            opened = webbrowser.open(url)
+            opened = webbrowser.open(link)
         except webbrowser.Error:
             opened = False
         if opened:
-            click.echo(f"Opened {url} (valid 60 s, once)", err=True)
+            click.echo(f"Opened {link} (valid 60 s, once)", err=True)
             return
-    click.echo(url)
+    click.echo(link)
 
 
 def web_url(option: str, text: str) -> str:
