@@ -165,8 +165,9 @@ class UsersService:
         if job_only:
             if not (caller.is_service or caller.is_admin):
                 raise PermissionDenied("job tokens are minted by the scheduler (service credentials)")
-        elif caller.is_service and not caller.acts_as_user:
-            pass  # the gateway opens a web session for the user who signed in (scopes checked below)
+        elif caller.is_service and not caller.acts_as_user:  # the gateway opens a web session for a user
+            if not (user_id or user_login):
+                raise InvalidArgument([Problem("user_id", "services name the user the token is for")])
         elif not caller.is_admin:
             caller.require_user()
             if (user_id or caller.user_id) != caller.user_id or (user_login or caller.login) != caller.login:

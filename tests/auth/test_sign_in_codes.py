@@ -138,6 +138,10 @@ def test_the_gateway_opens_web_sessions_for_users_with_their_own_rights(stack: A
         user_id=people.alice_id, name="web session", scopes=["user"], expires_in_seconds=3600))
     me = users(stack, session.secret).WhoAmI(upb.WhoAmIRequest())
     assert me.user.login == "alice" and list(me.token.scopes) == ["user"] and me.token.name == "web session"
+    assert me.token.expires_at.seconds > 0
+    with pytest.raises(grpc.RpcError) as nobody:  # not a token of the services' own account
+        people.services.CreateToken(upb.CreateTokenRequest(name="web session", scopes=["user"]))
+    assert nobody.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in nobody.value.details()
     admin_id = people.admin.WhoAmI(upb.WhoAmIRequest()).user.id
     admin_session = people.services.CreateToken(upb.CreateTokenRequest(
         user_id=admin_id, name="web session", scopes=["user", "admin"], expires_in_seconds=3600))

@@ -288,7 +288,7 @@ class CreateTokenRequest(_message.Message):
     expires_in_seconds: _builtins.int
     """0: never"""
     user_id: _builtins.str
-    """instead of user_login (services minting job tokens)"""
+    """instead of user_login (services minting job tokens and web sessions)"""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty: user"""
