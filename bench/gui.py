@@ -6,7 +6,7 @@
   `running`, finished_at for `succeeded`): p50/p99 over the changes (target p99 < 500 ms).
 - Load: the page of a workflow of 1,000 and of 10,000 jobs (a layered DAG, each job
   depending on two of the layer above; held waiting behind a first job that sleeps), from
-  navigation to the DAG drawn and the first live event applied (targets < 1 s, < 3 s).
+  navigation to the DAG drawn, and to the first live event applied (targets < 1 s, < 3 s).
 
 Starts its own etcd and `donut up` stack (in this process); prints, asserts nothing.
 
@@ -108,17 +108,19 @@ def main() -> None:
                                                                   parallelism=1))
             url = f"{stack.http_endpoint}/workflows/{held.id}"
             page.goto(url)  # once to warm up
-            times = []
+            drawn_in, live_in = [], []
             for _ in range(3):
                 started = time.perf_counter()
                 page.goto(url, wait_until="commit")
-                page.wait_for_selector("#dag .node[data-status]", state="attached")
+                page.wait_for_selector("#dag .node[data-status]", state="attached")  # the DAG is drawn
+                drawn_in.append(time.perf_counter() - started)
                 page.wait_for_selector("#facts[data-live]", state="attached")  # the first live event is applied
-                times.append(time.perf_counter() - started)
-            drawn = page.evaluate("document.querySelectorAll('#dag .node').length")
+                live_in.append(time.perf_counter() - started)
+            boxes = page.evaluate("document.querySelectorAll('#dag .node').length")
             target = "< 1 s" if n <= 1000 else "< 3 s"
-            print(f"workflow page of {n:,} jobs usable in {min(times):.2f} s (best of 3; median "
-                  f"{statistics.median(times):.2f} s), {drawn} boxes drawn (target {target})")
+            print(f"workflow page of {n:,} jobs: DAG drawn ({boxes} boxes in view) in {min(drawn_in):.2f} s, live in "
+                  f"{min(live_in):.2f} s (best of 3; medians {statistics.median(drawn_in):.2f} s, "
+                  f"{statistics.median(live_in):.2f} s; target {target})")
             dagger.CancelWorkflow(pb.CancelWorkflowRequest(id=held.id))
         browser.close()
         connection.close()
