@@ -332,6 +332,51 @@ class DaggerService:
         finally:
             cancel()
 
+    def watch_run(self, caller: Principal, workflow_id: str, is_active: Callable[[], bool] = lambda: True,
+                  min_interval: float = WATCH_INTERVAL) -> Iterator[RunView]:
+        """The run now, then as it changes, until it has ended: views of the workflow record
+        with only the job records written since the view before (at most one view per
+        min_interval, the newest; the final state at once, whole, so that no job record
+        that came late is missed)."""
+        view = self.run(caller, workflow_id)
+        latest = _Latest(min_interval)
+        changed: dict[str, JobRecord] = {}
+        lock = threading.Lock()
+        newest: list[WorkflowRecord | None] = [view.workflow]  # offered again when only a job changed
+
+        def on_workflow(workflow: WorkflowRecord | None) -> None:
+            with lock:
+                newest[0] = workflow
+                latest.offer(workflow)
+
+        def on_job(job: JobRecord) -> None:
+            with lock:
+                changed[job.name] = job
+                if newest[0] is not None:  # (not after a deletion)
+                    latest.offer(newest[0])
+
+        cancels = [self.store.watch_jobs(view.workflow.id, on_job, after=view.revision),
+                   self.store.watch_workflow(view.workflow.id, on_workflow, after=view.revision)]
+        try:
+            yield view
+            latest.sent()
+            while not view.workflow.status.finished and is_active():
+                value = latest.take(timeout=1.0)
+                if value is _NOTHING:
+                    continue
+                if value is None:
+                    raise NotFound(f"workflow {view.workflow.id} was deleted")
+                assert isinstance(value, WorkflowRecord)
+                with lock:
+                    jobs, changed = dict(changed), {}
+                view = self.store.run(view.workflow.id) if value.status.finished \
+                    else RunView(value, view.definition, jobs)
+                yield view
+                latest.sent()
+        finally:
+            for cancel in cancels:
+                cancel()
+
     # ---- jobs ----------------------------------------------------------------------
 
     def job(self, caller: Principal, workflow_id: str, name: str) -> tuple[Definition, JobRecord]:

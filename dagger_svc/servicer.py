@@ -72,9 +72,11 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         return workflow_pb(w, str(self.service.workdir(w.id)))
 
     def _run(self, view: RunView) -> pb.Workflow:
-        """The workflow with its jobs, as they were at one moment."""
+        """The workflow with its jobs (those of the view: all, or those that changed), in
+        the definition's order."""
         message = self._workflow(view.workflow)
-        message.jobs.extend(job_pb(view.workflow.id, view.definition, view.jobs[name]) for name in view.definition.jobs)
+        message.jobs.extend(job_pb(view.workflow.id, view.definition, view.jobs[name]) for name in view.definition.jobs
+                            if name in view.jobs)
         return message
 
     def CreateWorkflow(self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext) -> pb.Workflow:
@@ -135,6 +137,10 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         return pb.DeleteWorkflowResponse()
 
     def WatchWorkflow(self, request: pb.WatchWorkflowRequest, context: grpc.ServicerContext) -> Iterator[pb.Workflow]:
+        if request.include_jobs and request.changed_jobs_only:
+            for view in self.service.watch_run(self.principal(), request.id, is_active=lambda: _active(context)):
+                yield self._run(view)
+            return
         for workflow in self.service.watch(self.principal(), request.id, is_active=lambda: _active(context)):
             yield self._run(self.service.run(self.principal(), workflow.id)) if request.include_jobs \
                 else self._workflow(workflow)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -26,6 +28,7 @@ from donut_common.errors import Conflict, NotFound, Unavailable
 
 MAX_OPS_PER_TXN = 120          # etcd refuses more than 128 (--max-txn-ops)
 MAX_BYTES_PER_TXN = 1_000_000  # etcd refuses requests over 1.5 MiB
+CACHED_JOB_SPECS = 50_000      # job specs of the definitions kept in memory (a stored definition never changes)
 Revisions = dict[str, int]     # key -> mod_revision last seen
 Lease = etcd.Lease
 
@@ -37,6 +40,8 @@ class RunView:
     workflow: WorkflowRecord
     definition: Definition
     jobs: dict[str, JobRecord]
+    revision: int = 0
+    """The etcd revision it was read at."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class Store:
     def __init__(self, client: etcd.Etcd, keys: Keys | None = None) -> None:
         self._etcd = client
         self.keys = keys or Keys()
+        self._definitions: OrderedDict[WorkflowId, Definition] = OrderedDict()
+        self._definitions_lock = threading.Lock()
 
     def close(self) -> None:
         """Closes the etcd client; broken watches are not taken up again after this."""
@@ -249,10 +256,26 @@ class Store:
         result = self._etcd.txn([], [etcd.get(self.keys.workflow(workflow_id))])
         if not result.ranges[0]:
             raise no_workflow(workflow_id)
-        specs = self._etcd.get_prefix(self.keys.specs(workflow_id), revision=result.revision)
+        definition = self._stored_definition(workflow_id, result.revision)
         job_kvs = self._etcd.get_prefix(self.keys.jobs(workflow_id), revision=result.revision)
         jobs = {job.name: job for job in (_job(kv.value) for kv in job_kvs)}
-        return RunView(_workflow(result.ranges[0][0].value), _definition(kv.value for kv in specs), jobs)
+        return RunView(_workflow(result.ranges[0][0].value), definition, jobs, result.revision)
+
+    def _stored_definition(self, workflow_id: WorkflowId, revision: int) -> Definition:
+        """The definition of a stored workflow (one whose record was seen at `revision`),
+        from memory when it was read before."""
+        with self._definitions_lock:
+            if (found := self._definitions.get(workflow_id)) is not None:
+                self._definitions.move_to_end(workflow_id)
+                return found
+        definition = _definition(kv.value for kv in self._etcd.get_prefix(self.keys.specs(workflow_id),
+                                                                           revision=revision))
+        with self._definitions_lock:
+            self._definitions[workflow_id] = definition
+            while sum(len(d.jobs) for d in self._definitions.values()) > CACHED_JOB_SPECS \
+                    and len(self._definitions) > 1:
+                self._definitions.popitem(last=False)
+        return definition
 
     def save_run(self, workflow_id: WorkflowId, workflow: WorkflowRecord | None, jobs: Iterable[JobRecord],
                  revisions: Revisions, enqueue: bool = False) -> None:
@@ -444,7 +467,6 @@ class Store:
             return None
         workflow_kvs, cancel_kvs = result.ranges
         # the rest as it was when claimed, in pages (a large run's records exceed one answer)
-        spec_kvs = self._etcd.get_prefix(self.keys.specs(workflow_id), revision=result.revision)
         job_kvs = self._etcd.get_prefix(self.keys.jobs(workflow_id), revision=result.revision)
         revisions: Revisions = {}
         workflow = None
@@ -456,7 +478,10 @@ class Store:
             job = _job(kv.value)
             jobs[job.name] = job
             revisions[kv.key] = kv.mod_revision
-        return RunSnapshot(workflow, _definition(kv.value for kv in spec_kvs), jobs, revisions, bool(cancel_kvs))
+        definition = self._stored_definition(workflow_id, result.revision) if workflow is not None \
+            else _definition(kv.value for kv in self._etcd.get_prefix(self.keys.specs(workflow_id),
+                                                                       revision=result.revision))
+        return RunSnapshot(workflow, definition, jobs, revisions, bool(cancel_kvs))
 
     def give_up(self, workflow_id: WorkflowId, message: str, now: float) -> None:
         """Takes a run that can't be scheduled off the queue, its workflow `dead` with the
@@ -538,3 +563,13 @@ class Store:
             on_change(None if value is None else _workflow(value))
 
         return self._etcd.watch_prefix(self.keys.workflow(workflow_id), on_event, start_revision=after + 1)
+
+    def watch_jobs(self, workflow_id: WorkflowId, on_change: Callable[[JobRecord], None],
+                   after: int) -> Callable[[], None]:
+        """Calls on_change with every job record of the workflow written after revision
+        `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if value is not None:
+                on_change(_job(value))
+
+        return self._etcd.watch_prefix(self.keys.jobs(workflow_id), on_event, start_revision=after + 1)

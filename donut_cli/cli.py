@@ -413,7 +413,7 @@ def _show_envvars(command: click.Command) -> None:
 
 
 # the commands register themselves on the group
-from donut_cli import accounts, archive, deleting, lifecycle, lint, logs, misc, results, up, workflows  # noqa: E402,F401
+from donut_cli import accounts, archive, deleting, lifecycle, lint, logs, misc, results, ui, up, workflows  # noqa: E402,F401
 
 _show_envvars(cli)
 

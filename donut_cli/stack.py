@@ -57,6 +57,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SESSION_KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class GithubSignIn:
+    """Signing in to the web GUI with GitHub (OAuth); off without a client id."""
+
+    client_id: str = ""
+    """The OAuth app's client id ("": no GitHub sign-in, only `donut ui` links)."""
+    client_secret: str = field(default="", repr=False)
+    """The OAuth app's client secret (from the environment, never a flag)."""
+    url: str = "https://github.com"
+    """GitHub's address (a GitHub Enterprise Server's for one)."""
+    users: tuple[str, ...] = ()
+    """Logins that may sign in (with orgs: members of those too; both empty: anyone)."""
+    orgs: tuple[str, ...] = ()
+    """Organisations whose members may sign in."""
+
 
 @dataclass(frozen=True)
 class StackConfig:
@@ -117,6 +135,11 @@ class StackConfig:
     bucket, and nothing is written under data_dir/cellar."""
     sweep: SweepSettings = SweepSettings()
     """How often cellar removes what unfinished uploads left behind."""
+    public_url: str = ""
+    """http(s)://host[:port][/path] the web GUI is reached at behind a proxy ("": the
+    gateway's own address); OAuth callbacks and `donut ui` links point there."""
+    github: GithubSignIn = GithubSignIn()
+    """Signing in to the web GUI with GitHub."""
 
 
 @dataclass
@@ -145,6 +168,8 @@ class Stack:
     retention: Retention | None = None
     url_signing_key: bytes = b""
     """The key cellar signs download links with and the gateway checks them with."""
+    session_key: bytes = b""
+    """The key the gateway signs its session cookies with."""
     cellar_storage: Storage | None = None
     _sweeper: threading.Thread | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
@@ -167,10 +192,12 @@ class Stack:
             client = Etcd.connect(endpoints, access=access)
             self.store = Store(client, Keys(c.etcd_prefix))
             self.store.upgrade()
-            self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time)
+            self.users = UsersService(UserStore(client, c.etcd_prefix), clock=self.clock.time,
+                                      gui_url=lambda: c.public_url or self.http_endpoint)  # known once it runs
             self.users.store.upgrade(now=self.clock.time())
             self.service_token = self._service_token(self.users)
             self.url_signing_key = _url_signing_key(c.data_dir)
+            self.session_key = _session_key(c.data_dir)
             self.logs = LogStore(c.data_dir / "logs", max_bytes=c.max_log_bytes)
             self.cellar_storage = open_storage(c.storage, c.data_dir / "cellar")
             self._sweeper = start_sweeper(self.cellar_storage, c.sweep, self._stopping)
@@ -287,7 +314,12 @@ class Stack:
         c = self.config
         app = create_app({"DONUT_ENDPOINT": self.endpoint, "DONUT_SERVICE_TOKEN": self.service_token,
                           "DONUT_URL_SIGNING_KEY": self.url_signing_key,
-                          "DONUT_TLS_CA": c.tls_cert.read_bytes() if c.tls_cert else None})
+                          "DONUT_TLS_CA": c.tls_cert.read_bytes() if c.tls_cert else None,
+                          "SECRET_KEY": self.session_key, "DONUT_PUBLIC_URL": c.public_url,
+                          "DONUT_GITHUB_CLIENT_ID": c.github.client_id,
+                          "DONUT_GITHUB_CLIENT_SECRET": c.github.client_secret,
+                          "DONUT_GITHUB_URL": c.github.url, "DONUT_GITHUB_USERS": c.github.users,
+                          "DONUT_GITHUB_ORGS": c.github.orgs})
         http = make_server(self.config.host, self.config.http_port, app, threaded=True)
         self.http_endpoint = f"http://{self.config.host}:{http.server_port}"
         thread = threading.Thread(target=http.serve_forever, name="gateway", daemon=True)
@@ -460,6 +492,17 @@ def _url_signing_key(data_dir: Path) -> bytes:
     key = path.read_bytes().strip() if path.exists() else b""
     if not key:  # none yet (or emptied): a link signed with no key would be anyone's to make
         key = secrets.token_hex(32).encode()
+        write_private(path, key)
+    return key
+
+
+def _session_key(data_dir: Path) -> bytes:
+    """The key of the gateway's session cookies, kept with the data (mode 0600), made on
+    first start: sessions outlive a restart."""
+    path = data_dir / "session-key"
+    key = path.read_bytes() if path.exists() else b""
+    if len(key) < SESSION_KEY_BYTES:  # none yet (or emptied, cut short): cookies anyone could sign
+        key = secrets.token_bytes(SESSION_KEY_BYTES)
         write_private(path, key)
     return key
 

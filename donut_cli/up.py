@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,8 +19,12 @@ from donut_cli.cli import (
     fail,
     keep_the_normal_exit,
 )
+from donut_cli.ui import web_url
 from donut_common.config import ServerLimits, donut_home
 from streamed_job.spec import FetchSettings, SaveSettings
+
+if TYPE_CHECKING:
+    from donut_cli.stack import GithubSignIn
 
 
 @cli.command()
@@ -94,6 +100,17 @@ from streamed_job.spec import FetchSettings, SaveSettings
 @click.option("--s3-prefix", default="", help="Key prefix of everything cellar stores in the bucket.")
 @click.option("--sweep-interval", type=Seconds(min_open=True), default=SweepSettings.interval, show_default=True,
               help="Seconds between removals of what unfinished uploads left behind (a day old or more).")
+@click.option("--public-url", default="", metavar="URL",
+              help="http(s)://host[:port][/path] the web GUI is reached at (behind a proxy); GitHub's callback "
+                   "and `donut ui` links point there (default: the gateway's own address).")
+@click.option("--github-client-id", default="", metavar="ID",
+              help="Client id of a GitHub OAuth app: sign in to the web GUI with GitHub (its secret only from the "
+                   "environment, DONUT_GITHUB_CLIENT_SECRET).")
+@click.option("--github-url", default="https://github.com", show_default=True, metavar="URL",
+              help="GitHub's address (a GitHub Enterprise Server's for one).")
+@click.option("--github-users", default="", metavar="LOGIN,...",
+              help="GitHub logins that may sign in (with --github-orgs: members of those too; neither: anyone).")
+@click.option("--github-orgs", default="", metavar="ORG,...", help="GitHub organisations whose members may sign in.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
@@ -103,6 +120,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
        input_deadline: float, max_download_bytes: int, deny_private_origins: bool, retention_days: int,
        archive_finished: bool, delete_archived_workdirs: bool, quota_bytes: int | None, save_deadline: float,
        storage: str, s3_endpoint: str, s3_bucket: str, s3_region: str, s3_prefix: str, sweep_interval: float,
+       public_url: str, github_client_id: str, github_url: str, github_users: str, github_orgs: str,
        verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     keep_the_normal_exit()
@@ -128,6 +146,9 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
     except ValueError as e:
         fail(str(e), EXIT_BAD_INPUT)
     password = os.environ.get("DONUT_ETCD_PASSWORD", "")  # never a flag: argv is visible in ps
+    github = _github_sign_in(github_client_id, os.environ.get("DONUT_GITHUB_CLIENT_SECRET", ""), github_url,
+                             github_users, github_orgs)
+    public_url = web_url("--public-url", public_url)
     access = EtcdAccess(ca=etcd_ca, cert=etcd_cert, key=etcd_key, user=etcd_user, password=password)
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_access=access, etcd_prefix=etcd_prefix,
@@ -138,7 +159,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                          retention=RetentionSettings(days=retention_days),
                          archive_finished=archive_finished, delete_archived_workdirs=delete_archived_workdirs,
                          quota_bytes=quota_bytes, save=SaveSettings(deadline=save_deadline),
-                         storage=s3, sweep=SweepSettings(interval=sweep_interval))
+                         storage=s3, sweep=SweepSettings(interval=sweep_interval), public_url=public_url,
+                         github=github)
     if delete_archived_workdirs and not archive_finished:
         fail("--delete-archived-workdirs goes only with --archive-finished (a directory is removed only once "
              "its archive is stored)", EXIT_BAD_INPUT)
@@ -200,3 +222,28 @@ def _port_trouble(host: str, port: int) -> str | None:
             return "the port is in use (is `donut up` running already?)"
         return e.strerror or str(e)
     return None
+
+
+GITHUB_NAME = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9]){0,38}")  # a GitHub login or organisation name
+
+
+def _github_sign_in(client_id: str, client_secret: str, url: str, users: str, orgs: str) -> GithubSignIn:
+    """The GitHub sign-in the flags ask for; a one-line exit 2 naming what is wrong."""
+    from donut_cli.stack import GithubSignIn
+
+    if client_id and not client_secret:
+        fail("--github-client-id needs the OAuth app's secret in the environment: DONUT_GITHUB_CLIENT_SECRET",
+             EXIT_BAD_INPUT)
+    return GithubSignIn(client_id=client_id, client_secret=client_secret if client_id else "",
+                        url=web_url("--github-url", url), users=_github_names("--github-users", users),
+                        orgs=_github_names("--github-orgs", orgs))
+
+
+def _github_names(option: str, text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if len(name) > 39 or not GITHUB_NAME.fullmatch(name):
+            fail(f"{option}: not a GitHub login or organisation name: {name!r} (letters, digits and single "
+                 "hyphens inside, at most 39)", EXIT_BAD_INPUT)
+    return names
+

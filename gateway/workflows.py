@@ -5,8 +5,10 @@ events that keep those pages live."""
 from __future__ import annotations
 
 import posixpath
+import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ JOB_STATUSES = ("waiting", "queued", "running", "succeeded", "failed", "skipped"
 WORKFLOW_STATUSES = ("queued", "running", "done", "failed", "terminated", "dead")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fruit_gather.yaml"
 UPLOAD_CHUNK = 1024 * 1024
+DRAWINGS_KEPT = 16
+"""Layouts of workflows kept in memory (the most recently drawn)."""
 
 blueprint = Blueprint("workflows", __name__)
 
@@ -185,7 +189,7 @@ def show(workflow_id: str) -> ResponseReturnValue:
                                              metadata=user.metadata)
     first = max(request.args.get("jobs_from", 0, type=int), 0)
     return render_template("workflow.html", workflow=workflow, owner=_owner_login(user, workflow.owner),
-                           graph=graph(workflow.jobs), jobs=workflow.jobs[first:first + JOB_ROWS], jobs_from=first,
+                           graph=graph(workflow), jobs=workflow.jobs[first:first + JOB_ROWS], jobs_from=first,
                            job_rows=JOB_ROWS, finished=formats.workflow_status(workflow.status) in
                            ("done", "failed", "terminated", "dead"))
 
@@ -197,19 +201,30 @@ def _owner_login(user: SignedIn, owner: str) -> str:
         return owner
 
 
-def graph(jobs: Iterable[pb.Job]) -> dict[str, Any]:
-    """The DAG as the page's script draws it: boxes laid out here, in O(V+E)."""
-    jobs = list(jobs)
-    index = {job.name: i for i, job in enumerate(jobs)}
-    edges = [(parent, job.name) for job in jobs for parent in job.depends_on]
-    spacing = Spacing()
-    placed = layout([job.name for job in jobs], edges, spacing)
-    return {
-        "width": placed.width, "height": placed.height, "box": [spacing.node_width, spacing.node_height],
-        "nodes": [[job.name, formats.job_status(job.status), placed.nodes[job.name].x, placed.nodes[job.name].y]
-                  for job in jobs],
-        "edges": [[index[parent], index[child]] for parent, child in edges],
-    }
+def graph(workflow: pb.Workflow) -> dict[str, Any]:
+    """The DAG as the page's script draws it: boxes laid out here, in O(V+E), once per
+    workflow (its jobs never change), with the jobs' current states."""
+    with _drawn_lock:
+        drawn = _drawn.get(workflow.id)
+    if drawn is None:
+        index = {job.name: i for i, job in enumerate(workflow.jobs)}
+        edges = [(parent, job.name) for job in workflow.jobs for parent in job.depends_on]
+        spacing = Spacing()
+        placed = layout(list(index), edges, spacing)
+        drawn = {"width": placed.width, "height": placed.height, "box": [spacing.node_width, spacing.node_height],
+                 "places": [(placed.nodes[name].x, placed.nodes[name].y) for name in index],
+                 "edges": [[index[parent], index[child]] for parent, child in edges]}
+        with _drawn_lock:
+            _drawn[workflow.id] = drawn
+            while len(_drawn) > DRAWINGS_KEPT:
+                _drawn.popitem(last=False)
+    return {**{key: drawn[key] for key in ("width", "height", "box", "edges")},
+            "nodes": [[job.name, formats.job_status(job.status), x, y]
+                      for job, (x, y) in zip(workflow.jobs, drawn["places"], strict=True)]}
+
+
+_drawn: OrderedDict[str, dict[str, Any]] = OrderedDict()
+_drawn_lock = threading.Lock()
 
 
 @blueprint.get("/workflows/<workflow_id>/events")
@@ -217,8 +232,8 @@ def graph(jobs: Iterable[pb.Job]) -> dict[str, Any]:
 def events(workflow_id: str) -> ResponseReturnValue:
     """Server-sent events: `workflow` (its status, counts and times) and `jobs` (the jobs
     that changed, by name), first everything, then what changes; `end` once it has ended."""
-    call = services().dagger.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id, include_jobs=True),
-                                           metadata=me().metadata)
+    call = services().dagger.WatchWorkflow(
+        pb.WatchWorkflowRequest(id=workflow_id, include_jobs=True, changed_jobs_only=True), metadata=me().metadata)
     return sse.events_response(call, _Changes().of)
 
 

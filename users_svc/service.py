@@ -12,6 +12,7 @@ import hmac
 import re
 import secrets
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,12 +36,15 @@ from donut_common.errors import (
     Problem,
     Unauthenticated,
 )
-from users_svc.store import TokenRecord, UserRecord, UserStore
+from users_svc.store import SignInCodeRecord, TokenRecord, UserRecord, UserStore
 
 LAST_USED_EVERY = 60.0  # seconds between two writes of a token's last-used time
 FORGET_AFTER = 86400.0  # seconds a revoked or expired token is still kept (and listed), then deleted
 MAX_MAKERS = 16  # tokens in the chain that made a token (checked at each verification, in one read)
 FORGET_PER_MINT = 8     # ended tokens deleted by each new one: the sweep keeps pace with job tokens
+SIGN_IN_CODE_LIFETIME = 60.0  # seconds a web sign-in code works
+SIGN_IN_CODE_KEPT = 90  # seconds etcd keeps a code nobody spent (its lease), a little past its lifetime
+SIGN_IN_PATH = "/login/code"  # the web GUI's page that spends a sign-in code
 LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_.]{0,62}$")
 _SCOPE_PATTERN = re.compile(
     f"user|admin|service|job:{names.WORKFLOW_ID}/{names.JOB_NAME}/[1-9][0-9]{{0,8}}|cache:{names.UPLOAD_ID}")
@@ -50,6 +54,13 @@ _SCOPE_PATTERN = re.compile(
 class NewToken:
     record: TokenRecord
     secret: str  # shown once
+
+
+@dataclass(frozen=True)
+class NewSignInCode:
+    code: str  # shown once
+    expires_at: float
+    url: str  # the GUI's page spending it; "" when the GUI's address is unknown
 
 
 def _ended(token: TokenRecord | None, now: float) -> bool:
@@ -63,9 +74,12 @@ def _hash(secret: str) -> str:
 
 
 class UsersService:
-    def __init__(self, store: UserStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: UserStore, clock: Callable[[], float] = time.time,
+                 gui_url: Callable[[], str] = lambda: "") -> None:
         self.store = store
         self.clock = clock
+        self.gui_url = gui_url
+        """The web GUI's base URL, read when a sign-in code is made ("" while unknown)."""
 
     # ---- verification --------------------------------------------------------------
 
@@ -151,6 +165,9 @@ class UsersService:
         if job_only:
             if not (caller.is_service or caller.is_admin):
                 raise PermissionDenied("job tokens are minted by the scheduler (service credentials)")
+        elif caller.is_service and not caller.acts_as_user:  # the gateway opens a web session for a user
+            if not (user_id or user_login):
+                raise InvalidArgument([Problem("user_id", "services name the user the token is for")])
         elif not caller.is_admin:
             caller.require_user()
             if (user_id or caller.user_id) != caller.user_id or (user_login or caller.login) != caller.login:
@@ -195,6 +212,33 @@ class UsersService:
             revoked = record if record.revoked else record.with_(revoked=True, revoked_at=self.clock())
             if self.store.save_token(revoked, revision):
                 return revoked
+
+    # ---- web sign-in codes ------------------------------------------------------------
+
+    def create_sign_in_code(self, caller: Principal) -> NewSignInCode:
+        """A one-time code signing the caller's own user in to the web GUI (`donut ui`)."""
+        if caller.is_service:
+            raise PermissionDenied("sign-in codes are for users' own tokens, not services' or jobs'")
+        caller.require_user()
+        code = secrets.token_urlsafe(32)
+        expires_at = self.clock() + SIGN_IN_CODE_LIFETIME
+        self.store.save_sign_in_code(_hash(code), SignInCodeRecord(caller.user_id, expires_at), SIGN_IN_CODE_KEPT)
+        base = self.gui_url().rstrip("/")
+        url = f"{base}{SIGN_IN_PATH}?code={urllib.parse.quote(code, safe='')}" if base else ""
+        return NewSignInCode(code, expires_at, url)
+
+    def redeem_sign_in_code(self, caller: Principal, code: str) -> UserRecord:
+        """Spends a sign-in code (once, however many try at once): its user."""
+        if not caller.is_service:
+            raise PermissionDenied("only services (the gateway) redeem sign-in codes")
+        gone = NotFound("sign-in code unknown, used or expired")
+        try:
+            record = self.store.spend_sign_in_code(_hash(code))
+        except NotFound:
+            raise gone from None
+        if record.expires_at <= self.clock():
+            raise gone
+        return self.store.user(record.user_id)
 
     # ---- first start ---------------------------------------------------------------
 

@@ -79,6 +79,13 @@ class UsersServicer(users_pb2_grpc.UsersServicer):
     def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.Token:
         return token_pb(self.service.revoke_token(self.principal(), request.id))
 
+    def CreateSignInCode(self, request: pb.CreateSignInCodeRequest, context: grpc.ServicerContext) -> pb.SignInCode:
+        new = self.service.create_sign_in_code(self.principal())
+        return pb.SignInCode(code=new.code, expires_at=timestamp(new.expires_at), url=new.url)
+
+    def RedeemSignInCode(self, request: pb.RedeemSignInCodeRequest, context: grpc.ServicerContext) -> pb.User:
+        return user_pb(self.service.redeem_sign_in_code(self.principal(), request.code))
+
 
 def registration(service: UsersService, principal: Callable[[], Principal] = current_principal) -> tuple[Any, Any, str]:
     return users_pb2_grpc.add_UsersServicer_to_server, UsersServicer(service, principal), SERVICE_NAME

@@ -9,6 +9,8 @@
     <prefix>token-ends/<s>/<token id>       empty: the token was revoked or expires at <s> (seconds,
                                             12 digits), so ended tokens are found oldest first
     <prefix>upgrades/<name>                 present once the records of earlier versions were upgraded so
+    <prefix>sign-in-codes/<sha256 of code>  SignInCodeRecord JSON, bound to a lease: a code nobody
+                                            spends vanishes by itself
 
 Index keys are written with the record, in one transaction; a record whose index is
 missing (stored by an earlier version) gets it from `upgrade`.
@@ -61,6 +63,14 @@ class TokenRecord:
         """When it stopped (or stops) working: revoked or expired; None while neither."""
         ends = [t for t in (self.expires_at, self.revoked_at if self.revoked else None) if t is not None]
         return min(ends) if ends else None
+
+
+@dataclass(frozen=True)
+class SignInCodeRecord:
+    """A one-time web sign-in code, kept under the hash of its secret."""
+
+    user_id: str
+    expires_at: float
 
 
 class UserStore:
@@ -184,6 +194,22 @@ class UserStore:
         if deletes:
             self._txn([], deletes)
         return len(entries)
+
+    # ---- sign-in codes ------------------------------------------------------------
+
+    def save_sign_in_code(self, code_hash: str, record: SignInCodeRecord, keep_seconds: int) -> None:
+        """Stores a code's record; etcd removes it after `keep_seconds` if it is never spent."""
+        lease = self._etcd.lease(keep_seconds)
+        self._etcd.txn([], [etcd.put(self._key("sign-in-codes", code_hash), json.dumps(asdict(record)), lease.id)])
+
+    def spend_sign_in_code(self, code_hash: str) -> SignInCodeRecord:
+        """Removes the code's record and returns it; NotFound when there is none (never
+        stored, spent already, or forgotten): of two spending it at once, one gets it."""
+        key = self._key("sign-in-codes", code_hash)
+        found = self._etcd.get(key)
+        if found is None or not self._txn([etcd.mod_equals(key, found.mod_revision)], [etcd.delete(key)]):
+            raise NotFound("no such sign-in code")
+        return SignInCodeRecord(**json.loads(found.value))
 
     def upgrade(self, now: float) -> None:
         """Brings what earlier versions stored up to date, once per etcd: every token gets

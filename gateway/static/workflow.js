@@ -108,7 +108,7 @@
   }
   if (!facts.dataset.finished) {
     const events = new EventSource(facts.dataset.eventsUrl);
-    events.addEventListener("workflow", (e) => onWorkflow(JSON.parse(e.data)));
+    events.addEventListener("workflow", (e) => { onWorkflow(JSON.parse(e.data)); facts.dataset.live = "yes"; });
     events.addEventListener("jobs", (e) => onJobs(JSON.parse(e.data)));
     events.addEventListener("end", () => events.close());
     events.addEventListener("failure", () => events.close());

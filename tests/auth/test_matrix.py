@@ -118,6 +118,8 @@ def users_calls(w: World) -> dict[str, Call]:
         "CreateToken": lambda s: s.CreateToken(upb.CreateTokenRequest(user_login="alice")),
         "ListTokens": lambda s: s.ListTokens(upb.ListTokensRequest(user_login="alice")),
         "RevokeToken": lambda s: s.RevokeToken(upb.RevokeTokenRequest(id=w.alice_token_id)),
+        "CreateSignInCode": lambda s: s.CreateSignInCode(upb.CreateSignInCodeRequest()),
+        "RedeemSignInCode": lambda s: s.RedeemSignInCode(upb.RedeemSignInCodeRequest(code="x" * 43)),
     }
 
 
@@ -180,7 +182,7 @@ def test_the_matrix(world: World) -> None:
     # Bob may use his own account (who he is, validating, listing his own nothing);
     # everything of Alice's is not there for him, and everything admin-only is refused.
     bob_allowed = {("dagger", "ValidateDefinition"), ("dagger", "ListWorkflows"), ("dagger", "CreateWorkflow"),
-                   ("users", "WhoAmI"), ("cellar", "List")}
+                   ("users", "WhoAmI"), ("cellar", "List"), ("users", "CreateSignInCode")}
     alices = {("dagger", n) for n in ("GetWorkflow", "CancelWorkflow", "RetryWorkflow", "CloneWorkflow",
                                       "WatchWorkflow", "GetJob", "ListJobs", "TailLogs", "ArchiveWorkflow")}
     alices |= {("cellar", "Get"), ("cellar", "Stat"), ("cellar", "GetDownloadUrl"), ("users", "RevokeToken")}
@@ -197,7 +199,7 @@ def test_the_matrix(world: World) -> None:
     created = {k for k in after[0] if k not in before[0]}
     bob_workflows = [k.rsplit("/", 1)[1] for k in created if "/workflows/" in k]
     assert len(bob_workflows) == 1
-    assert [k for k in created if bob_workflows[0] not in k] == []
+    assert [k for k in created if bob_workflows[0] not in k and "/sign-in-codes/" not in k] == []
     changed = {k for k in before[0] if after[0].get(k) != before[0][k]}
     assert changed == set()
     assert [f for f in after[1] if f not in before[1] and bob_workflows[0].decode() not in f] == []

@@ -282,3 +282,20 @@ def test_workflows_are_found_by_the_start_of_their_id(driver: Driver) -> None:
             stub.ListWorkflows(bad)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert "id_prefix" in refused.value.details()  # type: ignore[attr-defined]
+
+
+def test_a_watch_of_changed_jobs_sends_only_those_between_a_whole_first_and_last(driver: Driver) -> None:
+    jobs = [sh("sleep 0.3", f"j{i}") for i in range(6)]
+    workflow_id = driver.submit(jobs, neighbors={f"j{i}": [f"j{i + 1}"] for i in range(5)}, parallelism=1)
+    messages = list(driver.stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id, include_jobs=True,
+                                                                      changed_jobs_only=True), timeout=60))
+    assert [j.name for j in messages[0].jobs] == [f"j{i}" for i in range(6)]
+    assert messages[-1].status == pb.WORKFLOW_STATUS_DONE
+    assert [(j.name, j.status) for j in messages[-1].jobs] == [(f"j{i}", pb.JOB_STATUS_SUCCEEDED) for i in range(6)]
+    middle = messages[1:-1]
+    assert all(len(m.jobs) <= 2 for m in middle)  # a chain changes a job or two at a time
+    for message in middle:
+        assert all(j.spec.name == j.name and j.depends_on == ([] if j.name == "j0" else [f"j{int(j.name[1]) - 1}"])
+                   for j in message.jobs)
+    running_seen = {j.name for m in middle for j in m.jobs if j.status == pb.JOB_STATUS_RUNNING}
+    assert len(running_seen) >= 3  # the live states came through, not only the end

@@ -769,17 +769,23 @@ class WatchWorkflowRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     INCLUDE_JOBS_FIELD_NUMBER: _builtins.int
+    CHANGED_JOBS_ONLY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     include_jobs: _builtins.bool
+    changed_jobs_only: _builtins.bool
+    """With include_jobs: the first and the last message hold every job, the others only the
+    jobs whose records changed since the message before (what a live view of a big run needs).
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         include_jobs: _builtins.bool = ...,
+        changed_jobs_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "include_jobs", b"include_jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_jobs_only", b"changed_jobs_only", "id", b"id", "include_jobs", b"include_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -79,6 +79,16 @@ class UsersStub(object):
                 request_serializer=donut_dot_users_dot_v1_dot_users__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=donut_dot_users_dot_v1_dot_users__pb2.Token.FromString,
                 _registered_method=True)
+        self.CreateSignInCode = channel.unary_unary(
+                '/donut.users.v1.Users/CreateSignInCode',
+                request_serializer=donut_dot_users_dot_v1_dot_users__pb2.CreateSignInCodeRequest.SerializeToString,
+                response_deserializer=donut_dot_users_dot_v1_dot_users__pb2.SignInCode.FromString,
+                _registered_method=True)
+        self.RedeemSignInCode = channel.unary_unary(
+                '/donut.users.v1.Users/RedeemSignInCode',
+                request_serializer=donut_dot_users_dot_v1_dot_users__pb2.RedeemSignInCodeRequest.SerializeToString,
+                response_deserializer=donut_dot_users_dot_v1_dot_users__pb2.User.FromString,
+                _registered_method=True)
 
 
 class UsersServicer(object):
@@ -143,6 +153,22 @@ class UsersServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSignInCode(self, request, context):
+        """A one-time code that signs the caller's own user in to the web GUI: valid 60 s, used
+        once. For user tokens only (`donut ui`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemSignInCode(self, request, context):
+        """Spends a sign-in code, returning its user; services only (the gateway). NOT_FOUND
+        when the code is unknown, used or expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UsersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +216,16 @@ def add_UsersServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=donut_dot_users_dot_v1_dot_users__pb2.RevokeTokenRequest.FromString,
                     response_serializer=donut_dot_users_dot_v1_dot_users__pb2.Token.SerializeToString,
+            ),
+            'CreateSignInCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSignInCode,
+                    request_deserializer=donut_dot_users_dot_v1_dot_users__pb2.CreateSignInCodeRequest.FromString,
+                    response_serializer=donut_dot_users_dot_v1_dot_users__pb2.SignInCode.SerializeToString,
+            ),
+            'RedeemSignInCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemSignInCode,
+                    request_deserializer=donut_dot_users_dot_v1_dot_users__pb2.RedeemSignInCodeRequest.FromString,
+                    response_serializer=donut_dot_users_dot_v1_dot_users__pb2.User.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -435,6 +471,60 @@ class Users(object):
             '/donut.users.v1.Users/RevokeToken',
             donut_dot_users_dot_v1_dot_users__pb2.RevokeTokenRequest.SerializeToString,
             donut_dot_users_dot_v1_dot_users__pb2.Token.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSignInCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/donut.users.v1.Users/CreateSignInCode',
+            donut_dot_users_dot_v1_dot_users__pb2.CreateSignInCodeRequest.SerializeToString,
+            donut_dot_users_dot_v1_dot_users__pb2.SignInCode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemSignInCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/donut.users.v1.Users/RedeemSignInCode',
+            donut_dot_users_dot_v1_dot_users__pb2.RedeemSignInCodeRequest.SerializeToString,
+            donut_dot_users_dot_v1_dot_users__pb2.User.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,14 @@ class UsersStub:
     """The token's secret is in the response only; the server keeps its hash."""
     ListTokens: _grpc.UnaryUnaryMultiCallable[_users_pb2.ListTokensRequest, _users_pb2.ListTokensResponse]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_users_pb2.RevokeTokenRequest, _users_pb2.Token]
+    CreateSignInCode: _grpc.UnaryUnaryMultiCallable[_users_pb2.CreateSignInCodeRequest, _users_pb2.SignInCode]
+    """A one-time code that signs the caller's own user in to the web GUI: valid 60 s, used
+    once. For user tokens only (`donut ui`).
+    """
+    RedeemSignInCode: _grpc.UnaryUnaryMultiCallable[_users_pb2.RedeemSignInCodeRequest, _users_pb2.User]
+    """Spends a sign-in code, returning its user; services only (the gateway). NOT_FOUND
+    when the code is unknown, used or expired.
+    """
 
 @_typing.type_check_only
 class UsersAsyncStub(UsersStub):
@@ -63,6 +71,14 @@ class UsersAsyncStub(UsersStub):
     """The token's secret is in the response only; the server keeps its hash."""
     ListTokens: _aio.UnaryUnaryMultiCallable[_users_pb2.ListTokensRequest, _users_pb2.ListTokensResponse]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_users_pb2.RevokeTokenRequest, _users_pb2.Token]  # type: ignore[assignment]
+    CreateSignInCode: _aio.UnaryUnaryMultiCallable[_users_pb2.CreateSignInCodeRequest, _users_pb2.SignInCode]  # type: ignore[assignment]
+    """A one-time code that signs the caller's own user in to the web GUI: valid 60 s, used
+    once. For user tokens only (`donut ui`).
+    """
+    RedeemSignInCode: _aio.UnaryUnaryMultiCallable[_users_pb2.RedeemSignInCodeRequest, _users_pb2.User]  # type: ignore[assignment]
+    """Spends a sign-in code, returning its user; services only (the gateway). NOT_FOUND
+    when the code is unknown, used or expired.
+    """
 
 class UsersServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -132,5 +148,25 @@ class UsersServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.RevokeTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.Token, _abc.Awaitable[_users_pb2.Token]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateSignInCode(
+        self,
+        request: _users_pb2.CreateSignInCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.SignInCode, _abc.Awaitable[_users_pb2.SignInCode]]:
+        """A one-time code that signs the caller's own user in to the web GUI: valid 60 s, used
+        once. For user tokens only (`donut ui`).
+        """
+
+    @_abc_1.abstractmethod
+    def RedeemSignInCode(
+        self,
+        request: _users_pb2.RedeemSignInCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.User, _abc.Awaitable[_users_pb2.User]]:
+        """Spends a sign-in code, returning its user; services only (the gateway). NOT_FOUND
+        when the code is unknown, used or expired.
+        """
 
 def add_UsersServicer_to_server(servicer: UsersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
