@@ -32,3 +32,32 @@ def test_a_job_s_lines_arrive_live_in_the_log(page: Page, sign_in: Callable[[str
     assert log.locator("span.stdout", has_text="second").count() == 1
     expect(log.locator("span.stderr", has_text="<script>")).to_have_text(EVIL + "\n")
     assert log.locator("script, img").count() == 0 and dialogs == []
+
+
+def test_the_log_follows_its_end_until_the_reader_scrolls_up_and_fetches_earlier_lines(
+        page: Page, sign_in: Callable[[str], Browser]) -> None:  # noqa: F811
+    alice = sign_in("alice")
+    workflow_id = alice.run([shell("long", "seq 1 5000; while [ ! -e go ]; do sleep 0.1; done; seq 5001 5300; "
+                                           "while [ ! -e more ]; do sleep 0.1; done; seq 5301 5600",
+                                   workdir_prefix="long")])
+    workflow = alice.wait(workflow_id, lambda w: w.jobs[0].status == pb.JOB_STATUS_RUNNING)
+    page.context.add_cookies([{"name": "session", "value": alice.http.cookies["session"], "url": alice.base}])
+    page.goto(f"{alice.base}/workflows/{workflow_id}/jobs/long")
+    log = page.locator("#log")
+    expect(log.locator("span").last).to_have_text("5000\n")
+    assert log.locator("span").count() == 1000  # the tail only
+    expect(log.locator("span").first).to_have_text("4001\n")
+
+    (Path(workflow.workdir) / "long" / "go").touch()
+    expect(log.locator("span").last).to_have_text("5300\n", timeout=30_000)
+    at_bottom = "l => l.scrollHeight - l.scrollTop - l.clientHeight < 24"
+    page.wait_for_function(f"({at_bottom})(document.getElementById('log'))")  # it followed the new lines
+
+    log.evaluate("l => { l.scrollTop = 0; l.dispatchEvent(new Event('scroll')); }")
+    (Path(workflow.workdir) / "long" / "more").touch()
+    expect(log.locator("span").last).to_have_text("5600\n", timeout=30_000)
+    assert log.evaluate("l => l.scrollTop") == 0  # the reader scrolled up: the view stays where they are
+
+    page.get_by_role("button", name="Show earlier lines").click()
+    expect(log.locator("span").first).to_have_text("3001\n")
+    assert log.locator("span").count() == 2600
