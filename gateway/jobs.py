@@ -107,7 +107,7 @@ def show(workflow_id: str, name: str) -> ResponseReturnValue:
     finished = job.status in (pb.JOB_STATUS_SUCCEEDED, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_SKIPPED,
                               pb.JOB_STATUS_TERMINATED, pb.JOB_STATUS_DEAD)
     return render_template("job.html", workflow=workflow, job=job, attempt=attempt, first=first, lines=lines,
-                           total=total, live=attempt == job.attempt and attempt > 0 and not finished,
+                           total=total, live=attempt == job.attempt and not finished,
                            base=f"/workflows/{_quote(workflow_id)}/jobs/{_quote(name)}")
 
 

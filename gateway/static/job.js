@@ -70,9 +70,10 @@
       source = new EventSource(`${log.dataset.eventsUrl}?attempt=${attempt}&offset=${next}`);
       source.addEventListener("lines", (e) => {
         const batch = JSON.parse(e.data);
-        if (batch.attempt !== attempt) {
+        if (batch.attempt !== attempt) { // the job started, or was retried: its next attempt's lines
+          if (attempt) append([["system", `attempt ${batch.attempt}`]]);
           attempt = batch.attempt;
-          append([["system", `attempt ${attempt}`]]);
+          next = 0;
         }
         if (batch.offset + batch.lines.length <= next) return; // seen already
         append(batch.lines.slice(Math.max(next - batch.offset, 0)));

@@ -61,3 +61,24 @@ def test_the_log_follows_its_end_until_the_reader_scrolls_up_and_fetches_earlier
     page.get_by_role("button", name="Show earlier lines").click()
     expect(log.locator("span").first).to_have_text("3001\n")
     assert log.locator("span").count() == 2600
+
+
+def test_a_job_not_started_yet_shows_its_lines_once_it_starts_and_after_a_retry(
+        page: Page, sign_in: Callable[[str], Browser]) -> None:  # noqa: F811
+    alice = sign_in("alice")
+    workflow_id = alice.run([
+        shell("gate", "while [ ! -e go ]; do sleep 0.1; done; touch done", workdir_prefix="gate"),
+        shell("after", "if [ -e tried ]; then echo second try; else touch tried; echo first try; exit 1; fi",
+              workdir_prefix="gate", retries=1)],
+        neighbors={"gate": ["after"]})
+    workflow = alice.wait(workflow_id, lambda w: w.jobs[0].status == pb.JOB_STATUS_RUNNING)
+    page.context.add_cookies([{"name": "session", "value": alice.http.cookies["session"], "url": alice.base}])
+    page.goto(f"{alice.base}/workflows/{workflow_id}/jobs/after")
+    expect(page.locator("#not-started")).to_be_visible()
+
+    (Path(workflow.workdir) / "gate" / "go").touch()
+
+    log = page.locator("#log")
+    expect(log).to_contain_text("second try", timeout=60_000)
+    assert log.locator("span").all_inner_texts()[:1] == ["first try\n"]
+    expect(log.locator("span.system", has_text="attempt 2")).to_have_count(1)
