@@ -41,6 +41,11 @@
   }
 
   earlier.addEventListener("click", async () => {
+    if (log.childElementCount + PAGE > MAX_LINES) {
+      note.textContent = `The page holds at most ${MAX_LINES} lines: download the log for all of them.`;
+      earlier.hidden = true;
+      return;
+    }
     const from = Math.max(first - PAGE, 0);
     const url = `${log.dataset.linesUrl}?attempt=${attempt}&offset=${from}&limit=${first - from}`;
     earlier.disabled = true;

@@ -144,26 +144,27 @@ def test_the_job_page_shows_the_spec_attempts_and_log(sign_in: Callable[[str], B
 
 def test_log_lines_arrive_live_over_server_sent_events(sign_in: Callable[[str], Browser]) -> None:
     alice = sign_in("alice")
-    workflow_id = alice.run([shell("slow", "for i in 1 2 3 4 5; do echo line $i; sleep 0.5; done")])
-    alice.wait(workflow_id, lambda w: w.jobs[0].attempt == 1)
+    workflow_id = alice.run([shell("slow", "echo line 1; while [ ! -e go ]; do sleep 0.1; done; echo line 2",
+                                   workdir_prefix="slow")])
+    workflow = alice.wait(workflow_id, lambda w: w.jobs[0].attempt == 1)
 
+    got: list[tuple[str, Any]] = []
     with alice.get(f"/workflows/{workflow_id}/jobs/slow/log/events?offset=0", stream=True,
                    headers={"Accept": "text/event-stream"}) as answer:
         assert answer.headers["Content-Type"].startswith("text/event-stream")
-        got: list[str] = []
-        offsets = []
-        ended = False
         for name, data in events(answer):
-            if name == "lines":
-                assert data["attempt"] == 1
-                offsets.append(data["offset"])
-                got += [text for stream, text in data["lines"] if stream == "stdout"]
-            elif name == "end":
-                ended = True
+            got.append((name, data))
+            if name == "lines" and ["stdout", "line 1"] in data["lines"]:
+                (Path(workflow.workdir) / "slow" / "go").touch()  # the job goes on once its first line is here
+            if name == "end":
                 break
-    assert got == [f"line {i}" for i in range(1, 6)]
-    assert len(offsets) > 1  # in several batches, as they were written
-    assert ended
+
+    batches = [data for name, data in got if name == "lines"]
+    assert [(b["attempt"], b["offset"]) for b in batches][:2] == [(1, 0), (1, 1)]
+    assert [text for b in batches for stream, text in b["lines"] if stream == "stdout"] == ["line 1", "line 2"]
+    assert got[-1] == ("end", {})
+    resumed = alice.get(f"/workflows/{workflow_id}/jobs/slow/log/events?attempt=1&offset=1").text
+    assert '"offset":1,"lines":[["stdout","line 2"]' in resumed  # taken up again where a page got to
 
 
 def test_the_log_downloads_and_pages(sign_in: Callable[[str], Browser]) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 from donut.dagger.v1 import dagger_pb2 as pb
-from tests.gateway.test_pages_jobs import EVIL, Browser, shell, sign_in, web_stack  # noqa: F401 (fixtures)
+from tests.gateway.test_pages_jobs import EVIL, Browser, events, shell, sign_in, web_stack  # noqa: F401 (fixtures)
+from tests.gui.conftest import screenshot
 
 
 def test_a_job_s_lines_arrive_live_in_the_log(page: Page, sign_in: Callable[[str], Browser]) -> None:  # noqa: F811
@@ -32,6 +33,15 @@ def test_a_job_s_lines_arrive_live_in_the_log(page: Page, sign_in: Callable[[str
     assert log.locator("span.stdout", has_text="second").count() == 1
     expect(log.locator("span.stderr", has_text="<script>")).to_have_text(EVIL + "\n")
     assert log.locator("script, img").count() == 0 and dialogs == []
+    screenshot(page, "job")
+
+
+def stored(alice: Browser, job_page: str, count: int) -> None:
+    """Waits until the job's log holds `count` lines (its live events have reached them)."""
+    with alice.get(f"{job_page}/log/events", stream=True) as answer:
+        for name, data in events(answer):
+            if name != "lines" or data["offset"] + len(data["lines"]) >= count:
+                return
 
 
 def test_the_log_follows_its_end_until_the_reader_scrolls_up_and_fetches_earlier_lines(
@@ -41,6 +51,7 @@ def test_the_log_follows_its_end_until_the_reader_scrolls_up_and_fetches_earlier
                                            "while [ ! -e more ]; do sleep 0.1; done; seq 5301 5600",
                                    workdir_prefix="long")])
     workflow = alice.wait(workflow_id, lambda w: w.jobs[0].status == pb.JOB_STATUS_RUNNING)
+    stored(alice, f"/workflows/{workflow_id}/jobs/long", 5000)
     page.context.add_cookies([{"name": "session", "value": alice.http.cookies["session"], "url": alice.base}])
     page.goto(f"{alice.base}/workflows/{workflow_id}/jobs/long")
     log = page.locator("#log")
