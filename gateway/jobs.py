@@ -17,7 +17,8 @@ from donut.cellar.v1 import cellar_pb2 as cpb
 from donut.dagger.v1 import dagger_pb2 as pb
 from gateway import sse
 from gateway.auth import login_required
-from gateway.services import Metadata, SignedIn, services, signed_in
+from gateway.services import Metadata, services
+from gateway.workflows import me
 
 TAIL_LINES = 1000
 """Lines of a log the job page starts with (earlier ones come on demand)."""
@@ -28,15 +29,14 @@ TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".log", ".md"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg")
 
 blueprint = Blueprint("jobs", __name__)
-blueprint.add_app_template_global(lambda part: urllib.parse.quote(part, safe=""), "quote")
 Line = list[str]
 """[stream, text] of a log line, as the page's script gets it."""
 
 
-def _me() -> SignedIn:
-    found = signed_in()
-    assert found is not None, "the view is login_required"
-    return found
+@blueprint.app_template_global("quote")
+def _quote(part: str) -> str:
+    """A part of a path as it goes in a URL (a job's name may hold any character)."""
+    return urllib.parse.quote(part, safe="")
 
 
 def _number(name: str, default: int, least: int = 0) -> int:
@@ -96,10 +96,10 @@ def some_lines(metadata: Metadata, workflow_id: str, job: str, attempt: int, off
 @login_required
 def show(workflow_id: str, name: str) -> ResponseReturnValue:
     """The job, and the tail of an attempt's log (`attempt`, default the current one)."""
-    user = _me()
+    user = me()
     workflow = services().dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id), metadata=user.metadata)
     job = services().dagger.GetJob(pb.GetJobRequest(workflow_id=workflow_id, name=name), metadata=user.metadata)
-    attempt = _number("attempt", job.attempt, 1 if request.args.get("attempt") else 0)
+    attempt = _number("attempt", job.attempt, least=1)
     first, total = 0, 0
     lines: list[Line] = []
     if attempt:
@@ -111,15 +111,11 @@ def show(workflow_id: str, name: str) -> ResponseReturnValue:
                            base=f"/workflows/{_quote(workflow_id)}/jobs/{_quote(name)}")
 
 
-def _quote(part: str) -> str:
-    return urllib.parse.quote(part, safe="")
-
-
 @blueprint.get("/workflows/<workflow_id>/jobs/<name>/log.txt")
 @login_required
 def log_text(workflow_id: str, name: str) -> ResponseReturnValue:
     """An attempt's whole log as text (stderr and the wrapper's notes marked), a download."""
-    user = _me()
+    user = me()
     attempt = _number("attempt", 0)
     call = _tail(user.metadata, workflow_id, name, attempt)
     chunks = iter(call)
@@ -147,7 +143,7 @@ def log_text(workflow_id: str, name: str) -> ResponseReturnValue:
 def log_lines(workflow_id: str, name: str) -> ResponseReturnValue:
     """JSON {attempt, offset, lines: [[stream, text]], next}: up to `limit` lines from line
     `offset` of an attempt; with `tail=N` instead, its last N lines."""
-    user = _me()
+    user = me()
     attempt = _number("attempt", 0)
     if attempt == 0:
         attempt = services().dagger.GetJob(pb.GetJobRequest(workflow_id=workflow_id, name=name),
@@ -167,7 +163,7 @@ def log_events(workflow_id: str, name: str) -> ResponseReturnValue:
     """Server-sent events: `lines` {attempt, offset, lines: [[stream, text]]} from line
     `offset` of `attempt` (0: the current one) on, then of every later attempt, live;
     `end` once the job has ended."""
-    user = _me()
+    user = me()
     attempt, offset = _number("attempt", 0), _number("offset", 0)
     # refused now (a 404 like any page's), not in an event once the stream has begun
     services().dagger.GetJob(pb.GetJobRequest(workflow_id=workflow_id, name=name), metadata=user.metadata)
@@ -185,7 +181,7 @@ def log_events(workflow_id: str, name: str) -> ResponseReturnValue:
 @blueprint.get("/workflows/<workflow_id>/results")
 @login_required
 def results(workflow_id: str) -> ResponseReturnValue:
-    user = _me()
+    user = me()
     workflow = services().dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id), metadata=user.metadata)
     saved = services().cellar.List(cpb.ListRequest(kind=cpb.KIND_RESULT, scope=workflow_id), metadata=user.metadata)
     by_job: dict[str, list[cpb.FileInfo]] = {}
@@ -212,7 +208,7 @@ def result(workflow_id: str, job: str, path: str) -> ResponseReturnValue:
     a signed download link."""
     from gateway.app import stream_file
 
-    user = _me()
+    user = me()
     ref = cpb.FileRef(kind=cpb.KIND_RESULT, scope=workflow_id, job=job, path=path)
     if request.args.get("download"):
         link = services().cellar.GetDownloadUrl(cpb.GetDownloadUrlRequest(ref=ref), metadata=user.metadata)
@@ -224,7 +220,7 @@ def result(workflow_id: str, job: str, path: str) -> ResponseReturnValue:
 @login_required
 def archive(workflow_id: str) -> ResponseReturnValue:
     """A redirect to a signed download link of the workflow's archive."""
-    user = _me()
+    user = me()
     found = services().cellar.List(cpb.ListRequest(kind=cpb.KIND_ARCHIVE, scope=workflow_id),
                                    metadata=user.metadata).files
     if not found:

@@ -9,21 +9,16 @@ from flask.typing import ResponseReturnValue
 
 from donut.users.v1 import users_pb2 as upb
 from gateway.auth import login_required
-from gateway.services import SignedIn, services, signed_in
+from gateway.services import services
+from gateway.workflows import me
 
 MAX_EXPIRY_DAYS = 3650
 blueprint = Blueprint("tokens", __name__)
 
 
-def _me() -> SignedIn:
-    found = signed_in()
-    assert found is not None, "the view is login_required"
-    return found
-
-
 def _page(problems: list[tuple[str, str]] | None = None, made: upb.CreateTokenResponse | None = None,
           form: dict[str, str] | None = None, status: int = 200) -> ResponseReturnValue:
-    user = _me()
+    user = me()
     listed = services().users.ListTokens(upb.ListTokensRequest(), metadata=user.metadata).tokens
     tokens = sorted(listed, key=lambda t: (t.revoked, -t.created_at.seconds))
     page = render_template("tokens.html", tokens=tokens, made=made, problems=problems or [],
@@ -57,14 +52,14 @@ def create() -> ResponseReturnValue:
     if problems:
         return _page(problems, form=form, status=400)
     made = services().users.CreateToken(upb.CreateTokenRequest(name=form["name"], expires_in_seconds=days * 86400),
-                                        metadata=_me().metadata)
+                                        metadata=me().metadata)
     return _page(made=made, status=201)
 
 
 @blueprint.post("/tokens/<token_id>/revoke")
 @login_required
 def revoke(token_id: str) -> ResponseReturnValue:
-    user = _me()
+    user = me()
     revoked = services().users.RevokeToken(upb.RevokeTokenRequest(id=token_id), metadata=user.metadata)
     if token_id == user.token_id:
         session.clear()
