@@ -199,8 +199,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                    + f", data {config.data_dir}", err=True)
         click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
         if stack.http_endpoint:
-            click.echo("web GUI: run `donut ui` to open it signed in" + (", or sign in with GitHub" if github.client_id else ""),
-                       err=True)
+            also = ", or sign in with GitHub" if github.client_id else ""
+            click.echo(f"web GUI: run `donut ui` to open it signed in{also}", err=True)
         stopped.wait()
     finally:
         click.echo("stopping...", err=True)
