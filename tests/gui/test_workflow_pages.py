@@ -310,3 +310,103 @@ def test_what_users_wrote_is_shown_as_text_and_runs_nothing(gui: Gui, page: Page
     expect(page.locator("h1")).to_contain_text(name)
     assert page.title() != "pwned" and not dialogs
     assert page.locator("h1 img, h1 script").count() == 0
+
+
+# ---- the list, big DAGs, the other buttons --------------------------------------------
+
+def test_the_list_filters_pages_shows_owners_to_admins_and_refreshes_itself(gui: Gui, page: Page) -> None:
+    from gateway.workflows import PAGE_SIZE
+
+    bob = gui.token_of("bob")
+    bobs = dagger_pb2_grpc.DaggerStub(channel(gui.stack.endpoint, token=bob))
+    bobs.CreateWorkflow(pb.CreateWorkflowRequest(definition=yaml.safe_dump({"jobs": [sh("one", "true")]}).encode(),
+                                                 name="bob's"))
+    held = gui.submit({"jobs": [sh("long", "sleep 600")]}, name="held")
+    gui.sign_in(page)
+    rows = page.locator("#workflows tbody tr[data-workflow]")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#workflows thead")).to_contain_text("Owner")
+    expect(page.locator(f"tr[data-workflow='{held}']")).to_contain_text("admin")
+    page.get_by_role("link", name="running", exact=True).click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("held")
+
+    page.evaluate("window.notReloaded = true")
+    newer = gui.submit({"jobs": [sh("long", "sleep 600")]}, name="arrived later")
+    expect(page.locator(f"tr[data-workflow='{newer}']")).to_be_visible(timeout=15_000)  # refreshed in place
+    assert page.evaluate("window.notReloaded") is True
+
+    for i in range(PAGE_SIZE):
+        gui.submit({"jobs": [sh("one", "true")]}, name=f"many-{i:02d}", parallelism=1)
+    page.goto(gui.url + "/workflows")
+    expect(rows).to_have_count(PAGE_SIZE)
+    expect(rows.first).to_contain_text(f"many-{PAGE_SIZE - 1:02d}")  # newest first
+    page.get_by_role("link", name="Older").click()
+    expect(rows).to_have_count(3)
+    expect(page.locator("#workflows")).to_contain_text("held")
+
+    other = page.context.browser.new_context()  # type: ignore[union-attr]
+    try:
+        bob_page = other.new_page()
+        gui.sign_in(bob_page, bob)
+        expect(bob_page.locator("#workflows tbody tr[data-workflow]")).to_have_count(1)
+        expect(bob_page.locator("#workflows thead")).not_to_contain_text("Owner")
+    finally:
+        other.close()
+
+
+def test_a_big_dag_draws_what_is_in_view_and_stays_live(gui: Gui, page: Page) -> None:
+    width = 50
+    jobs = [sh("root", "sleep 2")] + [sh(f"n{i:04d}", "true") for i in range(2000)]
+    neighbors = {"root": [f"n{i:04d}" for i in range(width)]}
+    for i in range(width, 2000):
+        neighbors.setdefault(f"n{i - width:04d}", []).append(f"n{i:04d}")
+    workflow_id = gui.submit({"jobs": jobs, "neighbors": neighbors}, parallelism=50)
+    gui.sign_in(page)
+    page.goto(f"{gui.url}/workflows/{workflow_id}")
+    drawn = page.locator("#dag .node")
+    expect(drawn.first).to_be_attached()
+    assert 0 < drawn.count() < 1000  # only the boxes near the view exist
+    expect(page.locator("#dag .node[data-job=root]")).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    page.locator("#dag").evaluate("view => view.scrollTo(view.scrollWidth, view.scrollHeight)")
+    last = page.locator("#dag .node[data-job=n1999]")
+    expect(last).to_be_attached()  # drawn once scrolled to
+    expect(last).to_have_attribute("data-status", "succeeded", timeout=120_000)
+    expect(last).to_contain_text("succeeded")
+    expect(page.locator("#workflow-status")).to_have_text("done", timeout=60_000)
+    expect(page.locator("#jobs tbody tr[data-job]")).to_have_count(500)  # a page of the table
+    page.get_by_role("link", name="next").click()
+    expect(page.locator("#jobs tbody tr[data-job]").first).to_have_attribute("data-job", "n0499")
+
+
+def test_a_node_is_a_link_to_its_job_reached_with_the_keyboard(gui: Gui, page: Page) -> None:
+    workflow_id = gui.submit(yaml.safe_load(FRUIT.read_text()))
+    gui.sign_in(page)
+    page.goto(f"{gui.url}/workflows/{workflow_id}")
+    apple = page.locator("#dag .node[data-job=apple]")
+    assert apple.get_attribute("href") == f"/workflows/{workflow_id}/jobs/apple"
+    apple.focus()
+    assert page.evaluate("document.activeElement.dataset.job") == "apple"
+    expect(page.locator("#jobs a", has_text="apple")).to_have_attribute("href", f"/workflows/{workflow_id}/jobs/apple")
+
+
+def test_retry_runs_the_failed_jobs_again_and_delete_removes_the_workflow(gui: Gui, page: Page,
+                                                                         tmp_path: Path) -> None:
+    flag = tmp_path / "second-time"
+    workflow_id = gui.submit({"jobs": [sh("flaky", f"test -e {flag} || {{ touch {flag}; exit 3; }}")]})
+    gui.sign_in(page)
+    page.goto(f"{gui.url}/workflows/{workflow_id}")
+    expect(page.locator("#workflow-status")).to_have_text("failed", timeout=30_000)
+    expect(page.locator("#jobs tr[data-job=flaky] .job-exit")).to_have_text("3")
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator("#workflow-status")).to_have_text("done", timeout=30_000)
+    expect(page.locator("#dag .node[data-job=flaky]")).to_have_attribute("data-status", "succeeded")
+
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("#workflow-status")).to_have_text("done")  # dismissed: nothing happened
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(re.compile(r"/workflows$"))
+    expect(page.locator(".flash")).to_contain_text(f"Deleted workflow {workflow_id}")
+    assert gui.workflows() == []
