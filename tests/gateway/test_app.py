@@ -45,3 +45,23 @@ def test_health_and_the_headers_of_every_answer(web: str) -> None:
     with urllib.request.urlopen(web + "/login", timeout=10) as login:
         assert login.headers["X-Content-Type-Options"] == "nosniff"
         assert login.headers["Content-Security-Policy"] == policy
+
+
+def test_behind_a_proxy_the_public_url_makes_the_callbacks_and_the_cookie_secure() -> None:
+    from gateway.app import close, create_app
+
+    app = create_app({"DONUT_PUBLIC_URL": "https://donut.example/gui", "DONUT_GITHUB_CLIENT_ID": "id",
+                      "DONUT_GITHUB_CLIENT_SECRET": "secret", "DONUT_GITHUB_URL": "https://ghe.example",
+                      "SECRET_KEY": b"k" * 32})
+    try:
+        client = app.test_client()
+        started = client.get("/login/github")
+        assert started.status_code == 302
+        assert started.location.startswith("https://ghe.example/login/oauth/authorize?")
+        assert "redirect_uri=https%3A%2F%2Fdonut.example%2Fgui%2Flogin%2Fgithub%2Fauthorized" in started.location
+        cookie = started.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        login = client.get("/login").get_data(as_text=True)
+        assert 'href="/gui/login/github"' in login and "Sign in with GitHub" in login
+    finally:
+        close(app)
