@@ -43,3 +43,5 @@ bench: install $(NODE_PREFIX)/.installed
 	$(PY) bench/throughput.py
 	$(PY) bench/logs.py
 	$(PY) bench/cellar.py
+	$(PY) bench/layout.py
+	$(PY) bench/gui.py

@@ -198,6 +198,9 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                    + (f", web {stack.http_endpoint}" if stack.http_endpoint else "")
                    + f", data {config.data_dir}", err=True)
         click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
+        if stack.http_endpoint:
+            also = ", or sign in with GitHub" if github.client_id else ""
+            click.echo(f"web GUI: run `donut ui` to open it signed in{also}", err=True)
         stopped.wait()
     finally:
         click.echo("stopping...", err=True)

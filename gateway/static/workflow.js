@@ -67,6 +67,7 @@
   function later() { if (!pending) { pending = true; requestAnimationFrame(draw); } }
   view.addEventListener("scroll", later, { passive: true });
   addEventListener("resize", later);
+  view.scrollLeft = (graph.width - view.clientWidth) / 2; // layers are centred: start at their middle
   draw();
 
   function setText(id, text) { const el = document.getElementById(id); if (el) el.textContent = text; }
