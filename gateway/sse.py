@@ -26,13 +26,8 @@ def event(name: str, data: Any) -> str:
 def events_response(call: grpc.Call, to_events: Callable[[Message], Iterable[Event]],
                     end: Callable[[], Iterable[Event]] = lambda: [("end", {})]) -> Response:
     """The response streaming `to_events` of every message of `call` (a server-streaming
-    call's iterator), then `end`'s events. The first message is waited for here, so that a
-    call refused at once (NOT_FOUND...) raises its error for the response's status; a call
-    that fails later ends the events with a `failure` event."""
-    try:
-        first = [next(call)]  # type: ignore[call-overload]  # a streaming call is its own iterator
-    except StopIteration:
-        first = []
+    call's iterator), then `end`'s events; a failed call ends with a `failure` event (so
+    the caller checks first what deserves a status of its own, like a 404)."""
     messages: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=64)  # a slow browser slows the stream down
     gone = threading.Event()
 
@@ -54,7 +49,7 @@ def events_response(call: grpc.Call, to_events: Callable[[Message], Iterable[Eve
     def stream() -> Iterator[str]:
         threading.Thread(target=read, name="sse-reader", daemon=True).start()
         try:
-            yield "retry: 2000\n\n" + "".join(event(name, data) for m in first for name, data in to_events(m))
+            yield "retry: 2000\n\n"
             while True:
                 try:
                     kind, value = messages.get(timeout=KEEP_ALIVE_SECONDS)

@@ -232,6 +232,7 @@ _drawn_lock = threading.Lock()
 def events(workflow_id: str) -> ResponseReturnValue:
     """Server-sent events: `workflow` (its status, counts and times) and `jobs` (the jobs
     that changed, by name), first everything, then what changes; `end` once it has ended."""
+    services().dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id), metadata=me().metadata)  # or a 404
     call = services().dagger.WatchWorkflow(
         pb.WatchWorkflowRequest(id=workflow_id, include_jobs=True, changed_jobs_only=True), metadata=me().metadata)
     return sse.events_response(call, _Changes().of)
