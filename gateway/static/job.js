@@ -84,9 +84,17 @@
         append(batch.lines.slice(Math.max(next - batch.offset, 0)));
         next = batch.offset + batch.lines.length;
       });
-      source.addEventListener("end", () => {
+      source.addEventListener("end", async () => {
         source.close();
-        note.textContent = "The job has ended: reload for its final state.";
+        note.textContent = "The job has ended.";
+        try { // its final state and attempts, from the page as the server now renders it
+          const answer = await fetch(location.href);
+          const fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
+          for (const id of ["job-status", "attempts"]) {
+            const now = fresh.getElementById(id);
+            if (now) document.getElementById(id).replaceWith(document.adoptNode(now));
+          }
+        } catch (err) { note.textContent = "The job has ended: reload for its final state."; }
       });
       source.addEventListener("failure", (e) => {
         source.close();

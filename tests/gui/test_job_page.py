@@ -29,6 +29,8 @@ def test_a_job_s_lines_arrive_live_in_the_log(page: Page, sign_in: Callable[[str
     (Path(workflow.workdir) / "slow" / "go").touch()
 
     expect(log).to_contain_text("third", timeout=30_000)
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=30_000)  # its end, shown in place
+    expect(page.locator("#attempts")).to_contain_text("succeeded")
     assert page.evaluate("window.notReloaded") is True
     assert log.locator("span.stdout", has_text="second").count() == 1
     expect(log.locator("span.stderr", has_text="<script>")).to_have_text(EVIL + "\n")
