@@ -124,7 +124,12 @@ def render(template_text: str, settings: RenderSettings) -> tuple[dict[str, Any]
     variables = _variables(settings)
     rendered = _drop_nulls(_substitute(document, variables, ""))
     job = _checked_job(rendered)
-    _enforce(job, settings, variables)
+    try:
+        _enforce(job, settings, variables)
+    except (AttributeError, TypeError) as e:  # a field of the wrong kind: a list for a mapping...
+        raise ValueError(f"the job template renders a malformed Job: a field holds the wrong kind of value ({e}); "
+                         "labels, annotations, nodeSelector and resources must be mappings, env, tolerations and "
+                         "imagePullSecrets lists") from e
     if settings.token and settings.token in json.dumps(job):
         raise ValueError("the job token would appear in the Job; it belongs in its Secret only")
     secret = {
@@ -176,6 +181,8 @@ def _variables(settings: RenderSettings) -> dict[str, Any]:
     if TOKEN_ENV in settings.spec_env:
         raise ValueError(f"the wrapper's environment may not hold {TOKEN_ENV}: it comes from the Secret")
     name = job_name(settings.workflow_id, settings.job, settings.attempt)
+    for key, value in pod.get("labels", {}).items():
+        _check_label(f"kubernetes.labels.{key}", value)
     labels = {**pod.get("labels", {}), **_our_labels(settings)}
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in settings.spec_env.items()]
     env.append({"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": TOKEN_KEY}}})
@@ -212,9 +219,14 @@ def _variables(settings: RenderSettings) -> dict[str, Any]:
 def _our_labels(settings: RenderSettings) -> dict[str, str]:
     labels = {LABEL_WORKFLOW: settings.workflow_id, LABEL_JOB: settings.job, LABEL_ATTEMPT: str(settings.attempt)}
     for key, value in labels.items():
-        if len(value) > MAX_NAME or not _LABEL_VALUE.fullmatch(value):
-            raise ValueError(f"{value!r} cannot be the value of the label {key}")
+        _check_label(f"the label {key}", value)
     return labels
+
+
+def _check_label(what: str, value: object) -> None:
+    if not isinstance(value, str) or len(value) > MAX_NAME or not _LABEL_VALUE.fullmatch(value):
+        raise ValueError(f"{what}: {value!r} is not a label value (at most 63 letters, digits, '-', '_', '.', "
+                         "beginning and ending with a letter or digit)")
 
 
 class _Placeholders(Template):

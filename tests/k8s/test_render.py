@@ -14,6 +14,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from hypothesis import given
+from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from dagger_svc.executors.kube_render import (
@@ -107,6 +108,7 @@ job_names = st.from_regex(f"^{names.JOB_NAME}$", fullmatch=True)
 workflow_ids = st.one_of(st.uuids().map(str), st.text(min_size=1, max_size=80))
 
 
+@examples(deadline=None)
 @given(workflow_ids, job_names, st.integers(min_value=0, max_value=10**9))
 def test_job_names_are_deterministic_valid_and_one_per_attempt(workflow_id: str, job: str, attempt: int) -> None:
     name = job_name(workflow_id, job, attempt)
@@ -203,6 +205,17 @@ def test_hostile_values_stay_literal(hostile: str) -> None:
     assert TOKEN not in json.dumps(job)
 
 
+@examples(deadline=None)  # a noisy machine
+@given(st.text(), st.text(), st.text())
+def test_any_values_stay_literal(arg: str, setting: str, image: str) -> None:
+    env = spec_env(args=(arg,))
+    job, _ = render(TEMPLATE, settings(spec_env={**env, "STREAMED_JOB_NOTE": setting}, image=image))
+    assert RunSpec.from_json(env_of(job)[SPEC_ENV]).args == (arg,)
+    assert env_of(job)["STREAMED_JOB_NOTE"] == setting
+    assert container(job)["image"] == image
+    assert TOKEN not in json.dumps(job)
+
+
 def test_the_default_template_documents_every_variable() -> None:
     documented = set(re.findall(r"^#   ([a-z_]+)\s", TEMPLATE, re.MULTILINE))
     used = set(re.findall(r"\$\{([a-z_]+)\}", TEMPLATE.split("\napiVersion:", 1)[1]))
@@ -235,6 +248,12 @@ def test_pod_settings_are_applied_and_ours_win() -> None:
 def test_pod_env_may_not_set_the_wrappers_variables(name: str) -> None:
     with pytest.raises(ValueError, match=f"kubernetes.env.*{name}"):
         render(TEMPLATE, settings(pod={"env": [{"name": name, "value": "x"}]}))
+
+
+@pytest.mark.parametrize("value", ["-edge", "a" * 64, "sp ace", 7])
+def test_pod_labels_must_be_label_values(value: Any) -> None:
+    with pytest.raises(ValueError, match="kubernetes.labels.team"):
+        render(TEMPLATE, settings(pod={"labels": {"team": value}}))
 
 
 def test_unknown_pod_settings_are_refused_by_name() -> None:
@@ -311,6 +330,10 @@ spec:
     ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: 'x-${command}'}\n" + VALID_TAIL, "command.*not text"),
     ("apiVersion: batch/v1\nkind: Job\n" + VALID_TAIL + "      hostname: x-${active_deadline_seconds}\n",
      "active_deadline_seconds.*null"),
+    ("apiVersion: batch/v1\nkind: Job\nmetadata: {labels: [a]}\n" + VALID_TAIL, "malformed.*labels"),
+    ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: x}\n" + VALID_TAIL.replace("}]", ", env: x}]"),
+     "malformed"),
+    ("apiVersion: batch/v1\nkind: Job\nmetadata: [x]\n" + VALID_TAIL, "metadata must be mappings"),
 ])
 def test_bad_templates_are_refused_clearly(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=f"job template.*{problem}"):
