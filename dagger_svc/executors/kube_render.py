@@ -96,8 +96,10 @@ class RenderSettings:
     """The PersistentVolumeClaim (ReadWriteMany) of the shared workflows volume."""
     callback_endpoint: str = ""
     """host:port the wrapper reaches dagger and cellar at (a template variable; the spec has it too)."""
-    ttl_seconds_after_finished: int = 3600
-    """How long Kubernetes keeps a finished Job (with its pods and Secret) before deleting it."""
+    ttl_seconds_after_finished: int = 86400
+    """How long Kubernetes keeps a finished Job (with its pods and Secret) before deleting it:
+    long enough for a scheduler started after an outage to find how it ended (the reaper
+    removes the Jobs of finished workflows sooner)."""
 
 
 def job_name(workflow_id: str, job: str, attempt: int) -> str:
@@ -138,6 +140,7 @@ def render(template_text: str, settings: RenderSettings) -> tuple[dict[str, Any]
         "metadata": {"name": variables["secret_name"], "namespace": settings.namespace,
                      "labels": dict(job["metadata"]["labels"])},
         "type": "Opaque",
+        "immutable": True,  # the token never changes; only the owner is added later
         "data": {TOKEN_KEY: base64.b64encode(settings.token.encode()).decode()},
     }
     return job, secret

@@ -143,7 +143,7 @@ def test_the_default_template_renders_the_attempts_job() -> None:
     assert job["spec"]["template"]["metadata"]["labels"] == labels
     assert job["spec"]["backoffLimit"] == 0
     assert job["spec"]["activeDeadlineSeconds"] == 91
-    assert isinstance(job["spec"]["ttlSecondsAfterFinished"], int)
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["volumes"] == [{"name": "workflows", "persistentVolumeClaim": {"claimName": "donut-workflows"}}]
@@ -167,6 +167,7 @@ def test_the_token_is_only_in_the_secret() -> None:
     assert secret["metadata"]["namespace"] == job["metadata"]["namespace"]
     assert secret["metadata"]["labels"] == job["metadata"]["labels"]
     assert base64.b64decode(secret["data"]["token"]).decode() == TOKEN
+    assert secret["immutable"] is True
 
 
 def test_a_spec_that_carries_the_token_is_refused() -> None:
