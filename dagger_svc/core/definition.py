@@ -303,7 +303,7 @@ class _Validator:
 
     def document(self, document: object) -> Definition | None:
         if not isinstance(document, dict):
-            self.add("definition", "must be a mapping with a jobs list (and optional neighbors)")
+            self.add("definition", "must be a mapping with a jobs list (and optional neighbors, kubernetes)")
             return None
         raw_jobs = document.get("jobs")
         jobs_usable = isinstance(raw_jobs, (list, tuple)) and 0 < len(raw_jobs) <= MAX_JOBS

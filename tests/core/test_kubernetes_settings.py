@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagger_svc.core.definition import Definition, JobSpec, parse_definition, validate_document
-from dagger_svc.core.kubernetes import definition_settings
+from dagger_svc.core.kubernetes import FIELDS, definition_settings
 from dagger_svc.core.limits import MAX_KUBERNETES_BYTES
+from donut_common.errors import InvalidArgument
 from tests.core.conftest import job, only_problem, problems
 
 EVERYTHING = {
@@ -322,3 +324,35 @@ def test_normalizing_again_changes_nothing(workflow: dict[str, Any], own: dict[s
     again = validate_document({"jobs": [job("a", kubernetes=written)]}).jobs["a"]
     assert again == first
     assert JobSpec.from_dict(json.loads(json.dumps(first.to_dict()))) == first
+
+
+_json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    | st.sampled_from(["cpu", "500m", "Exists", "NoExecute", "donut/x", "DONUT_X", "a/b"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from([*FIELDS, "requests", "limits", "cpu", "nvidia.com/gpu", "key", "operator", "value",
+                         "effect", "tolerationSeconds", "x"]) | st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_json_like)
+def test_arbitrary_settings_parse_or_are_refused_by_place(value: object) -> None:
+    try:
+        spec = validate_document({"jobs": [job("a", kubernetes=value)]}).jobs["a"]
+    except InvalidArgument as e:
+        assert all(p.place.startswith("jobs[0].kubernetes") for p in e.problems), e.problems
+    else:
+        assert validate_document({"jobs": [job("a", kubernetes=definition_settings(spec.kubernetes))]}).jobs["a"] \
+            == spec
+
+
+def test_the_readme_example_is_valid() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme[readme.index("kubernetes:                      # every job"):]
+    example = example[:example.index("```")].replace("  # ...\n", "  image: i\n  cmd: c\n  args: []\n")
+    pod = parse_definition(example).jobs["apple"].kubernetes
+    assert pod["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                "limits": {"memory": "2Gi", "nvidia.com/gpu": "1"}}
+    assert pod["env"] == [{"name": "MODE", "value": "slow"}]
