@@ -42,7 +42,7 @@ def spec_pb(spec: JobSpec) -> pb.JobSpec:
         name=spec.name, image=spec.image, cmd=spec.cmd, args=list(spec.args), workdir_prefix=spec.workdir_prefix,
         inputs=[pb.Input(origin=i.origin, cache=i.cache, local=i.local) for i in spec.inputs],
         outputs=[pb.Output(local=o.local, save=o.save) for o in spec.outputs],
-        retries=spec.retries, timeout_seconds=spec.timeout or 0.0,
+        retries=spec.retries, timeout_seconds=spec.timeout or 0.0, kubernetes_json=spec.kubernetes_json,
     )
 
 

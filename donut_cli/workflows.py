@@ -200,11 +200,22 @@ def wait_for(settings: Settings, workflow_id: str, output: str) -> NoReturn:
     sys.exit(0 if final == "done" else EXIT_FAILED)
 
 
-def show_workflow(client: Client, workflow_id: str, output: str, view: str = "jobs") -> None:
-    """Prints the workflow and its jobs in the chosen format."""
+def show_workflow(client: Client, workflow_id: str, output: str, view: str = "jobs") -> pb.Workflow:
+    """Prints the workflow and its jobs in the chosen format; returns what it printed."""
     w = client.dagger.GetWorkflow(pb.GetWorkflowRequest(id=workflow_id, include_jobs=True), metadata=client.metadata)
     emit(workflow_json(w), output,
          lambda doc, wide: print_workflow({**doc, "owner_login": _owner_login(client, w.owner)}, wide, view))
+    return w
+
+
+def kubernetes_note(w: pb.Workflow) -> str:
+    """The note that a workflow's pod settings matter only on Kubernetes ("" if it has none):
+    the CLI can't tell which executor the server runs."""
+    count = sum(1 for j in w.jobs if j.spec.kubernetes_json)
+    if not count:
+        return ""
+    jobs = "1 job has" if count == 1 else f"{count} jobs have"
+    return f"note: {jobs} kubernetes: settings, which only the Kubernetes executor uses"
 
 
 def files_to_upload(uploads: tuple[Path, ...], problems: list[str]) -> list[tuple[str, Path]]:
@@ -295,7 +306,9 @@ def submit(settings: Settings, file: Path, name: str, parallelism: int, uploads:
 @rpc_errors
 def status(settings: Settings, workflow_id: str, view: str | None, output: str) -> None:
     """Show a workflow and its jobs (the latest attempt of each)."""
-    show_workflow(settings.client, workflow_id, output, view or "jobs")
+    note = kubernetes_note(show_workflow(settings.client, workflow_id, output, view or "jobs"))
+    if note:
+        click.echo(note, err=True)
 
 
 @cli.command()

@@ -22,9 +22,22 @@ from dataclasses import dataclass
 from typing import Any, Final, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
-from dagger_svc.core.documents import brief, duplicate_keys, load_document, quote
+from dagger_svc.core.documents import brief, describe, duplicate_keys, load_document, quote
 from dagger_svc.core.graph import find_cycles
-from dagger_svc.core.limits import MAX_DEFINITION_BYTES, MAX_JOB_BYTES, MAX_JOBS, MAX_RETRIES
+from dagger_svc.core.kubernetes import (
+    check_settings,
+    definition_settings,
+    merged,
+    pod_settings,
+    settings_json,
+)
+from dagger_svc.core.limits import (
+    MAX_DEFINITION_BYTES,
+    MAX_JOB_BYTES,
+    MAX_JOBS,
+    MAX_KUBERNETES_BYTES,
+    MAX_RETRIES,
+)
 from donut_common import names
 from donut_common.errors import InvalidArgument, Problem
 
@@ -48,9 +61,10 @@ _NAME_RULE: Final = (
     f"must match {NAME_PATTERN} (1 to 63 lowercase letters, digits, '-' or '_', "
     "starting and ending with a letter or digit)"
 )
-_TOP_FIELDS: Final = ("jobs", "neighbors")
+_TOP_FIELDS: Final = ("jobs", "neighbors", "kubernetes")
 _JOB_FIELDS: Final = frozenset(
-    ("name", "image", "cmd", "args", "workdir_prefix", "inputs", "outputs", "retries", "timeout")
+    ("name", "image", "cmd", "args", "workdir_prefix", "inputs", "outputs", "retries", "timeout",
+     "kubernetes")
 )
 _INPUT_FIELDS: Final = frozenset(("origin", "cache", "local"))
 _OUTPUT_FIELDS: Final = frozenset(("local", "save"))
@@ -102,7 +116,9 @@ class JobSpec:
     """One checked job: a container `image` running `cmd` with `args` in its work dir.
 
     Paths are normalised (`./a/../b` becomes `b`); `workdir_prefix` is "" for the workflow
-    dir itself. `timeout` is in seconds, None for no limit.
+    dir itself. `timeout` is in seconds, None for no limit. `kubernetes_json` holds the pod
+    settings (the workflow's merged with the job's) as canonical JSON, "" for none; read them
+    as `kubernetes`.
     """
 
     name: str
@@ -114,6 +130,15 @@ class JobSpec:
     outputs: tuple[OutputSpec, ...] = ()
     retries: int = 0
     timeout: float | None = None
+    kubernetes_json: str = ""
+
+    @property
+    def kubernetes(self) -> dict[str, Any]:
+        """The pod settings in Kubernetes field names, only those given (see `kubernetes.pod_settings`):
+        `resources`, `nodeSelector`, `tolerations`, `labels`, `annotations`, `serviceAccountName`,
+        `imagePullSecrets` (names), `env` (`{name, value}` sorted by name). Empty when none."""
+        settings: dict[str, Any] = json.loads(self.kubernetes_json) if self.kubernetes_json else {}
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         """This job in the definition format, JSON-able, leaving out fields at their defaults."""
@@ -134,6 +159,8 @@ class JobSpec:
         if self.timeout is not None:
             whole = self.timeout.is_integer() and abs(self.timeout) < 2**53
             result["timeout"] = int(self.timeout) if whole else self.timeout
+        if self.kubernetes_json:
+            result["kubernetes"] = definition_settings(self.kubernetes)
         return result
 
     @classmethod
@@ -160,6 +187,7 @@ class JobSpec:
             ),
             retries=int(d.get("retries") or 0),
             timeout=None if timeout is None else float(timeout),
+            kubernetes_json=settings_json(pod_settings(d.get("kubernetes") or {})),
         )
 
 
@@ -275,7 +303,7 @@ class _Validator:
 
     def document(self, document: object) -> Definition | None:
         if not isinstance(document, dict):
-            self.add("definition", "must be a mapping with a jobs list (and optional neighbors)")
+            self.add("definition", "must be a mapping with a jobs list (and optional neighbors, kubernetes)")
             return None
         raw_jobs = document.get("jobs")
         jobs_usable = isinstance(raw_jobs, (list, tuple)) and 0 < len(raw_jobs) <= MAX_JOBS
@@ -294,10 +322,14 @@ class _Validator:
         specs: dict[str, JobSpec] = {}
         named: dict[str, int] = {}  # valid, unique names -> index (the graph's nodes)
         edges: dict[str, tuple[str, ...]] = {}
+        raw_settings = document.get("kubernetes")
+        settings = {} if raw_settings is None else check_settings(raw_settings, "kubernetes", self.add)
         for key, value in document.items():
             if key == "jobs":
                 if raw_jobs is not None:
-                    self.jobs(value, specs, named)
+                    self.jobs(value, specs, named, settings or {})
+            elif key == "kubernetes":
+                pass
             elif key == "neighbors":
                 edges = self.neighbors(value, mentioned if jobs_usable else None)
             else:
@@ -311,7 +343,9 @@ class _Validator:
 
     # ----------------------------------------------------------------- jobs
 
-    def jobs(self, value: object, specs: dict[str, JobSpec], named: dict[str, int]) -> None:
+    def jobs(
+        self, value: object, specs: dict[str, JobSpec], named: dict[str, int], settings: Mapping[str, Any]
+    ) -> None:
         if not isinstance(value, (list, tuple)) or not value:
             self.add("jobs", "must be a non-empty list of jobs")
             return
@@ -323,12 +357,13 @@ class _Validator:
             if not isinstance(raw, dict):
                 self.add(place, "must be a mapping")
                 continue
-            spec = self.job(raw, place, named, index)
+            spec = self.job(raw, place, named, index, settings)
             if spec is not None:
                 specs[spec.name] = spec
 
     def job(
-        self, raw: dict[object, object], place: str, named: dict[str, int], index: int
+        self, raw: dict[object, object], place: str, named: dict[str, int], index: int,
+        workflow_settings: Mapping[str, Any],
     ) -> JobSpec | None:
         count = len(self.problems.items)
         self.duplicates(raw, place)
@@ -378,12 +413,20 @@ class _Validator:
             if timeout is None:
                 self.add(f"{place}.timeout", "must be a number of seconds > 0")
 
+        raw_settings = raw.get("kubernetes")
+        settings = {} if raw_settings is None else check_settings(raw_settings, f"{place}.kubernetes", self.add)
+
         if len(self.problems.items) != count:
             return None
         assert isinstance(name, str) and isinstance(retries, int)
         assert image is not None and cmd is not None and args is not None
-        assert inputs is not None and outputs is not None
-        self.problems.spend(len(name) + len(image) + len(cmd) + len(prefix) + 4)
+        assert inputs is not None and outputs is not None and settings is not None
+        pod = settings_json(pod_settings(merged(workflow_settings, settings)))
+        if len(pod) > MAX_KUBERNETES_BYTES:
+            self.add(f"{place}.kubernetes", f"too large ({len(pod)} bytes once merged with the workflow's; "
+                                            f"the limit is {MAX_KUBERNETES_BYTES})")
+            return None
+        self.problems.spend(len(name) + len(image) + len(cmd) + len(prefix) + len(pod) + 4)
         spec = JobSpec(
             name=name,
             image=image,
@@ -394,6 +437,7 @@ class _Validator:
             outputs=outputs,
             retries=retries,
             timeout=timeout,
+            kubernetes_json=pod,
         )
         size = len(json.dumps(spec.to_dict()))  # as it is kept: one etcd value per job
         if size > MAX_JOB_BYTES:
@@ -425,7 +469,7 @@ class _Validator:
         self.problems.spend(len(value))
         wrong = [index for index, arg in enumerate(value) if not isinstance(arg, str)]
         for index in wrong:
-            self.add(f"{place}[{index}]", f"must be a string, not {_describe(value[index])}")
+            self.add(f"{place}[{index}]", f"must be a string, not {describe(value[index])}")
         if wrong:
             return None
         args: tuple[str, ...] = tuple(value)
@@ -558,7 +602,7 @@ class _Validator:
         self.duplicates(value, "neighbors")
         for key, targets in value.items():
             if not isinstance(key, str):
-                self.add("neighbors", f"unknown job {_describe(key)}")
+                self.add("neighbors", f"unknown job {describe(key)}")
                 continue
             place = f"neighbors.{brief(key)}"
             if known is not None and key not in known:
@@ -589,14 +633,14 @@ class _Validator:
         for key in dict.fromkeys(duplicate_keys(raw)):
             where = (f"{place}.{brief(key)}" if place else brief(key)) if isinstance(key, str) else place
             self.add(where or "definition", "given more than once" if isinstance(key, str)
-                     else f"key {_describe(key)} given more than once")
+                     else f"key {describe(key)} given more than once")
 
     def unknown_field(self, place: str, key: object, expected: str = "") -> None:
         suffix = f" ({expected})" if expected else ""
         if isinstance(key, str):
             self.add(f"{place}.{brief(key)}" if place else brief(key), f"unknown field{suffix}")
         else:
-            self.add(place or "definition", f"unknown field {_describe(key)}{suffix}")
+            self.add(place or "definition", f"unknown field {describe(key)}{suffix}")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -644,18 +688,3 @@ def _positive_seconds(value: object) -> float | None:
     if not math.isfinite(seconds) or seconds <= 0:
         return None
     return seconds
-
-
-def _describe(value: object) -> str:
-    """A short, safe rendering of any key or value (never a huge or recursive repr)."""
-    if isinstance(value, str):
-        return quote(value)
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**50:
-        return "(a huge integer)"
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return f"(a {type(value).__name__})"

@@ -317,3 +317,18 @@ def brief(text: str, limit: int = 200) -> str:
 def quote(text: str | None) -> str:
     """`text` (briefly) in quotes, for a message."""
     return repr(brief(text or "", 80))
+
+
+def describe(value: object) -> str:
+    """A short, safe rendering of any key or value (never a huge or recursive repr)."""
+    if isinstance(value, str):
+        return quote(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**50:
+        return "(a huge integer)"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"(a {type(value).__name__})"

@@ -22,6 +22,10 @@ request over 1.5 MiB."""
 MAX_RETRIES: Final = 100
 """The most automatic retries a job may ask for."""
 
+MAX_KUBERNETES_BYTES: Final = 16 * 1024
+"""The largest one job's `kubernetes:` settings may be (JSON, once merged with the workflow's):
+they are copied into every job, and into every pod."""
+
 MAX_PARALLELISM: Final = 1000
 """The most jobs of one workflow that may run at once."""
 
@@ -48,16 +52,34 @@ def label_problems(labels: Mapping[str, str]) -> list[Problem]:
         problems.append(Problem("labels", f"at most {MAX_LABELS} labels, not {len(labels)}"))
     for key, value in labels.items():
         place = f"labels[{key}]" if key.isprintable() else f"labels[{key!r}]"
-        prefix, _, name = key.rpartition("/")
-        if not name or not _LABEL_NAME.fullmatch(name) or "/" in key and (
-                len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
-            problems.append(Problem(place, "the key must be a name of up to 63 letters, digits, '-', '_' or '.', "
-                                           "starting and ending with a letter or digit, optionally after a DNS "
-                                           "subdomain and '/'"))
-        if not _LABEL_NAME.fullmatch(value):
-            problems.append(Problem(place, "the value must be empty or up to 63 letters, digits, '-', '_' or '.', "
-                                           "starting and ending with a letter or digit"))
+        if not is_label_key(key):
+            problems.append(Problem(place, f"the key {LABEL_KEY_RULE}"))
+        if not is_label_value(value):
+            problems.append(Problem(place, f"the value {LABEL_VALUE_RULE}"))
     return problems
+
+
+LABEL_KEY_RULE: Final = ("must be a name of up to 63 letters, digits, '-', '_' or '.', starting and ending "
+                         "with a letter or digit, optionally after a DNS subdomain and '/'")
+LABEL_VALUE_RULE: Final = ("must be empty or up to 63 letters, digits, '-', '_' or '.', starting and ending "
+                           "with a letter or digit")
+
+
+def is_label_key(key: str) -> bool:
+    """Whether Kubernetes takes `key` as a label key (a qualified name: `[prefix/]name`)."""
+    prefix, _, name = key.rpartition("/")
+    return bool(name) and bool(_LABEL_NAME.fullmatch(name)) and (
+        "/" not in key or is_dns_subdomain(prefix))
+
+
+def is_label_value(value: str) -> bool:
+    """Whether Kubernetes takes `value` as a label value."""
+    return bool(_LABEL_NAME.fullmatch(value))
+
+
+def is_dns_subdomain(name: str) -> bool:
+    """Whether `name` is a DNS-1123 subdomain (what Kubernetes names most objects with)."""
+    return len(name) <= 253 and bool(_DNS_SUBDOMAIN.fullmatch(name))
 
 
 def name_problem(name: str) -> str:

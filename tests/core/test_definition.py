@@ -249,7 +249,8 @@ def with_job_field(index: int, **fields: Any) -> Callable[[dict[str, Any]], None
 _DROP = object()
 
 ERROR_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
-    ("unknown top-level field", lambda d: d.update(colour="red"), "colour", "unknown field (expected jobs, neighbors)"),
+    ("unknown top-level field", lambda d: d.update(colour="red"), "colour",
+     "unknown field (expected jobs, neighbors, kubernetes)"),
     ("jobs missing", lambda d: d.pop("jobs"), "jobs", "required"),
     ("jobs empty", lambda d: d.update(jobs=[]), "jobs", "must be a non-empty list"),
     ("jobs not a list", lambda d: d.update(jobs={"a": 1}), "jobs", "must be a non-empty list"),
@@ -471,7 +472,7 @@ def test_many_problems_are_reported_together_in_document_order() -> None:
         ("jobs[3]", "must be a mapping"),
         ("jobs[4].outputs[0].save", "must be true or false"),
         ("neighbors.apple", "unknown job 'fig'"),
-        ("extra", "unknown field (expected jobs, neighbors)"),
+        ("extra", "unknown field (expected jobs, neighbors, kubernetes)"),
         ("cycle", "date -> elder -> date"),
     ]
 

@@ -114,7 +114,7 @@ jobs:
 - {<<: *base, name: b, args: [2s]}
 """
     # "base" is an unknown top-level field: merge keys work, the extra key is still reported.
-    assert problems(text) == [("base", "unknown field (expected jobs, neighbors)")]
+    assert problems(text) == [("base", "unknown field (expected jobs, neighbors, kubernetes)")]
     text = """\
 jobs:
 - &a {name: a, image: timer:mine, cmd: /timer.py, args: &args [1s]}
@@ -153,7 +153,7 @@ def test_deep_yaml_nesting_is_refused_quickly(text: str) -> None:
 def test_recursive_yaml_aliases_do_not_crash() -> None:
     assert only_problem("&a [*a]")[0] == "definition"
     found = problems("a: &a [*a]\njobs: *a")
-    assert found == [("a", "unknown field (expected jobs, neighbors)"), ("jobs[0]", "must be a mapping")]
+    assert found == [("a", "unknown field (expected jobs, neighbors, kubernetes)"), ("jobs[0]", "must be a mapping")]
     found = problems("jobs:\n- &j {name: a, image: i, cmd: c, args: &s [x, *s], me: *j}")
     assert found == [("jobs[0].me", "unknown field"), ("jobs[0].args[1]", "must be a string, not a list")]
     # A mapping merged into itself: nothing new to merge, and no hang.

@@ -158,6 +158,7 @@ class JobSpec(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    KUBERNETES_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     image: _builtins.str
     cmd: _builtins.str
@@ -165,6 +166,10 @@ class JobSpec(_message.Message):
     retries: _builtins.int
     timeout_seconds: _builtins.float
     """0: no timeout"""
+    kubernetes_json: _builtins.str
+    """The pod settings (the workflow's `kubernetes:` merged with the job's) as JSON in
+    Kubernetes field names, env a list of {name, value}; "" for none.
+    """
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -183,10 +188,11 @@ class JobSpec(_message.Message):
         outputs: _abc.Iterable[Global___Output] | None = ...,
         retries: _builtins.int = ...,
         timeout_seconds: _builtins.float = ...,
+        kubernetes_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cmd", b"cmd", "image", b"image", "inputs", b"inputs", "name", b"name", "outputs", b"outputs", "retries", b"retries", "timeout_seconds", b"timeout_seconds", "workdir_prefix", b"workdir_prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cmd", b"cmd", "image", b"image", "inputs", b"inputs", "kubernetes_json", b"kubernetes_json", "name", b"name", "outputs", b"outputs", "retries", b"retries", "timeout_seconds", b"timeout_seconds", "workdir_prefix", b"workdir_prefix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
