@@ -3,6 +3,7 @@ creates a workflow from an existing one (the services keep the parsed jobs, not 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,4 +34,9 @@ def _job(spec: pb.JobSpec) -> dict[str, Any]:
         job["retries"] = spec.retries
     if spec.timeout_seconds:
         job["timeout"] = int(spec.timeout_seconds) if spec.timeout_seconds.is_integer() else spec.timeout_seconds
+    if spec.kubernetes_json:  # already merged with the workflow's: written on the job
+        settings = json.loads(spec.kubernetes_json)
+        if "env" in settings:
+            settings["env"] = {item["name"]: item["value"] for item in settings["env"]}
+        job["kubernetes"] = settings
     return job

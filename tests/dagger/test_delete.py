@@ -33,6 +33,7 @@ class User:
     def __init__(self, stack: Any, login: str) -> None:
         account = stack.users.ensure_user(login, admin=False)
         self.id = account.id
+        self.data = Path(stack.config.data_dir)
         self.channel = channel(stack.endpoint, token=stack.users.mint(account, "tests", ("user",)).secret)
         self.stub = dagger_pb2_grpc.DaggerStub(self.channel)
 
@@ -93,6 +94,7 @@ def finished_workflow(alice: User, admin_cellar: CellarClient) -> str:
     """A done workflow with a saved result, an archive, a work directory and a log."""
     workflow_id = alice.submit(SAVES)
     assert alice.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
+    _wait_for(lambda: list((alice.data / "logs" / workflow_id).glob("*.copied")))  # its log copied (all it makes)
     with tempfile.TemporaryFile() as archive:
         archive.write(b"archived")
         archive.seek(0)

@@ -239,7 +239,10 @@ def test_without_javascript_the_form_still_creates_and_refuses(gui: Gui, browser
 
 
 def test_clone_prefills_the_form_from_a_workflow(gui: Gui, page: Page) -> None:
-    original = gui.submit(yaml.safe_load(FRUIT.read_text()), parallelism=3, name="fruit original")
+    definition = yaml.safe_load(FRUIT.read_text())
+    definition["kubernetes"] = {"nodeSelector": {"disk": "ssd"}, "env": {"FRUIT": "ripe"}}
+    definition["jobs"][0]["kubernetes"] = {"resources": {"limits": {"memory": "1Gi"}}}
+    original = gui.submit(definition, parallelism=3, name="fruit original")
     gui.sign_in(page)
     page.goto(f"{gui.url}/workflows/{original}")
     page.get_by_role("link", name="Clone").click()
