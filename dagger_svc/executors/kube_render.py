@@ -25,8 +25,8 @@ from typing import Any, Final, TypedDict
 
 import yaml
 
-TOKEN_ENV: Final = "DONUT_JOB_TOKEN"
-"""The wrapper's environment variable that receives the job token, from the Secret."""
+from streamed_job.spec import TOKEN_ENV
+
 TOKEN_KEY: Final = "token"
 """The key of the token in an attempt's Secret."""
 WRAPPER_COMMAND: Final = ("streamed-job",)

@@ -8,12 +8,13 @@ import json
 import os
 import posixpath
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 SPEC_ENV = "DONUT_JOB_SPEC"            # the spec itself, as JSON
 SPEC_FILE_ENV = "DONUT_JOB_SPEC_FILE"  # or a path to it
 JOB_KEY_ENV = "DONUT_JOB_KEY"          # <workflow>/<job>/<attempt>: finds an attempt's processes
+TOKEN_ENV = "DONUT_JOB_TOKEN"          # the attempt's token, when the spec holds none (a Kubernetes Secret's)
 OWN_ENV_PREFIXES = ("DONUT_", "STREAMED_JOB_")  # never passed on from the launcher to a command
 MAX_DOWNLOAD_BYTES = 10 * 1024**3
 INPUT_DEADLINE = 3600.0
@@ -130,9 +131,13 @@ class RunSpec:
 
     @classmethod
     def from_environment(cls) -> RunSpec:
+        """The spec from the environment (or the file it names), its token from
+        DONUT_JOB_TOKEN when the spec holds none."""
         if SPEC_ENV in os.environ:
-            return cls.from_json(os.environ[SPEC_ENV])
-        if SPEC_FILE_ENV in os.environ:
+            spec = cls.from_json(os.environ[SPEC_ENV])
+        elif SPEC_FILE_ENV in os.environ:
             with open(os.environ[SPEC_FILE_ENV], encoding="utf-8") as f:
-                return cls.from_json(f.read())
-        raise KeyError(f"no job spec: set {SPEC_ENV} or {SPEC_FILE_ENV}")
+                spec = cls.from_json(f.read())
+        else:
+            raise KeyError(f"no job spec: set {SPEC_ENV} or {SPEC_FILE_ENV}")
+        return spec if spec.token else replace(spec, token=os.environ.get(TOKEN_ENV, ""))
