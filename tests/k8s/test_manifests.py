@@ -282,3 +282,20 @@ def test_the_minikube_script_is_valid_shell() -> None:
     if shellcheck is not None:
         done = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stdout
+
+
+KUBERNETES_EXECUTOR_FLAGS = {"--namespace", "--job-template", "--workflows-claim", "--workflows-mount",
+                             "--callback-endpoint"}
+"""`donut up` options of the Kubernetes executor, which the Deployment passes before they all exist."""
+
+
+def test_the_dagger_deployment_passes_only_options_donut_up_has() -> None:
+    from donut_cli.cli import cli
+
+    up = cli.commands["up"]
+    known = {name for param in up.params for name in param.opts}
+    args = next(containers(one(build("base"), "Deployment", "dagger"), init=False))["args"]
+    assert args[0] == "up"
+    passed = {arg.split("=", 1)[0] for arg in args[1:]}
+    assert all(arg.startswith("--") and "=" in arg for arg in args[1:]), "--option=value, so none is read as a value"
+    assert passed - known <= KUBERNETES_EXECUTOR_FLAGS, f"not options of donut up: {sorted(passed - known)}"
