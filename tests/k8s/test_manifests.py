@@ -248,7 +248,7 @@ def test_minikube_runs_one_etcd_member_minio_and_donut_local() -> None:
     assert env_value(next(containers(etcd)), "ETCD_INITIAL_CLUSTER").split("=")[0] == "etcd-0"
     assert "," not in env_value(next(containers(etcd)), "ETCD_INITIAL_CLUSTER")
     minio = one(docs, "Deployment", "minio")
-    assert next(containers(minio))["image"].startswith("minio/minio")
+    assert next(containers(minio))["image"].startswith("quay.io/minio/minio:")
     assert one(docs, "Service", "minio")
     config = [m for m in find(docs, "ConfigMap") if m["metadata"]["name"].startswith("donut-config-")]
     assert config[0]["data"]["S3_ENDPOINT"] == "http://minio:9000"
@@ -260,7 +260,7 @@ def test_minikube_runs_one_etcd_member_minio_and_donut_local() -> None:
 def test_the_services_run_the_image_the_guide_builds(kustomization: str) -> None:
     docs = build(kustomization)
     images = {c["image"] for w in docs if w["kind"] in WORKLOADS for c in containers(w)
-              if not c["image"].startswith(("quay.io/coreos/etcd:", "minio/minio:"))}
+              if not c["image"].startswith(("quay.io/coreos/etcd:", "quay.io/minio/minio:"))}
     assert images == {SERVICES_IMAGE}
     script = (ROOT / "scripts" / "e2e-minikube.sh").read_text()
     assert SERVICES_IMAGE in script and JOB_IMAGE in script
