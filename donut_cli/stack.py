@@ -29,6 +29,7 @@ from dagger_svc.archives import ARCHIVE_PATH, ArchiveInfo, Archiver
 from dagger_svc.core.limits import MAX_LOG_BYTES
 from dagger_svc.core.records import WorkflowId
 from dagger_svc.deletion import Deleter, Retention, RetentionSettings
+from dagger_svc.executors.kubernetes import KubernetesExecutor, KubernetesSettings, api_client
 from dagger_svc.executors.local import LocalExecutor
 from dagger_svc.executors.wrapper import WrapperExecutor
 from dagger_svc.keys import Keys
@@ -58,6 +59,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SESSION_KEY_BYTES = 32
+JOB_TEMPLATE = Path(__file__).resolve().parents[1] / "k8s" / "base" / "job-template.yaml"
+"""The shipped Kubernetes job template."""
+
+
+@dataclass(frozen=True)
+class KubeConfig:
+    """Where the Kubernetes executor runs jobs (with executor `kubernetes`)."""
+
+    kubeconfig: str | None = None
+    """The kubeconfig file (None: the in-cluster config inside a pod, else ~/.kube/config)."""
+    context: str | None = None
+    """The kubeconfig's context to use (None: its current one)."""
+    namespace: str = "donut"
+    """The namespace of the Jobs, their pods and Secrets."""
+    job_template: Path = JOB_TEMPLATE
+    """The job template (an editable YAML file; the shipped one by default)."""
+    workflows_mount: str = "/srv/workflows"
+    """Where the shared workflows volume is mounted in jobs' containers."""
+    workflows_claim: str = "donut-workflows"
+    """The PersistentVolumeClaim of the shared workflows volume (ReadWriteMany, e.g. NFS)."""
+    callback_endpoint: str = ""
+    """host:port at which jobs reach dagger and cellar ("": the stack's gRPC address)."""
+    qps: float = 20.0
+    """API requests per second (bursts of 1.5 times as many)."""
+    pending_grace: float = 300.0
+    """Seconds a job's pod may stay stuck pending (an image it cannot pull...) before the attempt fails."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +114,11 @@ class StackConfig:
     http_port: int = 7080
     """Gateway port (0: any free port; -1: no gateway)."""
     executor: str = "local"
-    """Where jobs run: `local` (processes on this host, the job machinery in-process) or
-    `wrapper` (one `streamed-job` process per job, talking gRPC as in a cluster)."""
+    """Where jobs run: `local` (processes on this host, the job machinery in-process),
+    `wrapper` (one `streamed-job` process per job, talking gRPC as in a cluster) or
+    `kubernetes` (a Kubernetes Job per attempt)."""
+    kubernetes: KubeConfig = KubeConfig()
+    """The cluster, with executor `kubernetes`."""
     etcd_endpoints: str = ""
     """Comma-separated [https://]host:port of an external etcd; empty: start one under
     data_dir, which only this stack can reach (TLS with its own certificates)."""
@@ -160,7 +190,7 @@ class Stack:
     users: UsersService | None = None
     logs: LogStore | None = None
     log_copier: LogCopier | None = None
-    executor: LocalExecutor | WrapperExecutor | None = None
+    executor: LocalExecutor | WrapperExecutor | KubernetesExecutor | None = None
     scheduler: Scheduler | None = None
     archiver: Archiver | None = None
     server: grpc.Server | None = None
@@ -250,8 +280,10 @@ class Stack:
                                             tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
                                             state_dir=c.data_dir / "wrappers", job_env=c.job_env, fetch=c.fetch,
                                             save=c.save)
+        elif c.executor == "kubernetes":
+            self.executor = self._kubernetes_executor(JobTokens(services))
         else:
-            raise ValueError(f"executor: unknown executor {c.executor!r} (expected local or wrapper)")
+            raise ValueError(f"executor: unknown executor {c.executor!r} (expected local, wrapper or kubernetes)")
         data_root = c.data_dir / "workflows"
         data_root.mkdir(parents=True, exist_ok=True)
         if c.executor == "local":  # its jobs can't be adopted: none may outlive this process
@@ -305,6 +337,26 @@ class Stack:
                 pass
         admin = self.users.ensure_user("admin", admin=True)
         return self.users.mint(admin, "donut up", ("user", "admin")).secret, True
+
+    def _kubernetes_executor(self, tokens: JobTokens) -> KubernetesExecutor:
+        k, c = self.config.kubernetes, self.config
+        assert self.logs is not None
+        settings = KubernetesSettings(
+            template=k.job_template.read_text(encoding="utf-8"), namespace=k.namespace, mount_path=k.workflows_mount,
+            claim_name=k.workflows_claim, callback_endpoint=k.callback_endpoint or self.endpoint, qps=k.qps,
+            burst=max(1, int(k.qps * 1.5)), pending_grace=k.pending_grace, kill_grace=c.kill_grace,
+            fetch=c.fetch, save=c.save)
+        return KubernetesExecutor(api_client(k.kubeconfig, k.context), self.logs, settings, tokens=tokens,
+                                  workflow_state=self._workflow_state)
+
+    def _workflow_state(self, workflow_id: str) -> str:
+        """"running", "finished" or "unknown" (no such workflow, or one being deleted)."""
+        assert self.store is not None
+        try:
+            record, _ = self.store.workflow(WorkflowId(workflow_id))
+        except NotFound:
+            return "unknown"
+        return "finished" if record.status.finished else "running"
 
     def _start_gateway(self) -> None:
         from werkzeug.serving import make_server

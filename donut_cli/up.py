@@ -24,7 +24,7 @@ from donut_common.config import ServerLimits, donut_home
 from streamed_job.spec import FetchSettings, SaveSettings
 
 if TYPE_CHECKING:
-    from donut_cli.stack import GithubSignIn
+    from donut_cli.stack import GithubSignIn, KubeConfig
 
 
 @cli.command()
@@ -35,9 +35,27 @@ if TYPE_CHECKING:
               help="gRPC port (0: any free port).")
 @click.option("--http-port", type=click.IntRange(-1, 65535), default=7080, show_default=True,
               help="Gateway port (0: any; -1: none).")
-@click.option("--executor", type=click.Choice(["local", "wrapper"]), default="local", show_default=True,
+@click.option("--executor", type=click.Choice(["local", "wrapper", "kubernetes"]), default="local",
+              show_default=True,
               help="local: jobs are processes run in-process; wrapper: each job runs under its own "
-                   "streamed-job process, talking gRPC as in a cluster.")
+                   "streamed-job process, talking gRPC as in a cluster; kubernetes: each attempt is a Kubernetes Job.")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="[kubernetes] The kubeconfig (default: in a pod, its service account; else ~/.kube/config).")
+@click.option("--kube-context", default=None, help="[kubernetes] The kubeconfig's context (default: its current one).")
+@click.option("--namespace", default="donut", show_default=True, help="[kubernetes] The namespace of the Jobs.")
+@click.option("--job-template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="[kubernetes] The job template (default: the shipped k8s/base/job-template.yaml).")
+@click.option("--workflows-mount", default="/srv/workflows", show_default=True,
+              help="[kubernetes] Where jobs' containers mount the shared workflows volume.")
+@click.option("--workflows-claim", default="donut-workflows", show_default=True,
+              help="[kubernetes] The PersistentVolumeClaim of the shared workflows volume (ReadWriteMany).")
+@click.option("--callback-endpoint", default="", metavar="HOST:PORT",
+              help="[kubernetes] Where jobs reach dagger (default: this stack's gRPC address).")
+@click.option("--kube-qps", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
+              help="[kubernetes] API requests per second (bursts of 1.5 times as many).")
+@click.option("--kube-pending-grace", type=Seconds(min_open=True), default=300.0, show_default=True,
+              help="[kubernetes] Seconds a job's pod may stay stuck pending (an image it cannot pull...) "
+                   "before the attempt fails.")
 @click.option("--etcd-endpoints", default="", help="External etcd ([https://]host:port,...); default: start one "
               "that only this stack can reach.")
 @click.option("--etcd-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -112,7 +130,9 @@ if TYPE_CHECKING:
               help="GitHub logins that may sign in (with --github-orgs: members of those too; neither: anyone).")
 @click.option("--github-orgs", default="", metavar="ORG,...", help="GitHub organisations whose members may sign in.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
-def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd_endpoints: str,
+def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kubeconfig: str | None,
+       kube_context: str | None, namespace: str, job_template: Path | None, workflows_mount: str,
+       workflows_claim: str, callback_endpoint: str, kube_qps: float, kube_pending_grace: float, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
        parallelism: int, kill_grace: float, tls_cert: Path | None, tls_key: Path | None, job_env: tuple[str, ...],
        rpc_threads: int, max_streams: int, streams_per_caller: int, stream_idle_timeout: float,
@@ -160,7 +180,9 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, etcd
                          archive_finished=archive_finished, delete_archived_workdirs=delete_archived_workdirs,
                          quota_bytes=quota_bytes, save=SaveSettings(deadline=save_deadline),
                          storage=s3, sweep=SweepSettings(interval=sweep_interval), public_url=public_url,
-                         github=github)
+                         github=github, kubernetes=_kubernetes(executor, kubeconfig, kube_context, namespace,
+                                                               job_template, workflows_mount, workflows_claim,
+                                                               callback_endpoint, kube_qps, kube_pending_grace))
     if delete_archived_workdirs and not archive_finished:
         fail("--delete-archived-workdirs goes only with --archive-finished (a directory is removed only once "
              "its archive is stored)", EXIT_BAD_INPUT)
@@ -228,6 +250,26 @@ def _port_trouble(host: str, port: int) -> str | None:
 
 
 GITHUB_NAME = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9]){0,38}")  # a GitHub login or organisation name
+
+
+def _kubernetes(executor: str, kubeconfig: str | None, context: str | None, namespace: str,
+                job_template: Path | None, mount: str, claim: str, callback: str, qps: float,
+                pending_grace: float) -> KubeConfig:
+    """The cluster the flags name; a one-line exit 2 for a template that cannot work."""
+    from dagger_svc.executors.kube_render import check_template
+    from donut_cli.stack import JOB_TEMPLATE, KubeConfig
+
+    template = job_template or JOB_TEMPLATE
+    if executor == "kubernetes":
+        try:
+            check_template(template.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            fail(f"--job-template: {template}: {e}", EXIT_BAD_INPUT)
+        if not mount.startswith("/"):
+            fail("--workflows-mount: must be an absolute path", EXIT_BAD_INPUT)
+    return KubeConfig(kubeconfig=kubeconfig, context=context, namespace=namespace, job_template=template,
+                      workflows_mount=mount, workflows_claim=claim, callback_endpoint=callback, qps=qps,
+                      pending_grace=pending_grace)
 
 
 def _github_sign_in(client_id: str, client_secret: str, url: str, users: str, orgs: str) -> GithubSignIn:

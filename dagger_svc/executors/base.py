@@ -14,7 +14,16 @@ from typing import Final, Protocol
 from dagger_svc.core.definition import JobSpec
 from dagger_svc.core.records import Outcome
 from streamed_job.outcome import Ended
-from streamed_job.spec import InputFile, OutputFile, RunSpec
+from streamed_job.spec import (
+    JOB_KEY_ENV,
+    SPEC_ENV,
+    FetchSettings,
+    InputFile,
+    OutputFile,
+    RunSpec,
+    SaveSettings,
+    attempt_key,
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,22 @@ def run_spec(launch: Launch, dagger_endpoint: str = "", token: str = "", tls_ca:
         timeout=spec.timeout, upload_id=launch.upload_id,
         dagger_endpoint=dagger_endpoint, token=token, tls_ca=tls_ca,
     )
+
+
+def wrapper_environment(run: RunSpec, kill_grace: float, fetch: FetchSettings, save: SaveSettings,
+                        termination_log: str) -> dict[str, str]:
+    """What the wrapper of an attempt is told in its environment: its spec, its key (which
+    finds its processes) and its settings (which it does not pass on to the command)."""
+    return {
+        SPEC_ENV: run.to_json(),
+        JOB_KEY_ENV: attempt_key(run.workflow_id, run.job, run.attempt),
+        "STREAMED_JOB_KILL_GRACE": str(kill_grace),
+        "STREAMED_JOB_INPUT_DEADLINE": str(fetch.deadline),
+        "STREAMED_JOB_MAX_DOWNLOAD_BYTES": str(fetch.max_bytes),
+        "STREAMED_JOB_DENY_PRIVATE_ORIGINS": "1" if fetch.deny_private else "0",
+        "STREAMED_JOB_SAVE_DEADLINE": str(save.deadline),
+        "STREAMED_JOB_TERMINATION_LOG": termination_log,
+    }
 
 
 def outcome_of(ended: Ended) -> Outcome:

@@ -28,14 +28,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import AttemptLogs, Launch, Report, host_environment, outcome_of, run_spec
+from dagger_svc.executors.base import (
+    AttemptLogs,
+    Launch,
+    Report,
+    host_environment,
+    outcome_of,
+    run_spec,
+    wrapper_environment,
+)
 from dagger_svc.executors.local import end_lost_attempt, not_started
 from dagger_svc.executors.procs import job_processes, kill_leftovers, runs_module, signal_process, spec_token
 from donut_common.auth import JobTokens, split_token
 from streamed_job.attempt import SYSTEM
 from streamed_job.outcome import Ended, read_termination_message
 from streamed_job.pump import STDERR, ProcessPump
-from streamed_job.spec import JOB_KEY_ENV, SPEC_ENV, FetchSettings, SaveSettings, attempt_key
+from streamed_job.spec import FetchSettings, SaveSettings, attempt_key
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +197,8 @@ class WrapperExecutor:
         env = dict(self._host_env)
         # the wrapper's settings (STREAMED_JOB_*) go to it; it does not pass them on to the command
         env.update({k: v for k, v in os.environ.items() if k.startswith("STREAMED_JOB_")})
-        env.update({
-            SPEC_ENV: run.to_json(),
-            JOB_KEY_ENV: attempt.key,
-            "STREAMED_JOB_KILL_GRACE": str(self.kill_grace),
-            "STREAMED_JOB_INPUT_DEADLINE": str(self.fetch.deadline),
-            "STREAMED_JOB_MAX_DOWNLOAD_BYTES": str(self.fetch.max_bytes),
-            "STREAMED_JOB_DENY_PRIVATE_ORIGINS": "1" if self.fetch.deny_private else "0",
-            "STREAMED_JOB_SAVE_DEADLINE": str(self.save.deadline),
-            "STREAMED_JOB_TERMINATION_LOG": str(self._termination_log(attempt.key)),
-        })
+        env.update(wrapper_environment(run, self.kill_grace, self.fetch, self.save,
+                                       str(self._termination_log(attempt.key))))
         with self._lock:
             attempt.started = not attempt.killed
         if not attempt.started:
