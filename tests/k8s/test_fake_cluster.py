@@ -239,11 +239,16 @@ def _running_job(cluster: FakeCluster, batch: client.BatchV1Api, core: client.Co
     return job, pod, pid
 
 
-def test_deleting_a_job_with_background_propagation_removes_its_pods_and_secret(
-        fake_cluster: FakeCluster, batch: client.BatchV1Api, core: client.CoreV1Api) -> None:
+@pytest.mark.parametrize("how", ["Background", "Foreground", "body"])
+def test_deleting_a_job_with_propagation_removes_its_pods_and_secret(
+        fake_cluster: FakeCluster, batch: client.BatchV1Api, core: client.CoreV1Api, how: str) -> None:
     _, pod, pid = _running_job(fake_cluster, batch, core, "cancelled")
 
-    batch.delete_namespaced_job("cancelled", NAMESPACE, propagation_policy="Background")
+    if how == "body":
+        options = client.V1DeleteOptions(propagation_policy="Background")
+        batch.delete_namespaced_job("cancelled", NAMESPACE, body=options)
+    else:
+        batch.delete_namespaced_job("cancelled", NAMESPACE, propagation_policy=how)
 
     assert batch.list_namespaced_job(NAMESPACE).items == []
     assert core.list_namespaced_pod(NAMESPACE).items == []
@@ -251,11 +256,12 @@ def test_deleting_a_job_with_background_propagation_removes_its_pods_and_secret(
     fake_cluster.wait_for(lambda: not _alive(pid), what="the process to be killed")
 
 
+@pytest.mark.parametrize("policy", [None, "Orphan"])
 def test_deleting_a_job_without_propagation_orphans_its_pod_and_secret(
-        fake_cluster: FakeCluster, batch: client.BatchV1Api, core: client.CoreV1Api) -> None:
+        fake_cluster: FakeCluster, batch: client.BatchV1Api, core: client.CoreV1Api, policy: str | None) -> None:
     _, pod, pid = _running_job(fake_cluster, batch, core, "orphaning")
 
-    batch.delete_namespaced_job("orphaning", NAMESPACE)
+    batch.delete_namespaced_job("orphaning", NAMESPACE, propagation_policy=policy)
 
     with pytest.raises(ApiException) as raised:
         batch.read_namespaced_job("orphaning", NAMESPACE)
@@ -322,13 +328,15 @@ def test_a_watch_from_a_compacted_resource_version_is_a_410(
     assert raised.value.status == 410
 
 
-def test_an_injected_500_raises_and_stores_nothing(fake_cluster: FakeCluster, batch: client.BatchV1Api) -> None:
-    fake_cluster.fail_next("create", "jobs")
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_an_injected_error_raises_and_stores_nothing(fake_cluster: FakeCluster, batch: client.BatchV1Api,
+                                                     status: int) -> None:
+    fake_cluster.fail_next("create", "jobs", status=status)
 
     with pytest.raises(ApiException) as raised:
         batch.create_namespaced_job(NAMESPACE, job_manifest("unlucky", "true"))
 
-    assert raised.value.status == 500
+    assert raised.value.status == status
     assert batch.list_namespaced_job(NAMESPACE).items == []
     assert fake_cluster.pods_of("unlucky") == []
     batch.create_namespaced_job(NAMESPACE, job_manifest("unlucky", "true"))
@@ -389,6 +397,20 @@ def test_status_subresource_patch_changes_only_the_status(
 
     assert patched.metadata.labels == {"a": "b", "c": "d"} and patched.status.phase == "Running"
     core.delete_namespaced_pod("bare", NAMESPACE)
+
+
+def test_a_replace_from_a_stale_resource_version_is_a_conflict(
+        fake_cluster: FakeCluster, core: client.CoreV1Api) -> None:
+    created = core.create_namespaced_secret(NAMESPACE, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="s", labels={"v": "1"})))
+    core.patch_namespaced_secret("s", NAMESPACE, {"metadata": {"labels": {"v": "2"}}})
+
+    created.metadata.labels = {"v": "3"}
+    with pytest.raises(ApiException) as raised:
+        core.replace_namespaced_secret("s", NAMESPACE, created)
+
+    assert raised.value.status == 409
+    assert core.read_namespaced_secret("s", NAMESPACE).metadata.labels == {"v": "2"}
 
 
 # -- pod faults --------------------------------------------------------------------------
