@@ -286,6 +286,36 @@ def test_a_job_past_its_deadline_is_killed_and_fails_with_deadline_exceeded(
     fake_cluster.wait_for(lambda: not core.list_namespaced_pod(NAMESPACE).items, what="the pod to be deleted")
 
 
+def test_a_finished_job_with_a_ttl_goes_with_its_pods(
+        fake_cluster: FakeCluster, batch: client.BatchV1Api, core: client.CoreV1Api) -> None:
+    manifest = job_manifest("brief", "true")
+    manifest.spec.ttl_seconds_after_finished = 0
+    start = batch.list_namespaced_job(NAMESPACE).metadata.resource_version
+    batch.create_namespaced_job(NAMESPACE, manifest)
+
+    events = []
+    for event in watch.Watch().stream(batch.list_namespaced_job, NAMESPACE, resource_version=start,
+                                      timeout_seconds=30):
+        events.append(event["type"])
+        if event["type"] == "DELETED":
+            assert _has_condition(event["object"], "Complete")
+            break
+    assert events[-1] == "DELETED"
+    assert core.list_namespaced_pod(NAMESPACE).items == []
+
+
+def test_a_job_without_containers_is_refused(fake_cluster: FakeCluster, batch: client.BatchV1Api) -> None:
+    manifest = job_manifest("empty", "true")
+    manifest.spec.template.spec.containers[0].image = None
+
+    with pytest.raises(ApiException) as raised:
+        batch.create_namespaced_job(NAMESPACE, manifest)
+
+    assert raised.value.status == 422
+    assert "spec.template.spec.containers[0].image" in raised.value.body
+    assert batch.list_namespaced_job(NAMESPACE).items == []
+
+
 def test_create_of_an_existing_job_is_a_conflict(fake_cluster: FakeCluster, batch: client.BatchV1Api) -> None:
     batch.create_namespaced_job(NAMESPACE, job_manifest("twice", "true"))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import queue
 import random
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.k8s.fakecluster.store import ApiError, Event, Obj, Store, now_iso
+
+logger = logging.getLogger(__name__)
 
 NODE_NAME = "fake-node"
 _POD_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -57,7 +60,10 @@ class JobState:
     backoff_limit: int
     template: Obj
     failed: int = 0
+    ttl: float | None = None
+    """ttlSecondsAfterFinished: the Job is deleted (Background) that long after it ends."""
     finished: bool = False
+    finished_at: float = 0.0
 
 
 @dataclass
@@ -101,7 +107,8 @@ class Kubelet:
             done.set()
 
         self._inbox.put(run)
-        done.wait()
+        if not done.wait(30):
+            raise TimeoutError("the fake kubelet did not carry out the action within 30 s")
         if "error" in outcome:
             raise outcome["error"]
         return outcome.get("result")
@@ -119,13 +126,14 @@ class Kubelet:
                 item = _TICK
             if item is None:
                 return
-            if item is _TICK:
-                pass
-            elif isinstance(item, Event):
-                self._on_event(item)
-            elif callable(item):
-                item()
-            self._sweep()
+            try:
+                if isinstance(item, Event):
+                    self._on_event(item)
+                elif callable(item):
+                    item()
+                self._sweep()
+            except Exception:  # a kubelet that dies would hang every test waiting on it
+                logger.exception("the fake kubelet failed on %r", item)
 
     def _on_event(self, event: Event) -> None:
         obj, metadata = event.obj, event.obj["metadata"]
@@ -161,6 +169,10 @@ class Kubelet:
         for job in list(self._jobs.values()):
             if not job.finished and job.deadline is not None and now >= job.deadline:
                 self._deadline_exceeded(job)
+            if job.finished and job.ttl is not None and now >= job.finished_at + job.ttl:
+                self._jobs.pop(job.uid, None)
+                with contextlib.suppress(ApiError):
+                    self.store.delete("jobs", job.namespace, job.name, "Background")
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -171,7 +183,8 @@ class Kubelet:
         deadline = spec.get("activeDeadlineSeconds")
         state = JobState(job["metadata"]["namespace"], job["metadata"]["name"], job["metadata"]["uid"],
                          time.monotonic() + deadline if deadline is not None else None,
-                         int(spec.get("backoffLimit", 6)), spec["template"])
+                         int(spec.get("backoffLimit", 6)), spec["template"],
+                         ttl=spec.get("ttlSecondsAfterFinished"))
         self._jobs[state.uid] = state
         self._update_job(state, lambda status: status.update(startTime=now_iso(), active=1))
         self._create_pod(state)
@@ -208,6 +221,7 @@ class Kubelet:
 
     def _finish_job(self, job: JobState, condition: str, reason: str, message: str, **counts: int) -> None:
         job.finished = True
+        job.finished_at = time.monotonic()
         now = now_iso()
 
         def change(status: Obj) -> None:

@@ -128,6 +128,24 @@ def field_selector_matches(selector: str | None, obj: Obj) -> bool:
     return True
 
 
+def _require_containers(kind: Kind, obj: Obj) -> None:
+    """The one validation the kubelet relies on: a pod spec with a named container and an image."""
+    if kind.plural == "secrets":
+        return
+    path = "spec.template.spec" if kind.plural == "jobs" else "spec"
+    spec: Any = obj
+    for step in path.split("."):
+        spec = spec.get(step) if isinstance(spec, dict) else None
+    containers = spec.get("containers") if isinstance(spec, dict) else None
+    if not containers:
+        raise ApiError(422, "Invalid", f"{kind.kind} is invalid: {path}.containers: Required value")
+    for index, container in enumerate(containers):
+        for field_name in ("name", "image"):
+            if not container.get(field_name):
+                raise ApiError(422, "Invalid", f"{kind.kind} is invalid: {path}.containers[{index}].{field_name}: "
+                                               "Required value")
+
+
 def _fold_string_data(secret: Obj) -> None:
     """stringData is write-only: the API server stores it base64-encoded in data."""
     for key, value in (secret.pop("stringData", None) or {}).items():
@@ -209,6 +227,7 @@ class Store:
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         metadata.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
         metadata.pop("deletionTimestamp", None)
+        _require_containers(kind, obj)
         if plural == "jobs":
             self._default_job(obj)
         elif plural == "secrets":
