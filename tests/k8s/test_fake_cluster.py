@@ -457,6 +457,10 @@ def test_an_image_that_cannot_be_pulled_leaves_the_pod_pending(
     assert pod.status.container_statuses[0].state.waiting.reason == reason
     assert batch.read_namespaced_job("private", NAMESPACE).status.active == 1
 
+    fake_cluster.allow_image_pull("registry.example/private:1")
+
+    wait_for_job(batch, "private", "Complete")
+
 
 def test_a_missing_secret_leaves_the_pod_pending_until_it_appears(
         fake_cluster: FakeCluster, batch: client.BatchV1Api, core: client.CoreV1Api, workflows_dir: Path) -> None:

@@ -104,6 +104,11 @@ class FakeCluster:
         `reason` (ImagePullBackOff, ErrImagePull, or any other stuck-pending reason)."""
         self.kubelet.call(lambda: self.kubelet.image_pull_failures.__setitem__(image, reason))
 
+    def allow_image_pull(self, image: str) -> None:
+        """Undoes fail_image_pull: the pods waiting on `image` start, as after a kubelet's
+        retried pull succeeds."""
+        self.kubelet.call(lambda: self.kubelet.allow_image_pull(image))
+
     def oom_kill(self, pod: str, namespace: str | None = None) -> None:
         """Kills the pod's process: the pod Failed, its container terminated with exitCode
         137 reason OOMKilled. Raises LookupError if no container of that pod is running."""

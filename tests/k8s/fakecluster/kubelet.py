@@ -79,6 +79,7 @@ class Kubelet:
     _running: dict[tuple[str, str], Running] = field(default_factory=dict)
     _jobs: dict[str, JobState] = field(default_factory=dict)
     _waiting_for_config: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    _waiting_for_image: dict[tuple[str, str], Obj] = field(default_factory=dict)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -146,6 +147,7 @@ class Kubelet:
             self._start_pod(obj)
         elif event.plural == "pods" and event.type == "DELETED":
             self._waiting_for_config.pop(key, None)
+            self._waiting_for_image.pop(key, None)
             running = self._running.pop(key, None)
             if running is not None:
                 self._kill(running)
@@ -273,14 +275,17 @@ class Kubelet:
         metadata, spec = pod["metadata"], pod["spec"]
         key = (metadata["namespace"], metadata["name"])
         self._waiting_for_config.pop(key, None)
+        self._waiting_for_image.pop(key, None)
         if self.store.find("pods", *key) is None:
             return
         container = spec["containers"][0]
         image = container.get("image", "")
         failure = self.image_pull_failures.get(image)
         if failure is not None:
-            message = f'Back-off pulling image "{image}"' if failure == "ImagePullBackOff" else \
-                f'failed to pull and unpack image "{image}": not found'
+            self._waiting_for_image[key] = pod
+            message = {"ImagePullBackOff": f'Back-off pulling image "{image}"',
+                       "ErrImagePull": f'failed to pull and unpack image "{image}": pull access denied'}.get(
+                failure, f"{failure} (injected by the test)")
             self._set_pod_status(pod, "Pending", {"waiting": {"reason": failure, "message": message}})
             return
         try:
@@ -424,6 +429,12 @@ class Kubelet:
             raise LookupError(f"pod {namespace}/{pod} has no running container")
         self._kill(running)
         return running
+
+    def allow_image_pull(self, image: str) -> None:
+        self.image_pull_failures.pop(image, None)
+        for pod in list(self._waiting_for_image.values()):
+            if pod["spec"]["containers"][0].get("image") == image:
+                self._start_pod(pod)
 
     def oom_kill(self, namespace: str, pod: str) -> None:
         self._terminate_pod(self._take_running(namespace, pod), 137, "OOMKilled")
