@@ -58,6 +58,8 @@ STUCK_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "CreateContainerC
 """Why a pod may stay pending: it fails once the pending grace has passed."""
 HOPELESS_REASONS = frozenset({"InvalidImageName"})
 """Pending reasons that never clear up: they fail at once."""
+LOST_REASONS = frozenset({"Evicted", "NodeLost", "Shutdown", "Terminated", "NodeShutdown"})
+"""Why a node ends a pod that did nothing wrong: the attempt is lost (and run again)."""
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read: seconds of each API request
 WATCH_SECONDS = 240            # a watch asks the server to end it after this long (then it is renewed)
 
@@ -359,13 +361,14 @@ class KubernetesExecutor:
         status = pod.get("status", {})
         container: dict[str, Any] = next(iter(status.get("containerStatuses") or []), {})
         terminated = container.get("state", {}).get("terminated")
+        if status.get("phase") == "Failed" and status.get("reason") in LOST_REASONS:  # the node's doing
+            why = "evicted" if status["reason"] == "Evicted" else f"lost ({status['reason']})"
+            return self._end(attempt, Outcome(message=_with(f"its pod was {why}", status.get("message", "")),
+                                              lost=True))
         if terminated:
             return self._terminated(attempt, terminated)
         if status.get("phase") == "Failed":  # no container end: the pod itself failed
-            reason = status.get("reason", "")
-            message = f"its pod was {'evicted' if reason == 'Evicted' else 'failed'}"
-            return self._end(attempt, Outcome(message=_with(message, status.get("message", "")),
-                                              lost=reason in ("Evicted", "NodeLost", "Shutdown", "")))
+            return self._end(attempt, Outcome(message=_with("its pod failed", status.get("message", "")), lost=True))
         if deleted or pod.get("metadata", {}).get("deletionTimestamp"):
             if attempt.killed:
                 return self._end(attempt, Outcome(signal="SIGTERM", message="cancelled: its pod was deleted"))

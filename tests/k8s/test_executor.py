@@ -90,8 +90,10 @@ def kube(stack_config: Any, tmp_path: Path) -> Iterator[Kube]:
     workflows = Path(stack_config.data_dir) / "workflows"  # the stack's, which the cluster's claim stands for
     workflows.mkdir(parents=True)
     with FakeCluster(tmp_path / "cluster", volumes={"donut-workflows": workflows}) as cluster:
+        # mounted at the host directory's own path: the wrapper's spec names paths in the container
         config = replace(stack_config, port=free_port(), executor="kubernetes", kill_grace=1.0,
-                         kubernetes=KubeConfig(kubeconfig=str(cluster.kubeconfig), pending_grace=2.0))
+                         kubernetes=KubeConfig(kubeconfig=str(cluster.kubeconfig), pending_grace=2.0,
+                                               workflows_mount=str(workflows)))
         running = Kube(config, cluster)
         yield running
         running.close()
@@ -137,18 +139,20 @@ def test_a_launch_repeated_by_another_executor_adopts_the_job_already_there(kube
     assert running.attempt == 1
     reported: list[Any] = []
     settings = KubernetesSettings(template=(REPO / "k8s/base/job-template.yaml").read_text(),
+                                  mount_path=kube.config.kubernetes.workflows_mount,
                                   callback_endpoint=kube.stack.endpoint, reap_interval=0)
     other = KubernetesExecutor(api_client(str(kube.cluster.kubeconfig)), kube.stack.logs, settings)
     other.start(lambda *args: reported.append(args))
     try:
         spec = kube.stack.store.definition(workflow_id).jobs["slow"]
-        other.launch(Launch(workflow_id, "slow", 1, spec, "/srv/workflows/" + workflow_id))
+        other.launch(Launch(workflow_id, "slow", 1, spec, f"{kube.config.kubernetes.workflows_mount}/{workflow_id}"))
         assert kube.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
         kube.cluster.wait_for(lambda: not other.running, what="the other executor to see the end")
     finally:
         other.close()
     assert len(kube.cluster.objects("jobs", f"donut/workflow={workflow_id}")) == 1
-    assert len(kube.cluster.requests("create", "jobs")) == 2  # the second create found it there
+    assert len(kube.cluster.requests("create", "jobs")) == 1  # the second launch found it there and followed it
+    assert len(kube.cluster.requests("create", "secrets")) == 2
     assert reported == []  # the wrapper reported; nobody else had to
 
 
@@ -159,7 +163,8 @@ def test_stopping_leaves_jobs_running_and_the_next_start_adopts_them_re_running_
                                         sh("second", f"while [ ! -e {gate} ]; do sleep 0.1; done; echo second")],
                                "neighbors": {"first": ["second"]}})
     kube.until(workflow_id, "second", pb.JOB_STATUS_RUNNING)
-    job_names = {j["metadata"]["name"] for j in kube.cluster.objects("jobs")}
+    jobs = kube.cluster.wait_for(lambda: len(found := kube.cluster.objects("jobs")) == 2 and found, what="two Jobs")
+    job_names = {j["metadata"]["name"] for j in jobs}
 
     def while_down() -> None:
         assert {j["metadata"]["name"] for j in kube.cluster.objects("jobs")} == job_names  # left alone
@@ -181,27 +186,34 @@ def test_an_image_that_cannot_be_pulled_fails_after_the_pending_grace(kube: Kube
     kube.cluster.wait_for(lambda: not kube.cluster.objects("jobs"), what="the stuck Job to be deleted")
 
 
-def test_out_of_memory_and_eviction_say_so(kube: Kube) -> None:
-    workflow_id = kube.submit({"jobs": [sh("hungry", "sleep 30"), sh("evicted", "sleep 30")]})
-    for name in ("hungry", "evicted"):
+def once_then(name: str, script: str) -> dict[str, Any]:
+    """A job whose first attempt sleeps (to be disturbed) and whose later ones succeed at once."""
+    return sh(name, f"if [ -e tried-{name} ]; then echo again; exit 0; fi; touch tried-{name}; {script}")
+
+
+def test_out_of_memory_fails_and_an_eviction_or_a_deleted_pod_is_lost_and_run_again(kube: Kube) -> None:
+    workflow_id = kube.submit({"jobs": [sh("hungry", "sleep 30"), once_then("evicted", "sleep 30"),
+                                        once_then("deleted", "sleep 30")]})
+    for name in ("hungry", "evicted", "deleted"):
         kube.until(workflow_id, name, pb.JOB_STATUS_RUNNING)
+    jobs = kube.cluster.wait_for(lambda: len(found := [j for j in kube.cluster.objects("jobs")
+                                                       if kube.cluster.pods_of(j["metadata"]["name"])]) == 3 and found,
+                                 what="three pods")
     pods = {j["metadata"]["labels"]["donut/job"]: kube.cluster.pods_of(j["metadata"]["name"])[0]["metadata"]["name"]
-            for j in kube.cluster.objects("jobs")}
+            for j in jobs}
+    workdir = Path(kube.config.data_dir) / "workflows" / workflow_id
+    kube.cluster.wait_for(lambda: all((workdir / f"tried-{name}").exists() for name in ("evicted", "deleted")),
+                          what="the commands running")
     kube.cluster.oom_kill(pods["hungry"])
     kube.cluster.evict(pods["evicted"])
-    jobs = {j.name: j for j in kube.wait(workflow_id).jobs}
-    assert jobs["hungry"].status == pb.JOB_STATUS_FAILED and "OOMKilled" in jobs["hungry"].message
-    assert jobs["evicted"].status == pb.JOB_STATUS_DEAD and "evicted" in jobs["evicted"].message
+    kube.cluster.delete_pod(pods["deleted"])
+    ended = {j.name: j for j in kube.wait(workflow_id).jobs}
+    assert ended["hungry"].status == pb.JOB_STATUS_FAILED and "OOMKilled" in ended["hungry"].message
     assert "OOMKilled" in kube.log(workflow_id, "hungry")
-
-
-def test_a_deleted_pod_makes_the_attempt_dead(kube: Kube) -> None:
-    workflow_id = kube.submit({"jobs": [sh("doomed", "sleep 30")]})
-    kube.until(workflow_id, "doomed", pb.JOB_STATUS_RUNNING)
-    [job] = kube.cluster.objects("jobs")
-    kube.cluster.delete_pod(kube.cluster.pods_of(job["metadata"]["name"])[0]["metadata"]["name"])
-    doomed = kube.wait(workflow_id).jobs[0]
-    assert doomed.status == pb.JOB_STATUS_DEAD and "pod" in doomed.message
+    for name, why in (("evicted", "evicted"), ("deleted", "pod was deleted")):
+        first, second = ended[name].attempts
+        assert first.status == pb.JOB_STATUS_DEAD and why in first.message, first
+        assert second.status == pb.JOB_STATUS_SUCCEEDED and "again" in kube.log(workflow_id, name, attempt=2)
 
 
 def test_cancel_deletes_the_job_its_pods_and_its_secret(kube: Kube) -> None:

@@ -200,6 +200,17 @@ def test_a_failing_command_fails_the_pod_and_the_job(
     assert core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE) == "oops\n"
 
 
+def test_what_a_container_writes_to_its_termination_message_path_is_its_terminated_message(
+        fake_cluster: FakeCluster, batch: client.BatchV1Api, core: client.CoreV1Api) -> None:
+    job = job_manifest("says", 'echo "last words" > "$PLAIN"; exit 3')
+    job.spec.template.spec.containers[0].env[0].value = "/dev/termination-log"  # where it is told to write it
+    batch.create_namespaced_job(NAMESPACE, job)
+
+    pod = wait_for_pod(fake_cluster, core, "says", "Failed")
+    assert pod.status.container_statuses[0].state.terminated.message == "last words\n"
+    assert not Path("/dev/termination-log").exists()  # the host's own /dev is never written
+
+
 def test_backoff_limit_makes_new_pods(fake_cluster: FakeCluster, batch: client.BatchV1Api) -> None:
     batch.create_namespaced_job(NAMESPACE, job_manifest("again", "exit 1", backoff_limit=1))
 

@@ -47,6 +47,7 @@ class Running:
     process: subprocess.Popen[bytes]
     log: IO[bytes]
     started_at: str
+    termination_log: Path | None = None  # the host file standing for the container's terminationMessagePath
 
 
 @dataclass
@@ -299,6 +300,12 @@ class Kubelet:
         argv = [_expand(part, env) for part in (container.get("command") or []) + (container.get("args") or [])]
         cwd = self._host_path(pod, container, container.get("workingDir") or "/")
         log = self.log_path(*key).open("wb")
+        # the container's terminationMessagePath is a file of its own on the host; the
+        # environment naming that path (as a program told where to write it) is pointed there
+        message_path = container.get("terminationMessagePath") or "/dev/termination-log"
+        termination_log = self.log_path(*key).with_suffix(".termination-log")
+        termination_log.unlink(missing_ok=True)
+        env = {name: str(termination_log) if value == message_path else value for name, value in env.items()}
         try:
             if not argv:
                 raise OSError("the fake kubelet needs the container's command: it has no image entrypoints")
@@ -316,7 +323,7 @@ class Kubelet:
             self._pod_failed(_controller_uid(pod))
             return
         started_at = now_iso()
-        self._running[key] = Running(*key, _controller_uid(pod), process, log, started_at)
+        self._running[key] = Running(*key, _controller_uid(pod), process, log, started_at, termination_log)
         self._set_pod_status(pod, "Running", {"running": {"startedAt": started_at}}, ready=True)
 
     def _set_pod_status(self, pod: Obj, phase: str, state: Obj, ready: bool = False, reason: str | None = None,
@@ -350,9 +357,11 @@ class Kubelet:
         if pod is None:
             return
         phase = phase or ("Succeeded" if exit_code == 0 else "Failed")
-        self._set_pod_status(pod, phase, {"terminated": {"exitCode": exit_code, "reason": container_reason,
-                                                         "startedAt": running.started_at, "finishedAt": now_iso()}},
-                             reason=pod_reason, message=message)
+        terminated = {"exitCode": exit_code, "reason": container_reason, "startedAt": running.started_at,
+                      "finishedAt": now_iso()}
+        if running.termination_log is not None and running.termination_log.exists():  # as the kubelet keeps it
+            terminated["message"] = running.termination_log.read_bytes()[:4096].decode("utf-8", "replace")
+        self._set_pod_status(pod, phase, {"terminated": terminated}, reason=pod_reason, message=message)
         if phase == "Succeeded":
             self._pod_succeeded(running.owner_uid)
         elif phase == "Failed":
