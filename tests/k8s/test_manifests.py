@@ -198,7 +198,9 @@ def test_dagger_and_the_jobs_share_the_readwritemany_workflows_claim(kustomizati
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     container = next(containers(deployment, init=False))
     mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
-    assert mounted[WORKFLOWS_MOUNT]["persistentVolumeClaim"]["claimName"] == WORKFLOWS_CLAIM
+    data_dir = next(arg.split("=", 1)[1] for arg in container["args"] if arg.startswith("--data-dir="))
+    # where dagger keeps the workflows' directories (<data dir>/workflows) is the claim the jobs mount
+    assert mounted[f"{data_dir}/workflows"]["persistentVolumeClaim"]["claimName"] == WORKFLOWS_CLAIM
     assert {f"--workflows-claim={WORKFLOWS_CLAIM}", f"--workflows-mount={WORKFLOWS_MOUNT}", "--executor=kubernetes",
             "--storage=s3", "--s3-endpoint=$(S3_ENDPOINT)"} <= set(container["args"])
 
