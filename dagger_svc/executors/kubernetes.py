@@ -372,6 +372,10 @@ class KubernetesExecutor:
         if deleted or pod.get("metadata", {}).get("deletionTimestamp"):
             if attempt.killed:
                 return self._end(attempt, Outcome(signal="SIGTERM", message="cancelled: its pod was deleted"))
+            with contextlib.suppress(Exception):  # its Job may say why (its deadline); else the pod is lost
+                job = self._existing_job(attempt)
+                if job is not None and self._job_changed(attempt, job):
+                    return None
             return self._gone(attempt, "its pod was deleted (or its node was lost)")
         if status.get("phase") == "Unknown":
             return self._gone(attempt, "its node was lost")
@@ -407,15 +411,18 @@ class KubernetesExecutor:
                                    signal="SIGKILL" if reason == "OOMKilled" else ("SIGTERM" if attempt.killed else ""),
                                    message=message))
 
-    def _job_changed(self, attempt: _Attempt, job: Mapping[str, Any]) -> None:
-        """A Job with no pod left: ended by its deadline, or its pod went."""
+    def _job_changed(self, attempt: _Attempt, job: Mapping[str, Any]) -> bool:
+        """A Job with no pod left: whether it failed (its deadline passed...), which ends the attempt."""
         for condition in job.get("status", {}).get("conditions") or []:
             if condition.get("type") == "Failed" and condition.get("status") == "True":
                 detail = condition.get("message", "")
                 if condition.get("reason") == "DeadlineExceeded":
                     why = "its Kubernetes Job's deadline (the job's timeout) was exceeded"
-                    return self._end(attempt, Outcome(signal="SIGKILL", message=_with(why, detail)))
-                return self._end(attempt, Outcome(message=_with("its Kubernetes Job failed", detail)))
+                    self._end(attempt, Outcome(signal="SIGKILL", message=_with(why, detail)))
+                else:
+                    self._end(attempt, Outcome(message=_with("its Kubernetes Job failed", detail)))
+                return True
+        return False
 
     def _gone(self, attempt: _Attempt, why: str) -> None:
         if attempt.killed:

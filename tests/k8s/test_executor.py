@@ -216,6 +216,12 @@ def test_out_of_memory_fails_and_an_eviction_or_a_deleted_pod_is_lost_and_run_ag
         assert second.status == pb.JOB_STATUS_SUCCEEDED and "again" in kube.log(workflow_id, name, attempt=2)
 
 
+def test_a_job_past_its_timeout_fails(kube: Kube) -> None:
+    workflow_id = kube.submit({"jobs": [sh("slow", "sleep 60", timeout=2)]})
+    slow = kube.wait(workflow_id).jobs[0]
+    assert slow.status == pb.JOB_STATUS_FAILED and ("deadline" in slow.message or "time" in slow.message), slow
+
+
 def test_cancel_deletes_the_job_its_pods_and_its_secret(kube: Kube) -> None:
     workflow_id = kube.submit({"jobs": [sh("long", "sleep 600")]})
     kube.until(workflow_id, "long", pb.JOB_STATUS_RUNNING)
