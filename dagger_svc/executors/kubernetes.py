@@ -372,10 +372,10 @@ class KubernetesExecutor:
         if deleted or pod.get("metadata", {}).get("deletionTimestamp"):
             if attempt.killed:
                 return self._end(attempt, Outcome(signal="SIGTERM", message="cancelled: its pod was deleted"))
-            with contextlib.suppress(Exception):  # its Job may say why (its deadline); else the pod is lost
+            with contextlib.suppress(Exception):  # by its Job's deadline (its timeout)? else the pod is lost
                 job = self._existing_job(attempt)
-                if job is not None and self._job_changed(attempt, job):
-                    return None
+                if job is not None and _failed_because(job) == "DeadlineExceeded":
+                    return self._job_changed(attempt, job)
             return self._gone(attempt, "its pod was deleted (or its node was lost)")
         if status.get("phase") == "Unknown":
             return self._gone(attempt, "its node was lost")
@@ -411,18 +411,17 @@ class KubernetesExecutor:
                                    signal="SIGKILL" if reason == "OOMKilled" else ("SIGTERM" if attempt.killed else ""),
                                    message=message))
 
-    def _job_changed(self, attempt: _Attempt, job: Mapping[str, Any]) -> bool:
-        """A Job with no pod left: whether it failed (its deadline passed...), which ends the attempt."""
-        for condition in job.get("status", {}).get("conditions") or []:
-            if condition.get("type") == "Failed" and condition.get("status") == "True":
-                detail = condition.get("message", "")
-                if condition.get("reason") == "DeadlineExceeded":
-                    why = "its Kubernetes Job's deadline (the job's timeout) was exceeded"
-                    self._end(attempt, Outcome(signal="SIGKILL", message=_with(why, detail)))
-                else:
-                    self._end(attempt, Outcome(message=_with("its Kubernetes Job failed", detail)))
-                return True
-        return False
+    def _job_changed(self, attempt: _Attempt, job: Mapping[str, Any]) -> None:
+        """A Job with no pod left: a failed one (its deadline passed...) ends the attempt."""
+        reason = _failed_because(job)
+        if reason is None:
+            return
+        detail = next(c.get("message", "") for c in job["status"]["conditions"] if c.get("type") == "Failed")
+        if reason == "DeadlineExceeded":
+            why = "its Kubernetes Job's deadline (the job's timeout) was exceeded"
+            self._end(attempt, Outcome(signal="SIGKILL", message=_with(why, detail)))
+        else:
+            self._end(attempt, Outcome(message=_with("its Kubernetes Job failed", detail)))
 
     def _gone(self, attempt: _Attempt, why: str) -> None:
         if attempt.killed:
@@ -570,6 +569,14 @@ def _ours(job: Mapping[str, Any], workflow_id: str, name: str, attempt: int) -> 
 def _job_of(pod: Mapping[str, Any]) -> str:
     labels = pod.get("metadata", {}).get("labels") or {}
     return str(labels.get("job-name") or labels.get("batch.kubernetes.io/job-name") or "")
+
+
+def _failed_because(job: Mapping[str, Any]) -> str | None:
+    """The reason of the Job's Failed condition (None: it has not failed)."""
+    for condition in job.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return str(condition.get("reason", ""))
+    return None
 
 
 def _unschedulable(status: Mapping[str, Any]) -> str:

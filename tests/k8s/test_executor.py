@@ -191,26 +191,29 @@ def once_then(name: str, script: str) -> dict[str, Any]:
     return sh(name, f"if [ -e tried-{name} ]; then echo again; exit 0; fi; touch tried-{name}; {script}")
 
 
-def test_out_of_memory_fails_and_an_eviction_or_a_deleted_pod_is_lost_and_run_again(kube: Kube) -> None:
+def test_out_of_memory_fails_and_an_eviction_a_lost_node_or_a_deleted_pod_is_lost_and_run_again(kube: Kube) -> None:
     workflow_id = kube.submit({"jobs": [sh("hungry", "sleep 30"), once_then("evicted", "sleep 30"),
-                                        once_then("deleted", "sleep 30")]})
-    for name in ("hungry", "evicted", "deleted"):
+                                        once_then("deleted", "sleep 30"), once_then("stranded", "sleep 30")]})
+    for name in ("hungry", "evicted", "deleted", "stranded"):
         kube.until(workflow_id, name, pb.JOB_STATUS_RUNNING)
     jobs = kube.cluster.wait_for(lambda: len(found := [j for j in kube.cluster.objects("jobs")
-                                                       if kube.cluster.pods_of(j["metadata"]["name"])]) == 3 and found,
-                                 what="three pods")
+                                                       if kube.cluster.pods_of(j["metadata"]["name"])]) == 4 and found,
+                                 what="four pods")
     pods = {j["metadata"]["labels"]["donut/job"]: kube.cluster.pods_of(j["metadata"]["name"])[0]["metadata"]["name"]
             for j in jobs}
     workdir = Path(kube.config.data_dir) / "workflows" / workflow_id
-    kube.cluster.wait_for(lambda: all((workdir / f"tried-{name}").exists() for name in ("evicted", "deleted")),
+    kube.cluster.wait_for(lambda: all((workdir / f"tried-{name}").exists() for name in ("evicted", "deleted",
+                                                                                          "stranded")),
                           what="the commands running")
     kube.cluster.oom_kill(pods["hungry"])
     kube.cluster.evict(pods["evicted"])
     kube.cluster.delete_pod(pods["deleted"])
+    kube.cluster.lose_node(pods["stranded"])
     ended = {j.name: j for j in kube.wait(workflow_id).jobs}
     assert ended["hungry"].status == pb.JOB_STATUS_FAILED and "OOMKilled" in ended["hungry"].message
     assert "OOMKilled" in kube.log(workflow_id, "hungry")
-    for name, why in (("evicted", "evicted"), ("deleted", "pod was deleted")):
+    for name, why in (("evicted", "evicted"), ("deleted", "pod was deleted"), ("stranded", "node was lost")):
+        assert len(ended[name].attempts) == 2, ended[name]
         first, second = ended[name].attempts
         assert first.status == pb.JOB_STATUS_DEAD and why in first.message, first
         assert second.status == pb.JOB_STATUS_SUCCEEDED and "again" in kube.log(workflow_id, name, attempt=2)
