@@ -50,6 +50,9 @@ class Deleter:
     """Where workflow directories live (see `workflow_dir`)."""
     files: WorkflowFiles | None = None
     """cellar's files of workflows (None: there is no cellar, e.g. in scheduler tests)."""
+    leftovers: Callable[[str], None] | None = None
+    """Removes what the executor keeps of a workflow's attempts elsewhere (a cluster's
+    finished Jobs and their Secrets); a failure there is only logged (its reaper goes on)."""
 
     def delete(self, workflow: WorkflowRecord, revision: int) -> None:
         """Deletes the workflow, whose record is at `revision` (Conflict if it changed)."""
@@ -67,6 +70,11 @@ class Deleter:
         if self.files is not None:
             for kind in WORKFLOW_FILE_KINDS:
                 self.files.remove(kind, workflow.id)
+        if self.leftovers is not None:
+            try:
+                self.leftovers(workflow.id)
+            except Exception:  # the executor's own reaper removes them later
+                log.warning("cannot remove the executor's leftovers of workflow %s", workflow.id, exc_info=True)
         self.store.remove_deleted(workflow)
 
     def finish_interrupted(self) -> int:

@@ -294,7 +294,8 @@ class Stack:
                                    lease_ttl=c.lease_ttl)
         log_copies = _CellarLogCopies(cellar_files)
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
-        deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(cellar_files))
+        deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(cellar_files),
+                          self.executor.remove_workflow if isinstance(self.executor, KubernetesExecutor) else None)
         self.retention = Retention(deleter, c.retention, self.clock.time)
         self.archiver = _archiver(c, self.store, cellar_files, data_root)
         service = DaggerService(self.store, self.logs, self.scheduler, DaggerConfig(data_root, c.default_parallelism),

@@ -475,6 +475,15 @@ class KubernetesExecutor:
                     deleted.append(f"{kind}/{item['metadata']['name']}")
         return deleted
 
+    def remove_workflow(self, workflow_id: str) -> None:
+        """Deletes the Jobs and Secrets of a workflow being deleted (finished Jobs are
+        otherwise kept for ttlSecondsAfterFinished)."""
+        ns, selector = self.settings.namespace, f"{LABEL_WORKFLOW}={workflow_id}"
+        for job in self._call(self.batch.list_namespaced_job, ns, label_selector=selector).get("items", []):
+            self._delete_job(job["metadata"]["name"])
+        for secret in self._call(self.core.list_namespaced_secret, ns, label_selector=selector).get("items", []):
+            self._delete_secret(secret["metadata"]["name"])
+
     def _delete_secret(self, name: str) -> None:
         with contextlib.suppress(ApiException):
             self._call(self.core.delete_namespaced_secret, name, self.settings.namespace)

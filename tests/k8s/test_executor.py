@@ -237,6 +237,17 @@ def test_cancel_deletes_the_job_its_pods_and_its_secret(kube: Kube) -> None:
     assert "propagationPolicy=Background" in delete.path or "Background" in json.dumps(delete.__dict__, default=str)
 
 
+def test_deleting_a_workflow_deletes_its_finished_jobs_and_secrets_at_once(kube: Kube) -> None:
+    doomed, kept = (kube.submit({"jobs": [sh("quick", "true")]}) for _ in range(2))
+    for workflow_id in (doomed, kept):
+        assert kube.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
+    assert kube.cluster.objects("jobs", f"donut/workflow={doomed}")  # finished Jobs are kept a while
+    kube.dagger.DeleteWorkflow(pb.DeleteWorkflowRequest(id=doomed))
+    for plural in ("jobs", "secrets", "pods"):
+        assert not kube.cluster.objects(plural, f"donut/workflow={doomed}"), plural
+        assert kube.cluster.objects(plural, f"donut/workflow={kept}"), plural
+
+
 def test_the_reaper_removes_what_finished_or_unknown_workflows_left_and_nothing_else(kube: Kube) -> None:
     finished = kube.submit({"jobs": [sh("quick", "true")]})
     assert kube.wait(finished).status == pb.WORKFLOW_STATUS_DONE
