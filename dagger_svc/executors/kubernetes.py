@@ -133,6 +133,7 @@ class KubernetesExecutor:
         self._closing = threading.Event()
         self._launchers = ThreadPoolExecutor(max_workers=launchers, thread_name_prefix="kube-launch")
         self._threads: list[threading.Thread] = []
+        self._watching: Any = None  # the watch's answer being read (shut down to end the watch at close)
         self.requests = 0  # API requests made (for the benchmark)
 
     # ---- the Executor protocol -------------------------------------------------------
@@ -187,6 +188,9 @@ class KubernetesExecutor:
     def close(self) -> None:
         """Stops following Jobs; the Jobs themselves run on (the next scheduler adopts them)."""
         self._closing.set()
+        with contextlib.suppress(Exception):
+            if self._watching is not None:
+                self._watching.shutdown()  # unblocks the watch thread's read
         self._launchers.shutdown(wait=True, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=10)
@@ -310,6 +314,9 @@ class KubernetesExecutor:
             self.settings.namespace, label_selector=LABEL_WORKFLOW, watch=True, resource_version=version,
             allow_watch_bookmarks=False, timeout_seconds=WATCH_SECONDS, _preload_content=False,
             _request_timeout=(REQUEST_TIMEOUT[0], WATCH_SECONDS + 30))
+        self._watching = response
+        if self._closing.is_set():
+            response.shutdown()
         try:
             for line in _lines(response):
                 if self._closing.is_set():
@@ -385,12 +392,28 @@ class KubernetesExecutor:
             now = self.clock()
             if attempt.stuck_since is None:
                 attempt.stuck_since = now
+                recheck = threading.Timer(self.settings.pending_grace, self._look_again, args=(attempt,))
+                recheck.daemon = True
+                recheck.start()
             if reason in HOPELESS_REASONS or now - attempt.stuck_since >= self.settings.pending_grace:
                 self._launchers.submit(self._delete_job, attempt.name)
                 return self._end(attempt, Outcome(message=_with(
                     f"{reason}: its pod stayed pending {now - attempt.stuck_since:.0f} s", waiting.get("message", ""))))
         else:
             attempt.stuck_since = None
+
+    def _look_again(self, attempt: _Attempt) -> None:
+        """Looks at the attempt's pods again (one stuck pending sends no event when its grace ends)."""
+        if self._closing.is_set():
+            return
+        try:
+            pods = self._call(self.core.list_namespaced_pod, self.settings.namespace,
+                              label_selector=f"job-name={attempt.name}")
+        except Exception as e:  # noqa: BLE001 - the next resync looks
+            log.info("looking at the pods of %s: %s", attempt.name, _why(e))
+            return
+        for pod in pods.get("items", []):
+            self._pod_changed(pod, deleted=False)
 
     def _terminated(self, attempt: _Attempt, terminated: Mapping[str, Any]) -> None:
         told = read_termination_message(terminated.get("message") or "")
