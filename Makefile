@@ -45,4 +45,4 @@ bench: install $(NODE_PREFIX)/.installed
 	$(PY) bench/cellar.py
 	$(PY) bench/layout.py
 	$(PY) bench/gui.py
-	$(PY) bench/kubernetes.py
+	$(PY) bench/kubernetes_jobs.py

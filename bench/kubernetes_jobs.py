@@ -9,7 +9,7 @@ Jobs created per second while the fan-out runs, API requests per second against 
 launch being recorded (its start) to its Job's create request reaching the API server,
 p50/p99. Prints, asserts nothing.
 
-    python bench/kubernetes.py [--width 500] [--qps 20,100]
+    python bench/kubernetes_jobs.py [--width 500] [--qps 20,100]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[0] = str(ROOT)  # (not bench/: this file's name would hide the kubernetes package)
+sys.path.insert(0, str(ROOT))
 
 from donut.dagger.v1 import dagger_pb2 as pb  # noqa: E402
 from donut.dagger.v1 import dagger_pb2_grpc  # noqa: E402
