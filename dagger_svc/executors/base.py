@@ -13,6 +13,7 @@ from typing import Final, Protocol
 
 from dagger_svc.core.definition import JobSpec
 from dagger_svc.core.records import Outcome
+from streamed_job.attempt import SYSTEM
 from streamed_job.outcome import Ended
 from streamed_job.spec import (
     JOB_KEY_ENV,
@@ -103,6 +104,16 @@ def outcome_of(ended: Ended) -> Outcome:
 
 Report = Callable[[str, str, int, Outcome], None]
 """(workflow id, job, attempt, outcome): how an executor tells the scheduler an attempt ended."""
+
+
+def report_for_the_wrapper(logs: AttemptLogs, report: Report, workflow_id: str, job: str, attempt: int,
+                           outcome: Outcome) -> None:
+    """Tells how an attempt ended when its wrapper could not: a note in its log (why), the
+    end of its log, and the report to the scheduler."""
+    if outcome.message:
+        logs.append(workflow_id, job, attempt, [(SYSTEM, outcome.message.encode())])
+    logs.end(workflow_id, job, attempt)
+    report(workflow_id, job, attempt, outcome)
 
 
 class AttemptLogs(Protocol):

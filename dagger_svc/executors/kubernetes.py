@@ -33,7 +33,15 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from dagger_svc.core.records import Outcome
-from dagger_svc.executors.base import AttemptLogs, Launch, Report, outcome_of, run_spec, wrapper_environment
+from dagger_svc.executors.base import (
+    AttemptLogs,
+    Launch,
+    Report,
+    outcome_of,
+    report_for_the_wrapper,
+    run_spec,
+    wrapper_environment,
+)
 from dagger_svc.executors.kube_render import (
     LABEL_ATTEMPT,
     LABEL_JOB,
@@ -46,7 +54,6 @@ from dagger_svc.executors.kube_render import (
 )
 from dagger_svc.executors.local import not_started
 from donut_common.auth import JobTokens
-from streamed_job.attempt import SYSTEM
 from streamed_job.outcome import read_termination_message
 from streamed_job.spec import FetchSettings, SaveSettings
 
@@ -459,12 +466,8 @@ class KubernetesExecutor:
                 return
             del self._active[attempt.name]
         self._revoke(attempt)
-        if outcome is None:
-            return
-        if outcome.message:
-            self.logs.append(attempt.workflow_id, attempt.job, attempt.number, [(SYSTEM, outcome.message.encode())])
-        self.logs.end(attempt.workflow_id, attempt.job, attempt.number)
-        self.report(attempt.workflow_id, attempt.job, attempt.number, outcome)
+        if outcome is not None:
+            report_for_the_wrapper(self.logs, self.report, attempt.workflow_id, attempt.job, attempt.number, outcome)
 
     def _revoke(self, attempt: _Attempt) -> None:
         if attempt.token_id and self.tokens is not None:

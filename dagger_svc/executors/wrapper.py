@@ -34,13 +34,13 @@ from dagger_svc.executors.base import (
     Report,
     host_environment,
     outcome_of,
+    report_for_the_wrapper,
     run_spec,
     wrapper_environment,
 )
 from dagger_svc.executors.local import end_lost_attempt, not_started
 from dagger_svc.executors.procs import job_processes, kill_leftovers, runs_module, signal_process, spec_token
 from donut_common.auth import JobTokens, split_token
-from streamed_job.attempt import SYSTEM
 from streamed_job.outcome import Ended, read_termination_message
 from streamed_job.pump import STDERR, ProcessPump
 from streamed_job.spec import FetchSettings, SaveSettings, attempt_key
@@ -278,12 +278,8 @@ class WrapperExecutor:
         with self._lock:
             self._active.pop(attempt.key, None)
         self._revoke(attempt)
-        if outcome is None:
-            return
-        if outcome.message:
-            self.logs.append(attempt.workflow_id, attempt.job, attempt.number, [(SYSTEM, outcome.message.encode())])
-        self.logs.end(attempt.workflow_id, attempt.job, attempt.number)
-        self.report(attempt.workflow_id, attempt.job, attempt.number, outcome)
+        if outcome is not None:
+            report_for_the_wrapper(self.logs, self.report, attempt.workflow_id, attempt.job, attempt.number, outcome)
 
     def _revoke(self, attempt: _Attempt) -> None:
         if attempt.token_id and self.tokens is not None:
