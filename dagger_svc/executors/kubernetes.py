@@ -140,14 +140,19 @@ class KubernetesExecutor:
         self._closing = threading.Event()
         self._launchers = ThreadPoolExecutor(max_workers=launchers, thread_name_prefix="kube-launch")
         self._threads: list[threading.Thread] = []
-        self._watching: Any = None  # the watch's answer being read (shut down to end the watch at close)
+        self._watching: set[Any] = set()  # the watches' answers being read (shut down to end them at close)
         self.requests = 0  # API requests made (for the benchmark)
 
     # ---- the Executor protocol -------------------------------------------------------
 
     def start(self, report: Report) -> None:
         self.report = report
-        loops = [("kube-watch", self._watch_pods), ("kube-resync", self._resync_loop)]
+        loops: list[tuple[str, Callable[[], None]]] = [
+            ("kube-pods", lambda: self._watch("pods", self.core.list_namespaced_pod, self._resync,
+                                              lambda kind, pod: self._pod_changed(pod, deleted=kind == "DELETED"))),
+            ("kube-jobs", lambda: self._watch("Jobs", self.batch.list_namespaced_job, self._jobs_version,
+                                              self._job_event)),
+            ("kube-resync", self._resync_loop)]
         if self.settings.reap_interval > 0:
             loops.append(("kube-reaper", self._reap_loop))
         for name, loop in loops:
@@ -195,9 +200,11 @@ class KubernetesExecutor:
     def close(self) -> None:
         """Stops following Jobs; the Jobs themselves run on (the next scheduler adopts them)."""
         self._closing.set()
-        with contextlib.suppress(Exception):
-            if self._watching is not None:
-                self._watching.shutdown()  # unblocks the watch thread's read
+        with self._lock:
+            watching = list(self._watching)
+        for response in watching:
+            with contextlib.suppress(Exception):
+                response.shutdown()  # unblocks the watch thread's read
         self._launchers.shutdown(wait=True, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=10)
@@ -297,31 +304,34 @@ class KubernetesExecutor:
 
     # ---- following -------------------------------------------------------------------
 
-    def _watch_pods(self) -> None:
-        """Follows the pods of donut's Jobs; a watch that ends is renewed from where it was,
-        one that expired (410 Gone) after a fresh listing."""
+    def _watch(self, what: str, listing: Callable[..., Any], start: Callable[[], str],
+               changed: Callable[[str, dict[str, Any]], None]) -> None:
+        """Follows `what` (pods or Jobs) of donut's attempts: from the resourceVersion `start`
+        lists them at, renewed from where it was when it ends, after a fresh `start` when it
+        expired (410 Gone) or failed."""
         version = ""
         while not self._closing.is_set():
             try:
                 if not version:
-                    version = self._resync()
-                for kind, pod in self._pod_events(version):
-                    version = pod.get("metadata", {}).get("resourceVersion") or version
-                    self._pod_changed(pod, deleted=kind == "DELETED")
+                    version = start()
+                for kind, item in self._events(listing, version):
+                    version = item.get("metadata", {}).get("resourceVersion") or version
+                    changed(kind, item)
             except _Gone:
                 version = ""
             except Exception as e:  # noqa: BLE001 - the API server is away: try again
-                log.info("watching pods: %s", _why(e))
+                log.info("watching %s: %s", what, _why(e))
                 version = ""
                 self._closing.wait(1.0)
 
-    def _pod_events(self, version: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _events(self, listing: Callable[..., Any], version: str) -> Iterator[tuple[str, dict[str, Any]]]:
         self.rate.acquire()
-        response: Any = self.core.list_namespaced_pod(
+        response: Any = listing(
             self.settings.namespace, label_selector=LABEL_WORKFLOW, watch=True, resource_version=version,
             allow_watch_bookmarks=False, timeout_seconds=WATCH_SECONDS, _preload_content=False,
             _request_timeout=(REQUEST_TIMEOUT[0], WATCH_SECONDS + 30))
-        self._watching = response
+        with self._lock:
+            self._watching.add(response)
         if self._closing.is_set():
             response.shutdown()
         try:
@@ -335,7 +345,27 @@ class KubernetesExecutor:
                     raise RuntimeError(f"watch error: {event.get('object', {}).get('message', '')}")
                 yield event.get("type", ""), event.get("object", {})
         finally:
+            with self._lock:
+                self._watching.discard(response)
             response.close()
+
+    def _jobs_version(self) -> str:
+        jobs = self._call(self.batch.list_namespaced_job, self.settings.namespace, label_selector=LABEL_WORKFLOW)
+        for job in jobs.get("items", []):
+            self._job_event("ADDED", job)
+        return str(jobs.get("metadata", {}).get("resourceVersion", ""))
+
+    def _job_event(self, kind: str, job: dict[str, Any]) -> None:
+        """A Job deleted under a running attempt, or ended by its deadline (its pods go with
+        it); every other end is told by the pod, whose container says what the wrapper did."""
+        with self._lock:
+            attempt = self._active.get(job.get("metadata", {}).get("name", ""))
+        if attempt is None or not attempt.created:
+            return
+        if kind == "DELETED":
+            self._gone(attempt, "its Kubernetes Job was deleted")
+        elif _failed_because(job) == "DeadlineExceeded":
+            self._job_changed(attempt, job)
 
     def _resync_loop(self) -> None:
         while not self._closing.wait(self.settings.resync):

@@ -219,6 +219,22 @@ def test_out_of_memory_fails_and_an_eviction_a_lost_node_or_a_deleted_pod_is_los
         assert second.status == pb.JOB_STATUS_SUCCEEDED and "again" in kube.log(workflow_id, name, attempt=2)
 
 
+def test_a_job_deleted_by_someone_else_makes_its_attempt_dead_and_it_runs_again(kube: Kube) -> None:
+    from kubernetes import client as k8s
+
+    workflow_id = kube.submit({"jobs": [once_then("victim", "sleep 30")]})
+    kube.until(workflow_id, "victim", pb.JOB_STATUS_RUNNING)
+    workdir = Path(kube.config.data_dir) / "workflows" / workflow_id
+    kube.cluster.wait_for(lambda: (workdir / "tried-victim").exists(), what="the command running")
+    [job] = kube.cluster.objects("jobs")
+    k8s.BatchV1Api(kube.cluster.api_client()).delete_namespaced_job(job["metadata"]["name"], "donut",
+                                                                     propagation_policy="Background")
+    victim = kube.wait(workflow_id).jobs[0]
+    first, second = victim.attempts
+    assert first.status == pb.JOB_STATUS_DEAD and "deleted" in first.message, first
+    assert second.status == pb.JOB_STATUS_SUCCEEDED
+
+
 def test_a_job_past_its_timeout_fails(kube: Kube) -> None:
     workflow_id = kube.submit({"jobs": [sh("slow", "sleep 60", timeout=2)]})
     slow = kube.wait(workflow_id).jobs[0]
