@@ -373,6 +373,7 @@ class Stack:
                           "DONUT_GITHUB_CLIENT_SECRET": c.github.client_secret,
                           "DONUT_GITHUB_URL": c.github.url, "DONUT_GITHUB_USERS": c.github.users,
                           "DONUT_GITHUB_ORGS": c.github.orgs})
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request (a sign-in link among them)
         http = make_server(self.config.host, self.config.http_port, app, threaded=True)
         self.http_endpoint = f"http://{self.config.host}:{http.server_port}"
         thread = threading.Thread(target=http.serve_forever, name="gateway", daemon=True)

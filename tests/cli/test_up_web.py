@@ -94,3 +94,34 @@ def test_up_s_public_url_makes_donut_ui_s_links(tmp_path: Path, etcd_server: Any
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(30)
+
+
+def test_up_keeps_quiet_about_web_requests_and_never_logs_a_sign_in_link(tmp_path: Path, etcd_server: Any,
+                                                                         etcd_prefix: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    home = tmp_path / "home"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("DONUT_TOKEN", "DONUT_ENDPOINT")},
+           "DONUT_HOME": str(home)}
+    up = subprocess.Popen([sys.executable, "-m", "donut_cli", "up", "--data-dir", str(tmp_path / "d"), "--port", "0",
+                           "--http-port", "0", "--etcd-endpoints", etcd_server.endpoint, "--etcd-prefix", etcd_prefix],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (home / "client.json").exists():
+            assert time.monotonic() < deadline and up.poll() is None
+            time.sleep(0.05)
+        link = donut("ui", "--print-url", home=home).stdout.strip()
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the session cookie
+        with browser.open(link, timeout=10) as page:
+            assert page.url.endswith("/workflows") and "admin" in page.read().decode()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        _, stderr = up.communicate(timeout=30)
+    code = link.split("code=")[1]
+    assert code not in stderr and "GET /" not in stderr, stderr
