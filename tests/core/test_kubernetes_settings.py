@@ -299,6 +299,7 @@ def test_reading_the_settings_gives_a_copy() -> None:
 # ---------------------------------------------------------------------- normalizing is idempotent
 
 _label = st.from_regex(r"[a-z0-9]([a-z0-9._-]{0,10}[a-z0-9])?", fullmatch=True)
+_subdomain = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?)?", fullmatch=True)
 _quantity = st.one_of(st.integers(0, 10**6), st.sampled_from(["500m", "1.5", "4Gi", "2", "129e6", ".5"]))
 _settings = st.fixed_dictionaries({}, optional={
     "resources": st.fixed_dictionaries({}, optional={
@@ -309,8 +310,8 @@ _settings = st.fixed_dictionaries({}, optional={
         "effect": st.sampled_from(["NoSchedule", "PreferNoSchedule"])}), max_size=2),
     "labels": st.dictionaries(_label, _label, max_size=3),
     "annotations": st.dictionaries(_label, st.text(max_size=10).filter(lambda t: "\x00" not in t), max_size=3),
-    "serviceAccountName": _label.filter(lambda t: "_" not in t),
-    "imagePullSecrets": st.lists(_label.filter(lambda t: "_" not in t), max_size=2),
+    "serviceAccountName": _subdomain,
+    "imagePullSecrets": st.lists(_subdomain, max_size=2),
     "env": st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True).filter(
         lambda n: not n.startswith("DONUT_")), st.text(max_size=5).filter(lambda t: "\x00" not in t), max_size=3),
 })

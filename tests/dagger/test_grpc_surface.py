@@ -293,7 +293,8 @@ def test_a_watch_of_changed_jobs_sends_only_those_between_a_whole_first_and_last
     assert messages[-1].status == pb.WORKFLOW_STATUS_DONE
     assert [(j.name, j.status) for j in messages[-1].jobs] == [(f"j{i}", pb.JOB_STATUS_SUCCEEDED) for i in range(6)]
     middle = messages[1:-1]
-    assert all(len(m.jobs) <= 2 for m in middle)  # a chain changes a job or two at a time
+    assert all(len(m.jobs) < 6 for m in middle)  # only what changed: in a chain, never every job at once
+    assert any(0 < len(m.jobs) <= 2 for m in middle)
     for message in middle:
         assert all(j.spec.name == j.name and j.depends_on == ([] if j.name == "j0" else [f"j{int(j.name[1]) - 1}"])
                    for j in message.jobs)
