@@ -41,8 +41,6 @@ def fan(width: int) -> bytes:
 
 
 def run(width: int, qps: float, work: Path) -> None:
-    from dataclasses import replace
-
     from donut_cli.stack import KubeConfig, Stack, StackConfig
     from donut_common.etcd_server import EtcdServer
     from donut_common.rpc import channel
@@ -58,9 +56,8 @@ def run(width: int, qps: float, work: Path) -> None:
             FakeCluster(work / "cluster", volumes={"donut-workflows": workflows},
                         env={"PATH": f"{stand_in}:/usr/bin:/bin"}) as cluster:
         config = StackConfig(data_dir=work / "stack", port=0, http_port=-1, etcd_endpoints=etcd.endpoint,
-                             etcd_prefix="/bench/")
-        config = replace(config, executor="kubernetes", kubernetes=KubeConfig(
-            kubeconfig=str(cluster.kubeconfig), qps=qps, workflows_mount=str(workflows)))
+                             etcd_prefix="/bench/", executor="kubernetes", kubernetes=KubeConfig(
+                                 kubeconfig=str(cluster.kubeconfig), qps=qps, workflows_mount=str(workflows)))
         with Stack(config) as stack:
             connection = channel(stack.endpoint, token=stack.client_token()[0])
             dagger = dagger_pb2_grpc.DaggerStub(connection)

@@ -141,7 +141,6 @@ class KubernetesExecutor:
         self._launchers = ThreadPoolExecutor(max_workers=launchers, thread_name_prefix="kube-launch")
         self._threads: list[threading.Thread] = []
         self._watching: set[Any] = set()  # the watches' answers being read (shut down to end them at close)
-        self.requests = 0  # API requests made (for the benchmark)
 
     # ---- the Executor protocol -------------------------------------------------------
 
@@ -552,7 +551,6 @@ class KubernetesExecutor:
         delay = 0.2
         for attempt in range(1, self.settings.retries + 1):
             self.rate.acquire()
-            self.requests += 1
             try:
                 response = method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
                 return json.loads(response.data or b"{}")
