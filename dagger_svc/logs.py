@@ -19,10 +19,21 @@ note saying so, and later lines are dropped (their sequence markers are still st
 
 Once an attempt has ended, its file may be copied elsewhere as it is (`on_end` says when);
 `read_stored` reads such a copy with the same parser as the file.
+
+Several processes (dagger replicas over one data dir or shared volume) may append to one
+log: each append holds an exclusive `flock` on the file, and a file that grew or shrank
+since this process last wrote it is read again for its last sequence (and cut after it)
+before the batch is weighed, so a batch another process stored is not stored twice and
+the size limit counts every process's lines. An unsequenced line appended to a sequenced
+log restates the last sequence after it, so that it is not taken for a batch cut short.
+Followers here are woken by this process's appends; `wake` is how others' are told (see
+`dagger_svc.log_pulses`), and they look again at least every FOLLOW_POLL_SECONDS anyway.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 import threading
@@ -49,9 +60,11 @@ TimedLine = tuple[int, bytes, int]  # (stream, text, when it was received in uni
 READ_BATCH_BYTES = 4 * 1024 * 1024  # lines are at most 1 MiB: a batch stays well under a message's 16 MiB
 _TIME_SEARCH_BYTES = 64 * 1024 * 1024  # how far back a tail looks for the time of its first line
 MAX_OPEN_LOGS = 256  # files kept open for appending; the least recently used is closed (and reopened when needed)
+FOLLOW_POLL_SECONDS = 0.5  # how long a follower waits for a wake-up before it looks at its file again
 
 
 Ended = Callable[[str, str, int], None]  # told (workflow id, job, attempt) once an attempt's log is complete
+Stored = Callable[[], None]  # told that this process stored lines
 
 
 @dataclass
@@ -67,7 +80,7 @@ class _Cursor:
 class _Open:
     file: FileIO  # unbuffered: what a failed write leaves behind is on disk or nowhere, never in a buffer
     sequence: int = 0
-    size: int = 0
+    size: int = -1  # the file's size after this process's last write (-1: not known yet)
 
 
 class LogStore:
@@ -83,10 +96,22 @@ class LogStore:
         self._changed = threading.Condition(self._lock)
         self._generation = 0  # bumped on every change, so followers never miss a wake-up
         self._on_end: list[Ended] = []
+        self._on_stored: list[Stored] = []
 
     def on_end(self, listener: Ended) -> None:
         """Calls listener (outside the store's lock) after each `end`."""
         self._on_end.append(listener)
+
+    def on_stored(self, listener: Stored) -> None:
+        """Calls listener (outside the store's lock, so it must be quick) after each append
+        that wrote to a file."""
+        self._on_stored.append(listener)
+
+    def wake(self) -> None:
+        """Wakes every follower to look at its file again (another process wrote to it)."""
+        with self._lock:
+            self._generation += 1
+            self._changed.notify_all()
 
     def path(self, workflow_id: str, job: str, attempt: int) -> Path:
         return self.root / workflow_id / f"{job}.{attempt}.log"
@@ -102,10 +127,16 @@ class LogStore:
             if path.parent not in self._dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
-            sequence = _recover(path)
-            file = FileIO(path, "ab")
-            entry = self._open[key] = _Open(file, sequence, file.seek(0, 2))
+            entry = self._open[key] = _Open(FileIO(path, "ab"))  # its sequence is found at the first append
         return entry
+
+    def _catch_up(self, entry: _Open, path: Path) -> None:
+        """Under the file's lock: when another process (or an earlier run) changed the file
+        since this one last wrote it, its last sequence is read again (and a batch cut
+        short after it is cut off)."""
+        if os.fstat(entry.file.fileno()).st_size != entry.size:
+            entry.sequence = _recover(path)
+            entry.size = os.fstat(entry.file.fileno()).st_size
 
     def _lines_within_limit(self, entry: _Open, lines: list[LogLine]) -> bytes:
         """The stored form of the lines that fit under the limit, and the note saying where
@@ -128,22 +159,29 @@ class LogStore:
                sequence: int | None = None) -> int:
         """Stores lines; with a sequence number, a batch at or below the last one stored
         is a resend and is dropped. Returns the last sequence stored."""
+        key = (workflow_id, job, attempt)
         with self._lock:
-            entry = self._writer((workflow_id, job, attempt))
-            if sequence is not None and sequence <= entry.sequence:
-                return entry.sequence
-            if lines or sequence is not None:
+            entry = self._writer(key)
+            fcntl.flock(entry.file.fileno(), fcntl.LOCK_EX)
+            try:
+                self._catch_up(entry, self.path(*key))
+                if sequence is not None and sequence <= entry.sequence:
+                    return entry.sequence
+                if not lines and sequence is None:
+                    return entry.sequence
                 data = self._lines_within_limit(entry, lines)
                 if sequence is not None:
-                    if entry.file.tell() == 0:
+                    if entry.size == 0:
                         data = b"q0\n" + data
                     data += b"q%d\n" % sequence
+                elif entry.sequence and data:
+                    data += b"q%d\n" % entry.sequence  # still the last batch stored: keeps these lines at recovery
                 try:
                     _write_all(entry.file, data)  # before the sequence counts as stored (and is acknowledged)
                 except OSError:
                     # A torn batch may be on disk: the file is reopened for the next append,
                     # which cuts it off after the last whole batch (and the resend is stored once).
-                    del self._open[(workflow_id, job, attempt)]
+                    del self._open[key]
                     entry.file.close()
                     raise
                 entry.size += len(data)
@@ -151,7 +189,13 @@ class LogStore:
                     entry.sequence = sequence
                 self._generation += 1
                 self._changed.notify_all()
-            return entry.sequence
+            finally:
+                if not entry.file.closed:
+                    fcntl.flock(entry.file.fileno(), fcntl.LOCK_UN)
+            stored = entry.sequence
+        for listener in self._on_stored:
+            listener()
+        return stored
 
     def end(self, workflow_id: str, job: str, attempt: int) -> None:
         """The attempt wrote its last line: close its file and wake its followers."""
@@ -197,7 +241,7 @@ class LogStore:
                 return
             with self._lock:
                 if generation == self._generation:
-                    self._changed.wait(timeout=0.5)
+                    self._changed.wait(timeout=FOLLOW_POLL_SECONDS)
 
     def remove(self, workflow_id: str) -> None:
         """Removes every log file of the workflow (closing those still open)."""
