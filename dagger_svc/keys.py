@@ -18,6 +18,8 @@
                                     here (out of every read and listing) until its files and keys are gone
     <prefix>to-archive/<id>         empty: written with the records of a run's end (every end), removed
                                     once its directory is archived (what --archive-finished works through)
+    <prefix>log-pulses/<replica>    a counter a replica bumps (at most every ~100 ms, only while it
+                                    stores log lines): wakes the log followers of the other replicas
     <prefix>upgrades/<name>         present once the records of earlier versions were upgraded so
 """
 
@@ -37,6 +39,7 @@ class Keys:
         self.claims = self.prefix + "claims/"
         self.schedulers = self.prefix + "schedulers/"
         self.archive_due = self.prefix + "to-archive/"
+        self.log_pulses = self.prefix + "log-pulses/"
 
     def workflow(self, workflow_id: str) -> str:
         return f"{self.workflows}{workflow_id}"
@@ -84,6 +87,9 @@ class Keys:
 
     def scheduler(self, scheduler_id: str) -> str:
         return f"{self.schedulers}{scheduler_id}"
+
+    def log_pulse(self, replica: str) -> str:
+        return f"{self.log_pulses}{replica}"
 
     @staticmethod
     def workflow_id(key: str) -> WorkflowId:

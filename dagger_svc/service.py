@@ -401,24 +401,32 @@ class DaggerService:
         if attempt > record.attempt:
             raise NotFound(f"job '{job}' has no attempt {attempt} (it has had {record.attempt})")
         current = attempt or max(record.attempt, 1)
+        if not follow:
+            yield from ((current, index, lines) for index, lines in
+                        self._attempt_lines(workflow_id, job, current, offset, None, tail))
+            return
+        watched = _WatchedJob(self.store, workflow_id, job, self.logs.wake)
 
         def attempt_over() -> bool:
-            return not is_active() or self.store.job(workflow_id, job).attempt_over(current)
+            return not is_active() or watched.gone or watched.record.attempt_over(current)
 
-        while True:
-            for index, lines in self._attempt_lines(workflow_id, job, current, offset,
-                                                    attempt_over if follow else None, tail):
-                offset = index + len(lines)
-                yield current, index, lines
-            if not follow or not is_active():
-                return
-            record = self.store.job(workflow_id, job)
-            if record.status.finished and record.attempt <= current:
-                return
-            if record.attempt > current:
-                current, offset, tail = current + 1, 0, 0
-            else:
-                time.sleep(0.2)  # the next attempt has not started yet (retry backoff)
+        try:
+            while True:
+                for index, lines in self._attempt_lines(workflow_id, job, current, offset, attempt_over, tail):
+                    offset = index + len(lines)
+                    yield current, index, lines
+                if not is_active() or watched.gone:
+                    return
+                watched.changed.clear()
+                record = watched.record
+                if record.status.finished and record.attempt <= current:
+                    return
+                if record.attempt > current:
+                    current, offset, tail = current + 1, 0, 0
+                else:
+                    watched.changed.wait(0.2)  # the next attempt has not started yet (retry backoff)
+        finally:
+            watched.cancel()
 
     def _attempt_lines(self, workflow_id: WorkflowId, job: str, attempt: int, offset: int,
                        follow_until: Callable[[], bool] | None,
@@ -462,6 +470,27 @@ class DaggerService:
             raise FailedPrecondition(f"no scheduler here runs workflow {workflow_id}")
         self.logs.end(workflow_id, job, attempt)
         self.scheduler.job_finished(workflow_id, job, attempt, outcome)
+
+
+class _WatchedJob:
+    """A followed job's record, kept current by an etcd watch: a follower checks whether
+    its attempt is over at every wake-up without asking etcd each time, and is woken when
+    the record changes (wherever the attempt ended) or goes (the workflow was deleted)."""
+
+    def __init__(self, store: Store, workflow_id: WorkflowId, job: str, wake: Callable[[], None]) -> None:
+        self.record, revision = store.job_at(workflow_id, job)
+        self.gone = False
+        self.changed = threading.Event()
+
+        def on_change(record: JobRecord | None) -> None:
+            if record is None:
+                self.gone = True
+            else:
+                self.record = record
+            self.changed.set()
+            wake()
+
+        self.cancel = store.watch_job(workflow_id, job, on_change, revision)
 
 
 _NOTHING = object()

@@ -251,6 +251,13 @@ class Store:
             raise NotFound(f"workflow {workflow_id} has no job '{name}'")
         return _job(found.value)
 
+    def job_at(self, workflow_id: WorkflowId, name: str) -> tuple[JobRecord, int]:
+        """The job record and the store's revision when it was read (to watch from)."""
+        result = self._etcd.txn([], [etcd.get(self.keys.job(workflow_id, name))])
+        if not result.ranges[0]:
+            raise NotFound(f"workflow {workflow_id} has no job '{name}'")
+        return _job(result.ranges[0][0].value), result.revision
+
     def run(self, workflow_id: WorkflowId) -> RunView:
         """The workflow with its definition and job records, all as they were at one revision."""
         result = self._etcd.txn([], [etcd.get(self.keys.workflow(workflow_id))])
@@ -573,3 +580,30 @@ class Store:
                 on_change(_job(value))
 
         return self._etcd.watch_prefix(self.keys.jobs(workflow_id), on_event, start_revision=after + 1)
+
+    def watch_job(self, workflow_id: WorkflowId, name: str, on_change: Callable[[JobRecord | None], None],
+                  after: int) -> Callable[[], None]:
+        """Calls on_change with the job's record (None once deleted) on every change after
+        revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if key == self.keys.job(workflow_id, name):
+                on_change(None if value is None else _job(value))
+
+        return self._etcd.watch_prefix(self.keys.job(workflow_id, name), on_event, start_revision=after + 1)
+
+    # ---- log pulses ----------------------------------------------------------------
+
+    def pulse_logs(self, replica: str, count: int) -> None:
+        """Tells the other replicas that this one stored log lines (one small key, overwritten)."""
+        self._etcd.put(self.keys.log_pulse(replica), str(count))
+
+    def end_log_pulses(self, replica: str) -> None:
+        self._etcd.delete(self.keys.log_pulse(replica))
+
+    def watch_log_pulses(self, on_pulse: Callable[[str], None], after: int) -> Callable[[], None]:
+        """Calls on_pulse with the replica's id for every pulse after revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if value is not None:
+                on_pulse(key[len(self.keys.log_pulses):])
+
+        return self._etcd.watch_prefix(self.keys.log_pulses, on_event, start_revision=after + 1)

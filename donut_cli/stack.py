@@ -34,6 +34,7 @@ from dagger_svc.executors.local import LocalExecutor
 from dagger_svc.executors.wrapper import WrapperExecutor
 from dagger_svc.keys import Keys
 from dagger_svc.log_copies import LogCopier
+from dagger_svc.log_pulses import LogPulses
 from dagger_svc.logs import LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
@@ -190,6 +191,7 @@ class Stack:
     users: UsersService | None = None
     logs: LogStore | None = None
     log_copier: LogCopier | None = None
+    log_pulses: LogPulses | None = None
     executor: LocalExecutor | WrapperExecutor | KubernetesExecutor | None = None
     scheduler: Scheduler | None = None
     archiver: Archiver | None = None
@@ -240,6 +242,8 @@ class Stack:
             self.scheduler.start()
             assert self.log_copier is not None
             self.log_copier.start()
+            assert self.log_pulses is not None
+            self.log_pulses.start()
             assert self.retention is not None
             self.retention.start()  # (it finishes interrupted deletions first, with or without a retention)
             if c.archive_finished:
@@ -294,6 +298,7 @@ class Stack:
                                    lease_ttl=c.lease_ttl)
         log_copies = _CellarLogCopies(cellar_files)
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
+        self.log_pulses = LogPulses(self.logs, self.store, _scheduler_id(c.data_dir))
         deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(cellar_files),
                           self.executor.remove_workflow if isinstance(self.executor, KubernetesExecutor) else None)
         self.retention = Retention(deleter, c.retention, self.clock.time)
@@ -410,6 +415,9 @@ class Stack:
         if self.log_copier is not None:
             self.log_copier.stop()  # what it had not copied yet is copied after the next start
             self.log_copier = None
+        if self.log_pulses is not None:
+            self.log_pulses.stop()
+            self.log_pulses = None
         for made in self._channels:
             made.close()
         self._channels.clear()
