@@ -155,3 +155,23 @@ def test_a_scrape_answers_with_the_last_figures_while_etcd_is_away(tmp_path: Pat
             assert ("donut_takeovers_total", ()) in samples
     finally:
         etcd.stop()
+
+
+def test_log_lines_pushed_by_job_wrappers_are_counted_with_their_streams(stack_config: Any) -> None:
+    """Under the wrapper executor each job pushes its lines over gRPC (a client stream), as
+    in a cluster: those lines count, and so does the stream, by its code."""
+    from donut_cli.stack import Stack
+
+    with Stack(dataclasses.replace(stack_config, executor="wrapper")) as stack:
+        stack.admin_token = stack.client_token()[0]
+        driver = Driver(stack)
+        try:
+            before = scrape(stack.metrics_url)
+            workflow_id = driver.submit([sh("echo one; echo two; echo three", "a")])
+            assert driver.wait(workflow_id).status == pb.WORKFLOW_STATUS_DONE
+            after = eventually(stack.metrics_url, lambda s: grown(before, s, "donut_log_lines_total") >= 3 and grown(
+                before, s, "donut_grpc_requests_total", method=DAGGER + "PushLogs", code="OK") >= 1)
+        finally:
+            driver.close()
+    assert grown(before, after, "donut_log_lines_total") >= 3
+    assert grown(before, after, "donut_grpc_requests_total", method=DAGGER + "PushLogs", code="OK") >= 1
