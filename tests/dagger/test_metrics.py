@@ -85,6 +85,36 @@ def test_a_workflow_run_moves_the_job_log_and_request_counters(driver: Driver) -
     assert grown(before, after, requests, method=DAGGER + "GetWorkflow", code="NOT_FOUND") == 1
     assert grown(before, after, requests, method=DAGGER + "ListWorkflows", code="UNAUTHENTICATED") == 1
     assert grown(before, after, requests, method=DAGGER + "ListWorkflows", code="OK") == 0
+    assert grown(before, after, "donut_takeovers_total") == 0  # fresh workflows are not taken over
+
+
+def test_a_run_taken_back_after_a_restart_counts_as_a_take_over(stack_config: Any) -> None:
+    """The attempt the stop ended is `dead` (counted once), and the restarted stack picks the
+    run up mid-way: a take-over."""
+    from donut_cli.stack import Stack
+
+    with Stack(stack_config) as first:
+        first.admin_token = first.client_token()[0]
+        driver = Driver(first)
+        try:
+            workflow_id = driver.submit([sh("sleep 30", "slow")])
+            driver.wait_until(workflow_id, lambda w: any(j.status == pb.JOB_STATUS_RUNNING for j in w.jobs))
+        finally:
+            driver.close()
+        before = scrape(first.metrics_url)
+    with Stack(stack_config) as second:
+        second.admin_token = second.client_token()[0]
+        driver = Driver(second)
+        try:
+            driver.wait_until(workflow_id, lambda w: any(j.status == pb.JOB_STATUS_RUNNING and j.attempt == 2
+                                                         for j in w.jobs))
+            after = eventually(second.metrics_url, lambda s: grown(before, s, "donut_takeovers_total") >= 1)
+            driver.stub.CancelWorkflow(pb.CancelWorkflowRequest(id=workflow_id))
+            driver.wait(workflow_id)
+        finally:
+            driver.close()
+    assert grown(before, after, "donut_takeovers_total") == 1
+    assert grown(before, after, "donut_jobs_finished_total", status="dead") == 1
 
 
 def test_a_transaction_whose_compare_fails_counts_as_a_conflict(etcd_client: Any, etcd_prefix: str) -> None:
