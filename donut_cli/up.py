@@ -142,7 +142,10 @@ if TYPE_CHECKING:
 @click.option("--max-lost-attempts", type=click.IntRange(0, 100), default=3, show_default=True,
               help="Times a job whose attempt was lost to the infrastructure (its replica died, its pod was "
                    "deleted) runs again, one loss after another, before it is `dead` (apart from its own retries).")
-@click.option("--replica-id", default="", hidden=True, help="(set by --replicas) Run as this replica.")
+@click.option("--replica-id", default="", metavar="ID",
+              help="Run as one replica of several (a pod, say) sharing an external etcd (--etcd-endpoints) and "
+                   "this data dir, scheduling under ID (unique among them; kept across restarts, it takes its runs "
+                   "back at once); no lock on the data dir. --replicas sets it for its own.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, executor: str, kubeconfig: str | None,
        kube_context: str | None, namespace: str, job_template: Path | None, workflows_mount: str,
