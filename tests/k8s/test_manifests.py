@@ -419,3 +419,28 @@ def test_replicas_share_a_data_dir_where_two_stacks_could_not(stack_config: Any,
             Stack(dataclasses.replace(stack_config, data_dir=alone)).start()
     finally:
         first.stop()
+
+
+@pytest.mark.parametrize("name", ["session-key", "url-signing-key"])
+def test_replicas_starting_together_keep_the_key_written_first(name: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pods of a new Deployment start at once on an empty data dir: whichever writes a key
+    first, every replica must sign with that one (else a session or a link made by one is
+    refused by the others)."""
+    import secrets
+
+    from donut_cli import stack
+
+    kept = {"session-key": stack._session_key, "url-signing-key": stack._url_signing_key}[name]
+    theirs = b"t" * 64
+    made = {"session-key": "token_bytes", "url-signing-key": "token_hex"}[name]
+    real = getattr(secrets, made)
+
+    def another_replica_writes_first(*args: Any) -> Any:  # between this one's look and its write
+        (tmp_path / name).write_bytes(theirs)
+        return real(*args)
+
+    monkeypatch.setattr(secrets, made, another_replica_writes_first)
+    assert kept(tmp_path) == theirs
+    assert (tmp_path / name).read_bytes() == theirs
+    assert [p.name for p in tmp_path.iterdir()] == [name], "no temporary file left"
