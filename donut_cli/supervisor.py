@@ -36,9 +36,9 @@ from users_svc.store import UserStore
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 90.0  # seconds a replica may take to announce itself
-RESTART_BACKOFF = 1.0  # seconds before starting again a replica that died soon after its start (doubling)
+RESTART_BACKOFF = 0.5  # seconds before starting again a replica that died soon after its start (doubling)
 RESTART_BACKOFF_MAX = 30.0
-SETTLED = 30.0  # seconds after which a replica that dies is started again at once
+SETTLED = 10.0  # seconds after which a replica that dies is started again at once
 STOP_TIMEOUT = 60.0  # seconds replicas get to stop before they are killed
 
 
