@@ -7,7 +7,6 @@ scheduler)."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import shutil
 import subprocess
@@ -396,51 +395,3 @@ def test_a_disruption_budget_keeps_a_replica_up_when_there_are_several(kustomiza
     else:
         assert [b["spec"].get("minAvailable") for b in budgets] == [1]
 
-
-def test_replicas_share_a_data_dir_where_two_stacks_could_not(stack_config: Any, tmp_path: Path) -> None:
-    from donut_cli.stack import Stack
-
-    shared = tmp_path / "shared"
-    replicas = [Stack(dataclasses.replace(stack_config, data_dir=shared, replica_id=name)) for name in ("a", "b")]
-    try:
-        for replica in replicas:
-            replica.start()
-        assert {r.scheduler.scheduler_id for r in replicas if r.scheduler} == {"a", "b"}
-        assert replicas[0].store is not None
-        assert {r.id for r in replicas[0].store.replicas()} == {"a", "b"}, "both announced, each under its own id"
-        assert replicas[0].session_key == replicas[1].session_key
-    finally:
-        for replica in replicas:
-            replica.stop()
-    alone = tmp_path / "alone"
-    first = Stack(dataclasses.replace(stack_config, data_dir=alone)).start()
-    try:
-        with pytest.raises(RuntimeError, match=f"another stack is using {alone}"):
-            Stack(dataclasses.replace(stack_config, data_dir=alone)).start()
-    finally:
-        first.stop()
-
-
-@pytest.mark.parametrize("name", ["session-key", "url-signing-key"])
-def test_replicas_starting_together_keep_the_key_written_first(name: str, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pods of a new Deployment start at once on an empty data dir: whichever writes a key
-    first, every replica must sign with that one (else a session or a link made by one is
-    refused by the others)."""
-    import secrets
-
-    from donut_cli import stack
-
-    kept = {"session-key": stack._session_key, "url-signing-key": stack._url_signing_key}[name]
-    theirs = b"t" * 64
-    made = {"session-key": "token_bytes", "url-signing-key": "token_hex"}[name]
-    real = getattr(secrets, made)
-
-    def another_replica_writes_first(*args: Any) -> Any:  # between this one's look and its write
-        (tmp_path / name).write_bytes(theirs)
-        return real(*args)
-
-    monkeypatch.setattr(secrets, made, another_replica_writes_first)
-    assert kept(tmp_path) == theirs
-    assert (tmp_path / name).read_bytes() == theirs
-    assert [p.name for p in tmp_path.iterdir()] == [name], "no temporary file left"
