@@ -28,7 +28,7 @@ from dagger_svc.executors.base import workflow_dir
 from dagger_svc.log_copies import LogCopies
 from dagger_svc.logs import LogLine, LogStore, TimedLine, read_stored
 from dagger_svc.scheduler import Scheduler
-from dagger_svc.store import RunView, Store, UploadMark, no_workflow
+from dagger_svc.store import Replica, RunView, Store, UploadMark, no_workflow
 from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import (
@@ -39,6 +39,7 @@ from donut_common.errors import (
     Problem,
     Unavailable,
 )
+from donut_common.metrics import LOG_LINES
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,15 @@ PAGE_READS = 5  # reads of a filtered listing's page at most (a page may come ba
 _PAGE_TOKEN = re.compile(r"[0-9]{15}/" + names.WORKFLOW_ID)
 
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """A live replica, the running workflows it owns, and when its lease ends unless renewed."""
+
+    replica: Replica
+    workflows: int
+    lease_expires_at: float
 
 
 @dataclass(frozen=True)
@@ -377,6 +387,21 @@ class DaggerService:
             for cancel in cancels:
                 cancel()
 
+    # ---- replicas ------------------------------------------------------------------
+
+    def replicas(self, caller: Principal) -> list[ReplicaState]:
+        """The live replicas, each with the running workflows it owns and when its lease ends."""
+        if not caller.is_admin:
+            raise PermissionDenied("only admins may list the replicas")
+        owners = self.store.owners()
+        now = time.time()
+        found = []
+        for replica in self.store.replicas():
+            left = self.store.replica_lease_left(replica)
+            if left >= 0:
+                found.append(ReplicaState(replica, owners.get(replica.id, 0), now + left))
+        return found
+
     # ---- jobs ----------------------------------------------------------------------
 
     def job(self, caller: Principal, workflow_id: str, name: str) -> tuple[Definition, JobRecord]:
@@ -462,14 +487,14 @@ class DaggerService:
         if not {stream for stream, _ in lines} <= {STDOUT, STDERR, SYSTEM}:
             bad = next(i for i, (stream, _) in enumerate(lines) if stream not in (STDOUT, STDERR, SYSTEM))
             raise InvalidArgument([Problem(f"lines[{bad}].stream", "must be stdout, stderr or system")])
-        return self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
+        stored = self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
+        LOG_LINES.inc(len(lines))
+        return stored
 
     def report(self, caller: Principal, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         _check_job_caller(caller, workflow_id, job, attempt)
-        if not self.scheduler.owns(workflow_id):
-            raise FailedPrecondition(f"no scheduler here runs workflow {workflow_id}")
         self.logs.end(workflow_id, job, attempt)
-        self.scheduler.job_finished(workflow_id, job, attempt, outcome)
+        self.scheduler.report(workflow_id, job, attempt, outcome)
 
 
 class _WatchedJob:

@@ -8,6 +8,7 @@ address so the CLI needs only that address.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -28,6 +29,7 @@ from cellar_svc.storage import Storage
 from dagger_svc.archives import ARCHIVE_PATH, ArchiveInfo, Archiver
 from dagger_svc.core.limits import MAX_LOG_BYTES
 from dagger_svc.core.records import WorkflowId
+from dagger_svc.core.run import MAX_LOST_ATTEMPTS
 from dagger_svc.deletion import Deleter, Retention, RetentionSettings
 from dagger_svc.executors.kubernetes import KubernetesExecutor, KubernetesSettings, api_client
 from dagger_svc.executors.local import LocalExecutor
@@ -38,7 +40,8 @@ from dagger_svc.log_pulses import LogPulses
 from dagger_svc.logs import LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
-from dagger_svc.store import Store
+from dagger_svc.store import Replica, Store
+from dagger_svc.workflow_counts import WorkflowCounts
 from donut.cellar.v1 import cellar_pb2
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
@@ -47,6 +50,7 @@ from donut_common.errors import NotFound, Unavailable
 from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
+from donut_common.metrics import REGISTRY, serve
 from donut_common.rpc import Registration, channel, create_server
 from gateway.links import LinkSigner
 from streamed_job.cellar import CellarClient, why_unavailable
@@ -114,6 +118,8 @@ class StackConfig:
     """gRPC port (0: any free port)."""
     http_port: int = 7080
     """Gateway port (0: any free port; -1: no gateway)."""
+    metrics_port: int = 0
+    """Port of the Prometheus metrics, served at /metrics on `host` (0: any free port; -1: none)."""
     executor: str = "local"
     """Where jobs run: `local` (processes on this host, the job machinery in-process),
     `wrapper` (one `streamed-job` process per job, talking gRPC as in a cluster) or
@@ -131,6 +137,14 @@ class StackConfig:
     """Parallelism of workflows submitted without one."""
     lease_ttl: int = 10
     """Seconds before a dead scheduler's runs may be taken over."""
+    max_lost_attempts: int = MAX_LOST_ATTEMPTS
+    """Times a job whose attempt was lost to the infrastructure (its replica died, its pod
+    was deleted) runs again, one loss after another, before it is `dead`; its own retries
+    count only its own failures."""
+    replica_id: str = ""
+    """Set: this stack is one replica of several sharing one etcd (`etcd_endpoints`) and
+    one data dir, scheduling under this id (a supervisor holds the data dir); empty: the
+    stack has the data dir to itself."""
     kill_grace: float = 10.0
     """Seconds between SIGTERM and SIGKILL when a job is cancelled or times out."""
     etcd_fsync: bool = True
@@ -184,6 +198,8 @@ class Stack:
     """host:port of the gRPC server."""
     http_endpoint: str = ""
     """http://host:port of the gateway ("" without one)."""
+    metrics_url: str = ""
+    """http://host:port/metrics of the Prometheus metrics ("" without them)."""
     service_token: str = ""
     """The services' own credentials."""
     etcd: EtcdServer | None = None
@@ -208,12 +224,16 @@ class Stack:
     _stopping: threading.Event = field(default_factory=threading.Event)
     _reaper: subprocess.Popen[bytes] | None = None
     _lock: TextIO | None = None
+    _stop_metrics: Callable[[], None] | None = None
+    _workflow_counts: WorkflowCounts | None = None
 
     def start(self) -> Stack:
         c = self.config
         c.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         c.data_dir.chmod(0o700)  # for the stack's user only, even when it existed
-        self._lock = _lock(c.data_dir)
+        if c.replica_id and not c.etcd_endpoints:
+            raise ValueError("replica_id: replicas share an etcd: etcd_endpoints must name it")
+        self._lock = None if c.replica_id else _lock(c.data_dir)
         try:
             endpoints, access = c.etcd_endpoints, c.etcd_access
             if not endpoints:
@@ -238,7 +258,9 @@ class Stack:
             self.server, port = create_server(f"{c.host}:{c.port}", self._services,
                                               limits=c.limits, interceptors=[AuthInterceptor(verifier)], tls=tls)
             self.server.start()
+            self._start_metrics()
             assert self.scheduler is not None
+            self.scheduler.replica = dataclasses.replace(self.scheduler.replica, metrics_url=self.metrics_url)
             self.scheduler.start()
             assert self.log_copier is not None
             self.log_copier.start()
@@ -278,7 +300,7 @@ class Stack:
         if c.executor == "local":
             self.executor = LocalExecutor(self.logs, cellar=cellar, tokens=JobTokens(services),
                                           kill_grace=c.kill_grace, job_env=c.job_env, fetch=c.fetch,
-                                          save=c.save)
+                                          save=c.save, replica=c.replica_id)
         elif c.executor == "wrapper":
             self.executor = WrapperExecutor(self.logs, self.endpoint, kill_grace=c.kill_grace,
                                             tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
@@ -293,9 +315,11 @@ class Stack:
         if c.executor == "local":  # its jobs can't be adopted: none may outlive this process
             self._reaper = subprocess.Popen(
                 [sys.executable, "-m", "dagger_svc.executors.reaper", "--parent", str(os.getpid()),
-                 "--root", str(data_root)], stdin=subprocess.DEVNULL, start_new_session=True)
-        self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
-                                   lease_ttl=c.lease_ttl)
+                 "--root", str(data_root), "--replica", c.replica_id], stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        self.scheduler = Scheduler(self.store, self.executor, data_root,
+                                   scheduler_id=c.replica_id or _scheduler_id(c.data_dir), lease_ttl=c.lease_ttl,
+                                   max_lost_attempts=c.max_lost_attempts, announce=Replica("", endpoint=self.endpoint))
         log_copies = _CellarLogCopies(cellar_files)
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
         self.log_pulses = LogPulses(self.logs, self.store, _scheduler_id(c.data_dir))
@@ -330,19 +354,9 @@ class Stack:
         return token
 
     def client_token(self, existing: str = "") -> tuple[str, bool]:
-        """A token for the person running the stack: `existing` while it still works,
-        else a new admin token (on first start, the first admin user is created).
-        Returns (token, whether it is new)."""
+        """A token for the person running the stack (see `admin_token`)."""
         assert self.users is not None, "the stack is not running"
-        if existing:
-            try:
-                principal = self.users.verify(existing)
-                if principal.is_admin:
-                    return existing, False
-            except Exception:  # noqa: BLE001 - from another stack, revoked or expired
-                pass
-        admin = self.users.ensure_user("admin", admin=True)
-        return self.users.mint(admin, "donut up", ("user", "admin")).secret, True
+        return admin_token(self.users, existing)
 
     def _kubernetes_executor(self, tokens: JobTokens) -> KubernetesExecutor:
         k, c = self.config.kubernetes, self.config
@@ -363,6 +377,17 @@ class Stack:
         except NotFound:
             return "unknown"
         return "finished" if record.status.finished else "running"
+
+    def _start_metrics(self) -> None:
+        """Counts the workflows on scrape (unless another stack of this process does: same
+        metric, same registry) and serves the metrics, unless metrics_port is -1."""
+        assert self.store is not None
+        counts = WorkflowCounts(self.store, clock=self.clock.monotonic)
+        with contextlib.suppress(ValueError):  # registered already, by another stack of this process
+            REGISTRY.register(counts)
+            self._workflow_counts = counts
+        if self.config.metrics_port >= 0:
+            self.metrics_url, self._stop_metrics = serve(self.config.host, self.config.metrics_port)
 
     def _start_gateway(self) -> None:
         from werkzeug.serving import make_server
@@ -388,6 +413,12 @@ class Stack:
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
         self._stopping.set()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+            self._stop_metrics, self.metrics_url = None, ""
+        if self._workflow_counts is not None:
+            REGISTRY.unregister(self._workflow_counts)
+            self._workflow_counts = None
         if self.retention is not None:
             self.retention.stop()
             self.retention = None
@@ -535,6 +566,20 @@ def _storage_errors() -> Iterator[None]:
         raise Unavailable(f"storage unavailable: {why_unavailable(e)} ({code.name.lower()})") from None
 
 
+def admin_token(users: UsersService, existing: str = "") -> tuple[str, bool]:
+    """A token for the person running the stack: `existing` while it still works, else a
+    new admin token (on first start, the first admin user is created). Returns (token,
+    whether it is new)."""
+    if existing:
+        try:
+            if users.verify(existing).is_admin:
+                return existing, False
+        except Exception:  # noqa: BLE001 - from another stack, revoked or expired
+            pass
+    admin = users.ensure_user("admin", admin=True)
+    return users.mint(admin, "donut up", ("user", "admin")).secret, True
+
+
 def _lock(data_dir: Path) -> TextIO:
     """Holds the data dir for this stack alone (released when it stops, or dies)."""
     import fcntl
@@ -550,22 +595,38 @@ def _lock(data_dir: Path) -> TextIO:
 
 def _url_signing_key(data_dir: Path) -> bytes:
     """The key of download links, kept with the data (mode 0600), made on first start."""
-    path = data_dir / "url-signing-key"
-    key = path.read_bytes().strip() if path.exists() else b""
-    if not key:  # none yet (or emptied): a link signed with no key would be anyone's to make
-        key = secrets.token_hex(32).encode()
-        write_private(path, key)
-    return key
+    # none yet (or emptied): a link signed with no key would be anyone's to make
+    return _kept_key(data_dir / "url-signing-key", bytes.strip, lambda: secrets.token_hex(32).encode())
 
 
 def _session_key(data_dir: Path) -> bytes:
     """The key of the gateway's session cookies, kept with the data (mode 0600), made on
     first start: sessions outlive a restart."""
-    path = data_dir / "session-key"
-    key = path.read_bytes() if path.exists() else b""
-    if len(key) < SESSION_KEY_BYTES:  # none yet (or emptied, cut short): cookies anyone could sign
-        key = secrets.token_bytes(SESSION_KEY_BYTES)
-        write_private(path, key)
+    # none yet (or emptied, cut short): cookies anyone could sign
+    return _kept_key(data_dir / "session-key", lambda key: key if len(key) >= SESSION_KEY_BYTES else b"",
+                     lambda: secrets.token_bytes(SESSION_KEY_BYTES))
+
+
+def _kept_key(path: Path, usable: Callable[[bytes], bytes], make: Callable[[], bytes]) -> bytes:
+    """The key in `path` (`usable` of its bytes, b"" if it is not), or a new one from `make`.
+    A new key is put in place with a hard link, which fails when the file appeared meanwhile:
+    replicas that share the data dir and start together all keep the key written first."""
+    key = usable(path.read_bytes()) if path.exists() else b""
+    if key:
+        return key
+    key = make()
+    made = path.with_name(f"{path.name}.{uuid.uuid4().hex}")
+    write_private(made, key)
+    try:
+        os.link(made, path)
+    except FileExistsError:
+        if kept := usable(path.read_bytes()):  # another replica's
+            return kept
+        os.replace(made, path)  # a broken one
+    except OSError:  # no hard links on this file system (SMB): the last one written is kept
+        os.replace(made, path)
+    finally:
+        made.unlink(missing_ok=True)
     return key
 
 

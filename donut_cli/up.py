@@ -24,7 +24,9 @@ from donut_common.config import ServerLimits, donut_home
 from streamed_job.spec import FetchSettings, SaveSettings
 
 if TYPE_CHECKING:
-    from donut_cli.stack import GithubSignIn, KubeConfig
+    import threading
+
+    from donut_cli.stack import GithubSignIn, KubeConfig, StackConfig
 
 
 @cli.command()
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
               help="gRPC port (0: any free port).")
 @click.option("--http-port", type=click.IntRange(-1, 65535), default=7080, show_default=True,
               help="Gateway port (0: any; -1: none).")
+@click.option("--metrics-port", type=click.IntRange(-1, 65535), default=0, show_default=True,
+              help="Port of the Prometheus metrics, at http://HOST:PORT/metrics (0: any; -1: none).")
 @click.option("--executor", type=click.Choice(["local", "wrapper", "kubernetes"]), default="local",
               show_default=True,
               help="local: jobs are processes run in-process; wrapper: each job runs under its own "
@@ -129,8 +133,21 @@ if TYPE_CHECKING:
 @click.option("--github-users", default="", metavar="LOGIN,...",
               help="GitHub logins that may sign in (with --github-orgs: members of those too; neither: anyone).")
 @click.option("--github-orgs", default="", metavar="ORG,...", help="GitHub organisations whose members may sign in.")
+@click.option("--replicas", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Scheduler replicas to run on this machine over one etcd and this data dir, each a process "
+                   "serving every service on its own port (--port, --http-port and --metrics-port count up from "
+                   "the given ones); one that dies is started again, and the others take over its runs meanwhile.")
+@click.option("--lease-ttl", type=click.IntRange(2, 3600), default=10, show_default=True,
+              help="Seconds after which the runs of a replica that stopped answering are taken over by another.")
+@click.option("--max-lost-attempts", type=click.IntRange(0, 100), default=3, show_default=True,
+              help="Times a job whose attempt was lost to the infrastructure (its replica died, its pod was "
+                   "deleted) runs again, one loss after another, before it is `dead` (apart from its own retries).")
+@click.option("--replica-id", default="", metavar="ID",
+              help="Run as one replica of several (a pod, say) sharing an external etcd (--etcd-endpoints) and "
+                   "this data dir, scheduling under ID (unique among them; kept across restarts, it takes its runs "
+                   "back at once); no lock on the data dir. --replicas sets it for its own.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
-def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kubeconfig: str | None,
+def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, executor: str, kubeconfig: str | None,
        kube_context: str | None, namespace: str, job_template: Path | None, workflows_mount: str,
        workflows_claim: str, callback_endpoint: str, kube_qps: float, kube_pending_grace: float, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
@@ -141,7 +158,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
        archive_finished: bool, delete_archived_workdirs: bool, quota_bytes: int | None, save_deadline: float,
        storage: str, s3_endpoint: str, s3_bucket: str, s3_region: str, s3_prefix: str, sweep_interval: float,
        public_url: str, github_client_id: str, github_url: str, github_users: str, github_orgs: str,
-       verbose: bool) -> None:
+       replicas: int, lease_ttl: int, max_lost_attempts: int, replica_id: str, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     keep_the_normal_exit()
     import logging
@@ -155,7 +172,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
     from donut_common.etcd import EtcdAccess
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s " + (f"[{replica_id}] " if replica_id else "")
+                        + "%(levelname)s %(name)s: %(message)s")
     try:
         limits = ServerLimits(threads=rpc_threads, streams=max_streams, streams_per_caller=streams_per_caller,
                               idle_timeout=stream_idle_timeout)
@@ -171,6 +189,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
     public_url = web_url("--public-url", public_url)
     access = EtcdAccess(ca=etcd_ca, cert=etcd_cert, key=etcd_key, user=etcd_user, password=password)
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
+                         metrics_port=metrics_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_access=access, etcd_prefix=etcd_prefix,
                          default_parallelism=parallelism, kill_grace=kill_grace,
                          tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
@@ -180,7 +199,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
                          archive_finished=archive_finished, delete_archived_workdirs=delete_archived_workdirs,
                          quota_bytes=quota_bytes, save=SaveSettings(deadline=save_deadline),
                          storage=s3, sweep=SweepSettings(interval=sweep_interval), public_url=public_url,
-                         github=github, kubernetes=_kubernetes(executor, kubeconfig, kube_context, namespace,
+                         github=github, lease_ttl=lease_ttl, max_lost_attempts=max_lost_attempts,
+                         replica_id=replica_id, kubernetes=_kubernetes(executor, kubeconfig, kube_context, namespace,
                                                                job_template, workflows_mount, workflows_claim,
                                                                callback_endpoint, kube_qps, kube_pending_grace))
     if delete_archived_workdirs and not archive_finished:
@@ -195,12 +215,21 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
              "the embedded one uses certificates of its own", EXIT_BAD_INPUT)
     if bool(etcd_user) != bool(password):
         fail("--etcd-user and DONUT_ETCD_PASSWORD (in the environment) go together", EXIT_BAD_INPUT)
-    for option, wanted in (("--port", port), ("--http-port", http_port)):
-        if trouble := _port_trouble(host, wanted):
-            fail(f"{option}: cannot listen on {host}:{wanted}: {trouble}")
+    for option, wanted in (("--port", port), ("--http-port", http_port), ("--metrics-port", metrics_port)):
+        for index in range(replicas):
+            nth = wanted + index if wanted > 0 else wanted
+            if trouble := _port_trouble(host, nth):
+                fail(f"{option}: cannot listen on {host}:{nth}" + (f" (replica {index})" if replicas > 1 else "")
+                     + f": {trouble}")
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         signal.signal(sig, lambda *_: stopped.set())
+    if replica_id:
+        _serve_as_replica(config, stopped)
+        return
+    if replicas > 1:
+        _supervise(config, replicas, tls_cert, stopped)
+        return
     try:
         stack = Stack(config).start()
     except Exception as e:  # noqa: BLE001 - one line for the user
@@ -218,6 +247,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
             fail(f"cannot write the client config ($DONUT_HOME): {e}")
         click.echo(f"donut is up: grpc {stack.endpoint}"
                    + (f", web {stack.http_endpoint}" if stack.http_endpoint else "")
+                   + (f", metrics {stack.metrics_url}" if stack.metrics_url else "")
                    + f", data {config.data_dir}", err=True)
         click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
         if stack.http_endpoint:
@@ -227,6 +257,70 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
     finally:
         click.echo("stopping...", err=True)
         stack.stop()
+
+
+def _serve_as_replica(config: StackConfig, stopped: threading.Event) -> None:
+    """One replica among several: the stack until told to stop. Under `donut up --replicas`
+    the supervisor writes the client config and speaks for them all; a replica started on
+    its own (a pod) writes its admin's, as a lone `donut up` does."""
+    import os
+
+    from donut_cli.stack import Stack
+    from donut_cli.supervisor import SUPERVISED
+    from donut_common.config import ClientConfig
+
+    try:
+        stack = Stack(config).start()
+    except Exception as e:  # noqa: BLE001 - one line, in the supervisor's output
+        fail(f"replica {config.replica_id}: cannot start: {e}")
+    try:
+        if not os.environ.get(SUPERVISED):
+            try:
+                existing = ClientConfig.load().token
+            except ValueError:
+                existing = ""
+            try:
+                ClientConfig(endpoint=stack.endpoint, token=stack.client_token(existing)[0],
+                             tls_ca=str(config.tls_cert.resolve()) if config.tls_cert else "").save()
+            except OSError as e:
+                fail(f"cannot write the client config ($DONUT_HOME): {e}")
+            click.echo(f"donut is up: replica {config.replica_id}, grpc {stack.endpoint}", err=True)
+        stopped.wait()
+    finally:
+        stack.stop()
+
+
+def _supervise(config: StackConfig, replicas: int, tls_cert: Path | None, stopped: threading.Event) -> None:
+    import sys
+
+    from donut_cli.supervisor import Supervisor
+    from donut_common.config import ClientConfig
+
+    argv = sys.argv[1:]
+    supervisor = Supervisor(config, replicas, argv)
+    try:
+        supervisor.start()
+    except Exception as e:  # noqa: BLE001 - one line for the user
+        fail(f"cannot start the stack: {e}")
+    try:
+        try:
+            existing = ClientConfig.load().token
+        except ValueError:
+            existing = ""
+        token, new = supervisor.client_token(existing)
+        endpoints = supervisor.endpoints()
+        try:
+            path = ClientConfig(endpoint=",".join(endpoints), token=token,
+                                tls_ca=str(tls_cert.resolve()) if tls_cert else "").save()
+        except OSError as e:
+            fail(f"cannot write the client config ($DONUT_HOME): {e}")
+        click.echo(f"donut is up: {replicas} replicas, grpc {' '.join(endpoints)}, data {config.data_dir}", err=True)
+        click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
+        click.echo("see them with `donut cluster`", err=True)
+        supervisor.supervise(stopped)
+    finally:
+        click.echo("stopping...", err=True)
+        supervisor.stop()
 
 
 def _port_trouble(host: str, port: int) -> str | None:

@@ -24,6 +24,7 @@ import pyetcd
 from pyetcd import etcdrpc
 
 from donut_common.errors import Unavailable
+from donut_common.metrics import ETCD_TXN_CONFLICTS, ETCD_TXN_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def mod_equals(key: str, revision: int) -> Compare:
 def value_equals(key: str, value: bytes) -> Compare:
     return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.VALUE, result=etcdrpc.Compare.EQUAL,
                            value=value)
+
+
+def lease_equals(key: str, lease: int) -> Compare:
+    """The key exists and is bound to `lease`."""
+    return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.LEASE, result=etcdrpc.Compare.EQUAL,
+                           lease=lease)
 
 
 def prefix_end(prefix: str) -> str:
@@ -284,9 +291,11 @@ class Etcd:
 
     def txn(self, compare: list[Compare], success: list[Op]) -> TxnResult:
         """Runs `success` if every `compare` holds; the range reads among them come back."""
-        with self._calling("a transaction"):
+        with self._calling("a transaction"), ETCD_TXN_SECONDS.time():
             response = self._client.kvstub.Txn(etcdrpc.TxnRequest(compare=compare, success=success),
                                                self._client.timeout, metadata=self._token)
+        if not response.succeeded:
+            ETCD_TXN_CONFLICTS.inc()
         ranges = [[KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in r.response_range.kvs]
                   for r in response.responses if r.WhichOneof("response") == "response_range"]
         return TxnResult(response.succeeded, response.header.revision, ranges)
@@ -299,6 +308,13 @@ class Etcd:
     def lease(self, ttl: int) -> Lease:
         with self._calling("granting a lease"):
             return Lease(self._client.lease(ttl), self._calling)
+
+    def lease_remaining(self, lease_id: int) -> int:
+        """Seconds the lease has left (-1: it has ended)."""
+        with self._calling("reading a lease"):
+            answer = self._client.leasestub.LeaseTimeToLive(etcdrpc.LeaseTimeToLiveRequest(ID=lease_id),
+                                                              self._client.timeout, metadata=self._token)
+        return int(answer.TTL)
 
     def watch_prefix(self, prefix: str, on_event: Callable[[str, bytes | None], None],
                      start_revision: int | None = None) -> Callable[[], None]:

@@ -6,6 +6,7 @@ bound to an address (port 0 in tests), with domain errors mapped to statuses by
 open stream a thread for its whole life, so idle streams could take them all and leave
 health checks and token checks waiting forever. Streams are counted per caller and for the
 whole server (fewer than the threads), and a client stream that stops sending is ended.
+Every call is counted by method and status code (`RequestCounter`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import queue
 import threading
@@ -28,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from donut_common.auth import Principal, current_principal
 from donut_common.config import ServerLimits
 from donut_common.errors import DeadlineExceeded, DonutError, ResourceExhausted, Unauthenticated
+from donut_common.metrics import GRPC_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +173,65 @@ class StreamGuard(_ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(stream_stream, *serializers)
 
 
+class RequestCounter(_ServerInterceptor):
+    """Counts every call in GRPC_REQUESTS by method and the code it ended with, refusals of
+    the interceptors after it (UNAUTHENTICATED, RESOURCE_EXHAUSTED) included: it comes first.
+    A method the server does not have is not counted (any name could be made up)."""
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        serializers = handler.request_deserializer, handler.response_serializer
+
+        def counted(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def call(request: Any, context: grpc.ServicerContext) -> Any:
+                error: BaseException | None = None
+                try:
+                    return behavior(request, context)
+                except BaseException as e:
+                    error = e
+                    raise
+                finally:
+                    GRPC_REQUESTS.labels(method, _code(context, error)).inc()
+
+            return call
+
+        def counted_stream(behavior: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
+            def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                error: BaseException | None = None
+                try:
+                    yield from behavior(request, context)
+                except BaseException as e:
+                    error = e
+                    raise
+                finally:
+                    GRPC_REQUESTS.labels(method, _code(context, error)).inc()
+
+            return call
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(counted(handler.unary_unary), *serializers)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(counted_stream(handler.unary_stream), *serializers)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(counted(handler.stream_unary), *serializers)
+        return grpc.stream_stream_rpc_method_handler(counted_stream(handler.stream_stream), *serializers)
+
+
+def _code(context: grpc.ServicerContext, error: BaseException | None) -> str:
+    """The name of the status a call ended with: the one set on its context (an abort sets
+    it), else OK; UNKNOWN for an exception grpc answers for us, CANCELLED for a stream the
+    client left."""
+    code = context.code()  # type: ignore[attr-defined]  # grpc has it (1.38 on), its stubs do not
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if error is None:
+        return "OK"
+    return "CANCELLED" if isinstance(error, GeneratorExit) else "UNKNOWN"
+
+
 def _seconds(value: float) -> str:
     return f"{value:g} s"
 
@@ -231,7 +293,7 @@ def create_server(
     Returns the server and the bound port (useful with port 0)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix="rpc"),
-        interceptors=[*interceptors, StreamGuard(limits)],
+        interceptors=[RequestCounter(), *interceptors, StreamGuard(limits)],
         maximum_concurrent_rpcs=limits.threads + limits.queued,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -297,13 +359,52 @@ class _Bearer(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
 
 def channel(endpoint: str, token: str = "", tls_ca: bytes | None = None) -> grpc.Channel:
     """A client channel with the message limits the servers use; with a token, every call
-    carries it; with `tls_ca` (PEM of the CA to trust), the channel speaks TLS."""
-    options = [
+    carries it; with `tls_ca` (PEM of the CA to trust), the channel speaks TLS. Several
+    replicas (`host:port,host:port,...`, or a `dns:///name:port` that resolves to several)
+    are called in turn (gRPC's round_robin), passing over one that is gone, and a call
+    refused as UNAVAILABLE is tried again on another, a few times."""
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
+    target = endpoint
+    if "," in endpoint or endpoint.startswith("dns:"):
+        options.append(("grpc.service_config", REPLICAS_SERVICE_CONFIG))
+        if "," in endpoint:
+            target, host = _replicas_target(endpoint)
+            if tls_ca is not None:  # the certificate names the host, not its address
+                options.append(("grpc.ssl_target_name_override", host))
     if tls_ca is not None:
-        plain = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(root_certificates=tls_ca), options)
+        plain = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_ca), options)
     else:
-        plain = grpc.insecure_channel(endpoint, options)
+        plain = grpc.insecure_channel(target, options)
     return grpc.intercept_channel(plain, _Bearer(token)) if token else plain
+
+
+REPLICAS_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{"name": [{}], "retryPolicy": {
+        "maxAttempts": 4, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"]}}],
+})
+
+
+def _replicas_target(endpoints: str) -> tuple[str, str]:
+    """A gRPC target of every address of `host:port,host:port,...`, and the first host."""
+    import socket
+
+    addresses: list[str] = []
+    hosts = []
+    for item in (e.strip() for e in endpoints.split(",") if e.strip()):
+        host, _, port = item.rpartition(":")
+        host = host.strip("[]")
+        hosts.append(host)
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"endpoint {item!r}: {e}") from None
+        v4 = [i for i in infos if i[0] == socket.AF_INET]
+        address = str((v4 or infos)[0][4][0])
+        addresses.append(f"{address}:{port}" if ":" not in address else f"[{address}]:{port}")
+    scheme = "ipv6" if any(a.startswith("[") for a in addresses) else "ipv4"
+    return f"{scheme}:{','.join(addresses)}", hosts[0]
