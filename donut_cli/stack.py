@@ -264,8 +264,8 @@ class Stack:
             self.scheduler.start()
             assert self.log_copier is not None
             self.log_copier.start()
-            assert self.log_pulses is not None
-            self.log_pulses.start()
+            if self.log_pulses is not None:
+                self.log_pulses.start()
             assert self.retention is not None
             self.retention.start()  # (it finishes interrupted deletions first, with or without a retention)
             if c.archive_finished:
@@ -322,7 +322,8 @@ class Stack:
                                    max_lost_attempts=c.max_lost_attempts, announce=Replica("", endpoint=self.endpoint))
         log_copies = _CellarLogCopies(cellar_files)
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
-        self.log_pulses = LogPulses(self.logs, self.store, _scheduler_id(c.data_dir))
+        if c.replica_id:  # a lone stack's logs are its own: no one else to wake
+            self.log_pulses = LogPulses(self.logs, self.store, c.replica_id)
         deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(cellar_files),
                           self.executor.remove_workflow if isinstance(self.executor, KubernetesExecutor) else None)
         self.retention = Retention(deleter, c.retention, self.clock.time)
