@@ -23,13 +23,16 @@ GATED = ("for i in $(seq 1 25); do echo line $i; sleep 0.05; done; "
          "for i in $(seq 26 50); do echo line $i; sleep 0.05; done")
 
 
-@pytest.fixture
-def replicas(stack_config: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Stack]]:
+@pytest.fixture(params=["local", "wrapper"])
+def replicas(stack_config: Any, monkeypatch: pytest.MonkeyPatch,
+             request: pytest.FixtureRequest) -> Iterator[list[Stack]]:
+    """Two replicas whose jobs run in-process (lines stored by the replica) or under a
+    wrapper process (lines pushed to the replica over gRPC)."""
     monkeypatch.setattr(logs_module, "FOLLOW_POLL_SECONDS", 30.0)
     stacks: list[Stack] = []
     try:
         for replica in ("a", "b"):
-            stacks.append(Stack(dataclasses.replace(stack_config, replica_id=replica)).start())
+            stacks.append(Stack(dataclasses.replace(stack_config, replica_id=replica, executor=request.param)).start())
         token = stacks[0].client_token()[0]
         for stack in stacks:
             stack.admin_token = token  # type: ignore[attr-defined]  # what Driver signs in with
