@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,23 @@ def test_without_pulses_the_follower_elsewhere_is_not_woken(replicas: dict[str, 
     logs_b.wake()
     follower.join(PATIENCE)
     assert not follower.is_alive()
+
+
+def test_pulses_are_coalesced_and_none_is_written_while_idle(replicas: dict[str, tuple[LogStore, Store]]) -> None:
+    """With an interval longer than the test, a burst of appends is told in one pulse."""
+    logs, store = replicas["a"]
+    pulses = LogPulses(logs, store, "a", interval=3600.0).start()
+    key = store.keys.log_pulse("a")
+    try:
+        assert store._etcd.get(key) is None  # nothing stored yet: nothing said
+        for sequence in range(1, 201):
+            logs.append("w", "j", 1, [(STDOUT, b"line %d" % sequence)], sequence=sequence)
+        deadline = time.monotonic() + PATIENCE
+        while store._etcd.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for sequence in range(201, 401):
+            logs.append("w", "j", 1, [(STDOUT, b"line %d" % sequence)], sequence=sequence)
+        found = store._etcd.get(key)
+        assert found is not None and found.value == b"1"  # one pulse for the 400 appends so far
+    finally:
+        pulses.stop()
