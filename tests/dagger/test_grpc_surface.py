@@ -47,7 +47,11 @@ def test_bad_requests_get_the_right_status_and_change_nothing(driver: Driver) ->
     assert rpc_code(lambda: stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=good, parallelism=-1))) \
         == grpc.StatusCode.INVALID_ARGUMENT
 
-    running = driver.submit([sh("sleep 30", "slow")])
+    running = driver.submit([sh("echo started; sleep 30", "slow")])
+    driver.wait_until(running, lambda w: any(j.status == pb.JOB_STATUS_RUNNING for j in w.jobs))
+    follow = driver.stub.TailLogs(pb.TailLogsRequest(workflow_id=running, job="slow", follow=True), timeout=30)
+    assert next(iter(follow)).lines[0].text == b"started"  # running: the cancel below stops it, not its launch
+    follow.cancel()
     assert rpc_code(lambda: stub.RetryWorkflow(pb.RetryWorkflowRequest(id=running))) == \
         grpc.StatusCode.FAILED_PRECONDITION
     assert rpc_code(lambda: stub.GetJob(pb.GetJobRequest(workflow_id=running, name="other"))) == \
@@ -63,7 +67,7 @@ def test_bad_requests_get_the_right_status_and_change_nothing(driver: Driver) ->
                                         pb.LogLine(stream=cast(Any, 99), text=b"?")])
     assert rpc_code(lambda: list(stub.PushLogs(iter([unknown_stream])))) == grpc.StatusCode.INVALID_ARGUMENT
     assert [line.text for m in stub.TailLogs(pb.TailLogsRequest(workflow_id=running, job="slow"))
-            for line in m.lines] == [b"terminated (SIGTERM)"]  # nothing of the refused batch
+            for line in m.lines] == [b"started", b"terminated (SIGTERM)"]  # nothing of the refused batch
 
 
 def test_clone_submits_the_same_definition_again(driver: Driver) -> None:
