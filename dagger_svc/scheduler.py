@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 TAKE_OVER_RETRY = 0.5  # seconds before a run whose take-over failed is tried again (doubling each time)
 TAKE_OVER_RETRY_MAX = 30.0
+TAKE_OVER_RETRY_MAX_UNAVAILABLE = 4.0  # etcd away: tried again soon, so that runs resume soon after it is back
 MAX_FAILED_TAKE_OVERS = 5  # failures in a row (etcd away aside) before the run is given up as dead
 NOT_STARTED = Outcome(signal="SIGTERM", message="terminated before it started")
 STOPPED = "stopped with the stack"
@@ -576,7 +577,8 @@ class Scheduler:
                     and self._give_up(workflow_id, e, now):
                 self._owned.pop(workflow_id, None)
                 return None
-            delay = min(TAKE_OVER_RETRY * 2 ** (failures - 1), TAKE_OVER_RETRY_MAX)
+            cap = TAKE_OVER_RETRY_MAX_UNAVAILABLE if isinstance(e, Unavailable) else TAKE_OVER_RETRY_MAX
+            delay = min(TAKE_OVER_RETRY * 2 ** (failures - 1), cap)
             log.warning("cannot take run %s over (%s); trying again in %.1fs", workflow_id, e, delay)
             self._owned.pop(workflow_id, None)
             self._held[workflow_id] = time.monotonic() + delay
@@ -644,7 +646,7 @@ class Scheduler:
         return True
 
     def _release(self, workflow_id: WorkflowId) -> None:
-        self.store.release_claim(workflow_id)
+        self.store.release_claim(workflow_id, self.scheduler_id)
 
     def _forget(self, workflow_id: WorkflowId) -> None:
         self._owned.pop(workflow_id, None)

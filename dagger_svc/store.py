@@ -571,8 +571,10 @@ class Store:
         if not self._etcd.txn(compare, ops).succeeded:
             raise Conflict(f"someone else changed {key}")
 
-    def release_claim(self, workflow_id: WorkflowId) -> None:
-        self._etcd.delete(self.keys.claim(workflow_id))
+    def release_claim(self, workflow_id: WorkflowId, owner: str) -> None:
+        """Lets the run go, if `owner` still holds it (never another's claim)."""
+        key = self.keys.claim(workflow_id)
+        self._etcd.txn([etcd.value_equals(key, owner.encode())], [etcd.delete(key)])
 
     def owners(self) -> dict[str, int]:
         """How many runs each scheduler holds a claim on."""

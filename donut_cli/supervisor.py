@@ -44,6 +44,26 @@ SUPERVISED = "DONUT_SUPERVISED_REPLICA"
 """Set in the environment of the replicas a supervisor starts (it writes the client config for them all)."""
 
 
+class StopFlag:
+    """Raised by a signal (SIGINT, SIGTERM, SIGHUP) and waited for by the main thread. A
+    plain flag, not a threading.Event: a signal handler runs on the main thread between
+    two of its steps, and setting an Event takes a lock that the main thread may hold right
+    then, waiting on that Event: the process would hang for good."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def raise_(self, *_: object) -> None:
+        self.raised = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until it is raised, or `timeout` seconds; whether it is raised."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.raised and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic())))
+        return self.raised
+
+
 @dataclass
 class _Replica:
     index: int
@@ -141,7 +161,7 @@ class Supervisor:
         users = UsersService(UserStore(self.store._etcd, self.config.etcd_prefix))
         return admin_token(users, existing)
 
-    def supervise(self, stopped: threading.Event) -> None:
+    def supervise(self, stopped: StopFlag) -> None:
         """Starts a replica again whenever it exits, until `stopped` is set."""
         while not stopped.wait(0.2):
             now = time.monotonic()
@@ -157,7 +177,7 @@ class Supervisor:
                     child.restart_at = now + delay
                     log.warning("replica %s (pid %d) ended with %s; starting it again%s", child.id, child.process.pid,
                                 died, f" in {delay:.0f}s" if delay else "")
-                if child.restart_at is not None and now >= child.restart_at and not stopped.is_set():
+                if child.restart_at is not None and now >= child.restart_at and not stopped.raised:
                     self._launch(child)
 
     def stop(self) -> None:

@@ -24,9 +24,8 @@ from donut_common.config import ServerLimits, donut_home
 from streamed_job.spec import FetchSettings, SaveSettings
 
 if TYPE_CHECKING:
-    import threading
-
     from donut_cli.stack import GithubSignIn, KubeConfig, StackConfig
+    from donut_cli.supervisor import StopFlag
 
 
 @cli.command()
@@ -164,10 +163,10 @@ def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, 
     import logging
     import os
     import signal
-    import threading
 
     from dagger_svc.deletion import RetentionSettings
     from donut_cli.stack import Stack, StackConfig
+    from donut_cli.supervisor import StopFlag
     from donut_common.config import ClientConfig
     from donut_common.etcd import EtcdAccess
 
@@ -221,9 +220,9 @@ def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, 
             if trouble := _port_trouble(host, nth):
                 fail(f"{option}: cannot listen on {host}:{nth}" + (f" (replica {index})" if replicas > 1 else "")
                      + f": {trouble}")
-    stopped = threading.Event()
+    stopped = StopFlag()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
-        signal.signal(sig, lambda *_: stopped.set())
+        signal.signal(sig, stopped.raise_)
     if replica_id:
         _serve_as_replica(config, stopped)
         return
@@ -259,7 +258,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, 
         stack.stop()
 
 
-def _serve_as_replica(config: StackConfig, stopped: threading.Event) -> None:
+def _serve_as_replica(config: StackConfig, stopped: StopFlag) -> None:
     """One replica among several: the stack until told to stop. Under `donut up --replicas`
     the supervisor writes the client config and speaks for them all; a replica started on
     its own (a pod) writes its admin's, as a lone `donut up` does."""
@@ -290,7 +289,7 @@ def _serve_as_replica(config: StackConfig, stopped: threading.Event) -> None:
         stack.stop()
 
 
-def _supervise(config: StackConfig, replicas: int, tls_cert: Path | None, stopped: threading.Event) -> None:
+def _supervise(config: StackConfig, replicas: int, tls_cert: Path | None, stopped: StopFlag) -> None:
     import sys
 
     from donut_cli.supervisor import Supervisor

@@ -120,4 +120,10 @@ def test_a_write_under_a_claim_that_ended_is_refused(store: Store) -> None:
         store.save_run(workflow_id, None, stale, revisions, claim=Claim("a", second.id))  # b's lease, not b's claim
     assert store.jobs(workflow_id) == {"j0": running, "j1": JobRecord("j1")}
     assert store.workflow(workflow_id)[0].status is WorkflowStatus.QUEUED
+    store.release_claim(workflow_id, "a")  # a letting go of what it lost: b keeps the run
+    third = store.grant_lease(10)
+    assert store.claim_run(workflow_id, "c", third) is None
+    store.release_claim(workflow_id, "b")
+    assert store.claim_run(workflow_id, "c", third) is not None
     second.revoke()
+    third.revoke()

@@ -126,7 +126,7 @@ def test_with_etcd_gone_every_call_is_unavailable(tmp_path: Any) -> None:
         "run": lambda: store.run(WORKFLOW_ID), "job": lambda: store.job(WORKFLOW_ID, "j0"),
         "save_run": lambda: store.save_run(WORKFLOW_ID, None, [JobRecord("j0")], {}),
         "claim_run": lambda: store.claim_run(WORKFLOW_ID, "me", lease), "queued_ids": store.queued_ids,
-        "release_claim": lambda: store.release_claim(WORKFLOW_ID), "dequeue": lambda: store.dequeue(WORKFLOW_ID),
+        "release_claim": lambda: store.release_claim(WORKFLOW_ID, "me"), "dequeue": lambda: store.dequeue(WORKFLOW_ID),
         "request_cancel": lambda: store.request_cancel(WORKFLOW_ID), "grant_lease": lambda: store.grant_lease(5),
         "refresh": lease.refresh, "current_revision": store.current_revision,
         "watch_queue": lambda: store.watch_queue(lambda w: None, after=0),
