@@ -31,18 +31,27 @@ from tests.dagger.conftest import (
 pytestmark = pytest.mark.slow
 
 
+def up_log(data_dir: Path) -> Path:
+    """Where `donut up` over data_dir writes its stderr, every start appended: a file, never
+    a pipe, which a chatty (-v) stack would fill and block on while the test waits for it."""
+    return data_dir.parent / "up.log"
+
+
 def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str, port: int = 0,
              *extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     config = home / "client.json"
     config.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", str(port), "--http-port", "-1",
-         "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1", *extra],
-        env={**os.environ, "DONUT_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    log = up_log(data_dir)
+    with log.open("ab") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", str(port),
+             "--http-port", "-1", "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1",
+             *extra],
+            env={**os.environ, "DONUT_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
     deadline = time.time() + 30
     while not config.exists():
-        assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+        assert process.poll() is None, log.read_text()
         assert time.time() < deadline, "donut up did not start"
         time.sleep(0.05)
     return process, json.loads(config.read_text())
@@ -255,7 +264,8 @@ def test_followers_find_a_stack_started_again_on_another_port(tmp_path: Path, et
 
 
 def test_verbose_logs_the_scheduling_decisions(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
-    process, config = start_up(tmp_path / "data", tmp_path / "home", etcd_server, etcd_prefix, 0, "-v")
+    data_dir = tmp_path / "data"
+    process, config = start_up(data_dir, tmp_path / "home", etcd_server, etcd_prefix, 0, "-v")
     stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
     definition = json.dumps({"jobs": [sh("true", "a"), sh("exit 3", "b")], "neighbors": {"a": ["b"]}})
     workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
@@ -264,7 +274,7 @@ def test_verbose_logs_the_scheduling_decisions(tmp_path: Path, etcd_server: Etcd
             break
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-    logged = process.stderr.read().decode()  # type: ignore[union-attr]
+    logged = up_log(data_dir).read_text()
     for line in (f"took run {workflow_id} over (queued)", f"launching {workflow_id}/a attempt 1",
                  f"{workflow_id}/a attempt 1 ended: succeeded", f"{workflow_id}/b attempt 1 ended: exited with code 3",
                  f"workflow {workflow_id} failed"):
