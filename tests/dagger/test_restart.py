@@ -47,7 +47,8 @@ def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str, port: in
             [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", str(port),
              "--http-port", "-1", "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1",
              *extra],
-            env={**os.environ, "DONUT_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=stderr,
+            env={**os.environ, "DONUT_HOME": str(home), "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
     deadline = time.time() + 30
     while not config.exists():
@@ -55,6 +56,20 @@ def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str, port: in
         assert time.time() < deadline, "donut up did not start"
         time.sleep(0.05)
     return process, json.loads(config.read_text())
+
+
+def stop_up(process: subprocess.Popen[bytes], data_dir: Path, stop: signal.Signals = signal.SIGTERM) -> None:
+    """Stops `donut up` as Ctrl-C does and expects a clean exit within 30 s; one that hangs
+    is made to dump every thread's stack (SIGABRT, with PYTHONFAULTHANDLER) into its log,
+    which the failure shows."""
+    process.send_signal(stop)
+    try:
+        code = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait()
+        raise AssertionError(f"donut up did not stop; its log:\n{up_log(data_dir).read_text()[-20000:]}") from None
+    assert code == 0, up_log(data_dir).read_text()[-5000:]
 
 
 def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
@@ -98,8 +113,7 @@ def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
             workflow_id=workflow_id, job="b", attempt=1)) for line in m.lines)
         assert b"b attempt 1" in first_log
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        stop_up(process, data_dir)
 
 
 def test_log_followers_ride_out_a_killed_stack(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
@@ -147,8 +161,7 @@ def test_log_followers_ride_out_a_killed_stack(tmp_path: Path, etcd_server: Etcd
     finally:
         for follower in followers.values():
             follower.kill()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        stop_up(process, data_dir)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: its terminal closed
@@ -162,8 +175,7 @@ def test_sigterm_stops_the_stack_and_its_jobs(tmp_path: Path, etcd_server: EtcdS
     while len(job_processes(workflow_id)) < 2:
         assert time.time() < deadline
         time.sleep(0.05)
-    process.send_signal(stop)
-    assert process.wait(timeout=30) == 0
+    stop_up(process, tmp_path / "data", stop)
     assert job_processes(workflow_id) == []
 
 
@@ -187,8 +199,7 @@ def test_killed_under_load_no_attempt_runs_twice(tmp_path: Path, etcd_server: Et
         stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
         assert_every_attempt_ran_once(stub, root, workflows)
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        stop_up(process, data_dir)
 
 
 @pytest.mark.parametrize("executor", ["local", "wrapper"])
@@ -259,8 +270,7 @@ def test_followers_find_a_stack_started_again_on_another_port(tmp_path: Path, et
     finally:
         watch.kill()
         logs.kill()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        stop_up(process, data_dir)
 
 
 def test_verbose_logs_the_scheduling_decisions(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
@@ -272,8 +282,7 @@ def test_verbose_logs_the_scheduling_decisions(tmp_path: Path, etcd_server: Etcd
     for w in stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), timeout=60):
         if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
             break
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0
+    stop_up(process, data_dir)
     logged = up_log(data_dir).read_text()
     for line in (f"took run {workflow_id} over (queued)", f"launching {workflow_id}/a attempt 1",
                  f"{workflow_id}/a attempt 1 ended: succeeded", f"{workflow_id}/b attempt 1 ended: exited with code 3",
