@@ -8,7 +8,10 @@
                                     schedulers watch this prefix only, not every state change
     <prefix>cancel/<id>             present once someone asked to cancel the run
     <prefix>claims/<id>             the scheduler that owns the run (bound to its lease)
-    <prefix>schedulers/<scheduler>  a live scheduler (bound to its lease)
+    <prefix>schedulers/<scheduler>  a live scheduler replica (bound to its lease): its endpoint, pid,
+                                    start time and metrics URL
+    <prefix>reports/<id>/<job>/<attempt>  an attempt's end (Outcome JSON) that reached another replica
+                                    than the run's owner, left for the owner (removed when the run ends)
     <prefix>by-time/<ms>/<id>       empty: every workflow by creation time (ms, 15 digits), so
                                     admins list the newest first, a page at a time
     <prefix>by-owner/<owner>/<ms>/<id>  empty: the same for one owner's workflows
@@ -37,6 +40,7 @@ class Keys:
         self.claims = self.prefix + "claims/"
         self.schedulers = self.prefix + "schedulers/"
         self.archive_due = self.prefix + "to-archive/"
+        self.all_reports = self.prefix + "reports/"
 
     def workflow(self, workflow_id: str) -> str:
         return f"{self.workflows}{workflow_id}"
@@ -81,6 +85,12 @@ class Keys:
 
     def upgrade(self, name: str) -> str:
         return f"{self.prefix}upgrades/{name}"
+
+    def reports(self, workflow_id: str) -> str:
+        return f"{self.all_reports}{workflow_id}/"
+
+    def report(self, workflow_id: str, job: str, attempt: int) -> str:
+        return f"{self.all_reports}{workflow_id}/{job}/{attempt}"
 
     def scheduler(self, scheduler_id: str) -> str:
         return f"{self.schedulers}{scheduler_id}"

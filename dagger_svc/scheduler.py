@@ -20,7 +20,9 @@ owned through a lease-bound claim key, so a scheduler that dies loses its runs t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,10 +33,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dagger_svc.core.records import Outcome, WorkflowId
-from dagger_svc.core.run import Run, Step
+from dagger_svc.core.run import MAX_LOST_ATTEMPTS, Run, Step
 from dagger_svc.events import CancelAsked, Event, JobEnded, Queued, Stop, Timer
 from dagger_svc.executors.base import Executor, Launch, workflow_dir
-from dagger_svc.store import Lease, Revisions, RunChanges, RunSnapshot, Store
+from dagger_svc.store import Claim, Lease, Replica, Revisions, RunChanges, RunSnapshot, Store
 from donut_common.errors import Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ TAKE_OVER_RETRY_MAX = 30.0
 MAX_FAILED_TAKE_OVERS = 5  # failures in a row (etcd away aside) before the run is given up as dead
 NOT_STARTED = Outcome(signal="SIGTERM", message="terminated before it started")
 STOPPED = "stopped with the stack"
+SPREAD_GRACE = 1.0  # seconds a replica leaves a queued run to the replica it falls to, before claiming it itself
+LAUNCH_MARGIN = 1.0  # seconds before the lease could have ended after which nothing more is launched
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,19 @@ class _Owned:
 class Scheduler:
     def __init__(self, store: Store, executor: Executor, data_root: Path,
                  scheduler_id: str | None = None, lease_ttl: int = 10,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_lost_attempts: int = MAX_LOST_ATTEMPTS,
+                 announce: Replica | None = None) -> None:
         self.store = store
         self.executor = executor
         self.data_root = data_root
         self.scheduler_id = scheduler_id or uuid.uuid4().hex
         self.lease_ttl = lease_ttl
         self.clock = clock
+        self.max_lost_attempts = max_lost_attempts
+        self.replica = replace(announce or Replica(""), id=self.scheduler_id, pid=os.getpid(), started_at=clock())
+        self._replicas: set[str] = set()  # the live replicas' ids (this one's among them)
+        self._spread: set[WorkflowId] = set()  # runs left to another replica for SPREAD_GRACE already
+        self._lease_valid_until = 0.0  # time.monotonic() before which the lease surely holds
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._to_claim: queue.SimpleQueue[WorkflowId | None] = queue.SimpleQueue()  # for the claimer
         self._claiming: dict[WorkflowId, bool] = {}  # runs with the claimer -> a cancel came meanwhile
@@ -145,9 +155,16 @@ class Scheduler:
     def start(self) -> Scheduler:
         """Takes the executor's reports, holds a lease, and schedules every queued run."""
         self.executor.start(self.job_finished)
+        granted = time.monotonic()
         self._lease = self.store.grant_lease(self.lease_ttl)
+        self._lease_valid_until = granted + self.lease_ttl
+        self.store.announce(replace(self.replica, lease=self._lease.id), self._lease)
         revision = self.store.current_revision()
+        self._replicas = {replica.id for replica in self.store.replicas()}
         self._unwatch = [
+            self.store.watch_replicas(self._replica_changed, after=revision),
+            self.store.watch_reports(lambda workflow_id, job, attempt, outcome: self._events.put(
+                JobEnded(workflow_id, job, attempt, outcome)), after=revision),
             self.store.watch_queue(lambda workflow_id: self._events.put(Queued(workflow_id)), after=revision),
             self.store.watch_cancels(lambda workflow_id: self._events.put(CancelAsked(workflow_id)), after=revision),
             # a scheduler let go (or died): the run may need a new owner
@@ -194,7 +211,7 @@ class Scheduler:
             if owned.unsent:
                 try:
                     self.store.save_run(workflow_id, owned.unsent.workflow, owned.unsent.jobs.values(),
-                                        owned.revisions)
+                                        owned.revisions, claim=self._claim_of_mine())
                 except Exception as e:  # noqa: BLE001 - the next scheduler resumes from etcd
                     log.warning("cannot record the last changes of run %s: %s", workflow_id, e)
 
@@ -203,17 +220,51 @@ class Scheduler:
         every claim bound to it is gone) is replaced, and the runs are claimed again."""
         while not self._stopping.wait(self.lease_ttl / 3):
             assert self._lease is not None
+            asked = time.monotonic()
             try:
                 if self._lease.refresh():
+                    self._lease_valid_until = asked + self.lease_ttl
                     continue
                 lease = self.store.grant_lease(self.lease_ttl)
+                self.store.announce(replace(self.replica, lease=lease.id), lease)
             except Unavailable as e:
                 log.warning("cannot refresh the scheduler lease: %s", e)
                 continue
-            log.warning("the scheduler lease ended (etcd was away); claiming the runs again")
+            log.warning("the scheduler lease ended (etcd was away, or this process was stalled); "
+                        "claiming the runs again")
             with self._step_lock:
                 self._lease = lease
+                self._lease_valid_until = asked + self.lease_ttl
                 self._claim_again()
+
+    def _replica_changed(self, replica_id: str, alive: bool) -> None:
+        if alive:
+            self._replicas.add(replica_id)
+        else:
+            self._replicas.discard(replica_id)
+
+    def _falls_to_another(self, workflow_id: WorkflowId) -> bool:
+        """Whether a live replica other than this one is the one the run falls to
+        (rendezvous hashing: each replica ranks runs by a hash of the run and its id)."""
+        replicas = self._replicas | {self.scheduler_id}
+        return max(replicas, key=lambda r: hashlib.blake2b(f"{workflow_id}/{r}".encode(), digest_size=8).digest()) \
+            != self.scheduler_id
+
+    def _may_launch(self) -> bool:
+        """False when the lease may have ended (this process stalled, or etcd was away)
+        and etcd does not say it holds: the run may have a new owner, which would run the
+        attempt again."""
+        if time.monotonic() < self._lease_valid_until - LAUNCH_MARGIN:
+            return True
+        lease, asked = self._lease, time.monotonic()
+        assert lease is not None
+        try:
+            if not lease.refresh():
+                return False
+        except Unavailable:
+            return False
+        self._lease_valid_until = asked + self.lease_ttl
+        return True
 
     # ---- inputs (any thread) -------------------------------------------------------
 
@@ -240,6 +291,14 @@ class Scheduler:
 
     def owns(self, workflow_id: str) -> bool:
         return workflow_id in self._owned
+
+    def report(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
+        """An attempt's end from its wrapper: handled here when this replica owns the run,
+        else left in etcd for its owner."""
+        if self.owns(workflow_id):
+            self.job_finished(workflow_id, job, attempt, outcome)
+        else:
+            self.store.forward_report(WorkflowId(workflow_id), job, attempt, outcome)
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -310,6 +369,11 @@ class Scheduler:
                     if owned is not None and owned.run.finished:
                         self._queued_at_end.add(workflow_id)  # retried, maybe: looked at once it is let go
                     elif owned is None and workflow_id not in self._held and workflow_id not in self._claiming:
+                        if workflow_id not in self._spread and self._falls_to_another(workflow_id):
+                            self._spread.add(workflow_id)  # its replica has a head start
+                            self._held[workflow_id] = time.monotonic() + SPREAD_GRACE
+                            continue
+                        self._spread.discard(workflow_id)
                         self._claiming[workflow_id] = False
                         self._to_claim.put(workflow_id)
                 case _Claimed(workflow_id, claim):
@@ -400,7 +464,7 @@ class Scheduler:
             owned = self._owned.get(workflow_id)
             if owned is not None:
                 changes.append(RunChanges(workflow_id, step.workflow, list(step.jobs.values()), owned.revisions,
-                                          let_go=True))
+                                          let_go=True, claim=self._claim_of_mine()))
         errors = self.store.save_runs(changes)
         for workflow_id, _, launches in batch:
             if errors.get(workflow_id, False) is None:
@@ -421,6 +485,14 @@ class Scheduler:
         if self._draining or not pending.begin_launch():
             return  # killed meanwhile: ended already; or the stack is stopping (it runs at the next start)
         launch = pending.launch
+        if not self._may_launch():
+            log.warning("not launching %s/%s attempt %d: the lease may have ended", launch.workflow_id, launch.job,
+                        launch.attempt)
+            pending.end_launch()
+            self._events.put(JobEnded(WorkflowId(launch.workflow_id), launch.job, launch.attempt,
+                                      Outcome(lost=True, message="not launched: its scheduler's lease may have "
+                                                                 "ended")))
+            return
         log.info("launching %s/%s attempt %d", launch.workflow_id, launch.job, launch.attempt)
         try:
             self.executor.launch(launch)
@@ -485,6 +557,10 @@ class Scheduler:
         self._failed_take_overs.pop(workflow_id, None)
         return started
 
+    def _claim_of_mine(self) -> Claim:
+        assert self._lease is not None
+        return Claim(self.scheduler_id, self._lease.id)
+
     def _claim(self, workflow_id: WorkflowId) -> RunSnapshot | None:
         """Claims the run and reads it; None when it is someone else's or over."""
         try:
@@ -507,14 +583,22 @@ class Scheduler:
     def _adopt(self, workflow_id: WorkflowId, snapshot: RunSnapshot, now: float) -> Step:
         """Starts (or resumes) a run just claimed."""
         assert snapshot.workflow is not None
-        run = Run(snapshot.workflow, snapshot.definition, snapshot.jobs, cancel_requested=snapshot.cancel_requested)
+        run = Run(snapshot.workflow, snapshot.definition, snapshot.jobs, cancel_requested=snapshot.cancel_requested,
+                  max_lost_attempts=self.max_lost_attempts)
         directory = workflow_dir(self.data_root, workflow_id)
         directory.mkdir(parents=True, exist_ok=True)
         self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(directory))
-        lost = [name for name in run.running_jobs if self.executor.lost(workflow_id, name, run.jobs[name].attempt)]
+        reported = {(job, attempt): outcome for job, attempt, outcome in snapshot.reports}
+        running = [(name, run.jobs[name].attempt) for name in run.running_jobs]
+        ended = [(name, attempt) for name, attempt in running if (name, attempt) in reported]
+        lost = [name for name, attempt in running
+                if (name, attempt) not in reported and self.executor.lost(workflow_id, name, attempt)]
         log.info("took run %s over (%s)%s", workflow_id, run.workflow.status.value,
                  f"; lost attempts of {', '.join(lost)}" if lost else "")
-        return run.start(now, lost=lost)
+        step = run.start(now, lost=lost)
+        for name, attempt in ended:  # ended, and said so to another replica meanwhile
+            step = step.merge(run.job_finished(name, attempt, reported[(name, attempt)], now))
+        return step
 
     def _give_up(self, workflow_id: WorkflowId, error: Exception, now: float) -> bool:
         """Ends a run that fails every take-over (its records can't be read, say): `dead`,

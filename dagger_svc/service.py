@@ -458,10 +458,8 @@ class DaggerService:
 
     def report(self, caller: Principal, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         _check_job_caller(caller, workflow_id, job, attempt)
-        if not self.scheduler.owns(workflow_id):
-            raise FailedPrecondition(f"no scheduler here runs workflow {workflow_id}")
         self.logs.end(workflow_id, job, attempt)
-        self.scheduler.job_finished(workflow_id, job, attempt, outcome)
+        self.scheduler.report(workflow_id, job, attempt, outcome)
 
 
 _NOTHING = object()

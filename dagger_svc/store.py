@@ -21,7 +21,15 @@ from enum import Enum
 from typing import Any, cast
 
 from dagger_svc.core.definition import Definition, StoredJob
-from dagger_svc.core.records import JobDoc, JobRecord, WorkflowDoc, WorkflowId, WorkflowRecord, WorkflowStatus
+from dagger_svc.core.records import (
+    JobDoc,
+    JobRecord,
+    Outcome,
+    WorkflowDoc,
+    WorkflowId,
+    WorkflowRecord,
+    WorkflowStatus,
+)
 from dagger_svc.keys import Keys
 from donut_common import etcd
 from donut_common.errors import Conflict, NotFound, Unavailable
@@ -45,19 +53,43 @@ class RunView:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """Who owns a run: the scheduler `owner`, through a claim key bound to its lease."""
+
+    owner: str
+    lease: int
+
+
+@dataclass(frozen=True)
 class RunChanges:
-    """A run's changed records, to be written if its keys still have `revisions`. With
-    `let_go`, a run whose workflow record says it ended is let go in the same transaction:
-    it leaves the queue and its claim is released."""
+    """A run's changed records, to be written if its keys still have `revisions` and,
+    with `claim`, only while that claim on the run holds (fencing: a writer that lost its
+    lease, stalled or cut off, writes nothing). With `let_go`, a run whose workflow record
+    says it ended is let go in the same transaction: it leaves the queue and its claim is
+    released."""
 
     workflow_id: WorkflowId
     workflow: WorkflowRecord | None
     jobs: list[JobRecord]
     revisions: Revisions
     let_go: bool = False
+    claim: Claim | None = None
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A live scheduler replica, as it announced itself (bound to its lease)."""
+
+    id: str
+    endpoint: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    metrics_url: str = ""
+    lease: int = 0
 
 
 _RunWrites = tuple[RunChanges, list[tuple[str, bytes]], list[etcd.Op]]  # a run's changes, its writes, its let-go
+_REPLICA_FIELDS = ("endpoint", "pid", "started_at", "metrics_url")
 
 
 @dataclass(frozen=True)
@@ -69,6 +101,8 @@ class RunSnapshot:
     jobs: dict[str, JobRecord]
     revisions: Revisions
     cancel_requested: bool
+    reports: list[tuple[str, int, Outcome]] = dataclasses.field(default_factory=list)
+    """Attempt ends that reached another replica: (job, attempt, outcome)."""
 
 
 def _dump(value: Mapping[str, Any]) -> bytes:
@@ -81,6 +115,17 @@ def _workflow(value: bytes) -> WorkflowRecord:
 
 def _job(value: bytes) -> JobRecord:
     return JobRecord.from_dict(cast(JobDoc, json.loads(value)))
+
+
+def _replica(key: str, value: bytes) -> Replica:
+    info = json.loads(value)
+    return Replica(key.rsplit("/", 1)[1], **{name: info[name] for name in _REPLICA_FIELDS if name in info})
+
+
+def _report(key: str, value: bytes) -> tuple[str, int, Outcome]:
+    """(job, attempt, outcome) of a forwarded report."""
+    _, job, attempt = key.rsplit("/", 2)
+    return job, int(attempt), Outcome(**json.loads(value))
 
 
 def _definition(values: Iterable[bytes]) -> Definition:
@@ -114,11 +159,13 @@ class Store:
     # ---- guarded writes ------------------------------------------------------------
 
     def _put_guarded(self, writes: Iterable[tuple[str, bytes]], revisions: Revisions,
-                     unguarded: frozenset[str] = frozenset(), then: Sequence[etcd.Op] = ()) -> None:
+                     unguarded: frozenset[str] = frozenset(), then: Sequence[etcd.Op] = (),
+                     fence: Sequence[etcd.Compare] = ()) -> None:
         """Writes values whose keys still have the revisions in `revisions` (0: absent),
         in chunks that fit etcd's limits, updating `revisions`; the last write lands in
         the last chunk, with the operations `then`. Keys in `unguarded` are written
-        whatever their revision. Raises Conflict when another writer got there first."""
+        whatever their revision; every chunk also checks `fence`. Raises Conflict when
+        another writer got there first (or the fence no longer holds)."""
         chunk: list[tuple[str, bytes]] = []
         size = 0
         pending = list(writes)
@@ -126,9 +173,9 @@ class Store:
             chunk.append((key, value))
             size += len(key) + len(value)
             final = i == len(pending) - 1
-            if final or len(chunk) >= MAX_OPS_PER_TXN - len(then) or size >= MAX_BYTES_PER_TXN:
+            if final or len(chunk) >= MAX_OPS_PER_TXN - len(then) - len(fence) or size >= MAX_BYTES_PER_TXN:
                 result = self._etcd.txn(
-                    [etcd.mod_equals(k, revisions.get(k, 0)) for k, _ in chunk if k not in unguarded],
+                    [*fence, *(etcd.mod_equals(k, revisions.get(k, 0)) for k, _ in chunk if k not in unguarded)],
                     [etcd.put(k, v) for k, v in chunk] + (list(then) if final else []),
                 )
                 if not result.succeeded:
@@ -278,14 +325,16 @@ class Store:
         return definition
 
     def save_run(self, workflow_id: WorkflowId, workflow: WorkflowRecord | None, jobs: Iterable[JobRecord],
-                 revisions: Revisions, enqueue: bool = False) -> None:
-        """One guarded write of a run's changed records; the workflow record goes last
-        (with enqueue, followed by the queue key that wakes a scheduler)."""
+                 revisions: Revisions, enqueue: bool = False, claim: Claim | None = None) -> None:
+        """One guarded write of a run's changed records (with `claim`, fenced by it); the
+        workflow record goes last (with enqueue, followed by the queue key that wakes a
+        scheduler)."""
         writes = self._run_writes(RunChanges(workflow_id, workflow, list(jobs), revisions))
         queue_key = self.keys.queued(workflow_id)
         if enqueue:
             writes.append((queue_key, b"1"))
-        self._put_guarded(writes, revisions, unguarded=frozenset({queue_key}))
+        self._put_guarded(writes, revisions, unguarded=frozenset({queue_key}),
+                          fence=self._fence(workflow_id, claim))
 
     def save_runs(self, runs: Iterable[RunChanges]) -> dict[WorkflowId, Exception | None]:
         """Writes the changes of many runs in as few guarded transactions as etcd's limits
@@ -299,7 +348,7 @@ class Store:
         for run in runs:
             writes = self._run_writes(run)
             let_go = self._let_go(run)
-            run_ops = len(writes) + len(let_go)
+            run_ops = len(writes) + len(let_go) + 2
             run_size = sum(len(k) + len(v) for k, v in writes)
             if group and (ops + run_ops > MAX_OPS_PER_TXN or size + run_size > MAX_BYTES_PER_TXN):
                 self._save_group(group, results)
@@ -314,14 +363,16 @@ class Store:
         if len(group) == 1 or sum(len(w) + len(let_go) for _, w, let_go in group) > MAX_OPS_PER_TXN:
             for run, run_writes, let_go in group:  # (a run too large for one transaction goes in chunks)
                 try:
-                    self._put_guarded(run_writes, run.revisions, then=let_go)
+                    self._put_guarded(run_writes, run.revisions, then=let_go,
+                                      fence=self._fence(run.workflow_id, run.claim))
                     results[run.workflow_id] = None
                 except (Conflict, Unavailable) as e:
                     results[run.workflow_id] = e
             return
         try:
             result = self._etcd.txn(
-                [etcd.mod_equals(k, run.revisions.get(k, 0)) for run, run_writes, _ in group for k, _ in run_writes],
+                [*(c for run, _, _ in group for c in self._fence(run.workflow_id, run.claim)),
+                 *(etcd.mod_equals(k, run.revisions.get(k, 0)) for run, run_writes, _ in group for k, _ in run_writes)],
                 [etcd.put(k, v) for _, run_writes, _ in group for k, v in run_writes]
                 + [op for _, _, let_go in group for op in let_go])
         except Unavailable as e:
@@ -335,6 +386,14 @@ class Store:
             for k, _ in run_writes:
                 run.revisions[k] = result.revision
             results[run.workflow_id] = None
+
+    def _fence(self, workflow_id: WorkflowId, claim: Claim | None) -> list[etcd.Compare]:
+        """What a write by the holder of `claim` checks: the claim is still its own, under
+        the same lease (none without a claim)."""
+        if claim is None:
+            return []
+        key = self.keys.claim(workflow_id)
+        return [etcd.value_equals(key, claim.owner.encode()), etcd.lease_equals(key, claim.lease)]
 
     def _run_writes(self, run: RunChanges) -> list[tuple[str, bytes]]:
         writes = [(self.keys.job(run.workflow_id, j.name), _dump(j.to_dict())) for j in run.jobs]
@@ -352,7 +411,7 @@ class Store:
     def _letting_go(self, workflow_id: WorkflowId) -> list[etcd.Op]:
         """Off the queue, its owner's claim released, and due to be archived."""
         return [etcd.delete(self.keys.queued(workflow_id)), etcd.delete(self.keys.claim(workflow_id)),
-                etcd.put(self.keys.to_archive(workflow_id), b"")]
+                etcd.put(self.keys.to_archive(workflow_id), b""), etcd.delete_prefix(self.keys.reports(workflow_id))]
 
     def workflow_revisions(self, workflow_id: WorkflowId, revision: int) -> Revisions:
         """The revisions a guarded write of the workflow record checks (read at `revision`)."""
@@ -385,6 +444,7 @@ class Store:
         workflow_id = workflow.id
         self._etcd.txn([], [
             etcd.delete_prefix(self.keys.specs(workflow_id)), etcd.delete_prefix(self.keys.jobs(workflow_id)),
+            etcd.delete_prefix(self.keys.reports(workflow_id)),
             *(etcd.delete(key) for key in (
                 self.keys.workflow(workflow_id), self.keys.queued(workflow_id), self.keys.cancel(workflow_id),
                 self.keys.claim(workflow_id), self.keys.to_archive(workflow_id), *self._listed(workflow),
@@ -458,14 +518,15 @@ class Store:
         when another scheduler holds it."""
         key = self.keys.claim(workflow_id)
         claim = etcd.put(key, owner, lease=lease.id)
-        reads = [etcd.get(self.keys.workflow(workflow_id)), etcd.get(self.keys.cancel(workflow_id))]
+        reads = [etcd.get(self.keys.workflow(workflow_id)), etcd.get(self.keys.cancel(workflow_id)),
+                 etcd.get_prefix(self.keys.reports(workflow_id))]
         for compare in (etcd.absent(key), etcd.value_equals(key, owner.encode())):
             result = self._etcd.txn([compare], [claim, *reads])
             if result.succeeded:
                 break
         else:
             return None
-        workflow_kvs, cancel_kvs = result.ranges
+        workflow_kvs, cancel_kvs, report_kvs = result.ranges
         # the rest as it was when claimed, in pages (a large run's records exceed one answer)
         job_kvs = self._etcd.get_prefix(self.keys.jobs(workflow_id), revision=result.revision)
         revisions: Revisions = {}
@@ -481,7 +542,8 @@ class Store:
         definition = self._stored_definition(workflow_id, result.revision) if workflow is not None \
             else _definition(kv.value for kv in self._etcd.get_prefix(self.keys.specs(workflow_id),
                                                                        revision=result.revision))
-        return RunSnapshot(workflow, definition, jobs, revisions, bool(cancel_kvs))
+        return RunSnapshot(workflow, definition, jobs, revisions, bool(cancel_kvs),
+                           [_report(kv.key, kv.value) for kv in report_kvs])
 
     def give_up(self, workflow_id: WorkflowId, message: str, now: float) -> None:
         """Takes a run that can't be scheduled off the queue, its workflow `dead` with the
@@ -504,6 +566,55 @@ class Store:
 
     def release_claim(self, workflow_id: WorkflowId) -> None:
         self._etcd.delete(self.keys.claim(workflow_id))
+
+    def owners(self) -> dict[str, int]:
+        """How many runs each scheduler holds a claim on."""
+        counts: dict[str, int] = {}
+        for kv in self._etcd.get_prefix(self.keys.claims):
+            counts[kv.value.decode()] = counts.get(kv.value.decode(), 0) + 1
+        return counts
+
+    # ---- replicas ------------------------------------------------------------------
+
+    def announce(self, replica: Replica, lease: Lease) -> None:
+        """Says the replica is alive, for as long as its lease lasts."""
+        info = {name: getattr(replica, name) for name in _REPLICA_FIELDS}
+        self._etcd.txn([], [etcd.put(self.keys.scheduler(replica.id), _dump(info), lease=lease.id)])
+
+    def replicas(self) -> list[Replica]:
+        """The live replicas, by id."""
+        return [_replica(kv.key, kv.value) for kv in self._etcd.get_prefix(self.keys.schedulers)]
+
+    def replica_lease_left(self, replica: Replica) -> int:
+        """Seconds before the replica's lease ends unless it is refreshed (-1: ended)."""
+        return self._etcd.lease_remaining(replica.lease)
+
+    def watch_replicas(self, on_change: Callable[[str, bool], None], after: int) -> Callable[[], None]:
+        """Calls on_change(replica id, alive) for every replica that came or went after
+        revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            on_change(key.rsplit("/", 1)[1], value is not None)
+
+        return self._etcd.watch_prefix(self.keys.schedulers, on_event, start_revision=after + 1)
+
+    # ---- reports that reached another replica than the run's owner ------------------
+
+    def forward_report(self, workflow_id: WorkflowId, job: str, attempt: int, outcome: Outcome) -> None:
+        """Leaves an attempt's end for the run's owner, wherever it runs (and for the next one)."""
+        self._etcd.put(self.keys.report(workflow_id, job, attempt), _dump(dataclasses.asdict(outcome)))
+
+    def reports(self, workflow_id: WorkflowId) -> list[tuple[str, int, Outcome]]:
+        """The attempt ends left for the run's owner: (job, attempt, outcome)."""
+        return [_report(kv.key, kv.value) for kv in self._etcd.get_prefix(self.keys.reports(workflow_id))]
+
+    def watch_reports(self, on_report: Callable[[WorkflowId, str, int, Outcome], None],
+                      after: int) -> Callable[[], None]:
+        """Calls on_report for every attempt end left after revision `after`. Returns cancel."""
+        def on_event(key: str, value: bytes | None) -> None:
+            if value is not None:
+                on_report(WorkflowId(key.split("/")[-3]), *_report(key, value))
+
+        return self._etcd.watch_prefix(self.keys.all_reports, on_event, start_revision=after + 1)
 
     def queued_ids(self) -> list[WorkflowId]:
         return [self.keys.workflow_id(kv.key) for kv in self._etcd.get_prefix(self.keys.queue)]

@@ -94,6 +94,12 @@ def value_equals(key: str, value: bytes) -> Compare:
                            value=value)
 
 
+def lease_equals(key: str, lease: int) -> Compare:
+    """The key exists and is bound to `lease`."""
+    return etcdrpc.Compare(key=key.encode(), target=etcdrpc.Compare.LEASE, result=etcdrpc.Compare.EQUAL,
+                           lease=lease)
+
+
 def prefix_end(prefix: str) -> str:
     """The first key after every key under `prefix`."""
     return _prefix_end(prefix.encode()).decode()
@@ -299,6 +305,13 @@ class Etcd:
     def lease(self, ttl: int) -> Lease:
         with self._calling("granting a lease"):
             return Lease(self._client.lease(ttl), self._calling)
+
+    def lease_remaining(self, lease_id: int) -> int:
+        """Seconds the lease has left (-1: it has ended)."""
+        with self._calling("reading a lease"):
+            answer = self._client.leasestub.LeaseTimeToLive(etcdrpc.LeaseTimeToLiveRequest(ID=lease_id),
+                                                              self._client.timeout, metadata=self._token)
+        return int(answer.TTL)
 
     def watch_prefix(self, prefix: str, on_event: Callable[[str, bytes | None], None],
                      start_revision: int | None = None) -> Callable[[], None]:

@@ -27,7 +27,7 @@ from dagger_svc.core.records import (
 from donut_common.errors import InvalidArgument, Problem
 
 LOST = Outcome(lost=True, message="lost by its executor")
-MAX_LOST_ATTEMPTS = 3  # attempts of a job lost one after another before it is given up (dead)
+MAX_LOST_ATTEMPTS = 3  # times a job whose attempt was lost runs again, one loss after another, before it is dead
 RETRY_BACKOFF_BASE = 1.0  # seconds before the first automatic retry; doubles each time
 RETRY_BACKOFF_MAX = 300.0
 
@@ -66,8 +66,10 @@ class Run:
         definition: Definition,
         jobs: Mapping[str, JobRecord],
         cancel_requested: bool = False,
+        max_lost_attempts: int = MAX_LOST_ATTEMPTS,
     ) -> None:
         self.workflow = workflow
+        self.max_lost_attempts = max_lost_attempts
         self.definition = definition
         self.jobs: dict[str, JobRecord] = {name: jobs.get(name) or JobRecord(name) for name in definition.jobs}
         self.cancelling = cancel_requested  # the user asked to cancel
@@ -220,18 +222,19 @@ class Run:
             self._step.launch.append(name)
 
     def _failed(self, job: JobRecord, outcome: Outcome, now: float) -> None:
-        """An attempt that did not succeed: lost to the infrastructure (the stack stopped,
-        a node went), it runs again without using a retry, up to MAX_LOST_ATTEMPTS in a
-        row; failed, it is retried after a backoff while it has retries; else it ends."""
+        """An attempt that did not succeed: lost to the infrastructure (its replica died,
+        its pod was deleted), it runs again at once, up to `max_lost_attempts` times in a
+        row, and is `dead` after that; failed, it is retried after a backoff while it has
+        retries (lost attempts use none); else it ends."""
         name = job.name
-        if outcome.lost and _lost_in_a_row(job) + 1 < MAX_LOST_ATTEMPTS:
+        if outcome.lost and _lost_in_a_row(job) < self.max_lost_attempts:
             ended = self._end_attempt(job, JobStatus.DEAD, outcome, now)
             self._set_job(replace(ended, status=JobStatus.QUEUED, round_start=job.round_start + 1))
             self._ready.append(name)
             return
         ended = self._end_attempt(job, JobStatus.DEAD if outcome.lost else JobStatus.FAILED, outcome, now)
         retries_used = job.attempt - job.round_start - 1
-        if retries_used < self.definition.jobs[name].retries:
+        if not outcome.lost and retries_used < self.definition.jobs[name].retries:
             retry_at = now + retry_backoff(retries_used + 1)
             self._set_job(replace(ended, status=JobStatus.QUEUED, retry_at=retry_at))
             heapq.heappush(self._backoff, (retry_at, name))

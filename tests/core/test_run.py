@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dagger_svc.core.definition import Definition, JobSpec
 from dagger_svc.core.records import JobRecord, JobStatus, Outcome, WorkflowRecord, WorkflowStatus
-from dagger_svc.core.run import MAX_LOST_ATTEMPTS, Run, Step, prepare_retry, retry_backoff, retry_selection
+from dagger_svc.core.run import Run, Step, prepare_retry, retry_backoff, retry_selection
 from donut_common.errors import InvalidArgument
 
 OK = Outcome(exit_code=0)
@@ -220,14 +220,31 @@ def test_retry_reruns_only_what_did_not_succeed() -> None:
     assert again.jobs["b"].attempt == 2 and again.jobs["a"].attempt == 1
 
 
-def test_a_job_lost_again_and_again_is_given_up_dead() -> None:
-    run = make_run({"a": ["b"], "b": []})
+@pytest.mark.parametrize("max_lost", [0, 1, 3])
+def test_a_job_lost_again_and_again_is_given_up_dead(max_lost: int) -> None:
+    workflow = WorkflowRecord(id="w", name="w", parallelism=1)
+    specs = [JobSpec(name, image="x", cmd="true", args=(), retries=2) for name in ("a", "b")]
+    run = Run(workflow, Definition.of(specs, {"a": ["b"], "b": []}), {}, max_lost_attempts=max_lost)
     run.start(0.0)
-    for attempt in range(1, MAX_LOST_ATTEMPTS + 1):
+    for attempt in range(1, max_lost + 2):  # re-run max_lost times, then given up; its retries untouched
+        assert run.jobs["a"].status is JobStatus.RUNNING and run.jobs["a"].attempt == attempt
         run.job_finished("a", attempt, Outcome(lost=True, message="pod vanished"), float(attempt))
     assert run.jobs["a"].status is JobStatus.DEAD and run.jobs["a"].message == "pod vanished"
-    assert run.jobs["a"].attempt == MAX_LOST_ATTEMPTS
+    assert run.jobs["a"].attempt == max_lost + 1
     assert run.workflow.status is WorkflowStatus.DEAD
+
+
+def test_lost_attempts_use_up_no_retry() -> None:
+    workflow = WorkflowRecord(id="w", name="w", parallelism=1)
+    run = Run(workflow, Definition.of([JobSpec("a", image="x", cmd="true", args=(), retries=1)], {"a": []}), {},
+              max_lost_attempts=1)
+    run.start(0.0)
+    run.job_finished("a", 1, Outcome(lost=True), 1.0)  # lost: run again at once
+    run.job_finished("a", 2, Outcome(exit_code=1), 2.0)  # failed: its one retry, after a backoff
+    assert run.jobs["a"].status is JobStatus.QUEUED and run.jobs["a"].retry_at is not None
+    run.tick(run.jobs["a"].retry_at)
+    run.job_finished("a", 3, Outcome(exit_code=0), 100.0)
+    assert run.jobs["a"].status is JobStatus.SUCCEEDED and run.workflow.status is WorkflowStatus.DONE
 
 
 @st.composite

@@ -76,9 +76,10 @@ SAVES = sh("echo result > out.txt; echo logged", "saves", outputs=[{"local": "ou
 
 
 def etcd_keys(stack: Any) -> dict[str, bytes]:
-    """Every key of the stack with its value (a token's aside: using it changes it)."""
-    tokens = stack.store.keys.prefix + "tokens/"
-    return {kv.key: b"" if kv.key.startswith(tokens) else kv.value
+    """Every key of the stack with its value (a token's and a replica's aside: using the
+    token changes it, a replica's announce says when it started)."""
+    changing = (stack.store.keys.prefix + "tokens/", stack.store.keys.schedulers)
+    return {kv.key: b"" if kv.key.startswith(changing) else kv.value
             for kv in stack.store._etcd.get_prefix(stack.store.keys.prefix)}
 
 
