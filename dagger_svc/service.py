@@ -28,7 +28,7 @@ from dagger_svc.executors.base import workflow_dir
 from dagger_svc.log_copies import LogCopies
 from dagger_svc.logs import LogLine, LogStore, TimedLine, read_stored
 from dagger_svc.scheduler import Scheduler
-from dagger_svc.store import RunView, Store, UploadMark, no_workflow
+from dagger_svc.store import Replica, RunView, Store, UploadMark, no_workflow
 from donut_common import names
 from donut_common.auth import Principal
 from donut_common.errors import (
@@ -52,6 +52,15 @@ PAGE_READS = 5  # reads of a filtered listing's page at most (a page may come ba
 _PAGE_TOKEN = re.compile(r"[0-9]{15}/" + names.WORKFLOW_ID)
 
 WATCH_INTERVAL = 0.05  # seconds between two updates of a watched workflow (the last one is never held back)
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """A live replica, the running workflows it owns, and when its lease ends unless renewed."""
+
+    replica: Replica
+    workflows: int
+    lease_expires_at: float
 
 
 @dataclass(frozen=True)
@@ -376,6 +385,21 @@ class DaggerService:
         finally:
             for cancel in cancels:
                 cancel()
+
+    # ---- replicas ------------------------------------------------------------------
+
+    def replicas(self, caller: Principal) -> list[ReplicaState]:
+        """The live replicas, each with the running workflows it owns and when its lease ends."""
+        if not caller.is_admin:
+            raise PermissionDenied("only admins may list the replicas")
+        owners = self.store.owners()
+        now = time.time()
+        found = []
+        for replica in self.store.replicas():
+            left = self.store.replica_lease_left(replica)
+            if left >= 0:
+                found.append(ReplicaState(replica, owners.get(replica.id, 0), now + left))
+        return found
 
     # ---- jobs ----------------------------------------------------------------------
 

@@ -151,6 +151,13 @@ class DaggerServicer(dagger_pb2_grpc.DaggerServicer):
         return pb.ArchiveWorkflowResponse(path=info.path, size=info.size, sha256=info.sha256,
                                           created_at=timestamp(info.created_at))
 
+    def ListReplicas(self, request: pb.ListReplicasRequest, context: grpc.ServicerContext) -> pb.ListReplicasResponse:
+        return pb.ListReplicasResponse(replicas=[
+            pb.Replica(id=r.replica.id, endpoint=r.replica.endpoint, pid=r.replica.pid, workflows=r.workflows,
+                       started_at=timestamp(r.replica.started_at), lease_expires_at=timestamp(r.lease_expires_at),
+                       metrics_url=r.replica.metrics_url)
+            for r in self.service.replicas(self.principal())])
+
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return job_pb(request.workflow_id, *self.service.job(self.principal(), request.workflow_id, request.name))
 

@@ -89,7 +89,7 @@ class Replica:
 
 
 _RunWrites = tuple[RunChanges, list[tuple[str, bytes]], list[etcd.Op]]  # a run's changes, its writes, its let-go
-_REPLICA_FIELDS = ("endpoint", "pid", "started_at", "metrics_url")
+_REPLICA_FIELDS = ("endpoint", "pid", "started_at", "metrics_url", "lease")
 
 
 @dataclass(frozen=True)
@@ -578,7 +578,7 @@ class Store:
 
     def announce(self, replica: Replica, lease: Lease) -> None:
         """Says the replica is alive, for as long as its lease lasts."""
-        info = {name: getattr(replica, name) for name in _REPLICA_FIELDS}
+        info = {name: getattr(replica, name) for name in _REPLICA_FIELDS} | {"lease": lease.id}
         self._etcd.txn([], [etcd.put(self.keys.scheduler(replica.id), _dump(info), lease=lease.id)])
 
     def replicas(self) -> list[Replica]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -171,6 +172,9 @@ def translated_errors() -> Iterator[None]:
                 click.echo(f"error: {line}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         fail(f"{e.details()} ({code.name.lower()})")
+    except BrokenPipeError:  # the reader went away (`donut list | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
     except OSError as e:  # a local file or directory
         fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     except KeyboardInterrupt:
@@ -413,7 +417,20 @@ def _show_envvars(command: click.Command) -> None:
 
 
 # the commands register themselves on the group
-from donut_cli import accounts, archive, deleting, lifecycle, lint, logs, misc, results, ui, up, workflows  # noqa: E402,F401
+from donut_cli import (  # noqa: E402,F401
+    accounts,
+    archive,
+    cluster,
+    deleting,
+    lifecycle,
+    lint,
+    logs,
+    misc,
+    results,
+    ui,
+    up,
+    workflows,
+)
 
 _show_envvars(cli)
 

@@ -28,6 +28,7 @@ from cellar_svc.storage import Storage
 from dagger_svc.archives import ARCHIVE_PATH, ArchiveInfo, Archiver
 from dagger_svc.core.limits import MAX_LOG_BYTES
 from dagger_svc.core.records import WorkflowId
+from dagger_svc.core.run import MAX_LOST_ATTEMPTS
 from dagger_svc.deletion import Deleter, Retention, RetentionSettings
 from dagger_svc.executors.kubernetes import KubernetesExecutor, KubernetesSettings, api_client
 from dagger_svc.executors.local import LocalExecutor
@@ -37,7 +38,7 @@ from dagger_svc.log_copies import LogCopier
 from dagger_svc.logs import LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
-from dagger_svc.store import Store
+from dagger_svc.store import Replica, Store
 from donut.cellar.v1 import cellar_pb2
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
@@ -130,6 +131,14 @@ class StackConfig:
     """Parallelism of workflows submitted without one."""
     lease_ttl: int = 10
     """Seconds before a dead scheduler's runs may be taken over."""
+    max_lost_attempts: int = MAX_LOST_ATTEMPTS
+    """Times a job whose attempt was lost to the infrastructure (its replica died, its pod
+    was deleted) runs again, one loss after another, before it is `dead`; its own retries
+    count only its own failures."""
+    replica_id: str = ""
+    """Set: this stack is one replica of several sharing one etcd (`etcd_endpoints`) and
+    one data dir, scheduling under this id (a supervisor holds the data dir); empty: the
+    stack has the data dir to itself."""
     kill_grace: float = 10.0
     """Seconds between SIGTERM and SIGKILL when a job is cancelled or times out."""
     etcd_fsync: bool = True
@@ -211,7 +220,9 @@ class Stack:
         c = self.config
         c.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         c.data_dir.chmod(0o700)  # for the stack's user only, even when it existed
-        self._lock = _lock(c.data_dir)
+        if c.replica_id and not c.etcd_endpoints:
+            raise ValueError("replica_id: replicas share an etcd: etcd_endpoints must name it")
+        self._lock = None if c.replica_id else _lock(c.data_dir)
         try:
             endpoints, access = c.etcd_endpoints, c.etcd_access
             if not endpoints:
@@ -274,7 +285,7 @@ class Stack:
         if c.executor == "local":
             self.executor = LocalExecutor(self.logs, cellar=cellar, tokens=JobTokens(services),
                                           kill_grace=c.kill_grace, job_env=c.job_env, fetch=c.fetch,
-                                          save=c.save)
+                                          save=c.save, replica=c.replica_id)
         elif c.executor == "wrapper":
             self.executor = WrapperExecutor(self.logs, self.endpoint, kill_grace=c.kill_grace,
                                             tokens=JobTokens(services), tls_ca=ca.decode() if ca else "",
@@ -289,9 +300,11 @@ class Stack:
         if c.executor == "local":  # its jobs can't be adopted: none may outlive this process
             self._reaper = subprocess.Popen(
                 [sys.executable, "-m", "dagger_svc.executors.reaper", "--parent", str(os.getpid()),
-                 "--root", str(data_root)], stdin=subprocess.DEVNULL, start_new_session=True)
-        self.scheduler = Scheduler(self.store, self.executor, data_root, scheduler_id=_scheduler_id(c.data_dir),
-                                   lease_ttl=c.lease_ttl)
+                 "--root", str(data_root), "--replica", c.replica_id], stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        self.scheduler = Scheduler(self.store, self.executor, data_root,
+                                   scheduler_id=c.replica_id or _scheduler_id(c.data_dir), lease_ttl=c.lease_ttl,
+                                   max_lost_attempts=c.max_lost_attempts, announce=Replica("", endpoint=self.endpoint))
         log_copies = _CellarLogCopies(cellar_files)
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
         deleter = Deleter(self.store, self.logs, data_root, _CellarWorkflowFiles(cellar_files),
@@ -325,19 +338,9 @@ class Stack:
         return token
 
     def client_token(self, existing: str = "") -> tuple[str, bool]:
-        """A token for the person running the stack: `existing` while it still works,
-        else a new admin token (on first start, the first admin user is created).
-        Returns (token, whether it is new)."""
+        """A token for the person running the stack (see `admin_token`)."""
         assert self.users is not None, "the stack is not running"
-        if existing:
-            try:
-                principal = self.users.verify(existing)
-                if principal.is_admin:
-                    return existing, False
-            except Exception:  # noqa: BLE001 - from another stack, revoked or expired
-                pass
-        admin = self.users.ensure_user("admin", admin=True)
-        return self.users.mint(admin, "donut up", ("user", "admin")).secret, True
+        return admin_token(self.users, existing)
 
     def _kubernetes_executor(self, tokens: JobTokens) -> KubernetesExecutor:
         k, c = self.config.kubernetes, self.config
@@ -525,6 +528,20 @@ def _storage_errors() -> Iterator[None]:
         if code == grpc.StatusCode.NOT_FOUND:
             raise NotFound(e.details()) from None
         raise Unavailable(f"storage unavailable: {why_unavailable(e)} ({code.name.lower()})") from None
+
+
+def admin_token(users: UsersService, existing: str = "") -> tuple[str, bool]:
+    """A token for the person running the stack: `existing` while it still works, else a
+    new admin token (on first start, the first admin user is created). Returns (token,
+    whether it is new)."""
+    if existing:
+        try:
+            if users.verify(existing).is_admin:
+                return existing, False
+        except Exception:  # noqa: BLE001 - from another stack, revoked or expired
+            pass
+    admin = users.ensure_user("admin", admin=True)
+    return users.mint(admin, "donut up", ("user", "admin")).secret, True
 
 
 def _lock(data_dir: Path) -> TextIO:

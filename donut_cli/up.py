@@ -24,7 +24,9 @@ from donut_common.config import ServerLimits, donut_home
 from streamed_job.spec import FetchSettings, SaveSettings
 
 if TYPE_CHECKING:
-    from donut_cli.stack import GithubSignIn, KubeConfig
+    import threading
+
+    from donut_cli.stack import GithubSignIn, KubeConfig, StackConfig
 
 
 @cli.command()
@@ -129,6 +131,16 @@ if TYPE_CHECKING:
 @click.option("--github-users", default="", metavar="LOGIN,...",
               help="GitHub logins that may sign in (with --github-orgs: members of those too; neither: anyone).")
 @click.option("--github-orgs", default="", metavar="ORG,...", help="GitHub organisations whose members may sign in.")
+@click.option("--replicas", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Scheduler replicas to run on this machine over one etcd and this data dir, each a process "
+                   "serving every service on its own port (--port, --http-port and --metrics-port count up from "
+                   "the given ones); one that dies is started again, and the others take over its runs meanwhile.")
+@click.option("--lease-ttl", type=click.IntRange(2, 3600), default=10, show_default=True,
+              help="Seconds after which the runs of a replica that stopped answering are taken over by another.")
+@click.option("--max-lost-attempts", type=click.IntRange(0, 100), default=3, show_default=True,
+              help="Times a job whose attempt was lost to the infrastructure (its replica died, its pod was "
+                   "deleted) runs again, one loss after another, before it is `dead` (apart from its own retries).")
+@click.option("--replica-id", default="", hidden=True, help="(set by --replicas) Run as this replica.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kubeconfig: str | None,
        kube_context: str | None, namespace: str, job_template: Path | None, workflows_mount: str,
@@ -141,7 +153,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
        archive_finished: bool, delete_archived_workdirs: bool, quota_bytes: int | None, save_deadline: float,
        storage: str, s3_endpoint: str, s3_bucket: str, s3_region: str, s3_prefix: str, sweep_interval: float,
        public_url: str, github_client_id: str, github_url: str, github_users: str, github_orgs: str,
-       verbose: bool) -> None:
+       replicas: int, lease_ttl: int, max_lost_attempts: int, replica_id: str, verbose: bool) -> None:
     """Start the whole stack on this machine (Ctrl-C stops it)."""
     keep_the_normal_exit()
     import logging
@@ -155,7 +167,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
     from donut_common.etcd import EtcdAccess
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s " + (f"[{replica_id}] " if replica_id else "")
+                        + "%(levelname)s %(name)s: %(message)s")
     try:
         limits = ServerLimits(threads=rpc_threads, streams=max_streams, streams_per_caller=streams_per_caller,
                               idle_timeout=stream_idle_timeout)
@@ -180,7 +193,8 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
                          archive_finished=archive_finished, delete_archived_workdirs=delete_archived_workdirs,
                          quota_bytes=quota_bytes, save=SaveSettings(deadline=save_deadline),
                          storage=s3, sweep=SweepSettings(interval=sweep_interval), public_url=public_url,
-                         github=github, kubernetes=_kubernetes(executor, kubeconfig, kube_context, namespace,
+                         github=github, lease_ttl=lease_ttl, max_lost_attempts=max_lost_attempts,
+                         replica_id=replica_id, kubernetes=_kubernetes(executor, kubeconfig, kube_context, namespace,
                                                                job_template, workflows_mount, workflows_claim,
                                                                callback_endpoint, kube_qps, kube_pending_grace))
     if delete_archived_workdirs and not archive_finished:
@@ -196,11 +210,20 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
     if bool(etcd_user) != bool(password):
         fail("--etcd-user and DONUT_ETCD_PASSWORD (in the environment) go together", EXIT_BAD_INPUT)
     for option, wanted in (("--port", port), ("--http-port", http_port)):
-        if trouble := _port_trouble(host, wanted):
-            fail(f"{option}: cannot listen on {host}:{wanted}: {trouble}")
+        for index in range(replicas):
+            nth = wanted + index if wanted > 0 else wanted
+            if trouble := _port_trouble(host, nth):
+                fail(f"{option}: cannot listen on {host}:{nth}" + (f" (replica {index})" if replicas > 1 else "")
+                     + f": {trouble}")
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         signal.signal(sig, lambda *_: stopped.set())
+    if replica_id:
+        _serve_as_replica(config, stopped)
+        return
+    if replicas > 1:
+        _supervise(config, replicas, tls_cert, stopped)
+        return
     try:
         stack = Stack(config).start()
     except Exception as e:  # noqa: BLE001 - one line for the user
@@ -227,6 +250,56 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
     finally:
         click.echo("stopping...", err=True)
         stack.stop()
+
+
+def _serve_as_replica(config: StackConfig, stopped: threading.Event) -> None:
+    """One replica under `donut up --replicas`: the stack until told to stop (the
+    supervisor writes the client config and speaks for them all)."""
+    from donut_cli.stack import Stack
+
+    try:
+        stack = Stack(config).start()
+    except Exception as e:  # noqa: BLE001 - one line, in the supervisor's output
+        fail(f"replica {config.replica_id}: cannot start: {e}")
+    try:
+        stopped.wait()
+    finally:
+        stack.stop()
+
+
+def _supervise(config: StackConfig, replicas: int, tls_cert: Path | None, stopped: threading.Event) -> None:
+    import sys
+
+    from donut_cli.supervisor import Supervisor
+    from donut_common.config import ClientConfig
+
+    argv = sys.argv[1:]
+    ctx = click.get_current_context()
+    metrics_port = ctx.params.get("metrics_port")
+    supervisor = Supervisor(config, replicas, argv, metrics_port=metrics_port)
+    try:
+        supervisor.start()
+    except Exception as e:  # noqa: BLE001 - one line for the user
+        fail(f"cannot start the stack: {e}")
+    try:
+        try:
+            existing = ClientConfig.load().token
+        except ValueError:
+            existing = ""
+        token, new = supervisor.client_token(existing)
+        endpoints = supervisor.endpoints()
+        try:
+            path = ClientConfig(endpoint=",".join(endpoints), token=token,
+                                tls_ca=str(tls_cert.resolve()) if tls_cert else "").save()
+        except OSError as e:
+            fail(f"cannot write the client config ($DONUT_HOME): {e}")
+        click.echo(f"donut is up: {replicas} replicas, grpc {' '.join(endpoints)}, data {config.data_dir}", err=True)
+        click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
+        click.echo("see them with `donut cluster`", err=True)
+        supervisor.supervise(stopped)
+    finally:
+        click.echo("stopping...", err=True)
+        supervisor.stop()
 
 
 def _port_trouble(host: str, port: int) -> str | None:

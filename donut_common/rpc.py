@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import queue
 import threading
@@ -297,13 +298,52 @@ class _Bearer(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
 
 def channel(endpoint: str, token: str = "", tls_ca: bytes | None = None) -> grpc.Channel:
     """A client channel with the message limits the servers use; with a token, every call
-    carries it; with `tls_ca` (PEM of the CA to trust), the channel speaks TLS."""
-    options = [
+    carries it; with `tls_ca` (PEM of the CA to trust), the channel speaks TLS. Several
+    replicas (`host:port,host:port,...`, or a `dns:///name:port` that resolves to several)
+    are called in turn (gRPC's round_robin), passing over one that is gone, and a call
+    refused as UNAVAILABLE is tried again on another, a few times."""
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
+    target = endpoint
+    if "," in endpoint or endpoint.startswith("dns:"):
+        options.append(("grpc.service_config", REPLICAS_SERVICE_CONFIG))
+        if "," in endpoint:
+            target, host = _replicas_target(endpoint)
+            if tls_ca is not None:  # the certificate names the host, not its address
+                options.append(("grpc.ssl_target_name_override", host))
     if tls_ca is not None:
-        plain = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(root_certificates=tls_ca), options)
+        plain = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_ca), options)
     else:
-        plain = grpc.insecure_channel(endpoint, options)
+        plain = grpc.insecure_channel(target, options)
     return grpc.intercept_channel(plain, _Bearer(token)) if token else plain
+
+
+REPLICAS_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{"name": [{}], "retryPolicy": {
+        "maxAttempts": 4, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"]}}],
+})
+
+
+def _replicas_target(endpoints: str) -> tuple[str, str]:
+    """A gRPC target of every address of `host:port,host:port,...`, and the first host."""
+    import socket
+
+    addresses: list[str] = []
+    hosts = []
+    for item in (e.strip() for e in endpoints.split(",") if e.strip()):
+        host, _, port = item.rpartition(":")
+        host = host.strip("[]")
+        hosts.append(host)
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"endpoint {item!r}: {e}") from None
+        v4 = [i for i in infos if i[0] == socket.AF_INET]
+        address = str((v4 or infos)[0][4][0])
+        addresses.append(f"{address}:{port}" if ":" not in address else f"[{address}]:{port}")
+    scheme = "ipv6" if any(a.startswith("[") for a in addresses) else "ipv4"
+    return f"{scheme}:{','.join(addresses)}", hosts[0]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import AttemptLogs, Launch, Report, host_environment, outcome_of, run_spec
-from dagger_svc.executors.procs import kill_leftovers
+from dagger_svc.executors.procs import REPLICA_ENV, kill_leftovers
 from donut_common.auth import JobTokens
 from streamed_job.attempt import Attempt
 from streamed_job.cellar import CellarClient
@@ -46,7 +46,7 @@ class LocalExecutor:
     def __init__(self, logs: AttemptLogs, cellar: Cellar | None = None,
                  tokens: JobTokens | None = None, kill_grace: float = 10.0, spawners: int = 2,
                  job_env: Iterable[str] = (), fetch: FetchSettings | None = None,
-                 save: SaveSettings | None = None) -> None:
+                 save: SaveSettings | None = None, replica: str = "") -> None:
         self.logs = logs
         self.cellar = cellar
         self.tokens = tokens
@@ -58,6 +58,8 @@ class LocalExecutor:
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._base_env = host_environment(os.environ, job_env)  # read once, not per launch
+        if replica:  # what the reaper knows this replica's jobs by
+            self._base_env[REPLICA_ENV] = replica
 
     def start(self, report: Report) -> None:
         self.report = report

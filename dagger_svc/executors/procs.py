@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 from streamed_job.spec import JOB_KEY_ENV, SPEC_ENV
 
+REPLICA_ENV = "DONUT_REPLICA"  # the replica that started a job process (with several replicas on one host)
+
 
 def _environments() -> Iterator[tuple[int, list[bytes]]]:
     """(pid, environment entries) of every live process that can be read."""
@@ -35,6 +37,12 @@ def processes_under(workflows_root: str) -> list[int]:
     """PIDs of live processes of jobs whose workflow directory is under `workflows_root`."""
     needle = f"DONUT_WORKFLOW_DIR={workflows_root.rstrip('/')}/".encode()
     return [pid for pid, environ in _environments() if any(item.startswith(needle) for item in environ)]
+
+
+def processes_of_replica(replica: str) -> list[int]:
+    """PIDs of live job processes that the replica started."""
+    needle = f"{REPLICA_ENV}={replica}".encode()
+    return [pid for pid, environ in _environments() if needle in environ]
 
 
 def kill_leftovers(keys: set[str]) -> int:

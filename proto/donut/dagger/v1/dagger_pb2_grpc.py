@@ -109,6 +109,11 @@ class DaggerStub(object):
                 request_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowRequest.SerializeToString,
                 response_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowResponse.FromString,
                 _registered_method=True)
+        self.ListReplicas = channel.unary_unary(
+                '/donut.dagger.v1.Dagger/ListReplicas',
+                request_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ListReplicasRequest.SerializeToString,
+                response_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ListReplicasResponse.FromString,
+                _registered_method=True)
 
 
 class DaggerServicer(object):
@@ -219,6 +224,13 @@ class DaggerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReplicas(self, request, context):
+        """The live scheduler replicas and the running workflows each owns (admins only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DaggerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +308,11 @@ def add_DaggerServicer_to_server(servicer, server):
                     servicer.ArchiveWorkflow,
                     request_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowRequest.FromString,
                     response_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowResponse.SerializeToString,
+            ),
+            'ListReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplicas,
+                    request_deserializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ListReplicasRequest.FromString,
+                    response_serializer=donut_dot_dagger_dot_v1_dot_dagger__pb2.ListReplicasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -703,6 +720,33 @@ class Dagger(object):
             '/donut.dagger.v1.Dagger/ArchiveWorkflow',
             donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowRequest.SerializeToString,
             donut_dot_dagger_dot_v1_dot_dagger__pb2.ArchiveWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/donut.dagger.v1.Dagger/ListReplicas',
+            donut_dot_dagger_dot_v1_dot_dagger__pb2.ListReplicasRequest.SerializeToString,
+            donut_dot_dagger_dot_v1_dot_dagger__pb2.ListReplicasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,8 @@ class DaggerStub:
     """Stores a finished workflow's directory as one .tar.gz in cellar (kind archive, scope
     the workflow id), owned by the workflow's owner, and names the stored file.
     """
+    ListReplicas: _grpc.UnaryUnaryMultiCallable[_dagger_pb2.ListReplicasRequest, _dagger_pb2.ListReplicasResponse]
+    """The live scheduler replicas and the running workflows each owns (admins only)."""
 
 @_typing.type_check_only
 class DaggerAsyncStub(DaggerStub):
@@ -103,6 +105,8 @@ class DaggerAsyncStub(DaggerStub):
     """Stores a finished workflow's directory as one .tar.gz in cellar (kind archive, scope
     the workflow id), owned by the workflow's owner, and names the stored file.
     """
+    ListReplicas: _aio.UnaryUnaryMultiCallable[_dagger_pb2.ListReplicasRequest, _dagger_pb2.ListReplicasResponse]  # type: ignore[assignment]
+    """The live scheduler replicas and the running workflows each owns (admins only)."""
 
 class DaggerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -228,5 +232,13 @@ class DaggerServicer(metaclass=_abc_1.ABCMeta):
         """Stores a finished workflow's directory as one .tar.gz in cellar (kind archive, scope
         the workflow id), owned by the workflow's owner, and names the stored file.
         """
+
+    @_abc_1.abstractmethod
+    def ListReplicas(
+        self,
+        request: _dagger_pb2.ListReplicasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dagger_pb2.ListReplicasResponse, _abc.Awaitable[_dagger_pb2.ListReplicasResponse]]:
+        """The live scheduler replicas and the running workflows each owns (admins only)."""
 
 def add_DaggerServicer_to_server(servicer: DaggerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
