@@ -122,7 +122,7 @@ class Cluster:
         self.home.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "donut_cli", "up", "--replicas", str(self.replicas),
                    "--data-dir", str(self.data_dir), "--port", str(free_ports(self.replicas)),
-                   "--http-port", "-1", "--metrics-port", "0", "--lease-ttl", str(self.lease_ttl),
+                   "--http-port", "-1", "--lease-ttl", str(self.lease_ttl),
                    "--kill-grace", "1", *self.etcd_flags(), *self.extra]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, env=self.env(), stdin=subprocess.DEVNULL,
@@ -135,7 +135,8 @@ class Cluster:
         self.token = client["token"]
         assert len(self.endpoints) == self.replicas, client["endpoint"]
         self._stubs = [dagger_pb2_grpc.DaggerStub(channel(e, token=self.token)) for e in self.endpoints]
-        wait_for(lambda: self._exited() or len(self.members()) == self.replicas, timeout, "every replica registered")
+        wait_for(lambda: self._exited() or len(self.members() or ()) == self.replicas, timeout,
+                 "every replica registered")
         self._assert_running()
         wait_for(lambda: b"donut is up" in self.log.read_bytes(), timeout, "donut is up")
         return self
@@ -157,20 +158,25 @@ class Cluster:
         return subprocess.run([sys.executable, "-m", "donut_cli", *args], env=self.env(), capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
-    def members(self) -> list[dict[str, Any]]:
-        """`donut cluster --json`'s replicas ([] when it failed: a replica may be going)."""
-        done = self.donut("cluster", "--json")
+    def members(self) -> list[dict[str, Any]] | None:
+        """`donut cluster --json`'s replicas; None when it failed (a replica may be going)."""
+        try:
+            done = self.donut("cluster", "--json", timeout=30)
+        except subprocess.TimeoutExpired:
+            return None
         if done.returncode != 0:
-            return []
+            return None
         replicas: list[dict[str, Any]] = json.loads(done.stdout)["replicas"]
         return replicas
 
-    def member(self, replica_id: str) -> dict[str, Any] | None:
-        return next((r for r in self.members() if r["id"] == replica_id), None)
+    def listed(self, replica_id: str) -> bool | None:
+        """Whether `donut cluster` lists the replica; None when it could not tell."""
+        members = self.members()
+        return None if members is None else any(r["id"] == replica_id for r in members)
 
     # ---- gRPC, with failover ---------------------------------------------------------
 
-    def call(self, method: str, request: Any, timeout: float = 60, per_call: float = 10) -> Any:
+    def call(self, method: str, request: Any, timeout: float = 60, per_call: float = 5) -> Any:
         """A unary Dagger call on the replicas in turn: one that is unreachable (killed,
         stopped, restarting) or whose etcd is away is skipped until one answers."""
         deadline = time.monotonic() + timeout
@@ -237,6 +243,19 @@ class Cluster:
 
         wait_for(all_ended, timeout, f"{len(workflow_ids) - len(ended)} workflows to end", every=0.5)
         return ended
+
+    def describe(self, workflow_ids: list[str]) -> str:
+        """The jobs of the workflows that did not end done, attempt by attempt (for failures)."""
+        lines = []
+        for workflow_id in workflow_ids:
+            w = self.workflow(workflow_id)
+            if w.status == pb.WORKFLOW_STATUS_DONE:
+                continue
+            lines.append(f"{workflow_id}: {pb.WorkflowStatus.Name(w.status)} {w.message}")
+            for job in self.jobs(workflow_id).values():
+                attempts = ", ".join(f"{a.number} {pb.JobStatus.Name(a.status)} {a.message!r}" for a in job.attempts)
+                lines.append(f"  {job.name}: {pb.JobStatus.Name(job.status)} attempt {job.attempt}: {attempts}")
+        return "\n".join(lines)
 
     def log_lines(self, workflow_id: str, job: str, attempt: int) -> list[bytes]:
         """The attempt's stdout lines as dagger serves them."""
