@@ -64,7 +64,8 @@ class Marks:
     def read(cls, workdir: Path) -> Marks:
         marks = cls()
         path = workdir / "marks"
-        for line in path.read_text().splitlines() if path.exists() else []:
+        text = path.read_text() if path.exists() else ""
+        for line in text.split("\n")[:-1]:  # a line still being appended has no newline yet
             words = line.split()
             if words[0] == "OVERLAP":
                 marks.overlaps.append(line)
