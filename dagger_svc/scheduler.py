@@ -32,12 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dagger_svc.core.records import Outcome, WorkflowId
+from dagger_svc.core.records import JobStatus, Outcome, WorkflowId, WorkflowStatus
 from dagger_svc.core.run import MAX_LOST_ATTEMPTS, Run, Step
 from dagger_svc.events import CancelAsked, Event, JobEnded, Queued, Stop, Timer
 from dagger_svc.executors.base import Executor, Launch, workflow_dir
 from dagger_svc.store import Claim, Lease, Replica, Revisions, RunChanges, RunSnapshot, Store
 from donut_common.errors import Conflict, NotFound, Unavailable
+from donut_common.metrics import JOB_LAUNCH_DELAY, JOBS_FINISHED, TAKEOVERS
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class _Pending:
     state: str = "waiting"
     kill_asked: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ready_at: float = field(default_factory=time.monotonic)  # when the job became ready to run
 
     @property
     def key(self) -> tuple[str, int]:
@@ -112,6 +114,15 @@ class _Owned:
     unsent: Step = field(default_factory=Step)                   # changes not yet sent to etcd
     unsent_launches: list[_Pending] = field(default_factory=list)  # launches among them
     pending: dict[tuple[str, int], _Pending] = field(default_factory=dict)  # not started yet
+    ready_at: dict[str, float] = field(default_factory=dict)  # jobs ready to run -> since when (monotonic)
+    recorded_attempts: dict[str, int] = field(default_factory=dict)  # job -> how many ended attempts etcd holds
+
+    def count_ended_attempts(self, recorded: Step) -> None:
+        """Counts the attempts whose end a commit just recorded (those etcd did not hold)."""
+        for name, job in recorded.jobs.items():
+            for attempt in job.attempts[self.recorded_attempts.get(name, 0):]:
+                JOBS_FINISHED.labels(attempt.status.value).inc()
+            self.recorded_attempts[name] = len(job.attempts)
 
 
 class Scheduler:
@@ -212,6 +223,7 @@ class Scheduler:
                 try:
                     self.store.save_run(workflow_id, owned.unsent.workflow, owned.unsent.jobs.values(),
                                         owned.revisions, claim=self._claim_of_mine())
+                    owned.count_ended_attempts(owned.unsent)
                 except Exception as e:  # noqa: BLE001 - the next scheduler resumes from etcd
                     log.warning("cannot record the last changes of run %s: %s", workflow_id, e)
 
@@ -421,11 +433,16 @@ class Scheduler:
         """Kills now; launches once the next commit has recorded them (with the rest of
         the step's records)."""
         owned = self._owned[workflow_id]
+        now = time.monotonic()
+        for name, record in step.jobs.items():
+            if record.status is JobStatus.QUEUED and record.retry_at is None:
+                owned.ready_at.setdefault(name, now)
         for job in step.launch:
             pending = _Pending(Launch(
                 workflow_id=workflow_id, job=job, attempt=owned.run.jobs[job].attempt,
                 spec=owned.run.definition.jobs[job], workflow_dir=owned.workflow_dir,
-                upload_id=owned.run.workflow.upload_id, owner=owned.run.workflow.owner))
+                upload_id=owned.run.workflow.upload_id, owner=owned.run.workflow.owner),
+                ready_at=owned.ready_at.pop(job, now))
             owned.unsent_launches.append(pending)
             owned.pending[pending.key] = pending
         for job in step.kill:
@@ -496,6 +513,7 @@ class Scheduler:
         log.info("launching %s/%s attempt %d", launch.workflow_id, launch.job, launch.attempt)
         try:
             self.executor.launch(launch)
+            JOB_LAUNCH_DELAY.observe(time.monotonic() - pending.ready_at)
         except Exception as e:  # an executor's bug: the attempt fails, the run goes on
             log.exception("cannot launch %s/%s attempt %d", launch.workflow_id, launch.job, launch.attempt)
             self._events.put(JobEnded(WorkflowId(launch.workflow_id), launch.job, launch.attempt,
@@ -507,7 +525,7 @@ class Scheduler:
                    errors: dict[WorkflowId, Exception | None]) -> None:
         """The bookkeeping after a commit: a run that ended is let go, a run whose commit
         failed is reloaded from etcd (its launches never started)."""
-        for workflow_id, _, launches in batch:
+        for workflow_id, step, launches in batch:
             owned = self._owned.get(workflow_id)
             if owned is None or workflow_id not in errors:
                 continue
@@ -517,6 +535,7 @@ class Scheduler:
                 if error is not None:
                     pending.drop()  # its commit failed: it never started
             if error is None:
+                owned.count_ended_attempts(step)
                 if owned.run.finished and not owned.unsent:  # the commit let it go (queue, claim)
                     del self._owned[workflow_id]
                     log.info("workflow %s %s", workflow_id, owned.run.workflow.status.value)
@@ -587,7 +606,10 @@ class Scheduler:
                   max_lost_attempts=self.max_lost_attempts)
         directory = workflow_dir(self.data_root, workflow_id)
         directory.mkdir(parents=True, exist_ok=True)
-        self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(directory))
+        self._owned[workflow_id] = _Owned(run, snapshot.revisions, str(directory),
+                                          recorded_attempts={n: len(j.attempts) for n, j in snapshot.jobs.items()})
+        if run.workflow.status is WorkflowStatus.RUNNING:  # picked up mid-run, not a fresh queued one
+            TAKEOVERS.inc()
         reported = {(job, attempt): outcome for job, attempt, outcome in snapshot.reports}
         running = [(name, run.jobs[name].attempt) for name in run.running_jobs]
         ended = [(name, attempt) for name, attempt in running if (name, attempt) in reported]

@@ -39,6 +39,7 @@ from donut_common.errors import (
     Problem,
     Unavailable,
 )
+from donut_common.metrics import LOG_LINES
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 log = logging.getLogger(__name__)
@@ -478,7 +479,9 @@ class DaggerService:
         if not {stream for stream, _ in lines} <= {STDOUT, STDERR, SYSTEM}:
             bad = next(i for i, (stream, _) in enumerate(lines) if stream not in (STDOUT, STDERR, SYSTEM))
             raise InvalidArgument([Problem(f"lines[{bad}].stream", "must be stdout, stderr or system")])
-        return self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
+        stored = self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
+        LOG_LINES.inc(len(lines))
+        return stored
 
     def report(self, caller: Principal, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         _check_job_caller(caller, workflow_id, job, attempt)

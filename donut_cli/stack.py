@@ -8,6 +8,7 @@ address so the CLI needs only that address.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -39,6 +40,7 @@ from dagger_svc.logs import LogStore
 from dagger_svc.scheduler import Scheduler
 from dagger_svc.service import DaggerConfig, DaggerService
 from dagger_svc.store import Replica, Store
+from dagger_svc.workflow_counts import WorkflowCounts
 from donut.cellar.v1 import cellar_pb2
 from donut_common.auth import AuthInterceptor, CachedVerifier, JobTokens
 from donut_common.clock import Clock
@@ -47,6 +49,7 @@ from donut_common.errors import NotFound, Unavailable
 from donut_common.etcd import Etcd, EtcdAccess
 from donut_common.etcd_server import EtcdServer
 from donut_common.files import write_private
+from donut_common.metrics import REGISTRY, serve
 from donut_common.rpc import Registration, channel, create_server
 from gateway.links import LinkSigner
 from streamed_job.cellar import CellarClient, why_unavailable
@@ -114,6 +117,8 @@ class StackConfig:
     """gRPC port (0: any free port)."""
     http_port: int = 7080
     """Gateway port (0: any free port; -1: no gateway)."""
+    metrics_port: int = 0
+    """Port of the Prometheus metrics, served at /metrics on `host` (0: any free port; -1: none)."""
     executor: str = "local"
     """Where jobs run: `local` (processes on this host, the job machinery in-process),
     `wrapper` (one `streamed-job` process per job, talking gRPC as in a cluster) or
@@ -192,6 +197,8 @@ class Stack:
     """host:port of the gRPC server."""
     http_endpoint: str = ""
     """http://host:port of the gateway ("" without one)."""
+    metrics_url: str = ""
+    """http://host:port/metrics of the Prometheus metrics ("" without them)."""
     service_token: str = ""
     """The services' own credentials."""
     etcd: EtcdServer | None = None
@@ -215,6 +222,8 @@ class Stack:
     _stopping: threading.Event = field(default_factory=threading.Event)
     _reaper: subprocess.Popen[bytes] | None = None
     _lock: TextIO | None = None
+    _stop_metrics: Callable[[], None] | None = None
+    _workflow_counts: WorkflowCounts | None = None
 
     def start(self) -> Stack:
         c = self.config
@@ -247,7 +256,9 @@ class Stack:
             self.server, port = create_server(f"{c.host}:{c.port}", self._services,
                                               limits=c.limits, interceptors=[AuthInterceptor(verifier)], tls=tls)
             self.server.start()
+            self._start_metrics()
             assert self.scheduler is not None
+            self.scheduler.replica = dataclasses.replace(self.scheduler.replica, metrics_url=self.metrics_url)
             self.scheduler.start()
             assert self.log_copier is not None
             self.log_copier.start()
@@ -362,6 +373,17 @@ class Stack:
             return "unknown"
         return "finished" if record.status.finished else "running"
 
+    def _start_metrics(self) -> None:
+        """Counts the workflows on scrape (unless another stack of this process does: same
+        metric, same registry) and serves the metrics, unless metrics_port is -1."""
+        assert self.store is not None
+        counts = WorkflowCounts(self.store, clock=self.clock.monotonic)
+        with contextlib.suppress(ValueError):  # registered already, by another stack of this process
+            REGISTRY.register(counts)
+            self._workflow_counts = counts
+        if self.config.metrics_port >= 0:
+            self.metrics_url, self._stop_metrics = serve(self.config.host, self.config.metrics_port)
+
     def _start_gateway(self) -> None:
         from werkzeug.serving import make_server
 
@@ -386,6 +408,12 @@ class Stack:
     def stop(self) -> None:
         """Stops everything, jobs included; state stays in etcd for the next start."""
         self._stopping.set()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+            self._stop_metrics, self.metrics_url = None, ""
+        if self._workflow_counts is not None:
+            REGISTRY.unregister(self._workflow_counts)
+            self._workflow_counts = None
         if self.retention is not None:
             self.retention.stop()
             self.retention = None

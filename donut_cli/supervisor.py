@@ -36,9 +36,9 @@ from users_svc.store import UserStore
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 90.0  # seconds a replica may take to announce itself
-RESTART_BACKOFF = 1.0  # seconds before starting again a replica that died soon after its start (doubling)
+RESTART_BACKOFF = 0.5  # seconds before starting again a replica that died soon after its start (doubling)
 RESTART_BACKOFF_MAX = 30.0
-SETTLED = 30.0  # seconds after which a replica that dies is started again at once
+SETTLED = 10.0  # seconds after which a replica that dies is started again at once
 STOP_TIMEOUT = 60.0  # seconds replicas get to stop before they are killed
 
 
@@ -59,7 +59,6 @@ class Supervisor:
     replicas: int
     argv: Sequence[str]
     """The `donut up` arguments given (each replica gets them, with its own on top)."""
-    metrics_port: int | None = None
     etcd: EtcdServer | None = None
     store: Store | None = None
     _children: list[_Replica] = field(default_factory=list)
@@ -87,9 +86,8 @@ class Supervisor:
             self.store = Store(Etcd.connect(endpoints, access=access), Keys(c.etcd_prefix))
             base = _scheduler_id(c.data_dir)
             for index in range(self.replicas):
-                ports = ["--port", _nth(c.port, index), "--http-port", _nth(c.http_port, index)]
-                if self.metrics_port is not None:
-                    ports += ["--metrics-port", _nth(self.metrics_port, index)]
+                ports = ["--port", _nth(c.port, index), "--http-port", _nth(c.http_port, index),
+                         "--metrics-port", _nth(c.metrics_port, index)]
                 self._children.append(_Replica(index, f"{base}-{index}", ports + etcd_flags))
             self._launch(self._children[0])  # alone first: it upgrades, and makes the data dir's keys
             self._wait_announced(self._children[:1])

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
               help="gRPC port (0: any free port).")
 @click.option("--http-port", type=click.IntRange(-1, 65535), default=7080, show_default=True,
               help="Gateway port (0: any; -1: none).")
+@click.option("--metrics-port", type=click.IntRange(-1, 65535), default=0, show_default=True,
+              help="Port of the Prometheus metrics, at http://HOST:PORT/metrics (0: any; -1: none).")
 @click.option("--executor", type=click.Choice(["local", "wrapper", "kubernetes"]), default="local",
               show_default=True,
               help="local: jobs are processes run in-process; wrapper: each job runs under its own "
@@ -142,7 +144,7 @@ if TYPE_CHECKING:
                    "deleted) runs again, one loss after another, before it is `dead` (apart from its own retries).")
 @click.option("--replica-id", default="", hidden=True, help="(set by --replicas) Run as this replica.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
-def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kubeconfig: str | None,
+def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, executor: str, kubeconfig: str | None,
        kube_context: str | None, namespace: str, job_template: Path | None, workflows_mount: str,
        workflows_claim: str, callback_endpoint: str, kube_qps: float, kube_pending_grace: float, etcd_endpoints: str,
        etcd_ca: Path | None, etcd_cert: Path | None, etcd_key: Path | None, etcd_user: str, etcd_prefix: str,
@@ -184,6 +186,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
     public_url = web_url("--public-url", public_url)
     access = EtcdAccess(ca=etcd_ca, cert=etcd_cert, key=etcd_key, user=etcd_user, password=password)
     config = StackConfig(data_dir=data_dir.resolve(), host=host, port=port, http_port=http_port,
+                         metrics_port=metrics_port,
                          executor=executor, etcd_endpoints=etcd_endpoints, etcd_access=access, etcd_prefix=etcd_prefix,
                          default_parallelism=parallelism, kill_grace=kill_grace,
                          tls_cert=tls_cert, tls_key=tls_key, job_env=job_env, limits=limits,
@@ -209,7 +212,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
              "the embedded one uses certificates of its own", EXIT_BAD_INPUT)
     if bool(etcd_user) != bool(password):
         fail("--etcd-user and DONUT_ETCD_PASSWORD (in the environment) go together", EXIT_BAD_INPUT)
-    for option, wanted in (("--port", port), ("--http-port", http_port)):
+    for option, wanted in (("--port", port), ("--http-port", http_port), ("--metrics-port", metrics_port)):
         for index in range(replicas):
             nth = wanted + index if wanted > 0 else wanted
             if trouble := _port_trouble(host, nth):
@@ -241,6 +244,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, executor: str, kube
             fail(f"cannot write the client config ($DONUT_HOME): {e}")
         click.echo(f"donut is up: grpc {stack.endpoint}"
                    + (f", web {stack.http_endpoint}" if stack.http_endpoint else "")
+                   + (f", metrics {stack.metrics_url}" if stack.metrics_url else "")
                    + f", data {config.data_dir}", err=True)
         click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
         if stack.http_endpoint:
@@ -274,9 +278,7 @@ def _supervise(config: StackConfig, replicas: int, tls_cert: Path | None, stoppe
     from donut_common.config import ClientConfig
 
     argv = sys.argv[1:]
-    ctx = click.get_current_context()
-    metrics_port = ctx.params.get("metrics_port")
-    supervisor = Supervisor(config, replicas, argv, metrics_port=metrics_port)
+    supervisor = Supervisor(config, replicas, argv)
     try:
         supervisor.start()
     except Exception as e:  # noqa: BLE001 - one line for the user

@@ -24,6 +24,7 @@ import pyetcd
 from pyetcd import etcdrpc
 
 from donut_common.errors import Unavailable
+from donut_common.metrics import ETCD_TXN_CONFLICTS, ETCD_TXN_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +291,11 @@ class Etcd:
 
     def txn(self, compare: list[Compare], success: list[Op]) -> TxnResult:
         """Runs `success` if every `compare` holds; the range reads among them come back."""
-        with self._calling("a transaction"):
+        with self._calling("a transaction"), ETCD_TXN_SECONDS.time():
             response = self._client.kvstub.Txn(etcdrpc.TxnRequest(compare=compare, success=success),
                                                self._client.timeout, metadata=self._token)
+        if not response.succeeded:
+            ETCD_TXN_CONFLICTS.inc()
         ranges = [[KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in r.response_range.kvs]
                   for r in response.responses if r.WhichOneof("response") == "response_range"]
         return TxnResult(response.succeeded, response.header.revision, ranges)

@@ -6,7 +6,9 @@ the code that observes something imports the metric from here and updates it.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()
 
@@ -25,3 +27,20 @@ ETCD_TXN_CONFLICTS = Counter(
 LOG_LINES = Counter("donut_log_lines", "Job log lines stored.", registry=REGISTRY)
 TAKEOVERS = Counter(
     "donut_takeovers", "Runs this replica took over from another (dead or let go) owner.", registry=REGISTRY)
+GRPC_REQUESTS = Counter(
+    "donut_grpc_requests", "gRPC calls served, by full method name and the status code they ended with.",
+    ["method", "code"], registry=REGISTRY)
+
+
+def serve(host: str, port: int) -> tuple[str, Callable[[], None]]:
+    """Serves REGISTRY in Prometheus' text format over HTTP on host:port (0: any free port),
+    in a thread. Returns the URL to scrape and the function that stops the server."""
+    server, thread = start_http_server(port, host, registry=REGISTRY)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{server.server_port}/metrics", stop

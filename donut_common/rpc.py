@@ -6,6 +6,7 @@ bound to an address (port 0 in tests), with domain errors mapped to statuses by
 open stream a thread for its whole life, so idle streams could take them all and leave
 health checks and token checks waiting forever. Streams are counted per caller and for the
 whole server (fewer than the threads), and a client stream that stops sending is ended.
+Every call is counted by method and status code (`RequestCounter`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from donut_common.auth import Principal, current_principal
 from donut_common.config import ServerLimits
 from donut_common.errors import DeadlineExceeded, DonutError, ResourceExhausted, Unauthenticated
+from donut_common.metrics import GRPC_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,65 @@ class StreamGuard(_ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(stream_stream, *serializers)
 
 
+class RequestCounter(_ServerInterceptor):
+    """Counts every call in GRPC_REQUESTS by method and the code it ended with, refusals of
+    the interceptors after it (UNAUTHENTICATED, RESOURCE_EXHAUSTED) included: it comes first.
+    A method the server does not have is not counted (any name could be made up)."""
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        serializers = handler.request_deserializer, handler.response_serializer
+
+        def counted(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def call(request: Any, context: grpc.ServicerContext) -> Any:
+                error: BaseException | None = None
+                try:
+                    return behavior(request, context)
+                except BaseException as e:
+                    error = e
+                    raise
+                finally:
+                    GRPC_REQUESTS.labels(method, _code(context, error)).inc()
+
+            return call
+
+        def counted_stream(behavior: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
+            def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                error: BaseException | None = None
+                try:
+                    yield from behavior(request, context)
+                except BaseException as e:
+                    error = e
+                    raise
+                finally:
+                    GRPC_REQUESTS.labels(method, _code(context, error)).inc()
+
+            return call
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(counted(handler.unary_unary), *serializers)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(counted_stream(handler.unary_stream), *serializers)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(counted(handler.stream_unary), *serializers)
+        return grpc.stream_stream_rpc_method_handler(counted_stream(handler.stream_stream), *serializers)
+
+
+def _code(context: grpc.ServicerContext, error: BaseException | None) -> str:
+    """The name of the status a call ended with: the one set on its context (an abort sets
+    it), else OK; UNKNOWN for an exception grpc answers for us, CANCELLED for a stream the
+    client left."""
+    code = context.code()  # type: ignore[attr-defined]  # grpc has it (1.38 on), its stubs do not
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if error is None:
+        return "OK"
+    return "CANCELLED" if isinstance(error, GeneratorExit) else "UNKNOWN"
+
+
 def _seconds(value: float) -> str:
     return f"{value:g} s"
 
@@ -232,7 +293,7 @@ def create_server(
     Returns the server and the bound port (useful with port 0)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix="rpc"),
-        interceptors=[*interceptors, StreamGuard(limits)],
+        interceptors=[RequestCounter(), *interceptors, StreamGuard(limits)],
         maximum_concurrent_rpcs=limits.threads + limits.queued,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -286,6 +286,18 @@ def test_the_minikube_script_is_valid_shell() -> None:
         assert done.returncode == 0, done.stdout
 
 
+@pytest.mark.parametrize("kustomization", sorted(KUSTOMIZATIONS))
+def test_prometheus_scrapes_the_port_dagger_serves_its_metrics_on(kustomization: str) -> None:
+    deployment = one(build(kustomization), "Deployment", "dagger")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    container = next(containers(deployment, init=False))
+    port = next(arg.split("=", 1)[1] for arg in container["args"] if arg.startswith("--metrics-port="))
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == port
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert {"name": "metrics", "containerPort": int(port)} in container["ports"]
+
+
 def test_the_dagger_deployment_passes_only_options_donut_up_has() -> None:
     from donut_cli.cli import cli
 
