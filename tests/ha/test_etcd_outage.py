@@ -91,8 +91,10 @@ def test_etcd_stopped_for_a_while(own_etcd: EtcdServer, cluster_factory: Callabl
             time.sleep(0.5)
     finally:
         own_etcd.start()
+    back = time.monotonic()
 
     assert_all_done(cluster, workflow_ids, timeout=120)
+    print(f"every workflow done {time.monotonic() - back:.1f} s after etcd was back")
     wait_for(lambda: {m["id"]: m["pid"] for m in cluster.members() or ()} == before, 60,
              "the same replicas, with the same pids, listed again")
     assert all(alive(pid) for pid in processes)
