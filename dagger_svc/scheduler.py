@@ -144,6 +144,7 @@ class Scheduler:
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._to_claim: queue.SimpleQueue[WorkflowId | None] = queue.SimpleQueue()  # for the claimer
         self._claiming: dict[WorkflowId, bool] = {}  # runs with the claimer -> a cancel came meanwhile
+        self._ended_while_claiming: dict[WorkflowId, list[JobEnded]] = {}  # attempt ends reported meanwhile
         self._queued_at_end: set[WorkflowId] = set()  # queued while their last commit was on its way
         self._owned: dict[WorkflowId, _Owned] = {}
         # kept up to date step by step, so that a step costs O(the runs it touches), not O(owned runs)
@@ -354,6 +355,7 @@ class Scheduler:
             for event in batch:  # runs that were being taken over
                 if isinstance(event, (Queued, _Claimed)):
                     self._claiming.pop(event.workflow_id, None)
+                    self._ended_while_claiming.pop(event.workflow_id, None)
                     self._events.put(Queued(event.workflow_id))
 
     def _next_timeout(self) -> float | None:
@@ -390,11 +392,15 @@ class Scheduler:
                         self._to_claim.put(workflow_id)
                 case _Claimed(workflow_id, claim):
                     cancel = self._claiming.pop(workflow_id, False)
+                    ended = self._ended_while_claiming.pop(workflow_id, [])
                     started = None if workflow_id in self._owned else self._take_over(workflow_id, claim, now)
                     if started is not None:
                         add(workflow_id, started)
+                        run = self._owned[workflow_id].run
+                        for end in ended:  # (a report left in etcd after the claim read the run)
+                            add(workflow_id, run.job_finished(end.job, end.attempt, end.outcome, now))
                         if cancel:
-                            add(workflow_id, self._owned[workflow_id].run.cancel(now))
+                            add(workflow_id, run.cancel(now))
                 case CancelAsked(workflow_id):
                     owned = self._owned.get(workflow_id)
                     if owned is not None:
@@ -405,6 +411,8 @@ class Scheduler:
                     owned = self._owned.get(workflow_id)
                     if owned is not None:
                         add(workflow_id, owned.run.job_finished(job, attempt, outcome, now))
+                    elif workflow_id in self._claiming:
+                        self._ended_while_claiming.setdefault(workflow_id, []).append(event)
                 case Timer():
                     pass  # what is due is looked at below
         for workflow_id, wakeup in list(self._wakeups.items()):

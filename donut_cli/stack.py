@@ -587,22 +587,38 @@ def _lock(data_dir: Path) -> TextIO:
 
 def _url_signing_key(data_dir: Path) -> bytes:
     """The key of download links, kept with the data (mode 0600), made on first start."""
-    path = data_dir / "url-signing-key"
-    key = path.read_bytes().strip() if path.exists() else b""
-    if not key:  # none yet (or emptied): a link signed with no key would be anyone's to make
-        key = secrets.token_hex(32).encode()
-        write_private(path, key)
-    return key
+    # none yet (or emptied): a link signed with no key would be anyone's to make
+    return _kept_key(data_dir / "url-signing-key", bytes.strip, lambda: secrets.token_hex(32).encode())
 
 
 def _session_key(data_dir: Path) -> bytes:
     """The key of the gateway's session cookies, kept with the data (mode 0600), made on
     first start: sessions outlive a restart."""
-    path = data_dir / "session-key"
-    key = path.read_bytes() if path.exists() else b""
-    if len(key) < SESSION_KEY_BYTES:  # none yet (or emptied, cut short): cookies anyone could sign
-        key = secrets.token_bytes(SESSION_KEY_BYTES)
-        write_private(path, key)
+    # none yet (or emptied, cut short): cookies anyone could sign
+    return _kept_key(data_dir / "session-key", lambda key: key if len(key) >= SESSION_KEY_BYTES else b"",
+                     lambda: secrets.token_bytes(SESSION_KEY_BYTES))
+
+
+def _kept_key(path: Path, usable: Callable[[bytes], bytes], make: Callable[[], bytes]) -> bytes:
+    """The key in `path` (`usable` of its bytes, b"" if it is not), or a new one from `make`.
+    A new key is put in place with a hard link, which fails when the file appeared meanwhile:
+    replicas that share the data dir and start together all keep the key written first."""
+    key = usable(path.read_bytes()) if path.exists() else b""
+    if key:
+        return key
+    key = make()
+    made = path.with_name(f"{path.name}.{uuid.uuid4().hex}")
+    write_private(made, key)
+    try:
+        os.link(made, path)
+    except FileExistsError:
+        if kept := usable(path.read_bytes()):  # another replica's
+            return kept
+        os.replace(made, path)  # a broken one
+    except OSError:  # no hard links on this file system (SMB): the last one written is kept
+        os.replace(made, path)
+    finally:
+        made.unlink(missing_ok=True)
     return key
 
 

@@ -40,6 +40,8 @@ RESTART_BACKOFF = 0.5  # seconds before starting again a replica that died soon 
 RESTART_BACKOFF_MAX = 30.0
 SETTLED = 10.0  # seconds after which a replica that dies is started again at once
 STOP_TIMEOUT = 60.0  # seconds replicas get to stop before they are killed
+SUPERVISED = "DONUT_SUPERVISED_REPLICA"
+"""Set in the environment of the replicas a supervisor starts (it writes the client config for them all)."""
 
 
 @dataclass
@@ -102,7 +104,8 @@ class Supervisor:
     def _launch(self, child: _Replica) -> None:
         command = [sys.executable, "-m", "donut_cli", *self.argv, "--replicas", "1", "--replica-id", child.id,
                    *child.ports]
-        child.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        child.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env={**os.environ, SUPERVISED: "1"})
         child.started = time.monotonic()
         child.restart_at = None
 

@@ -142,7 +142,10 @@ if TYPE_CHECKING:
 @click.option("--max-lost-attempts", type=click.IntRange(0, 100), default=3, show_default=True,
               help="Times a job whose attempt was lost to the infrastructure (its replica died, its pod was "
                    "deleted) runs again, one loss after another, before it is `dead` (apart from its own retries).")
-@click.option("--replica-id", default="", hidden=True, help="(set by --replicas) Run as this replica.")
+@click.option("--replica-id", default="", metavar="ID",
+              help="Run as one replica of several (a pod, say) sharing an external etcd (--etcd-endpoints) and "
+                   "this data dir, scheduling under ID (unique among them; kept across restarts, it takes its runs "
+                   "back at once); no lock on the data dir. --replicas sets it for its own.")
 @click.option("-v", "--verbose", is_flag=True, help="Log scheduling decisions.")
 def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, executor: str, kubeconfig: str | None,
        kube_context: str | None, namespace: str, job_template: Path | None, workflows_mount: str,
@@ -257,15 +260,31 @@ def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, 
 
 
 def _serve_as_replica(config: StackConfig, stopped: threading.Event) -> None:
-    """One replica under `donut up --replicas`: the stack until told to stop (the
-    supervisor writes the client config and speaks for them all)."""
+    """One replica among several: the stack until told to stop. Under `donut up --replicas`
+    the supervisor writes the client config and speaks for them all; a replica started on
+    its own (a pod) writes its admin's, as a lone `donut up` does."""
+    import os
+
     from donut_cli.stack import Stack
+    from donut_cli.supervisor import SUPERVISED
+    from donut_common.config import ClientConfig
 
     try:
         stack = Stack(config).start()
     except Exception as e:  # noqa: BLE001 - one line, in the supervisor's output
         fail(f"replica {config.replica_id}: cannot start: {e}")
     try:
+        if not os.environ.get(SUPERVISED):
+            try:
+                existing = ClientConfig.load().token
+            except ValueError:
+                existing = ""
+            try:
+                ClientConfig(endpoint=stack.endpoint, token=stack.client_token(existing)[0],
+                             tls_ca=str(config.tls_cert.resolve()) if config.tls_cert else "").save()
+            except OSError as e:
+                fail(f"cannot write the client config ($DONUT_HOME): {e}")
+            click.echo(f"donut is up: replica {config.replica_id}, grpc {stack.endpoint}", err=True)
         stopped.wait()
     finally:
         stack.stop()

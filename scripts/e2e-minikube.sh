@@ -46,6 +46,7 @@ forward=$!
 trap 'kill "$forward" 2>/dev/null || true' EXIT
 for _ in $(seq 60); do "$donut" list >/dev/null 2>&1 && break; sleep 1; done
 "$donut" list >/dev/null
+"$donut" cluster   # the dagger pods, each a replica under its pod name
 
 echo "== running the fruit gather example as Kubernetes Jobs"
 id=$("$donut" submit examples/fruit_gather.yaml --name fruit-gather-minikube --wait --json |

@@ -1,7 +1,8 @@
 """The deployment under k8s/: what `kubectl kustomize` makes of the base and the minikube
 overlay is valid for Kubernetes 1.29 and 1.33, and keeps the promises the README makes
 (least-privilege RBAC, only placeholder secrets, probes and requests everywhere, the job
-template in its ConfigMap, the member and replica counts)."""
+template in its ConfigMap, the member and replica counts, dagger's pods as replicas of one
+scheduler)."""
 
 from __future__ import annotations
 
@@ -302,9 +303,95 @@ def test_the_dagger_deployment_passes_only_options_donut_up_has() -> None:
     from donut_cli.cli import cli
 
     up = cli.commands["up"]
-    known = {name for param in up.params for name in param.opts}
+    known = {name for param in up.params if not getattr(param, "hidden", False) for name in param.opts}
     args = next(containers(one(build("base"), "Deployment", "dagger"), init=False))["args"]
     assert args[0] == "up"
     passed = {arg.split("=", 1)[0] for arg in args[1:]}
     assert all(arg.startswith("--") and "=" in arg for arg in args[1:]), "--option=value, so none is read as a value"
-    assert passed <= known, f"not options of donut up: {sorted(passed - known)}"
+    assert passed <= known, f"not (documented) options of donut up: {sorted(passed - known)}"
+
+
+def option(container: Doc, name: str) -> str:
+    values = [arg.split("=", 1)[1] for arg in container["args"] if arg.startswith(f"--{name}=")]
+    assert len(values) == 1, f"{container['name']}: expected --{name} once"
+    return values[0]
+
+
+def selects_dagger(service_or_budget: Doc, docs: list[Doc]) -> bool:
+    labels = one(docs, "Deployment", "dagger")["spec"]["template"]["metadata"]["labels"]
+    selector = service_or_budget["spec"]["selector"]
+    selector = selector.get("matchLabels", selector) if service_or_budget["kind"] != "Service" else selector
+    return bool(selector) and selector.items() <= labels.items()
+
+
+def grpc_port(service: Doc, docs: list[Doc]) -> int:
+    """The Service's port that reaches dagger's gRPC container port."""
+    container = next(containers(one(docs, "Deployment", "dagger"), init=False))
+    grpc = next(p for p in container["ports"] if p["name"] == "grpc")
+    targets = ("grpc", grpc["containerPort"])
+    ports = [p["port"] for p in service["spec"]["ports"] if p.get("targetPort", p["port"]) in targets]
+    assert len(ports) == 1, f"Service {service['metadata']['name']}: expected one port to dagger's gRPC"
+    return int(ports[0])
+
+
+@pytest.mark.parametrize("kustomization", sorted(KUSTOMIZATIONS))
+def test_every_dagger_pod_is_a_replica_named_after_itself(kustomization: str) -> None:
+    """Pods of one Deployment would otherwise share one scheduler id (and a data-dir lock)."""
+    container = next(containers(one(build(kustomization), "Deployment", "dagger"), init=False))
+    assert option(container, "replica-id") == "$(POD_NAME)"
+    pod_name = [e for e in container["env"] if e["name"] == "POD_NAME"]
+    assert pod_name == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    assert 2 <= int(option(container, "lease-ttl")) <= 60, "a lost replica's runs are taken over this soon"
+    assert option(container, "etcd-endpoints"), "replicas share an external etcd"
+
+
+@pytest.mark.parametrize("kustomization", sorted(KUSTOMIZATIONS))
+def test_a_headless_service_lists_every_ready_dagger_replica_for_round_robin(kustomization: str) -> None:
+    docs = build(kustomization)
+    headless = [s for s in find(docs, "Service") if s["spec"].get("clusterIP") == "None" and selects_dagger(s, docs)]
+    assert [s["metadata"]["name"] for s in headless] == ["dagger-replicas"]
+    assert grpc_port(headless[0], docs) == 7000
+    assert not headless[0]["spec"].get("publishNotReadyAddresses"), "clients must not be sent to a replica starting up"
+    regular = one(docs, "Service", "dagger")
+    assert regular["spec"].get("clusterIP") != "None" and selects_dagger(regular, docs)
+
+
+@pytest.mark.parametrize("kustomization", sorted(KUSTOMIZATIONS))
+def test_jobs_call_back_through_a_service_that_reaches_any_live_replica(kustomization: str) -> None:
+    docs = build(kustomization)
+    container = next(containers(one(docs, "Deployment", "dagger"), init=False))
+    host, port = option(container, "callback-endpoint").rsplit(":", 1)
+    name, *domain = host.split(".")
+    assert domain in ([], [NAMESPACE], [NAMESPACE, "svc"], [NAMESPACE, "svc", "cluster", "local"]), host
+    service = one(docs, "Service", name)
+    assert selects_dagger(service, docs), f"Service {name} does not select the dagger pods"
+    assert service["spec"].get("clusterIP") != "None", "one address that always leads to a live replica"
+    assert grpc_port(service, docs) == int(port)
+
+
+@pytest.mark.parametrize("kustomization", sorted(KUSTOMIZATIONS))
+def test_the_replicas_share_a_data_dir_the_jobs_cannot_read(kustomization: str) -> None:
+    """Live logs, the session and download-link keys and the services' token: every
+    replica's, and on no volume a job mounts."""
+    docs = build(kustomization)
+    deployment = one(docs, "Deployment", "dagger")
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    container = next(containers(deployment, init=False))
+    mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    claim = mounted[option(container, "data-dir")]["persistentVolumeClaim"]["claimName"]
+    assert claim != WORKFLOWS_CLAIM, "jobs mount the workflows claim: they would read the services' keys"
+    assert one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+    template = yaml.safe_load((BASE / "job-template.yaml").read_text())
+    assert claim not in yaml.safe_dump(template)
+
+
+@pytest.mark.parametrize("kustomization", sorted(KUSTOMIZATIONS))
+def test_a_disruption_budget_keeps_a_replica_up_when_there_are_several(kustomization: str) -> None:
+    docs = build(kustomization)
+    replicas = one(docs, "Deployment", "dagger")["spec"]["replicas"]
+    budgets = [b for b in find(docs, "PodDisruptionBudget") if selects_dagger(b, docs)]
+    if replicas == 1:  # a budget would stop every node drain
+        assert budgets == []
+    else:
+        assert [b["spec"].get("minAvailable") for b in budgets] == [1]
+
