@@ -46,3 +46,4 @@ bench: install $(NODE_PREFIX)/.installed
 	$(PY) bench/layout.py
 	$(PY) bench/gui.py
 	$(PY) bench/kubernetes_jobs.py
+	$(PY) bench/ha.py

@@ -31,21 +31,45 @@ from tests.dagger.conftest import (
 pytestmark = pytest.mark.slow
 
 
+def up_log(data_dir: Path) -> Path:
+    """Where `donut up` over data_dir writes its stderr, every start appended: a file, never
+    a pipe, which a chatty (-v) stack would fill and block on while the test waits for it."""
+    return data_dir.parent / "up.log"
+
+
 def start_up(data_dir: Path, home: Path, etcd: EtcdServer, prefix: str, port: int = 0,
              *extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     config = home / "client.json"
     config.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", str(port), "--http-port", "-1",
-         "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1", *extra],
-        env={**os.environ, "DONUT_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    log = up_log(data_dir)
+    with log.open("ab") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "donut_cli", "up", "--data-dir", str(data_dir), "--port", str(port),
+             "--http-port", "-1", "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix, "--kill-grace", "1",
+             *extra],
+            env={**os.environ, "DONUT_HOME": str(home), "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.time() + 30
     while not config.exists():
-        assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+        assert process.poll() is None, log.read_text()
         assert time.time() < deadline, "donut up did not start"
         time.sleep(0.05)
     return process, json.loads(config.read_text())
+
+
+def stop_up(process: subprocess.Popen[bytes], data_dir: Path, stop: signal.Signals = signal.SIGTERM) -> None:
+    """Stops `donut up` as Ctrl-C does and expects a clean exit within 30 s; one that hangs
+    is made to dump every thread's stack (SIGABRT, with PYTHONFAULTHANDLER) into its log,
+    which the failure shows."""
+    process.send_signal(stop)
+    try:
+        code = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait()
+        raise AssertionError(f"donut up did not stop; its log:\n{up_log(data_dir).read_text()[-20000:]}") from None
+    assert code == 0, up_log(data_dir).read_text()[-5000:]
 
 
 def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
@@ -89,8 +113,7 @@ def test_killed_scheduler_resumes_without_rerunning_succeeded_jobs(
             workflow_id=workflow_id, job="b", attempt=1)) for line in m.lines)
         assert b"b attempt 1" in first_log
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        stop_up(process, data_dir)
 
 
 def test_log_followers_ride_out_a_killed_stack(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
@@ -138,8 +161,7 @@ def test_log_followers_ride_out_a_killed_stack(tmp_path: Path, etcd_server: Etcd
     finally:
         for follower in followers.values():
             follower.kill()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        stop_up(process, data_dir)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: its terminal closed
@@ -153,8 +175,7 @@ def test_sigterm_stops_the_stack_and_its_jobs(tmp_path: Path, etcd_server: EtcdS
     while len(job_processes(workflow_id)) < 2:
         assert time.time() < deadline
         time.sleep(0.05)
-    process.send_signal(stop)
-    assert process.wait(timeout=30) == 0
+    stop_up(process, tmp_path / "data", stop)
     assert job_processes(workflow_id) == []
 
 
@@ -178,8 +199,7 @@ def test_killed_under_load_no_attempt_runs_twice(tmp_path: Path, etcd_server: Et
         stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
         assert_every_attempt_ran_once(stub, root, workflows)
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        stop_up(process, data_dir)
 
 
 @pytest.mark.parametrize("executor", ["local", "wrapper"])
@@ -250,21 +270,20 @@ def test_followers_find_a_stack_started_again_on_another_port(tmp_path: Path, et
     finally:
         watch.kill()
         logs.kill()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        stop_up(process, data_dir)
 
 
 def test_verbose_logs_the_scheduling_decisions(tmp_path: Path, etcd_server: EtcdServer, etcd_prefix: str) -> None:
-    process, config = start_up(tmp_path / "data", tmp_path / "home", etcd_server, etcd_prefix, 0, "-v")
+    data_dir = tmp_path / "data"
+    process, config = start_up(data_dir, tmp_path / "home", etcd_server, etcd_prefix, 0, "-v")
     stub = dagger_pb2_grpc.DaggerStub(channel(config["endpoint"], token=config["token"]))
     definition = json.dumps({"jobs": [sh("true", "a"), sh("exit 3", "b")], "neighbors": {"a": ["b"]}})
     workflow_id = stub.CreateWorkflow(pb.CreateWorkflowRequest(definition=definition.encode())).id
     for w in stub.WatchWorkflow(pb.WatchWorkflowRequest(id=workflow_id), timeout=60):
         if w.status not in (pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING):
             break
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0
-    logged = process.stderr.read().decode()  # type: ignore[union-attr]
+    stop_up(process, data_dir)
+    logged = up_log(data_dir).read_text()
     for line in (f"took run {workflow_id} over (queued)", f"launching {workflow_id}/a attempt 1",
                  f"{workflow_id}/a attempt 1 ended: succeeded", f"{workflow_id}/b attempt 1 ended: exited with code 3",
                  f"workflow {workflow_id} failed"):
