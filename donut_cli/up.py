@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -167,7 +168,6 @@ def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, 
     from dagger_svc.deletion import RetentionSettings
     from donut_cli.stack import Stack, StackConfig
     from donut_cli.supervisor import StopFlag
-    from donut_common.config import ClientConfig
     from donut_common.etcd import EtcdAccess
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -234,16 +234,7 @@ def up(data_dir: Path, host: str, port: int, http_port: int, metrics_port: int, 
     except Exception as e:  # noqa: BLE001 - one line for the user
         fail(f"cannot start the stack: {e}")
     try:
-        try:
-            existing = ClientConfig.load().token
-        except ValueError:
-            existing = ""  # replaced below
-        token, new = stack.client_token(existing)
-        try:
-            path = ClientConfig(endpoint=stack.endpoint, token=token,
-                                tls_ca=str(tls_cert.resolve()) if tls_cert else "").save()
-        except OSError as e:
-            fail(f"cannot write the client config ($DONUT_HOME): {e}")
+        path, new = _write_client_config(stack.endpoint, stack.client_token, tls_cert)
         click.echo(f"donut is up: grpc {stack.endpoint}"
                    + (f", web {stack.http_endpoint}" if stack.http_endpoint else "")
                    + (f", metrics {stack.metrics_url}" if stack.metrics_url else "")
@@ -266,7 +257,6 @@ def _serve_as_replica(config: StackConfig, stopped: StopFlag) -> None:
 
     from donut_cli.stack import Stack
     from donut_cli.supervisor import SUPERVISED
-    from donut_common.config import ClientConfig
 
     try:
         stack = Stack(config).start()
@@ -274,15 +264,7 @@ def _serve_as_replica(config: StackConfig, stopped: StopFlag) -> None:
         fail(f"replica {config.replica_id}: cannot start: {e}")
     try:
         if not os.environ.get(SUPERVISED):
-            try:
-                existing = ClientConfig.load().token
-            except ValueError:
-                existing = ""
-            try:
-                ClientConfig(endpoint=stack.endpoint, token=stack.client_token(existing)[0],
-                             tls_ca=str(config.tls_cert.resolve()) if config.tls_cert else "").save()
-            except OSError as e:
-                fail(f"cannot write the client config ($DONUT_HOME): {e}")
+            _write_client_config(stack.endpoint, stack.client_token, config.tls_cert)
             click.echo(f"donut is up: replica {config.replica_id}, grpc {stack.endpoint}", err=True)
         stopped.wait()
     finally:
@@ -293,7 +275,6 @@ def _supervise(config: StackConfig, replicas: int, tls_cert: Path | None, stoppe
     import sys
 
     from donut_cli.supervisor import Supervisor
-    from donut_common.config import ClientConfig
 
     argv = sys.argv[1:]
     supervisor = Supervisor(config, replicas, argv)
@@ -302,17 +283,8 @@ def _supervise(config: StackConfig, replicas: int, tls_cert: Path | None, stoppe
     except Exception as e:  # noqa: BLE001 - one line for the user
         fail(f"cannot start the stack: {e}")
     try:
-        try:
-            existing = ClientConfig.load().token
-        except ValueError:
-            existing = ""
-        token, new = supervisor.client_token(existing)
         endpoints = supervisor.endpoints()
-        try:
-            path = ClientConfig(endpoint=",".join(endpoints), token=token,
-                                tls_ca=str(tls_cert.resolve()) if tls_cert else "").save()
-        except OSError as e:
-            fail(f"cannot write the client config ($DONUT_HOME): {e}")
+        path, new = _write_client_config(",".join(endpoints), supervisor.client_token, tls_cert)
         click.echo(f"donut is up: {replicas} replicas, grpc {' '.join(endpoints)}, data {config.data_dir}", err=True)
         click.echo(f"client config written to {path}" + (" (with a new admin token)" if new else ""), err=True)
         click.echo("see them with `donut cluster`", err=True)
@@ -320,6 +292,24 @@ def _supervise(config: StackConfig, replicas: int, tls_cert: Path | None, stoppe
     finally:
         click.echo("stopping...", err=True)
         supervisor.stop()
+
+
+def _write_client_config(endpoint: str, client_token: Callable[[str], tuple[str, bool]],
+                         tls_cert: Path | None) -> tuple[Path, bool]:
+    """Writes client.json for the person running the stack: the endpoint, their admin token
+    (the one there while it works, else a new one). Returns where, and whether the token is new."""
+    from donut_common.config import ClientConfig
+
+    try:
+        existing = ClientConfig.load().token
+    except ValueError:
+        existing = ""  # replaced
+    token, new = client_token(existing)
+    try:
+        return ClientConfig(endpoint=endpoint, token=token,
+                            tls_ca=str(tls_cert.resolve()) if tls_cert else "").save(), new
+    except OSError as e:
+        fail(f"cannot write the client config ($DONUT_HOME): {e}")
 
 
 def _port_trouble(host: str, port: int) -> str | None:

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 WORKFLOWS = 50
 KILL_EVERY = (3.0, 5.0)  # seconds between two SIGKILLs
-JOB_SECONDS = 6.0        # each job's run: 7 in a row (root, a chain of 4, join, leaf), so ~45 s at least
-MAX_LOST_ATTEMPTS = 10   # a job may lose this many attempts with their replicas (the default 3 is for people)
+JOB_SECONDS = 4.0        # each job's run: 7 in a row (root, a chain of 4, join, leaf), so ~30 s at least
+MAX_LOST_ATTEMPTS = 10   # with a kill every 4 s, about one attempt in four is lost: 4 in a row happen (default 3)
 
 
 @dataclass(frozen=True)
