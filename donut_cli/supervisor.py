@@ -12,8 +12,10 @@ what earlier versions stored, and makes the keys kept in the data dir); the rest
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -41,7 +43,8 @@ RESTART_BACKOFF_MAX = 30.0
 SETTLED = 10.0  # seconds after which a replica that dies is started again at once
 STOP_TIMEOUT = 60.0  # seconds replicas get to stop before they are killed
 SUPERVISED = "DONUT_SUPERVISED_REPLICA"
-"""Set in the environment of the replicas a supervisor starts (it writes the client config for them all)."""
+"""Set in the environment of the replicas a supervisor starts, to the supervisor's pid: it
+writes the client config for them all, and they stop when it is gone."""
 
 
 class StopFlag:
@@ -55,6 +58,15 @@ class StopFlag:
 
     def raise_(self, *_: object) -> None:
         self.raised = True
+
+    def raise_when_gone(self, pid: int) -> None:
+        """Raises it once the process `pid` has ended (watched from a thread of its own)."""
+        def watch() -> None:
+            with contextlib.suppress(ProcessLookupError):  # (gone already)
+                select.select([os.pidfd_open(pid)], [], [])
+            self.raised = True
+
+        threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Until it is raised, or `timeout` seconds; whether it is raised."""
@@ -125,7 +137,7 @@ class Supervisor:
         command = [sys.executable, "-m", "donut_cli", *self.argv, "--replicas", "1", "--replica-id", child.id,
                    *child.ports]
         child.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env={**os.environ, SUPERVISED: "1"})
+                                         env={**os.environ, SUPERVISED: str(os.getpid())})
         child.started = time.monotonic()
         child.restart_at = None
 

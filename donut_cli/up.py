@@ -263,7 +263,9 @@ def _serve_as_replica(config: StackConfig, stopped: StopFlag) -> None:
     except Exception as e:  # noqa: BLE001 - one line, in the supervisor's output
         fail(f"replica {config.replica_id}: cannot start: {e}")
     try:
-        if not os.environ.get(SUPERVISED):
+        if supervisor := os.environ.get(SUPERVISED):
+            stopped.raise_when_gone(int(supervisor))  # a supervisor killed outright leaves no replica behind
+        else:
             _write_client_config(stack.endpoint, stack.client_token, config.tls_cert)
             click.echo(f"donut is up: replica {config.replica_id}, grpc {stack.endpoint}", err=True)
         stopped.wait()
