@@ -15,6 +15,12 @@ number: an attempt number never runs twice. A launch whose commit fails never st
 run is reloaded from etcd); a kill of an attempt not started yet ends it there. Runs are
 owned through a lease-bound claim key, so a scheduler that dies loses its runs to another
 (or to itself, restarted, at once).
+
+Several schedulers (replicas) share the runs: each announces itself under its lease, a
+queued or released run is claimed at once by the replica it falls to by rendezvous
+hashing and by the others after SPREAD_GRACE, every write is fenced by the writer's claim
+(owner and lease), nothing is launched once the lease may have ended, and an attempt's end
+reported to another replica reaches the owner through etcd.
 """
 
 from __future__ import annotations
