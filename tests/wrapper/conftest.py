@@ -42,10 +42,7 @@ class RecordingScheduler:
     def __init__(self) -> None:
         self.outcomes: dict[tuple[str, str, int], Outcome] = {}
 
-    def owns(self, workflow_id: str) -> bool:
-        return True
-
-    def job_finished(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
+    def report(self, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         self.outcomes[(workflow_id, job, attempt)] = outcome
 
 
