@@ -109,7 +109,10 @@ class Client:
                 fail(f"--tls-ca: cannot read {tls_ca}: {e.strerror}", EXIT_BAD_INPUT)
             if b"-----BEGIN CERTIFICATE-----" not in ca:
                 fail(f"--tls-ca: {tls_ca} holds no PEM certificate", EXIT_BAD_INPUT)
-        self.channel = channel(endpoint, tls_ca=ca)
+        try:
+            self.channel = channel(endpoint, tls_ca=ca)
+        except ValueError as e:  # a replica's host that does not resolve
+            fail(f"cannot reach donut at {endpoint} ({e})")
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     @functools.cached_property

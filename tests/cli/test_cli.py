@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from donut_common.etcd_server import free_port
 from tests.cli.conftest import FRUIT, donut
 
@@ -164,6 +166,15 @@ def test_server_down_gives_one_clear_line(donut_home: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"error: cannot reach donut at {endpoint}")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "nohost.invalid"])
+def test_replicas_all_down_or_unknown_give_one_clear_line(donut_home: Path, host: str) -> None:
+    endpoint = f"127.0.0.1:{free_port()},{host}:{free_port()}"
+    result = donut("list", home=donut_home, endpoint=endpoint)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: cannot reach donut at {endpoint}")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_uploaded_files_reach_cache_inputs(cli: Any, stack: Any, tmp_path: Path) -> None:
