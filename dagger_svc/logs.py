@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dagger_svc.core.limits import MAX_LOG_BYTES
+from donut_common.metrics import LOG_LINES
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 _TAGS = {STDOUT: b"o", STDERR: b"e", SYSTEM: b"s"}
@@ -185,6 +186,7 @@ class LogStore:
                     entry.file.close()
                     raise
                 entry.size += len(data)
+                LOG_LINES.inc(len(lines))
                 if sequence is not None:
                     entry.sequence = sequence
                 self._generation += 1

@@ -39,7 +39,6 @@ from donut_common.errors import (
     Problem,
     Unavailable,
 )
-from donut_common.metrics import LOG_LINES
 from streamed_job.attempt import STDERR, STDOUT, SYSTEM
 
 log = logging.getLogger(__name__)
@@ -487,9 +486,7 @@ class DaggerService:
         if not {stream for stream, _ in lines} <= {STDOUT, STDERR, SYSTEM}:
             bad = next(i for i, (stream, _) in enumerate(lines) if stream not in (STDOUT, STDERR, SYSTEM))
             raise InvalidArgument([Problem(f"lines[{bad}].stream", "must be stdout, stderr or system")])
-        stored = self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
-        LOG_LINES.inc(len(lines))
-        return stored
+        return self.logs.append(workflow_id, job, attempt, lines, sequence=sequence)
 
     def report(self, caller: Principal, workflow_id: str, job: str, attempt: int, outcome: Outcome) -> None:
         _check_job_caller(caller, workflow_id, job, attempt)

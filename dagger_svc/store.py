@@ -612,10 +612,6 @@ class Store:
         """Leaves an attempt's end for the run's owner, wherever it runs (and for the next one)."""
         self._etcd.put(self.keys.report(workflow_id, job, attempt), _dump(dataclasses.asdict(outcome)))
 
-    def reports(self, workflow_id: WorkflowId) -> list[tuple[str, int, Outcome]]:
-        """The attempt ends left for the run's owner: (job, attempt, outcome)."""
-        return [_report(kv.key, kv.value) for kv in self._etcd.get_prefix(self.keys.reports(workflow_id))]
-
     def watch_reports(self, on_report: Callable[[WorkflowId, str, int, Outcome], None],
                       after: int) -> Callable[[], None]:
         """Calls on_report for every attempt end left after revision `after`. Returns cancel."""

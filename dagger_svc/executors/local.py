@@ -22,7 +22,6 @@ from dagger_svc.core.records import Outcome
 from dagger_svc.executors.base import AttemptLogs, Launch, Report, host_environment, outcome_of, run_spec
 from dagger_svc.executors.procs import REPLICA_ENV, kill_leftovers
 from donut_common.auth import JobTokens
-from donut_common.metrics import LOG_LINES
 from streamed_job.attempt import Attempt
 from streamed_job.cellar import CellarClient
 from streamed_job.files import FileProblem
@@ -112,7 +111,6 @@ class LocalExecutor:
 
     def _output(self, launch: Launch, stream: int, lines: list[bytes]) -> None:
         self.logs.append(launch.workflow_id, launch.job, launch.attempt, [(stream, line) for line in lines])
-        LOG_LINES.inc(len(lines))
 
     def _ended(self, key: str, ended: Ended) -> None:
         with self._lock:

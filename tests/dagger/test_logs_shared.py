@@ -90,3 +90,18 @@ def test_a_batch_torn_by_another_store_is_dropped_and_its_resend_stored(tmp_path
     assert stored(b) == batch(1) + batch(2) + batch(3)
     a.close()
     b.close()
+
+
+def test_a_resent_batch_counts_its_lines_once(tmp_path: Path) -> None:
+    from donut_common.metrics import REGISTRY
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("donut_log_lines_total") or 0.0
+
+    a, b = LogStore(tmp_path), LogStore(tmp_path)
+    before = counted()
+    a.append("w", "j", 1, batch(1), sequence=1)
+    b.append("w", "j", 1, batch(1), sequence=1)  # the same batch, sent again to another replica
+    assert counted() - before == len(batch(1))
+    a.close()
+    b.close()
