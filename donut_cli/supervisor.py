@@ -95,6 +95,7 @@ class Supervisor:
     """The `donut up` arguments given (each replica gets them, with its own on top)."""
     etcd: EtcdServer | None = None
     store: Store | None = None
+    users: UsersService | None = None
     _children: list[_Replica] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _lock: TextIO | None = None
@@ -117,7 +118,9 @@ class Supervisor:
                                    ("--etcd-key", access.key)):
                     if path is not None:
                         etcd_flags += [flag, str(path)]
-            self.store = Store(Etcd.connect(endpoints, access=access), Keys(c.etcd_prefix))
+            client = Etcd.connect(endpoints, access=access)
+            self.store = Store(client, Keys(c.etcd_prefix))
+            self.users = UsersService(UserStore(client, c.etcd_prefix))
             base = _scheduler_id(c.data_dir)
             for index in range(self.replicas):
                 ports = ["--port", _nth(c.port, index), "--http-port", _nth(c.http_port, index),
@@ -169,9 +172,8 @@ class Supervisor:
         return [found[child.id].endpoint for child in self._children if child.id in found]
 
     def client_token(self, existing: str) -> tuple[str, bool]:
-        assert self.store is not None
-        users = UsersService(UserStore(self.store._etcd, self.config.etcd_prefix))
-        return admin_token(users, existing)
+        assert self.users is not None
+        return admin_token(self.users, existing)
 
     def supervise(self, stopped: StopFlag) -> None:
         """Starts a replica again whenever it exits, until `stopped` is set."""
@@ -209,7 +211,7 @@ class Supervisor:
             kill_processes(processes_of_replica(child.id))
         if self.store is not None:
             self.store.close()
-            self.store = None
+            self.store = self.users = None
         if self.etcd is not None:
             self.etcd.stop()
             self.etcd = None
