@@ -8,7 +8,6 @@ address so the CLI needs only that address.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import secrets
@@ -255,12 +254,11 @@ class Stack:
             self._sweeper = start_sweeper(self.cellar_storage, c.sweep, self._stopping)
             tls = (c.tls_cert.read_bytes(), c.tls_key.read_bytes()) if c.tls_cert and c.tls_key else None
             verifier = CachedVerifier(self.users.verify, ttl=c.token_cache_seconds, clock=self.clock)
+            self._start_metrics()  # (before the services: the scheduler announces the metrics' address)
             self.server, port = create_server(f"{c.host}:{c.port}", self._services,
                                               limits=c.limits, interceptors=[AuthInterceptor(verifier)], tls=tls)
             self.server.start()
-            self._start_metrics()
             assert self.scheduler is not None
-            self.scheduler.replica = dataclasses.replace(self.scheduler.replica, metrics_url=self.metrics_url)
             self.scheduler.start()
             assert self.log_copier is not None
             self.log_copier.start()
@@ -317,9 +315,10 @@ class Stack:
                 [sys.executable, "-m", "dagger_svc.executors.reaper", "--parent", str(os.getpid()),
                  "--root", str(data_root), "--replica", c.replica_id], stdin=subprocess.DEVNULL,
                 start_new_session=True)
+        announce = Replica("", endpoint=self.endpoint, metrics_url=self.metrics_url)
         self.scheduler = Scheduler(self.store, self.executor, data_root,
                                    scheduler_id=c.replica_id or _scheduler_id(c.data_dir), lease_ttl=c.lease_ttl,
-                                   max_lost_attempts=c.max_lost_attempts, announce=Replica("", endpoint=self.endpoint))
+                                   max_lost_attempts=c.max_lost_attempts, announce=announce)
         log_copies = _CellarLogCopies(cellar_files)
         self.log_copier = LogCopier(self.logs, log_copies, self.store)
         if c.replica_id:  # a lone stack's logs are its own: no one else to wake
